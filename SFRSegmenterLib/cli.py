@@ -1,0 +1,67 @@
+"""The ``sfr`` command line.
+
+Each subcommand lives in ``SFRSegmenterLib/commands/<name>.py`` and exposes
+``add_parser(subparsers)``, which registers its parser and sets ``func(args) -> int``.
+Problems with the user's input raise :class:`~SFRSegmenterLib.errors.SFRError`: printed as one
+line naming the file, exit status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__, events
+from .errors import SFRError
+
+#: Subcommand modules, in the order ``sfr --help`` lists them.
+COMMANDS = ["init", "info", "stitch", "evaluate"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # usage errors: exit 2 with one line, as argparse does
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="sfr",
+        description="SFR Segmenter: label a few 3D scans, segment the rest "
+        "(Stitch, Fine-tune SAM, Re-train; SFR+ confidence).",
+    )
+    parser.add_argument("--version", action="version", version=f"sfr {__version__}")
+    parser.add_argument(
+        "--progress",
+        choices=events.MODES,
+        default="auto",
+        help="progress output: a bar on a terminal (auto), JSON lines on stdout (json), or none",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMANDS:
+        importlib.import_module(f".commands.{name}", __package__).add_parser(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    events.configure(args.progress)
+    try:
+        return int(args.func(args) or 0)
+    except SFRError as exc:
+        sys.stderr.write(f"sfr {args.command}: error: {exc}\n")
+        return exc.exit_code
+    except BrokenPipeError:  # e.g. `sfr info PROJECT | head`
+        return 0
+    except KeyboardInterrupt:
+        sys.stderr.write("sfr: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

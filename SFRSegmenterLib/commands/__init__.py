@@ -1,0 +1,1 @@
+"""Subcommands of ``sfr``; see :mod:`SFRSegmenterLib.cli`."""

@@ -1,0 +1,165 @@
+"""Structured progress events: one JSON object per line, plus a human progress bar.
+
+Every long-running stage reports through a :class:`Progress`.  An event looks like::
+
+    {"event": "progress", "stage": "finetune", "step": 120, "total": 6000,
+     "loss": 0.412, "elapsed_s": 95.1, "eta_s": 4660.0, "time": "2026-11-27T00:01:02Z"}
+
+Other kinds: ``{"event": "stage", "stage": ..., "status": "start"|"done"|"skipped"}``,
+``{"event": "log", "level": "info"|"warning"|"error", "message": ...}`` and
+``{"event": "result", ...}``.  Consumers (the Slicer module, ``sfr status``) must ignore keys
+and event kinds they do not know.
+
+Where events go is decided once per process by :func:`configure`: ``json`` writes them to
+stdout (what the Slicer module reads), ``bar`` draws a progress bar on stderr, ``none`` is
+silent, ``auto`` is ``bar`` on a terminal and ``none`` otherwise.  ``add_sink`` adds a file
+(for example ``runs/<id>/events.jsonl``) that receives every event in any mode.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import sys
+import threading
+import time
+from typing import IO, Callable
+
+_MODE = "auto"
+_SINKS: list = []
+_LOCK = threading.Lock()
+MODES = ("auto", "bar", "json", "none")
+
+
+def configure(mode: str = "auto") -> None:
+    global _MODE
+    if mode not in MODES:
+        raise ValueError(f"progress mode must be one of {MODES}")
+    _MODE = mode
+
+
+def mode() -> str:
+    if _MODE == "auto":
+        return "bar" if sys.stderr.isatty() else "none"
+    return _MODE
+
+
+def add_sink(sink: "IO[str] | Callable[[dict], None]") -> None:
+    """Send every event also to ``sink``: a text file (JSON lines) or a callable."""
+    _SINKS.append(sink)
+
+
+def remove_sink(sink) -> None:
+    if sink in _SINKS:
+        _SINKS.remove(sink)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def emit(event: str, **fields) -> dict:
+    """Emit one event to every configured destination and return it."""
+    record = {"event": event, **fields, "time": _now()}
+    line = json.dumps(record, default=_jsonable)
+    with _LOCK:
+        if mode() == "json":
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        for sink in list(_SINKS):
+            if callable(sink):
+                sink(record)
+            else:
+                sink.write(line + "\n")
+                sink.flush()
+    return record
+
+
+def _jsonable(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def log(message: str, level: str = "info") -> None:
+    """A human message: an event, and a line on stderr unless in json/none mode."""
+    emit("log", level=level, message=message)
+    if mode() == "bar" or (mode() == "none" and level in ("warning", "error")):
+        sys.stderr.write(("" if level == "info" else f"{level}: ") + message + "\n")
+        sys.stderr.flush()
+
+
+def stage(name: str, status: str, **fields) -> None:
+    emit("stage", stage=name, status=status, **fields)
+
+
+class Progress:
+    """Progress of one stage with a known number of steps.
+
+    ``update(step, **metrics)`` emits an event at most every ``min_interval`` seconds (and always
+    for the last step) with elapsed time and an ETA from the average step time since ``start``.
+    """
+
+    def __init__(self, stage: str, total: int, start: int = 0, min_interval: float = 0.5, **fields):
+        self.stage = stage
+        self.total = int(total)
+        self.start_step = int(start)
+        self.fields = fields
+        self.t0 = time.monotonic()
+        self.min_interval = min_interval
+        self._last = -1e9
+        self._bar_width = 0
+
+    def update(self, step: int, **metrics) -> dict | None:
+        now = time.monotonic()
+        last = step >= self.total
+        if not last and now - self._last < self.min_interval:
+            return None
+        self._last = now
+        elapsed = now - self.t0
+        done = max(0, step - self.start_step)
+        eta = (elapsed / done) * (self.total - step) if done else None
+        rec = emit(
+            "progress",
+            stage=self.stage,
+            step=int(step),
+            total=self.total,
+            elapsed_s=round(elapsed, 2),
+            eta_s=None if eta is None else round(eta, 1),
+            **self.fields,
+            **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()},
+        )
+        if mode() == "bar":
+            self._draw(step, elapsed, eta, metrics)
+        return rec
+
+    def _draw(self, step, elapsed, eta, metrics) -> None:
+        frac = min(1.0, step / self.total) if self.total else 1.0
+        width = 28
+        filled = int(frac * width)
+        extra = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+        eta_s = "--" if eta is None else _hms(eta)
+        text = (
+            f"\r{self.stage:>11} [{'#' * filled}{'.' * (width - filled)}] {step}/{self.total} "
+            f"{_hms(elapsed)} eta {eta_s} {extra}"
+        )
+        pad = max(0, self._bar_width - len(text))
+        self._bar_width = len(text)
+        sys.stderr.write(text + " " * pad + ("\n" if step >= self.total else ""))
+        sys.stderr.flush()
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+def open_sink(path: "str | os.PathLike") -> IO[str]:
+    """Open ``path`` for appending JSON-lines events and register it as a sink."""
+    fh = open(path, "a", encoding="utf-8", buffering=1)
+    add_sink(fh)
+    return fh

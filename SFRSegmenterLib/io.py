@@ -1,0 +1,392 @@
+"""Reading and writing volumes with their geometry.
+
+Formats: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``), MetaImage (``.mha``,
+``.mhd``) through SimpleITK, and Slicer segmentations (``.seg.nrrd``) through slicerio.
+Arrays follow the engine convention ``[z, y, x]`` (see :mod:`SFRSegmenterLib`); geometry is
+kept as SimpleITK reports it, in physical ``(x, y, z)`` order, and written back unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import SFRError
+
+#: File name endings the engine reads, longest first so ``.seg.nrrd`` wins over ``.nrrd``.
+VOLUME_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+#: Geometry tolerances used to decide that a label belongs to an image.
+SPACING_RTOL = 1e-4
+ORIGIN_ATOL_MM = 1e-3
+DIRECTION_ATOL = 1e-4
+
+
+def volume_suffix(path: "str | os.PathLike") -> str | None:
+    """The recognised suffix of ``path`` (``".nii.gz"``, ...), or None."""
+    name = os.fspath(path).lower()
+    for suffix in VOLUME_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return None
+
+
+def case_name(path: "str | os.PathLike") -> str:
+    """The case name of a volume file: its file name without the volume suffix."""
+    base = os.path.basename(os.fspath(path))
+    suffix = volume_suffix(base)
+    return base[: -len(suffix)] if suffix else base
+
+
+def is_volume_file(path: "str | os.PathLike") -> bool:
+    p = Path(path)
+    return p.is_file() and volume_suffix(p) is not None and not p.name.startswith(".")
+
+
+@dataclass
+class Volume:
+    """A 3D array ``[z, y, x]`` with its physical geometry (ITK order ``(x, y, z)``)."""
+
+    array: np.ndarray
+    spacing: tuple = (1.0, 1.0, 1.0)
+    origin: tuple = (0.0, 0.0, 0.0)
+    direction: tuple = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    path: str | None = None
+    #: Segment names and values when read from a ``.seg.nrrd`` (value -> name).
+    segments: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.array.shape)
+
+    @property
+    def spacing_zyx(self) -> tuple:
+        """Spacing in array order, for distances computed on the array."""
+        return tuple(float(s) for s in self.spacing[::-1])
+
+    def geometry(self) -> dict:
+        return {
+            "size_xyz": [int(s) for s in self.array.shape[::-1]],
+            "spacing": [float(s) for s in self.spacing],
+            "origin": [float(s) for s in self.origin],
+            "direction": [float(s) for s in self.direction],
+        }
+
+    def with_array(self, array: np.ndarray) -> "Volume":
+        """A new volume with the same geometry and another array of the same shape."""
+        if tuple(array.shape) != self.shape:
+            raise ValueError(f"shape {array.shape} differs from {self.shape}")
+        return Volume(array, self.spacing, self.origin, self.direction, None, {})
+
+    def to_sitk(self) -> sitk.Image:
+        image = sitk.GetImageFromArray(np.ascontiguousarray(self.array))
+        image.SetSpacing([float(s) for s in self.spacing])
+        image.SetOrigin([float(s) for s in self.origin])
+        image.SetDirection([float(s) for s in self.direction])
+        return image
+
+    @classmethod
+    def from_sitk(cls, image: sitk.Image, path: "str | None" = None) -> "Volume":
+        return cls(
+            sitk.GetArrayFromImage(image),
+            tuple(image.GetSpacing()),
+            tuple(image.GetOrigin()),
+            tuple(image.GetDirection()),
+            path,
+        )
+
+    def ijk_to_world(self) -> np.ndarray:
+        """4x4 matrix mapping voxel index ``(i, j, k) = (x, y, z)`` to LPS millimetres."""
+        d = np.asarray(self.direction, dtype=float).reshape(3, 3)
+        m = np.eye(4)
+        m[:3, :3] = d * np.asarray(self.spacing, dtype=float)[None, :]
+        m[:3, 3] = self.origin
+        return m
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _read_sitk(path: Path) -> sitk.Image:
+    if not path.exists():
+        raise SFRError("file not found", path)
+    if path.is_dir():
+        raise SFRError("is a folder, expected a volume file", path)
+    if volume_suffix(path) is None:
+        raise SFRError(
+            "unsupported file type (expected " + ", ".join(VOLUME_SUFFIXES) + ")", path
+        )
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as exc:  # SimpleITK reports unreadable/truncated files this way
+        detail = str(exc).strip().splitlines()
+        reason = next((ln.strip() for ln in detail if "rror" in ln or "annot" in ln), "")
+        raise SFRError(
+            "cannot read volume (unreadable, truncated or not an image)"
+            + (f": {reason[:160]}" if reason else ""),
+            path,
+        ) from None
+
+
+def _check_3d(image: sitk.Image, path: Path) -> None:
+    dim = image.GetDimension()
+    if dim != 3:
+        raise SFRError(f"expected a 3D volume, got a {dim}D image", path)
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise SFRError(
+            f"expected a scalar volume, got {image.GetNumberOfComponentsPerPixel()} "
+            "components per voxel (a 4D or vector image)",
+            path,
+        )
+    if min(image.GetSize()) < 1:
+        raise SFRError(f"empty volume of size {image.GetSize()}", path)
+
+
+def read_image(path: "str | os.PathLike", dtype=np.float32) -> Volume:
+    """Read an intensity volume, checking it is 3D, scalar and finite."""
+    path = Path(path)
+    if volume_suffix(path) == ".seg.nrrd":
+        raise SFRError("is a segmentation, expected an image volume", path)
+    image = _read_sitk(path)
+    _check_3d(image, path)
+    vol = Volume.from_sitk(image, str(path))
+    vol.array = vol.array.astype(dtype, copy=False)
+    if not np.isfinite(vol.array).all():
+        bad = int((~np.isfinite(vol.array)).sum())
+        raise SFRError(f"image contains {bad} NaN or Inf voxels", path)
+    return vol
+
+
+def read_label(
+    path: "str | os.PathLike",
+    reference: "Volume | None" = None,
+    num_classes: int | None = None,
+) -> Volume:
+    """Read a label map as ``uint8``/``int16`` integers.
+
+    ``reference`` (the case's image) is checked to have the same geometry; ``num_classes``
+    (background included) bounds the allowed values to ``0..num_classes-1``.
+    """
+    path = Path(path)
+    if volume_suffix(path) == ".seg.nrrd":
+        vol = read_segmentation(path)
+    else:
+        image = _read_sitk(path)
+        _check_3d(image, path)
+        vol = Volume.from_sitk(image, str(path))
+    arr = vol.array
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise SFRError("label contains NaN or Inf values", path)
+        rounded = np.rint(arr)
+        if not np.array_equal(rounded, arr):
+            example = float(arr[rounded != arr].flat[0])
+            raise SFRError(f"label has non-integer values (e.g. {example:g})", path)
+        arr = rounded
+    elif arr.dtype.kind not in "iub":
+        raise SFRError(f"label has unsupported voxel type {arr.dtype}", path)
+    lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+    if lo < 0:
+        raise SFRError(f"label has negative value {lo}", path)
+    if num_classes is not None and hi >= num_classes:
+        raise SFRError(
+            f"label value {hi} is outside the declared classes 0..{num_classes - 1}", path
+        )
+    vol.array = arr.astype(np.uint8 if hi < 256 else np.int16, copy=False)
+    if reference is not None:
+        check_same_geometry(reference, vol, path)
+    return vol
+
+
+def check_same_geometry(image: Volume, label: Volume, label_path=None) -> None:
+    """Raise :class:`SFRError` when ``label`` does not lie on ``image``'s voxel grid."""
+    where = label_path or label.path
+    ref = f" of image {image.path}" if image.path else ""
+    if image.shape != label.shape:
+        raise SFRError(
+            f"label size {list(label.shape[::-1])} differs from the size "
+            f"{list(image.shape[::-1])}{ref} (x, y, z)",
+            where,
+        )
+    if not np.allclose(label.spacing, image.spacing, rtol=SPACING_RTOL, atol=0):
+        raise SFRError(
+            f"label spacing {_fmt(label.spacing)} differs from {_fmt(image.spacing)}{ref}", where
+        )
+    if not np.allclose(label.origin, image.origin, rtol=0, atol=ORIGIN_ATOL_MM):
+        raise SFRError(
+            f"label origin {_fmt(label.origin)} differs from {_fmt(image.origin)}{ref}", where
+        )
+    if not np.allclose(label.direction, image.direction, rtol=0, atol=DIRECTION_ATOL):
+        raise SFRError(
+            f"label direction {_fmt(label.direction)} differs from "
+            f"{_fmt(image.direction)}{ref}",
+            where,
+        )
+
+
+def _fmt(values: Iterable[float]) -> str:
+    return "[" + ", ".join(f"{v:.6g}" for v in values) + "]"
+
+
+def read_header(path: "str | os.PathLike") -> dict:
+    """Size, spacing, origin, direction of a volume without reading its voxels."""
+    path = Path(path)
+    if volume_suffix(path) == ".seg.nrrd":
+        vol = read_segmentation(path)
+        return vol.geometry()
+    if not path.exists():
+        raise SFRError("file not found", path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise SFRError("cannot read volume header (unreadable or not an image)", path) from None
+    dim = reader.GetDimension()
+    if dim != 3:
+        raise SFRError(f"expected a 3D volume, got a {dim}D image", path)
+    if reader.GetNumberOfComponents() != 1:
+        raise SFRError(
+            f"expected a scalar volume, got {reader.GetNumberOfComponents()} components per voxel",
+            path,
+        )
+    return {
+        "size_xyz": list(reader.GetSize()),
+        "spacing": list(reader.GetSpacing()),
+        "origin": list(reader.GetOrigin()),
+        "direction": list(reader.GetDirection()),
+    }
+
+
+# --------------------------------------------------------------------------- segmentations
+
+
+def read_segmentation(path: "str | os.PathLike") -> Volume:
+    """Read a Slicer ``.seg.nrrd`` into one label map (segment label values kept).
+
+    Overlapping segments stored in several layers are flattened in segment order (a later
+    segment wins), which is what Slicer's "export to labelmap" does.
+    """
+    import slicerio
+
+    path = Path(path)
+    if not path.exists():
+        raise SFRError("file not found", path)
+    try:
+        seg = slicerio.read_segmentation(str(path))
+    except Exception as exc:  # slicerio raises plain exceptions on malformed headers
+        raise SFRError(f"cannot read segmentation: {exc}".splitlines()[0][:200], path) from None
+    voxels = np.asarray(seg["voxels"])
+    ijk_to_lps = np.asarray(seg["ijkToLPS"], dtype=float)
+    segments = seg.get("segments", [])
+    if voxels.ndim == 4:  # layers along the last axis (i, j, k, layer)
+        flat = np.zeros(voxels.shape[:3], dtype=np.int16)
+        for s in segments:
+            layer = int(s.get("layer", 0))
+            flat[voxels[..., layer] == int(s["labelValue"])] = int(s["labelValue"])
+        voxels = flat
+    if voxels.ndim != 3:
+        raise SFRError(f"expected a 3D segmentation, got {voxels.ndim}D", path)
+    spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
+    direction = ijk_to_lps[:3, :3] / spacing[None, :]
+    array = np.ascontiguousarray(np.transpose(voxels, (2, 1, 0)))  # (i,j,k) -> [z,y,x]
+    names = {int(s["labelValue"]): s.get("name", f"segment {s['labelValue']}") for s in segments}
+    return Volume(
+        array,
+        tuple(float(s) for s in spacing),
+        tuple(float(v) for v in ijk_to_lps[:3, 3]),
+        tuple(float(v) for v in direction.reshape(-1)),
+        str(path),
+        names,
+    )
+
+
+def write_segmentation(
+    label: Volume,
+    path: "str | os.PathLike",
+    names: "dict[int, str] | None" = None,
+    colors: "dict[int, Sequence[float]] | None" = None,
+) -> Path:
+    """Write a label map as a Slicer ``.seg.nrrd`` (one segment per non-zero value)."""
+    import slicerio
+
+    path = Path(path)
+    names = names or label.segments or {}
+    values = [int(v) for v in np.unique(label.array) if v != 0]
+    values = sorted(set(values) | {int(v) for v in names if int(v) != 0})
+    default_colors = [(0.5, 0.68, 0.5), (0.95, 0.84, 0.57), (0.69, 0.48, 0.4), (0.43, 0.72, 0.82)]
+    segments = []
+    for i, v in enumerate(values):
+        seg = {
+            "id": f"Segment_{v}",
+            "labelValue": v,
+            "layer": 0,
+            "name": names.get(v, f"Segment_{v}"),
+            "color": list((colors or {}).get(v, default_colors[i % len(default_colors)])),
+        }
+        segments.append(seg)
+    ijk = label.ijk_to_world()
+    segmentation = {
+        "voxels": np.ascontiguousarray(np.transpose(label.array, (2, 1, 0))),
+        "ijkToLPS": ijk,
+        "encoding": "gzip",
+        "containedRepresentationNames": ["Binary labelmap"],
+        "masterRepresentation": "Binary labelmap",
+        "segments": segments,
+    }
+    with _atomic_path(path) as tmp:
+        slicerio.write_segmentation(str(tmp), segmentation)
+    return path
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class _atomic_path:
+    """Context manager yielding a temporary sibling path, renamed onto ``path`` on success."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def __enter__(self) -> Path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        suffix = volume_suffix(self.path) or self.path.suffix
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=self.path.parent)
+        os.close(fd)
+        self.tmp = Path(tmp)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+        return False
+
+
+def atomic_path(path: "str | os.PathLike") -> _atomic_path:
+    """``with atomic_path(p) as tmp: write(tmp)`` writes ``p`` all or nothing."""
+    return _atomic_path(Path(path))
+
+
+def write_volume(vol: Volume, path: "str | os.PathLike", compress: bool = True) -> Path:
+    """Write ``vol`` atomically; the format follows the file name's suffix."""
+    path = Path(path)
+    suffix = volume_suffix(path)
+    if suffix is None:
+        raise SFRError("unsupported output type (use .nii.gz, .nrrd, .mha, .seg.nrrd, ...)", path)
+    if suffix == ".seg.nrrd":
+        return write_segmentation(vol, path)
+    if suffix in (".nhdr", ".mhd"):  # header + separate data file: write both in place
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(vol.to_sitk(), str(path), compress)
+        return path
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(vol.to_sitk(), str(tmp), compress)
+    return path

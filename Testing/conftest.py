@@ -1,0 +1,50 @@
+"""Shared test fixtures: the bundled sample cases and a way to run ``sfr`` as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "SFRSegmenterLib" / "sample_data" / "hippocampus"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def run_sfr(*args, cwd=None, check=False, timeout=600, env=None) -> subprocess.CompletedProcess:
+    """Run ``python -m SFRSegmenterLib ARGS`` in a real subprocess (this checkout's code)."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env.setdefault("PYTHONUNBUFFERED", "1")
+    if env:
+        full_env.update(env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "SFRSegmenterLib", *map(str, args)],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"sfr {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    return SAMPLE
+
+
+@pytest.fixture(scope="session")
+def sample_cases() -> list:
+    """Names of the bundled hippocampus cases, sorted."""
+    return sorted(p.name[: -len(".nii.gz")] for p in (SAMPLE / "images").glob("*.nii.gz"))
+
+
+@pytest.fixture
+def sfr():
+    return run_sfr
