@@ -23,3 +23,10 @@ class SFRError(Exception):
     def __str__(self) -> str:  # one line, names the file first
         text = self.message.replace("\n", " ")
         return f"{self.path}: {text}" if self.path else text
+
+
+class Cancelled(Exception):
+    """Raised by a stage that stopped at a safe point because cancellation was requested.
+
+    Everything the stage finished is saved; running it again with ``resume`` continues.
+    """
