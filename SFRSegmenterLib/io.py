@@ -122,6 +122,8 @@ def _read_sitk(path: Path) -> sitk.Image:
         raise SFRError(
             "unsupported file type (expected " + ", ".join(VOLUME_SUFFIXES) + ")", path
         )
+    if volume_suffix(path) in (".nii", ".nii.gz"):
+        _nifti_raw_check(path)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:  # SimpleITK reports unreadable/truncated files this way
@@ -132,6 +134,62 @@ def _read_sitk(path: Path) -> sitk.Image:
             + (f": {reason[:160]}" if reason else ""),
             path,
         ) from None
+
+
+_NIFTI_FLOAT = {16: "f4", 64: "f8"}
+_NIFTI_BITS = {2: 8, 4: 16, 8: 32, 16: 32, 32: 64, 64: 64, 128: 24, 256: 8, 512: 16, 768: 32,
+               1024: 64, 1280: 64, 1536: 128, 1792: 128, 2048: 256, 2304: 32}
+
+
+def _nifti_raw_check(path: Path) -> None:
+    """Check a NIfTI file is complete and its float voxels finite.
+
+    ITK's NIfTI reader silently zero-fills a truncated file and turns NaN into 0, so both are
+    checked on the raw bytes (NIfTI-1 and NIfTI-2, either byte order).
+    """
+    import gzip
+    import struct
+    import zlib
+
+    try:
+        if path.name.lower().endswith(".gz"):
+            with gzip.open(path, "rb") as fh:
+                data = fh.read()
+        else:
+            data = path.read_bytes()
+    except (OSError, EOFError, zlib.error):
+        raise SFRError("cannot read volume: the file is truncated or corrupt", path) from None
+    if len(data) < 348:
+        raise SFRError("cannot read volume: the NIfTI header is truncated", path)
+    for endian in "<>":
+        size = struct.unpack(endian + "i", data[:4])[0]
+        if size in (348, 540):
+            break
+    else:
+        raise SFRError("cannot read volume: not a NIfTI header", path)
+    if size == 348:
+        dims = struct.unpack(endian + "8h", data[40:56])
+        dtype_code, bitpix = struct.unpack(endian + "2h", data[70:74])
+        offset = int(struct.unpack(endian + "f", data[108:112])[0])
+    else:
+        dtype_code, bitpix = struct.unpack(endian + "2h", data[12:16])
+        dims = struct.unpack(endian + "8q", data[16:80])
+        offset = int(struct.unpack(endian + "q", data[168:176])[0])
+    ndim = max(1, min(7, int(dims[0])))
+    count = int(np.prod([max(1, int(d)) for d in dims[1 : ndim + 1]]))
+    nbytes = count * _NIFTI_BITS.get(int(dtype_code), int(bitpix)) // 8
+    if len(data) < offset + nbytes:
+        raise SFRError(
+            f"cannot read volume: the file is truncated ({len(data) - offset} of {nbytes} "
+            "data bytes present)",
+            path,
+        )
+    kind = _NIFTI_FLOAT.get(int(dtype_code))
+    if kind is not None:
+        raw = np.frombuffer(data, dtype=endian + kind, count=count, offset=offset)
+        bad = int((~np.isfinite(raw)).sum())
+        if bad:
+            raise SFRError(f"contains {bad} NaN or Inf voxels", path)
 
 
 def _check_3d(image: sitk.Image, path: Path) -> None:
@@ -159,7 +217,7 @@ def read_image(path: "str | os.PathLike", dtype=np.float32) -> Volume:
     vol.array = vol.array.astype(dtype, copy=False)
     if not np.isfinite(vol.array).all():
         bad = int((~np.isfinite(vol.array)).sum())
-        raise SFRError(f"image contains {bad} NaN or Inf voxels", path)
+        raise SFRError(f"contains {bad} NaN or Inf voxels", path)
     return vol
 
 
