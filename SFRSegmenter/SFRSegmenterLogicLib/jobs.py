@@ -362,7 +362,8 @@ class SFRJob:
         self.runner.on_line = self._line
         self.runner.on_finished = self._finished
         self.state = "running"
-        self.runner.start(self.args, env=child_environment(env), cwd=str(self.project))
+        cwd = str(self.project) if self.project.is_dir() else None
+        self.runner.start(self.args, env=child_environment(env), cwd=cwd)
 
     def is_active(self) -> bool:
         return self.state in ("running", "cancelling")
