@@ -539,7 +539,10 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.util.selectModule("SegmentEditor")
         editor = slicer.modules.SegmentEditorWidget.editor
         editor.setSegmentationNode(result.segmentation)
-        editor.setSourceVolumeNode(result.reference)
+        if hasattr(editor, "setSourceVolumeNode"):  # Slicer 5.4+
+            editor.setSourceVolumeNode(result.reference)
+        else:
+            editor.setMasterVolumeNode(result.reference)
 
     def onSaveCorrection(self, *_):
         result = self.selectedResult()
