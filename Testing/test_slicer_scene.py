@@ -410,6 +410,15 @@ def test_accept_makes_the_pseudo_label_the_case_label_with_provenance(exported):
     ss.export_project(scene, project_dir, ss.scene_cases(scene))
     case = load_project(project_dir).case("hippocampus_004")
     assert (case.role, case.label) == ("labeled", "labels/hippocampus_004.nii.gz")
+    # the user then draws their own segmentation: it labels the case, the acceptance is history
+    own = sample_label("hippocampus_004")
+    add_segmentation(scene, nodes["hippocampus_004"], own, CLASS_NAMES, "my own")
+    ss.export_project(scene, project_dir, ss.scene_cases(scene))
+    np.testing.assert_array_equal(read_label(project_dir / "labels" / "hippocampus_004.nii.gz").array, own)
+    state = json.loads((project_dir / "sfr-project.json").read_text())["slicer"]
+    assert "hippocampus_004" not in state["provenance"]
+    assert state["superseded"]["hippocampus_004"][0]["source"] == "accepted"
+    assert ss.case_states(project_dir)["hippocampus_004"] == "labeled"
 
 
 def test_correction_saves_the_edited_segmentation(exported):

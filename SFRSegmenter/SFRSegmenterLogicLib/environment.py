@@ -94,7 +94,7 @@ def install(requirements: list, log=print) -> None:
             raise RuntimeError(
                 "PyTorch is needed: install the 'PyTorch' extension from the Extensions Manager"
             ) from exc
-        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False)
+        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=">=2.1")
         if torch is None:
             raise RuntimeError("PyTorch could not be installed (see the Python console)")
         log(f"installed torch {torch.__version__}")

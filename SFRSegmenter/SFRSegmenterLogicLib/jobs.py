@@ -46,10 +46,11 @@ def engine_search_path() -> str | None:
 def python_executable() -> str:
     """Slicer's own Python (``PythonSlicer``) when running inside Slicer, else this Python."""
     exe_dir = Path(sys.executable).resolve().parent
-    for name in ("PythonSlicer", "PythonSlicer.exe"):
-        candidate = exe_dir / name
-        if candidate.exists():
-            return str(candidate)
+    for folder in (exe_dir, exe_dir.parent / "bin"):
+        for name in ("PythonSlicer", "PythonSlicer.exe"):
+            candidate = folder / name
+            if candidate.exists():
+                return str(candidate)
     found = shutil.which("PythonSlicer")
     if found and "Slicer" in Path(sys.executable).name:
         return found

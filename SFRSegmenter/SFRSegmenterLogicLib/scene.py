@@ -224,7 +224,7 @@ def find_segmentation_for(scene, volume):
     """The user's segmentation drawn on ``volume`` (its reference geometry), or None."""
     found = None
     for seg in _nodes(scene, "vtkMRMLSegmentationNode"):
-        if _is_ours(seg) and seg.GetAttribute(ATTR_KIND) != "accepted":
+        if _is_ours(seg):  # results are not the user's labels (accepted ones live in the project)
             continue
         ref = seg.GetNodeReference(seg.GetReferenceImageGeometryReferenceRole()) if hasattr(
             seg, "GetReferenceImageGeometryReferenceRole"
@@ -418,6 +418,8 @@ def export_project(scene, project_dir: "str | os.PathLike", cases: list, name: s
         label_rel = None
         if entry.segmentation is not None:
             _check_no_transform(entry.segmentation)
+            if entry.name in provenance:  # the user's own segmentation now labels the case
+                state.setdefault("superseded", {}).setdefault(entry.name, []).append(provenance.pop(entry.name))
             label = segmentation_to_label(scene, entry.segmentation, entry.volume, classes)
             if not label.any():
                 raise SFRError(f"the segmentation of case {entry.name!r} is empty")
