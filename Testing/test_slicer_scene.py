@@ -474,3 +474,50 @@ def test_accept_refuses_hidden_ground_truth(exported):
     with pytest.raises(SFRError, match="ground-truth"):
         ss.accept_case(scene, project_dir, "hippocampus_004")
     assert load_project(project_dir).case("hippocampus_004").role == "unlabeled"
+
+
+# --------------------------------------------------------------------------- with the real engine
+
+
+def _engine_has_run() -> bool:
+    from SFRSegmenterLib.cli import COMMANDS
+
+    return "run" in COMMANDS
+
+
+@pytest.mark.skipif(
+    not os.environ.get("SFR_SLICER_E2E") or not _engine_has_run(),
+    reason="end to end with 'sfr run' (tiny backbone): set SFR_SLICER_E2E=1 once the engine has 'run'",
+)
+def test_end_to_end_with_the_engine(user_scene, tmp_path):
+    import time
+
+    from SFRSegmenterLogicLib import jobs
+
+    scene, nodes, segs, _ = user_scene
+    project_dir = tmp_path / "proj"
+    project = ss.export_project(scene, project_dir, ss.scene_cases(scene))
+    ss.check_ready_to_run(project)
+    settings = jobs.RunSettings(backbone=os.environ.get("SFR_SLICER_E2E_BACKBONE", "tiny"), device="cpu")
+    job = jobs.SFRJob(project_dir, settings=settings, python=sys.executable)
+    job.start()
+    deadline = time.monotonic() + float(os.environ.get("SFR_SLICER_E2E_TIMEOUT", "900"))
+    while job.is_active() and time.monotonic() < deadline:
+        job.poll()
+        time.sleep(0.1)
+    if job.is_active():
+        job.shutdown(5)
+        pytest.fail("sfr run did not finish in time")
+    assert job.state == "finished", "\n".join(job.progress.log[-40:])
+    assert job.progress.stages_done
+    before = fingerprint(scene)
+    results = ss.load_results(scene, project_dir)
+    assert {r.case for r in results} == {"hippocampus_004", "hippocampus_006"}
+    after = fingerprint(scene)
+    assert all(after[k] == v for k, v in before.items())
+    for r in results:
+        assert r.reference is nodes[r.case]
+        if r.confidence is not None:
+            np.testing.assert_allclose(matrix(r.confidence), matrix(nodes[r.case]), atol=2e-5)
+    record = ss.accept_case(scene, project_dir, results[0].case)
+    assert load_project(project_dir).case(results[0].case).role == "labeled" and record["source"] == "accepted"
