@@ -340,6 +340,10 @@ def test_results_without_the_source_volume_load_the_project_image(exported, tmp_
         lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ matrix(r.reference)
         np.testing.assert_allclose(lps, image.ijk_to_world(), atol=2e-5)
         np.testing.assert_allclose(matrix(r.confidence), matrix(r.reference), atol=1e-9)
+    count = scene.GetNumberOfNodes()
+    again = ss.load_results(scene, project_dir)  # the loaded images are reused, not loaded twice
+    assert scene.GetNumberOfNodes() == count
+    assert [a.reference.GetID() for a in again] == [r.reference.GetID() for r in results]
 
 
 def test_results_on_the_wrong_grid_are_refused(exported):

@@ -595,6 +595,7 @@ def load_results(scene, project_dir: "str | os.PathLike", run_id: str | None = N
         existing = _existing_result(scene, case, run_id)
         reference = _find_reference(scene, case, reference_nodes)
         if existing is not None:
+            reference = existing.GetNodeReference("sfrReference") or reference
             conf = existing.GetNodeReference("sfrConfidence")
             results.append(CaseResult(case, reference, existing, conf, review.get(case, {})))
             continue
@@ -630,6 +631,7 @@ def _load_case(scene, project: Project, path: Path, case: str, reference, review
         seg_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(f"{case} pseudo-label"))
         seg_node.CreateDefaultDisplayNodes()
         seg_node.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+        seg_node.SetNodeReferenceID("sfrReference", reference.GetID())
         for key, value in ((ATTR_KIND, KIND_PSEUDO), (ATTR_CASE, case), (ATTR_RUN, run_id), (ATTR_PROJECT, str(project.root))):
             seg_node.SetAttribute(key, value)
         new_ids = _import_label(scene, seg_node, label_node) if values else []
