@@ -11,10 +11,8 @@ import os
 import sys
 import time
 
-import ctk
 import qt
 import slicer
-import vtk
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
