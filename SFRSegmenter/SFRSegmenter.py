@@ -171,7 +171,7 @@ class SFRSegmenterLogic(ScriptedLoadableModuleLogic):
     def startRun(self, projectFolder, settings, onProgress=None, onLog=None, onFinished=None):
         if self.job is not None and self.job.is_active():
             raise SFRError("a job is already running on this project; cancel it first")
-        settings.resume = self.lastJobState in ("cancelled", "failed")
+        settings.resume = self.lastJobState == "cancelled"  # continue where Cancel stopped it
         self.job = jobs.SFRJob(projectFolder, settings=settings, runner=self.runnerFactory())
         self.job.on_progress = onProgress
         self.job.on_log = onLog
