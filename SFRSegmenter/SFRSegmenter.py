@@ -218,6 +218,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._cases = []
         self._flagged = []
         self._devicesProbed = False
+        self._roles = {}  # case name -> role chosen in the table, kept across refreshes
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -281,9 +282,11 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic.results = {}
 
     def onSceneEndClose(self, caller, event):
+        self._roles = {}
+        self.ui.reviewCaseComboBox.clear()
+        self._fillFlagged([])
         if self.parent.isEntered:
             self.refreshCases()
-        self._fillFlagged([])
 
     def _onAboutToQuit(self):
         self.logic.shutdown()
@@ -321,6 +324,8 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             roleCombo = qt.QComboBox()
             for value, label in ROLE_CHOICES:
                 roleCombo.addItem(label, value)
+            roleCombo.setCurrentIndex(max(0, roleCombo.findData(self._roles.get(entry.name, ""))))
+            roleCombo.connect("currentIndexChanged(int)", lambda _i, n=entry.name, c=roleCombo: self._roles.__setitem__(n, c.currentData))
             table.setCellWidget(row, 2, roleCombo)
             table.setItem(row, 3, qt.QTableWidgetItem(states.get(entry.name, "new")))
 
