@@ -1,0 +1,656 @@
+"""SFR Segmenter: label a few volumes, pseudo-label the rest in the background, review, correct.
+
+The Qt layer here is thin: the widget is laid out in ``Resources/UI/SFRSegmenter.ui`` and every
+decision about MRML nodes, project files and the background job lives in the plain-Python
+package ``SFRSegmenterLogicLib`` (tested with pytest on ``slicer-core``).  The engine
+(``SFRSegmenterLib``) runs in a separate process started with ``QProcess``.
+"""
+
+import logging
+import os
+import sys
+import time
+
+import qt
+import slicer
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+# In a source checkout the engine sits next to this module's folder; once installed both are
+# in the same qt-scripted-modules folder, which Slicer already puts on sys.path.
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.isdir(os.path.join(_REPO_ROOT, "SFRSegmenterLib")) and _REPO_ROOT not in sys.path:
+    sys.path.append(_REPO_ROOT)
+
+from SFRSegmenterLib.errors import SFRError  # noqa: E402
+from SFRSegmenterLogicLib import environment, jobs  # noqa: E402
+from SFRSegmenterLogicLib import scene as sfrscene  # noqa: E402
+
+ROLE_CHOICES = [("", "Automatic"), ("labeled", "Labeled"), ("unlabeled", "Unlabeled"), ("validation", "Validation")]
+
+
+#
+# Module
+#
+
+
+class SFRSegmenter(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "SFR Segmenter"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = ["Segmentations", "SegmentEditor"]
+        self.parent.contributors = ["SFR Segmenter developers"]
+        self.parent.helpText = (
+            "Label a few volumes, and SFR (Stitch, Fine-tune SAM, Re-train) segments the rest in "
+            "the background. SFR+ scores each result and flags the slices worth a look; accept or "
+            "correct them and retrain. See the <a href='https://github.com/SFRSegmenter/SlicerSFR#use-it-in-3d-slicer'>"
+            "documentation</a>."
+        )
+        self.parent.acknowledgementText = (
+            "Method: Li et al., SFR / SFR+, IEEE Transactions on Medical Imaging, 2025. "
+            "Sample data: Medical Segmentation Decathlon (hippocampus), CC-BY-SA 4.0."
+        )
+
+
+#
+# Process runner on QProcess (the plain-Python one is jobs.SubprocessRunner)
+#
+
+
+class QProcessRunner:
+    """Runs the engine with ``QProcess``: output arrives through Qt signals, the UI never blocks."""
+
+    def __init__(self):
+        self.on_line = None
+        self.on_finished = None
+        self.process = None
+        self.returncode = None
+        self._partial = ""
+        self._done = False
+
+    def start(self, args, env=None, cwd=None):
+        self.process = qt.QProcess()
+        self.process.setProcessChannelMode(qt.QProcess.MergedChannels)
+        if env is not None:
+            processEnvironment = qt.QProcessEnvironment()
+            for key, value in env.items():
+                processEnvironment.insert(key, value)
+            self.process.setProcessEnvironment(processEnvironment)
+        if cwd:
+            self.process.setWorkingDirectory(cwd)
+        self.process.connect("readyReadStandardOutput()", self._onReadyRead)
+        self.process.connect("finished(int,QProcess::ExitStatus)", self._onFinished)
+        self.process.connect("errorOccurred(QProcess::ProcessError)", self._onError)
+        self._partial, self._done, self.returncode = "", False, None
+        self.process.start(args[0], [str(a) for a in args[1:]])
+
+    def _onReadyRead(self):
+        data = bytes(self.process.readAllStandardOutput().data()).decode("utf-8", errors="replace")
+        lines = (self._partial + data).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            if self.on_line:
+                self.on_line(line.rstrip("\r"))
+
+    def _finish(self, returncode):
+        if self._done:
+            return
+        self._done = True
+        self.returncode = returncode
+        if self.on_finished:
+            self.on_finished(returncode)
+
+    def _onFinished(self, exitCode, exitStatus):
+        self._onReadyRead()
+        if self._partial and self.on_line:
+            self.on_line(self._partial)
+        self._partial = ""
+        self._finish(exitCode if exitStatus == qt.QProcess.NormalExit else -9)
+
+    def _onError(self, error):
+        if error == qt.QProcess.FailedToStart:
+            if self.on_line:
+                self.on_line(f"error: could not start {self.process.program()}")
+            self._finish(-1)
+
+    def poll(self):
+        pass  # Qt delivers output and the end through signals
+
+    def is_running(self):
+        return self.process is not None and self.process.state() != qt.QProcess.NotRunning
+
+    def terminate(self):
+        if self.is_running():
+            self.process.terminate()
+
+    def kill(self):
+        if self.is_running():
+            self.process.kill()
+
+    def wait(self, timeout):
+        if self.is_running():
+            self.process.waitForFinished(int(timeout * 1000))
+        return not self.is_running()
+
+
+#
+# Logic
+#
+
+
+class SFRSegmenterLogic(ScriptedLoadableModuleLogic):
+    """Slicer-facing entry points; the work is done by ``SFRSegmenterLogicLib``."""
+
+    def __init__(self, runnerFactory=None):
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.runnerFactory = runnerFactory or QProcessRunner
+        self.job = None
+        self.results = {}
+        self.lastJobState = None
+
+    @staticmethod
+    def defaultProjectFolder():
+        return os.path.join(slicer.app.cachePath, "SFRSegmenter", "project")
+
+    # cases and export
+    def sceneCases(self):
+        return sfrscene.scene_cases(slicer.mrmlScene)
+
+    def exportProject(self, projectFolder, cases):
+        project = sfrscene.export_project(slicer.mrmlScene, projectFolder, cases)
+        sfrscene.check_ready_to_run(project)
+        return project
+
+    # the background job
+    def startRun(self, projectFolder, settings, onProgress=None, onLog=None, onFinished=None):
+        if self.job is not None and self.job.is_active():
+            raise SFRError("a job is already running on this project; cancel it first")
+        settings.resume = self.lastJobState == "cancelled"  # continue where Cancel stopped it
+        self.job = jobs.SFRJob(projectFolder, settings=settings, runner=self.runnerFactory())
+        self.job.on_progress = onProgress
+        self.job.on_log = onLog
+
+        def finished(job):
+            self.lastJobState = job.state
+            if onFinished:
+                onFinished(job)
+
+        self.job.on_finished = finished
+        self.job.start()
+        return self.job
+
+    def cancelRun(self):
+        if self.job is not None:
+            self.job.cancel()
+
+    def shutdown(self, timeout_s=10.0):
+        if self.job is not None and self.job.is_active():
+            logging.info("SFRSegmenter: stopping the background job")
+            self.job.shutdown(timeout_s)
+
+    # results and review
+    def loadResults(self, projectFolder, referenceNodes=None):
+        results = sfrscene.load_results(slicer.mrmlScene, projectFolder, reference_nodes=referenceNodes)
+        self.results = {r.case: r for r in results}
+        return results
+
+    def caseStates(self, projectFolder):
+        return sfrscene.case_states(projectFolder)
+
+
+#
+# Widget
+#
+
+
+class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self.ui = None
+        self._cases = []
+        self._flagged = []
+        self._devicesProbed = False
+        self._roles = {}  # case name -> role chosen in the table, kept across refreshes
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/SFRSegmenter.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = SFRSegmenterLogic()
+
+        for value, label in jobs.BACKBONES:
+            self.ui.backboneComboBox.addItem(label, value)
+        for value, label in jobs.SSL_METHODS:
+            self.ui.sslComboBox.addItem(label, value)
+        self._fillDevices(probeTorch=False)
+        if not self.ui.projectPathLineEdit.currentPath:
+            self.ui.projectPathLineEdit.currentPath = self.logic.defaultProjectFolder()
+        for table in (self.ui.casesTableWidget, self.ui.flaggedSlicesTableWidget):
+            table.horizontalHeader().setSectionResizeMode(qt.QHeaderView.Stretch)
+            table.verticalHeader().setVisible(False)
+
+        self.ui.refreshCasesButton.connect("clicked(bool)", self.refreshCases)
+        self.ui.projectPathLineEdit.connect("currentPathChanged(QString)", lambda _path: self.refreshCases())
+        self.ui.backboneComboBox.connect("currentIndexChanged(int)", self._updateCheckpointEnabled)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self._updateDeviceInfo)
+        self.ui.settingsCollapsibleButton.connect("contentsCollapsed(bool)", self._onSettingsCollapsed)
+        self.ui.runButton.connect("clicked(bool)", self.onRun)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.loadResultsButton.connect("clicked(bool)", self.onLoadResults)
+        self.ui.showConfidenceCheckBox.connect("toggled(bool)", lambda _on: self._showSelectedCase())
+        self.ui.flaggedSlicesTableWidget.connect("cellClicked(int,int)", self.onFlaggedSliceClicked)
+        self.ui.reviewCaseComboBox.connect("currentIndexChanged(int)", lambda _i: self._showSelectedCase())
+        self.ui.acceptButton.connect("clicked(bool)", self.onAccept)
+        self.ui.editButton.connect("clicked(bool)", self.onEdit)
+        self.ui.saveCorrectionButton.connect("clicked(bool)", self.onSaveCorrection)
+        self.ui.retrainButton.connect("clicked(bool)", self.onRetrain)
+
+        self.timer = qt.QTimer()
+        self.timer.setInterval(250)
+        self.timer.connect("timeout()", self._onTimer)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        slicer.app.connect("aboutToQuit()", self._onAboutToQuit)
+        self._updateCheckpointEnabled()
+        self._updateButtons()
+        self.refreshCases()
+
+    def cleanup(self):
+        self.removeObservers()
+        if self.logic is not None:
+            self.logic.shutdown()
+        if getattr(self, "timer", None) is not None:
+            self.timer.stop()
+
+    def enter(self):
+        self.refreshCases()
+
+    # ---------------------------------------------------------------- scene events
+    def onSceneStartClose(self, caller, event):
+        # the job's inputs are leaving the scene: stop it cleanly (it can be resumed later)
+        self.logic.shutdown()
+        self.logic.results = {}
+
+    def onSceneEndClose(self, caller, event):
+        self._roles = {}
+        self.ui.reviewCaseComboBox.clear()
+        self._fillFlagged([])
+        if self.parent.isEntered:
+            self.refreshCases()
+
+    def _onAboutToQuit(self):
+        self.logic.shutdown()
+
+    # ---------------------------------------------------------------- cases table
+    def projectFolder(self):
+        return self.ui.projectPathLineEdit.currentPath or self.logic.defaultProjectFolder()
+
+    def refreshCases(self, *_):
+        if self.ui is None:
+            return
+        self._cases = self.logic.sceneCases()
+        try:
+            states = self.logic.caseStates(self.projectFolder())
+        except SFRError as exc:
+            states = {}
+            self._log(f"error: {exc}")
+        segmentations = [
+            n for n in slicer.util.getNodesByClass("vtkMRMLSegmentationNode")
+            if n.GetAttribute(sfrscene.ATTR_KIND) is None or n.GetAttribute("SFR.Accepted")
+        ]
+        table = self.ui.casesTableWidget
+        table.setRowCount(len(self._cases))
+        for row, entry in enumerate(self._cases):
+            item = qt.QTableWidgetItem(entry.name)
+            item.setToolTip(entry.volume.GetName())
+            table.setItem(row, 0, item)
+            segCombo = qt.QComboBox()
+            segCombo.addItem("(none)", "")
+            for seg in segmentations:
+                segCombo.addItem(seg.GetName(), seg.GetID())
+            if entry.segmentation is not None:
+                segCombo.setCurrentIndex(max(0, segCombo.findData(entry.segmentation.GetID())))
+            table.setCellWidget(row, 1, segCombo)
+            roleCombo = qt.QComboBox()
+            for value, label in ROLE_CHOICES:
+                roleCombo.addItem(label, value)
+            roleCombo.setCurrentIndex(max(0, roleCombo.findData(self._roles.get(entry.name, ""))))
+            roleCombo.connect("currentIndexChanged(int)", lambda _i, n=entry.name, c=roleCombo: self._roles.__setitem__(n, c.currentData))
+            table.setCellWidget(row, 2, roleCombo)
+            table.setItem(row, 3, qt.QTableWidgetItem(states.get(entry.name, "new")))
+
+    def casesFromTable(self):
+        table = self.ui.casesTableWidget
+        cases = []
+        for row, entry in enumerate(self._cases):
+            segId = table.cellWidget(row, 1).currentData
+            role = table.cellWidget(row, 2).currentData
+            segmentation = slicer.mrmlScene.GetNodeByID(segId) if segId else None
+            cases.append(sfrscene.CaseEntry(entry.volume, segmentation, role or "", entry.name))
+        return cases
+
+    # ---------------------------------------------------------------- settings
+    def _fillDevices(self, probeTorch):
+        current = self.ui.deviceComboBox.currentData
+        self.ui.deviceComboBox.clear()
+        for choice in environment.available_devices(import_torch=probeTorch):
+            self.ui.deviceComboBox.addItem(choice.label, choice.value)
+        if current:
+            self.ui.deviceComboBox.setCurrentIndex(max(0, self.ui.deviceComboBox.findData(current)))
+        self._updateDeviceInfo()
+
+    def _onSettingsCollapsed(self, collapsed):
+        if not collapsed and not self._devicesProbed:
+            self._devicesProbed = True
+            with slicer.util.WaitCursor():
+                self._fillDevices(probeTorch=True)
+
+    def _updateDeviceInfo(self, *_):
+        text = self.ui.deviceComboBox.currentText
+        if not self._devicesProbed:
+            text = "GPU details appear once PyTorch is installed (expand Settings to detect)."
+        self.ui.deviceInfoLabel.text = text
+
+    def _updateCheckpointEnabled(self, *_):
+        self.ui.checkpointPathLineEdit.enabled = self.ui.backboneComboBox.currentData != "lite_medsam"
+
+    def settings(self):
+        return jobs.RunSettings(
+            backbone=self.ui.backboneComboBox.currentData,
+            checkpoint=self.ui.checkpointPathLineEdit.currentPath if self.ui.checkpointPathLineEdit.enabled else "",
+            ssl=self.ui.sslComboBox.currentData,
+            sfr_plus=self.ui.sfrPlusCheckBox.checked,
+            device=self.ui.deviceComboBox.currentData or "auto",
+        )
+
+    # ---------------------------------------------------------------- dependencies
+    def ensureDependencies(self):
+        missing = environment.missing_requirements()
+        if not missing:
+            return True
+        text = (
+            "SFR Segmenter needs these Python packages, which are not installed yet:\n\n  "
+            + "\n  ".join(missing)
+            + "\n\nInstall them now? (This can take several minutes; Slicer's own SimpleITK, VTK "
+            "and numpy are left as they are.)"
+        )
+        if not slicer.util.confirmOkCancelDisplay(text, windowTitle="SFR Segmenter: install dependencies"):
+            return False
+        with slicer.util.tryWithErrorDisplay("Installing the dependencies failed.", waitCursor=True):
+            environment.install(missing, log=self._log)
+            return not environment.missing_requirements()
+        return False
+
+    # ---------------------------------------------------------------- run
+    def onRun(self, *_):
+        if not self.ensureDependencies():
+            return
+        folder = self.projectFolder()
+        try:
+            with slicer.util.WaitCursor():
+                self._log(f"exporting the cases into {folder}")
+                self.logic.exportProject(folder, self.casesFromTable())
+            self.ui.logTextEdit.clear()
+            self.ui.progressBar.setValue(0)
+            self.logic.startRun(folder, self.settings(), self._onProgress, self._log, self._onFinished)
+        except SFRError as exc:
+            slicer.util.errorDisplay(str(exc), windowTitle="SFR Segmenter")
+            return
+        self._log("started: " + " ".join(self.logic.job.args))
+        self.ui.statusLabel.text = "Starting..."
+        self.timer.start()
+        self._updateButtons()
+        self.refreshCases()
+
+    def onRetrain(self, *_):
+        self.onRun()
+
+    def onCancel(self, *_):
+        self.logic.cancelRun()
+        self.ui.statusLabel.text = "Cancelling at the next safe point..."
+        self._updateButtons()
+
+    def _onTimer(self):
+        job = self.logic.job
+        if job is None:
+            self.timer.stop()
+            return
+        job.poll()
+        if not job.is_active():
+            self.timer.stop()
+
+    def _onProgress(self, job):
+        self.ui.progressBar.setValue(job.progress.percent)
+        self.ui.statusLabel.text = job.progress.status_text()
+
+    def _onFinished(self, job):
+        self.timer.stop()
+        messages = {
+            "finished": "Finished",
+            "cancelled": "Cancelled (Run again to continue where it stopped)",
+            "failed": f"Failed (exit code {job.returncode}); see the log",
+        }
+        self.ui.statusLabel.text = messages.get(job.state, job.state)
+        if job.state == "finished":
+            self.ui.progressBar.setValue(100)
+            self.onLoadResults()
+        self._updateButtons()
+        self.refreshCases()
+
+    def _log(self, text):
+        if self.ui is not None:
+            self.ui.logTextEdit.appendPlainText(text)
+        logging.info(f"SFRSegmenter: {text}")
+
+    def _updateButtons(self):
+        running = self.logic.job is not None and self.logic.job.is_active()
+        self.ui.runButton.enabled = not running
+        self.ui.retrainButton.enabled = not running
+        self.ui.cancelButton.enabled = running and self.logic.job.state == "running"
+        hasResults = bool(self.logic.results)
+        for button in (self.ui.acceptButton, self.ui.editButton, self.ui.saveCorrectionButton):
+            button.enabled = hasResults and not running
+
+    # ---------------------------------------------------------------- results
+    def onLoadResults(self, *_):
+        referenceNodes = {entry.name: entry.volume for entry in self._cases}
+        try:
+            with slicer.util.WaitCursor():
+                results = self.logic.loadResults(self.projectFolder(), referenceNodes)
+        except SFRError as exc:
+            slicer.util.errorDisplay(str(exc), windowTitle="SFR Segmenter")
+            return
+        review = {r.case: r.review for r in results}
+        self._fillFlagged(sfrscene.flagged_slices(review))
+        self.ui.reviewCaseComboBox.clear()
+        for r in results:
+            confidence = r.review.get("confidence")
+            label = r.case if confidence is None else f"{r.case} (confidence {confidence:.3f})"
+            self.ui.reviewCaseComboBox.addItem(label, r.case)
+        self._log(f"loaded {len(results)} pseudo-labeled cases")
+        self._updateButtons()
+        self._showSelectedCase()
+
+    def _fillFlagged(self, rows):
+        self._flagged = rows
+        table = self.ui.flaggedSlicesTableWidget
+        table.setRowCount(len(rows))
+        for i, row in enumerate(rows):
+            trusted = row.get("trusted")
+            values = [row["case"], str(row["index"]), f"{row['confidence']:.3f}", "" if trusted is None else ("yes" if trusted else "no")]
+            for col, value in enumerate(values):
+                table.setItem(i, col, qt.QTableWidgetItem(value))
+
+    def selectedResult(self):
+        case = self.ui.reviewCaseComboBox.currentData
+        return self.logic.results.get(case) if case else None
+
+    def _showSelectedCase(self):
+        result = self.selectedResult()
+        if result is None:
+            return
+        for other in self.logic.results.values():
+            display = other.segmentation.GetDisplayNode()
+            if display is not None:
+                display.SetVisibility(other is result)
+        overlay = result.confidence if self.ui.showConfidenceCheckBox.checked else None
+        sfrscene.show_confidence_overlay(slicer.mrmlScene, result.reference, overlay)
+
+    def onFlaggedSliceClicked(self, row, column):
+        if not 0 <= row < len(self._flagged):
+            return
+        entry = self._flagged[row]
+        index = self.ui.reviewCaseComboBox.findData(entry["case"])
+        if index >= 0:
+            self.ui.reviewCaseComboBox.setCurrentIndex(index)
+        result = self.logic.results.get(entry["case"])
+        if result is None:
+            return
+        try:
+            sfrscene.jump_to_slice(slicer.mrmlScene, result.reference, entry["index"])
+        except SFRError as exc:
+            self._log(f"error: {exc}")
+
+    # ---------------------------------------------------------------- correct
+    def onAccept(self, *_):
+        result = self.selectedResult()
+        if result is None:
+            return
+        try:
+            record = sfrscene.accept_case(slicer.mrmlScene, self.projectFolder(), result.case)
+        except SFRError as exc:
+            slicer.util.errorDisplay(str(exc), windowTitle="SFR Segmenter")
+            return
+        result.segmentation.SetAttribute("SFR.Accepted", record["source"])
+        self._log(f"{result.case}: pseudo-label accepted as its label")
+        self.refreshCases()
+
+    def onEdit(self, *_):
+        result = self.selectedResult()
+        if result is None:
+            return
+        slicer.util.selectModule("SegmentEditor")
+        editor = slicer.modules.SegmentEditorWidget.editor
+        editor.setSegmentationNode(result.segmentation)
+        if hasattr(editor, "setSourceVolumeNode"):  # Slicer 5.4+
+            editor.setSourceVolumeNode(result.reference)
+        else:
+            editor.setMasterVolumeNode(result.reference)
+
+    def onSaveCorrection(self, *_):
+        result = self.selectedResult()
+        if result is None:
+            return
+        try:
+            sfrscene.accept_case(
+                slicer.mrmlScene, self.projectFolder(), result.case,
+                segmentation_node=result.segmentation, reference=result.reference,
+            )
+        except SFRError as exc:
+            slicer.util.errorDisplay(str(exc), windowTitle="SFR Segmenter")
+            return
+        self._log(f"{result.case}: correction saved as its label")
+        self.refreshCases()
+
+
+#
+# Test (runs inside Slicer: Reload and Test, or Slicer --testing)
+#
+
+
+class SFRSegmenterTest(ScriptedLoadableModuleTest):
+    """The whole workflow on the bundled hippocampus sample with the tiny test backbone."""
+
+    #: ``sfr run`` options for a fast run; the tiny backbone is the engine's test model.
+    RUN_SETTINGS = dict(backbone="tiny", ssl="mean_teacher", sfr_plus=True, device="cpu")
+    TIMEOUT_S = float(os.environ.get("SFR_SLICER_TEST_TIMEOUT", "1800"))
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_workflow()
+
+    def _sampleDir(self):
+        import SFRSegmenterLib
+
+        return os.path.join(os.path.dirname(SFRSegmenterLib.__file__), "sample_data", "hippocampus")
+
+    def test_workflow(self):
+        self.delayDisplay("Loading the sample: 2 labeled and 3 unlabeled hippocampus volumes")
+        sample = self._sampleDir()
+        names = ["hippocampus_001", "hippocampus_003", "hippocampus_004", "hippocampus_006", "hippocampus_007"]
+        volumes = {}
+        for name in names:
+            volumes[name] = slicer.util.loadVolume(os.path.join(sample, "images", f"{name}.nii.gz"))
+        userSegmentations = {}
+        for name in names[:2]:
+            labelmap = slicer.util.loadLabelVolume(os.path.join(sample, "labels", f"{name}.nii.gz"))
+            seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{name} segmentation")
+            seg.SetReferenceImageGeometryParameterFromVolumeNode(volumes[name])
+            slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelmap, seg)
+            for i, segmentName in enumerate(["anterior", "posterior"]):
+                seg.GetSegmentation().GetNthSegment(i).SetName(segmentName)
+            slicer.mrmlScene.RemoveNode(labelmap)
+            userSegmentations[name] = seg
+        userMatrix = {n: sfrscene.ijk_to_ras(v) for n, v in volumes.items()}
+
+        logic = SFRSegmenterLogic()
+        project = os.path.join(slicer.app.temporaryPath, "SFRSegmenterTest", str(int(time.time())))
+        cases = logic.sceneCases()
+        self.assertEqual({c.name for c in cases}, set(names))
+        exported = logic.exportProject(project, cases)
+        self.assertEqual(len(exported.by_role("labeled")), 2)
+        self.assertEqual(exported.classes, ["background", "anterior", "posterior"])
+
+        self.delayDisplay("Running SFR in the background")
+        finished = []
+        job = logic.startRun(project, jobs.RunSettings(**self.RUN_SETTINGS), onFinished=finished.append)
+        deadline = time.monotonic() + self.TIMEOUT_S
+        while not finished and time.monotonic() < deadline:
+            slicer.app.processEvents()  # the UI stays responsive while the engine works
+            job.poll()
+            time.sleep(0.05)
+        if not finished:
+            logic.shutdown(5)
+            self.fail("sfr run did not finish in time")
+        self.assertEqual(job.state, "finished", "\n".join(job.progress.log[-30:]))
+
+        self.delayDisplay("Loading the results")
+        results = logic.loadResults(project, {n: v for n, v in volumes.items()})
+        self.assertEqual({r.case for r in results}, set(names[2:]))
+        for r in results:
+            self.assertIs(r.reference, volumes[r.case])
+            segNames = [r.segmentation.GetSegmentation().GetNthSegment(i).GetName()
+                        for i in range(r.segmentation.GetSegmentation().GetNumberOfSegments())]
+            self.assertEqual(segNames[:2], ["anterior", "posterior"])
+            if r.confidence is not None:
+                import numpy as np
+
+                np.testing.assert_allclose(sfrscene.ijk_to_ras(r.confidence), userMatrix[r.case], atol=1e-4)
+        for name, seg in userSegmentations.items():  # the user's segmentations are untouched
+            self.assertEqual(seg.GetName(), f"{name} segmentation")
+
+        review = {r.case: r.review for r in results}
+        rows = sfrscene.flagged_slices(review)
+        if rows:
+            ras = sfrscene.jump_to_slice(slicer.mrmlScene, volumes[rows[0]["case"]], rows[0]["index"])
+            self.assertEqual(len(ras), 3)
+
+        self.delayDisplay("Accepting one pseudo-label")
+        first = results[0]
+        record = sfrscene.accept_case(slicer.mrmlScene, project, first.case)
+        self.assertEqual(record["source"], "accepted")
+        self.assertEqual(logic.caseStates(project)[first.case], "accepted")
+        self.delayDisplay("Test passed")

