@@ -60,7 +60,7 @@ class FinetuneConfig:
     seed: int = 1337
     device: str = "auto"
     save_every: int = 200
-    crop: "Sequence[int] | None" = None  # (D, H, W); None: backbone default (cut to the data)
+    crop: "Sequence[int] | None" = None  # (D, H, W); None: backbone default, cut to the data
     canvas: "int | None" = None  # None: backbone input size
     grid: "Sequence[int] | str | None" = None  # (rows, cols); None: backbone default; "native"
     scale: "float | None" = None  # in-plane slice scale; None: fit the grid
@@ -69,11 +69,14 @@ class FinetuneConfig:
     augment: bool = True
     bezier_p: float = 0.5
     threads: "int | None" = None  # torch CPU threads; None: leave as is
+    # CPU-friendly mode: with lora_rank 0 the encoder is frozen, so the embeddings of
+    # ``embedding_cache`` augmented mosaics are computed once and the decoder trains on them.
+    embedding_cache: int = 0
 
 
 # Settings that must be the same to resume.
 _RESUME_KEYS = ("backbone", "iterations", "batch_size", "lora_rank", "lr", "weight_decay", "poly_power",
-                "seed", "augment", "bezier_p")
+                "seed", "augment", "bezier_p", "embedding_cache")
 
 
 @dataclass
@@ -108,7 +111,7 @@ def _layout(cfg: FinetuneConfig, spec, shapes) -> Layout:
     if len(crop) != 3 or min(crop) < 1:
         raise SFRError(f"crop must be three positive sizes D H W, got {crop}")
     grid = spec.default_grid if cfg.grid is None else (None if cfg.grid == "native" else tuple(cfg.grid))
-    layout = resolve_layout(canvas, crop, grid, cfg.scale, shapes)
+    layout = resolve_layout(canvas, crop, grid, cfg.scale, shapes, cut=not cfg.crop)
     try:
         layout.plan()
     except ValueError as exc:
@@ -116,11 +119,11 @@ def _layout(cfg: FinetuneConfig, spec, shapes) -> Layout:
     return layout
 
 
-def sample_batch(cases: list, layout: Layout, plan, cfg: FinetuneConfig, iteration: int):
+def sample_batch(cases: list, layout: Layout, plan, cfg: FinetuneConfig, iteration: int, stream: int = 0, size: "int | None" = None):
     """The training batch of ``iteration``: images ``[N, 3, S, S]``, labels ``[N, S, S]``."""
-    rng = np.random.default_rng([int(cfg.seed), int(iteration)])
+    rng = np.random.default_rng([int(cfg.seed), int(stream), int(iteration)])
     images, labels = [], []
-    for _ in range(cfg.batch_size):
+    for _ in range(cfg.batch_size if size is None else size):
         case = cases[int(rng.integers(len(cases)))]
         img, lab = case.image, case.label
         if cfg.augment:
@@ -137,6 +140,21 @@ def sample_batch(cases: list, layout: Layout, plan, cfg: FinetuneConfig, iterati
     x = torch.from_numpy(np.concatenate(images).astype(np.float32))[:, None].expand(-1, 3, -1, -1)
     y = torch.from_numpy(np.concatenate(labels).astype(np.int64))
     return x.contiguous(), y
+
+
+@torch.no_grad()
+def build_embedding_cache(model, cases, layout, plan, cfg, device, bf16):
+    """Encoder outputs of ``cfg.embedding_cache`` augmented mosaics (frozen encoder only)."""
+    embs, labs = [], []
+    bar = events.Progress("embed", cfg.embedding_cache)
+    for j in range(cfg.embedding_cache):
+        x, y = sample_batch(cases, layout, plan, cfg, j, stream=1, size=1)
+        with _autocast(device, bf16):
+            emb = model.image_encoder(x.to(device))
+        embs.append(emb.float().cpu().to(torch.float16))
+        labs.append(y)
+        bar.update(j + 1)
+    return torch.cat(embs), torch.cat(labs)
 
 
 def _autocast(device: torch.device, bf16: bool):
@@ -189,8 +207,12 @@ def finetune(
     """Fine-tune ``cfg.backbone`` on the project's labeled cases; returns the model folder."""
     out_dir = Path(out_dir) if out_dir else project.root / "models" / "sam"
     spec = get_spec(cfg.backbone)
-    if cfg.iterations < 1 or cfg.batch_size < 1 or cfg.lora_rank < 1 or cfg.save_every < 1:
-        raise SFRError("iterations, batch size, LoRA rank and save interval must be >= 1")
+    if cfg.iterations < 1 or cfg.batch_size < 1 or cfg.save_every < 1:
+        raise SFRError("iterations, batch size and save interval must be >= 1")
+    if cfg.lora_rank < 0:
+        raise SFRError(f"LoRA rank must be >= 0 (0: frozen encoder), got {cfg.lora_rank}")
+    if cfg.embedding_cache and cfg.lora_rank != 0:
+        raise SFRError("cached embeddings need a frozen encoder: use LoRA rank 0 with the embedding cache")
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     device = resolve_device(cfg.device)
@@ -286,6 +308,11 @@ def finetune(
         )
         write_json_atomic(out_dir / MODEL_META, meta)
 
+    cache = None
+    if cfg.embedding_cache and start < cfg.iterations:
+        model.eval()
+        cache = build_embedding_cache(model, cases, layout, plan, cfg, device, bf16)
+        model.train()
     progress = events.Progress("finetune", cfg.iterations, start=start)
     t0 = time.monotonic() - float(meta["train_seconds"])
     last_saved = start if prev is not None else -1
@@ -297,13 +324,20 @@ def finetune(
                 save(it, time.monotonic() - t0)
             events.stage("finetune", "cancelled", iteration=it)
             raise Cancelled(f"fine-tuning stopped at iteration {it}; resume to continue")
-        x, y = sample_batch(cases, layout, plan, cfg, it)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         lr = cfg.lr * (1.0 - it / cfg.iterations) ** cfg.poly_power
         for group in opt.param_groups:
             group["lr"] = lr
-        with _autocast(device, bf16):
-            logits = model.logits(x)
+        if cache is None:
+            x, y = sample_batch(cases, layout, plan, cfg, it)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with _autocast(device, bf16):
+                logits = model.logits(x)
+        else:
+            pick = np.random.default_rng([int(cfg.seed), 2, it]).integers(len(cache[0]), size=cfg.batch_size)
+            emb = cache[0][torch.from_numpy(pick)].to(device).float()
+            y = cache[1][torch.from_numpy(pick)].to(device)
+            with _autocast(device, bf16):
+                logits = model.upsample(model.decode(emb))
         loss = dice_ce_loss(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()

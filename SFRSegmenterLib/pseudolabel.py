@@ -91,8 +91,17 @@ def predict_probabilities(
     overlap: float = 0.25,
     batch_size: int = 4,
     should_stop: "Callable[[], bool] | None" = None,
+    encoder_cache: "dict | None" = None,
+    cache_key=None,
 ) -> np.ndarray:
-    """Softmax probabilities ``[K, D, H, W]`` (float32) of the whole volume."""
+    """Softmax probabilities ``[K, D, H, W]`` (float32) of the whole volume.
+
+    ``encoder_cache`` (a dict, for models fine-tuned with a frozen encoder, LoRA rank 0)
+    keeps image embeddings by ``(cache_key, window)`` so that several decoders fine-tuned
+    from the same frozen encoder can share one encoder pass per window.
+    """
+    if encoder_cache is not None and int(model.meta.get("lora_rank", 0)) != 0:
+        raise ValueError("encoder_cache needs a frozen-encoder model (LoRA rank 0)")
     array = volume.array if isinstance(volume, Volume) else np.asarray(volume)
     layout: Layout = model.layout
     plan = layout.plan()
@@ -117,13 +126,21 @@ def predict_probabilities(
         if should_stop is not None and should_stop():
             raise Cancelled("pseudo-labelling stopped")
         chunk = windows[i : i + batch_size]
-        crops = np.stack([padded[z : z + cd, y : y + ch, x : x + cw] for z, y, x in chunk])
-        canv = stitch(crops, plan, fill=0.0, mode="bilinear")  # [n, slabs, S, S]
         n = len(chunk)
-        t = torch.from_numpy(np.ascontiguousarray(canv, dtype=np.float32)).reshape(-1, 1, S, S)
-        t = t.expand(-1, 3, -1, -1).to(device)
+        keys = [(cache_key, w) for w in chunk]
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model.logits(t)
+            if encoder_cache is not None and all(k in encoder_cache for k in keys):
+                emb = torch.cat([encoder_cache[k] for k in keys]).to(device).float()
+            else:
+                crops = np.stack([padded[z : z + cd, y : y + ch, x : x + cw] for z, y, x in chunk])
+                canv = stitch(crops, plan, fill=0.0, mode="bilinear")  # [n, slabs, S, S]
+                t = torch.from_numpy(np.ascontiguousarray(canv, dtype=np.float32)).reshape(-1, 1, S, S)
+                emb = model.image_encoder(t.expand(-1, 3, -1, -1).to(device))
+                if encoder_cache is not None:
+                    per = emb.float().cpu().to(torch.float16).reshape(n, plan.slabs, *emb.shape[1:])
+                    for k, e in zip(keys, per):
+                        encoder_cache[k] = e
+            logits = model.upsample(model.decode(emb))
         probs = torch.softmax(logits.float(), dim=1).reshape(n, plan.slabs, K, S, S).transpose(1, 2)
         vol = unstitch(probs.cpu(), plan, mode="bilinear").numpy()  # [n, K, cd, ch, cw]
         for (z, y, x), p in zip(chunk, vol):

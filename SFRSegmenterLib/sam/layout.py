@@ -3,7 +3,8 @@
 Training samples crops of ``crop = (D, H, W)`` voxels and stitches each crop with one
 :class:`~SFRSegmenterLib.stitching.StitchPlan`; inference slides the same window over the
 whole volume.  A crop larger than the volumes is cut to the largest volume extent; volumes
-smaller than the crop are padded (image 0, label IGNORE_INDEX).
+smaller than the crop are padded (image 0, label IGNORE_INDEX).  A crop given explicitly is
+kept as given.
 """
 
 from __future__ import annotations
@@ -44,10 +45,13 @@ class Layout:
         )
 
 
-def resolve_layout(canvas: int, crop, grid, scale, shapes) -> Layout:
-    """Cut ``crop`` to the largest extent of ``shapes`` along each axis."""
-    biggest = np.max(np.asarray([tuple(s) for s in shapes]), axis=0)
-    crop = tuple(int(min(c, b)) for c, b in zip(crop, biggest))
+def resolve_layout(canvas: int, crop, grid, scale, shapes, cut: bool = True) -> Layout:
+    """The layout; with ``cut``, ``crop`` is cut to the largest extent of ``shapes`` per axis."""
+    if cut:
+        biggest = np.max(np.asarray([tuple(s) for s in shapes]), axis=0)
+        crop = tuple(int(min(c, b)) for c, b in zip(crop, biggest))
+    else:
+        crop = tuple(int(c) for c in crop)
     return Layout(int(canvas), crop, None if grid is None else tuple(int(g) for g in grid), scale)
 
 

@@ -34,7 +34,10 @@ class SamSegmenter(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``images [B, 3, S, S]`` -> low-resolution logits ``[B, K, s, s]``."""
-        emb = self.image_encoder(images)
+        return self.decode(self.image_encoder(images))
+
+    def decode(self, emb: torch.Tensor) -> torch.Tensor:
+        """Image embeddings ``[B, C, h, w]`` -> low-resolution logits ``[B, K, 4h, 4w]``."""
         b, c, h, w = emb.shape
         dec = self.mask_decoder
         dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).to(emb.dtype)
@@ -52,8 +55,10 @@ class SamSegmenter(nn.Module):
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits at canvas resolution (bilinear upsampling of the low-resolution output)."""
-        low = self(images)
-        return F.interpolate(low.float(), size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return self.upsample(self(images))
+
+    def upsample(self, low: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(low.float(), size=(self.canvas, self.canvas), mode="bilinear", align_corners=False)
 
 
 def resize_mask_tokens(decoder: nn.Module, k: int) -> None:

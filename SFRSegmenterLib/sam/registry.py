@@ -109,10 +109,9 @@ def build_segmenter(
     """
     spec = get_spec(name)
     path = resolve_checkpoint(name, checkpoint, download)
-    arch = spec.build()
-    sha = None
-    if path is not None:
-        sha = checkpoints.verify_known(path) if path.exists() else None
+    sha = state = None
+    if path is not None:  # check and read the file before building a large architecture
+        sha = checkpoints.verify_known(path) if path.is_file() else None
         if expected_sha256 and sha and sha != expected_sha256:
             raise SFRError(
                 f"base checkpoint has sha256 {sha[:12]}..., but the model was fine-tuned from "
@@ -120,11 +119,14 @@ def build_segmenter(
                 path,
             )
         state = checkpoints.load_state_dict(path)
+    arch = spec.build()
+    if state is not None:
         checkpoints.load_strict(arch, state, path, name)
         del state
     model = SamSegmenter(arch.image_encoder, arch.prompt_encoder, arch.mask_decoder, spec.canvas)
     resize_mask_tokens(model.mask_decoder, int(num_classes))
-    blocks = add_lora(model.image_encoder, int(lora_rank))
+    # lora_rank 0: the whole encoder stays frozen (embeddings can then be cached)
+    blocks = add_lora(model.image_encoder, int(lora_rank)) if int(lora_rank) > 0 else 0
     set_trainable(model)
     model.meta = {
         "backbone": name,
