@@ -6,7 +6,7 @@ pseudo-labels are trusted, SFR+), and saves into ``PROJECT/models/sam/``:
 * ``sam_parts.pt``   the trained parts only: LoRA, prompt encoder, mask decoder (tensors);
 * ``train_state.pt`` optimizer moments and iteration, used by ``resume``;
 * ``sam-model.json`` metadata: backbone, base checkpoint + sha256, stitching layout and plan,
-  classes, preprocessing, iterations, loss curve, ``model_id`` (from the parts' sha256).
+  classes, preprocessing, iterations, loss curve, ``model_id`` (a digest of the parts' values).
 
 All three are written atomically every ``save_every`` iterations and at the end (metadata
 last: it is the commit point).  Every random choice of iteration ``i`` comes from a generator
@@ -16,6 +16,7 @@ seeded with ``(seed, i)``, so a resumed run equals an uninterrupted one on CPU.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -192,6 +193,16 @@ def load_parts(model, path: Path) -> None:
     model.load_state_dict(parts, strict=False)
 
 
+def content_digest(state: dict) -> str:
+    """sha256 over the names, dtypes, shapes and values of a state dict (file-name independent)."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -293,8 +304,9 @@ def finetune(
 
     def save(done: int, seconds: float) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
+        parts = trainable_parts(model)
         with atomic_path(out_dir / PARTS_FILE) as tmp:
-            torch.save(trainable_parts(model), tmp)
+            torch.save(parts, tmp)
         with atomic_path(out_dir / STATE_FILE) as tmp:
             torch.save({"iteration": done, "optimizer": opt.state_dict()}, tmp)
         digest = sha256_file(out_dir / PARTS_FILE)
@@ -302,7 +314,7 @@ def finetune(
             iterations_done=done,
             parts_file=PARTS_FILE,
             parts_sha256=digest,
-            model_id="sam-" + digest[:16],
+            model_id="sam-" + content_digest(parts)[:16],
             train_seconds=round(seconds, 2),
             updated=_now(),
         )
