@@ -81,3 +81,28 @@ def test_layout_default_crop_is_cut_to_the_data_explicit_crop_is_kept():
     assert kept.crop == (16, 160, 256) and kept.plan().scale == (0.25, 0.25)
     assert Layout.from_dict(kept.to_dict()) == kept
     assert pad_to(np.zeros((2, 3, 4)), (3, 3, 5), 7).shape == (3, 3, 5)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    from SFRSegmenterLib.sam.model import set_grad_checkpointing
+    from SFRSegmenterLib.sam.registry import build_segmenter
+
+    torch.manual_seed(0)
+    model = build_segmenter("tiny_test", num_classes=2, lora_rank=4).train()
+    for n, p in model.named_parameters():
+        if "lora_b" in n:
+            torch.nn.init.normal_(p)  # make LoRA gradients of A non-zero
+    x = torch.rand(2, 3, 128, 128)
+    y = torch.randint(0, 2, (2, 128, 128))
+
+    def grads():
+        model.zero_grad()
+        dice_ce_loss(model.logits(x), y).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads()
+    assert set_grad_checkpointing(model, True) == 2
+    ckpt = grads()
+    set_grad_checkpointing(model, False)
+    assert plain.keys() == ckpt.keys() and any(".lora_a" in n for n in plain)
+    assert all(torch.allclose(plain[n], ckpt[n], atol=1e-6) for n in plain)

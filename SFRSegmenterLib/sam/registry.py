@@ -102,13 +102,16 @@ def build_segmenter(
     lora_rank: int = 4,
     download: bool = False,
     expected_sha256: "str | None" = None,
+    random_weights: bool = False,
 ) -> SamSegmenter:
     """Build backbone ``name`` with its weights, ``num_classes`` output masks and LoRA.
 
     ``model.meta`` gets ``backbone``, ``checkpoint`` (path or None) and ``checkpoint_sha256``.
+    ``random_weights`` skips the checkpoint (speed/memory benchmarks only).
     """
     spec = get_spec(name)
-    path = resolve_checkpoint(name, checkpoint, download)
+    # random_weights: benchmarks of speed and memory only (no checkpoint reachable)
+    path = None if random_weights else resolve_checkpoint(name, checkpoint, download)
     sha = state = None
     if path is not None:  # check and read the file before building a large architecture
         sha = checkpoints.verify_known(path) if path.is_file() else None
@@ -136,6 +139,8 @@ def build_segmenter(
         "lora_rank": int(lora_rank),
         "num_masks": int(num_classes),
     }
+    if random_weights and not spec.test_only:
+        model.meta["random_weights"] = True
     if spec.test_only:
         events.log("backbone tiny_test: randomly initialised TEST-ONLY model, predictions are meaningless", "warning")
     return model
