@@ -7,10 +7,11 @@ validation cases (the last 16 of the 80) with ``SFRSegmenterLib.pseudolabel``; s
 ``SFRSegmenterLib.evaluation``.  Paper (ViT-B, 6000 iterations, GPU): 90.39 (16), 74.78 (1).
 
 CPU budget (about 45 minutes for both N on one thread of a shared 2-core machine):
-* a LiteMedSAM encoder pass costs about 4.5 s there, a LoRA training step (batch 2) about
-  30 s, so LoRA fine-tuning would get some 40 steps in the budget.  We train instead with the
-  encoder frozen (LoRA rank 0) on cached embeddings of augmented mosaics (``embedding_cache``),
-  which makes a decoder step about 1.5 s and lets both N share the validation embeddings;
+* a LiteMedSAM encoder pass costs about 3.5-4.5 s there, a LoRA training step (batch 2) about
+  30 s (bench/results/sam_speed.md), so LoRA fine-tuning would get some 40 steps per N in the
+  budget.  We train instead with the encoder frozen (LoRA rank 0) on cached embeddings of
+  augmented mosaics (``embedding_cache``: 32 for N = 1, 64 for N = 16), which makes a decoder
+  step about 1.3 s (450 iterations per N) and lets both N share the validation embeddings;
 * layout: whole slices (crop 16 x 160 x 256, 4 x 4 grid, in-plane scale 0.25) so a validation
   volume takes 6 encoder passes (no window overlap).
 Results go to bench/results/sam_quality.{json,md}.
@@ -121,9 +122,9 @@ def write_results(results, args, out: Path, t_start):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--labeled", type=int, nargs="+", default=[1, 16])
-    ap.add_argument("--iterations", type=json.loads, default={"1": 400, "16": 400},
-                    help='JSON: iterations per N, e.g. \'{"1": 400, "16": 400}\'')
-    ap.add_argument("--cache", type=json.loads, default={"1": 24, "16": 64},
+    ap.add_argument("--iterations", type=json.loads, default={"1": 450, "16": 450},
+                    help='JSON: iterations per N, e.g. \'{"1": 450, "16": 450}\'')
+    ap.add_argument("--cache", type=json.loads, default={"1": 32, "16": 64},
                     help="JSON: cached augmented mosaics per N")
     ap.add_argument("--crop", type=int, nargs=3, default=[16, 160, 256])
     ap.add_argument("--grid", type=int, nargs=2, default=[4, 4])
