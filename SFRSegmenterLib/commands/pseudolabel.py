@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from ..device import DEVICES
+# same as device.DEVICES; importing device.py would load torch for every `sfr` command
+DEVICES = ("auto", "cpu", "cuda", "mps")
 from ..manifest import load_project
-from ..pseudolabel import pseudolabel
 
 
 def add_parser(sub) -> None:
@@ -29,6 +29,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from ..pseudolabel import pseudolabel  # torch: imported only when used
+
     project = load_project(args.project)
     results = pseudolabel(
         project,
