@@ -111,14 +111,17 @@ def atomic_torch_save(obj, path: Path) -> None:
         raise
 
 
-def _dist_info() -> tuple:
-    """(rank, world, local_rank, initialised_here) from torchrun's environment."""
+def _dist_info(device_type: str) -> tuple:
+    """(rank, world, local_rank, initialised_here) from torchrun's environment.
+
+    The process group uses NCCL for CUDA training and gloo otherwise (``SFR_DDP_BACKEND``
+    overrides)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1, 0, False
     here = False
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("SFR_DDP_BACKEND") != "gloo" else "gloo"
+        backend = os.environ.get("SFR_DDP_BACKEND") or ("nccl" if device_type == "cuda" else "gloo")
         dist.init_process_group(backend)
         here = True
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), here
@@ -174,7 +177,7 @@ def retrain(
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
 
-    rank, world, local_rank, dist_here = _dist_info()
+    rank, world, local_rank, dist_here = _dist_info(resolve_device(cfg.device).type)
     try:
         return _retrain(project, cfg, pseudo_dir, out_dir, resume, should_stop, unlabeled_cases, rank, world, local_rank)
     finally:
