@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-from ..evaluation import evaluate_folders, format_table
-from ..manifest import write_json_atomic
 
 
 def add_parser(sub) -> None:
@@ -23,6 +21,9 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from ..evaluation import evaluate_folders, format_table  # scipy: only when evaluating
+    from ..manifest import write_json_atomic
+
     report = evaluate_folders(args.pred, args.gt)
     print(format_table(report))
     if args.json:

@@ -13,8 +13,7 @@ from ..manifest import load_project
 
 
 def add_parser(sub) -> None:
-    from ..retrain.networks import NETWORKS, NORMS
-    from ..retrain.ssl import SSL_METHODS
+    from ..retrain.names import NETWORK_NAMES, NORM_NAMES, SSL_NAMES
 
     p = sub.add_parser(
         "retrain",
@@ -25,8 +24,8 @@ def add_parser(sub) -> None:
         "the global batch, split over the processes).",
     )
     p.add_argument("project", help="project folder")
-    p.add_argument("--ssl", choices=list(SSL_METHODS), default="mean_teacher", help="SSL method (default mean_teacher)")
-    p.add_argument("--network", choices=list(NETWORKS), default="vnet", help="3D network (default vnet)")
+    p.add_argument("--ssl", choices=SSL_NAMES, default="mean_teacher", help="SSL method (default mean_teacher)")
+    p.add_argument("--network", choices=NETWORK_NAMES, default="vnet", help="3D network (default vnet)")
     p.add_argument("--no-sam", action="store_true", help="do not use SAM pseudo-labels (plain MT, lower bound, ...)")
     p.add_argument("--sam-weight", type=float, default=1.0, help="weight of the pseudo-label loss (default 1)")
     p.add_argument("--pseudo", help="pseudo-label folder (default PROJECT/pseudo)")
@@ -39,7 +38,7 @@ def add_parser(sub) -> None:
                    help="global batch: labeled and unlabeled crops (default 2 2)")
     p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01)")
     p.add_argument("--lr-step", type=int, help="multiply lr by 0.1 every N iterations (default 2500 x iterations/6000)")
-    p.add_argument("--norm", choices=NORMS, default="batchnorm", help="normalisation layers (default batchnorm)")
+    p.add_argument("--norm", choices=NORM_NAMES, default="batchnorm", help="normalisation layers (default batchnorm)")
     p.add_argument("--dropout", type=float, default=0.5, help="dropout probability (default 0.5)")
     p.add_argument("--augment", choices=("rotflip", "crop"), default="rotflip", help="spatial augmentation")
     p.add_argument("--seed", type=int, default=1337)

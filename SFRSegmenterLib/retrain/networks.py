@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-NORMS = ("batchnorm", "instancenorm", "groupnorm", "none")
+from .names import NORM_NAMES as NORMS  # noqa: E402  (one list, shared with the CLI)
 
 
 def _norm(kind: str, channels: int) -> nn.Module:

@@ -1,0 +1,5 @@
+"""Built-in names of stage R's registries, importable without torch (for the command line)."""
+
+NETWORK_NAMES = ("vnet", "unet3d")
+NORM_NAMES = ("batchnorm", "instancenorm", "groupnorm", "none")
+SSL_NAMES = ("supervised", "self_training", "mean_teacher", "ua_mt")
