@@ -6,12 +6,22 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from SFRSegmenterLib.errors import Cancelled, SFRError
 from SFRSegmenterLib.finetune import FinetuneConfig, finetune
 from SFRSegmenterLib.io import read_image
 from SFRSegmenterLib.manifest import init_project
 from SFRSegmenterLib.pseudolabel import load_sam_model, predict_probabilities, pseudolabel
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models on a shared machine: one thread avoids oversubscription (10x slower)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
