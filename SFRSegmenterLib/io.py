@@ -417,6 +417,7 @@ class _atomic_path:
         suffix = volume_suffix(self.path) or self.path.suffix
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=self.path.parent)
         os.close(fd)
+        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; keep the usual permissions
         self.tmp = Path(tmp)
         return self.tmp
 
@@ -426,6 +427,13 @@ class _atomic_path:
         else:
             self.tmp.unlink(missing_ok=True)
         return False
+
+
+def default_file_mode() -> int:
+    """The mode a plain ``open(path, 'w')`` would give a new file (0666 less the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_path(path: "str | os.PathLike") -> _atomic_path:

@@ -37,7 +37,7 @@ from typing import Iterable
 import numpy as np
 
 from .errors import SFRError
-from .io import case_name, is_volume_file, read_image, read_label, volume_suffix
+from .io import case_name, default_file_mode, is_volume_file, read_image, read_label, volume_suffix
 
 MANIFEST_NAME = "sfr-project.json"
 SCHEMA_VERSION = 1
@@ -135,6 +135,7 @@ def write_json_atomic(path: "str | os.PathLike", data) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
+    os.chmod(tmp, default_file_mode())
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=2)

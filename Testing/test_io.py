@@ -168,3 +168,19 @@ def test_real_sample_geometry_preserved(tmp_path, sample_dir):
     assert out.origin == ref.GetOrigin()
     assert out.direction == ref.GetDirection()
     np.testing.assert_array_equal(out.array, sitk.GetArrayFromImage(ref))
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    import os
+
+    from SFRSegmenterLib.io import default_file_mode
+    from SFRSegmenterLib.manifest import write_json_atomic
+
+    vol = write_volume(_volume(), tmp_path / "a.nii.gz")
+    write_json_atomic(tmp_path / "m.json", {"a": 1})
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    expected = os.stat(plain).st_mode & 0o777
+    assert default_file_mode() == expected
+    assert os.stat(vol).st_mode & 0o777 == expected
+    assert os.stat(tmp_path / "m.json").st_mode & 0o777 == expected
