@@ -151,6 +151,13 @@ def write_outputs(results: list) -> None:
             f"| {e['labeled']} | {e['row']} | {e['protocol']} | {it} | {f(m['dice'], 100)} | {f(m['jaccard'], 100)} | "
             f"{f(m['hd95_vox'])} | {f(m['asd_vox'])} | {e.get('train_seconds', '')} | {e.get('s_per_volume', '')} | {paper} |"
         )
+    lines += ["", "What ran:"]
+    for e in results:
+        if "skipped" not in e:
+            lines.append(f"- N={e['labeled']} {e['row']}: protocol {e['protocol']}, "
+                         f"{e.get('config', {}).get('iterations', '-')} iterations, eval stride {e.get('eval_stride', '-')}, "
+                         f"{e['validation_cases']} validation cases, {e['threads']} thread(s), device {e['device']}, "
+                         f"finished {e.get('finished', '?')}")
     lines += ["", "Threads/device per entry are in retrain_quality.json. Empty predictions count as Dice 0 and "
               "have no distance (n_hd95_vox in the JSON says how many cases had one).", ""]
     (RESULTS / "retrain_quality.md").write_text("\n".join(lines))
