@@ -46,7 +46,7 @@ def make_project(root: Path, n_labeled=2, n_unlabeled=3, n_validation=1, binary=
 def make_pseudo(project: Project, pseudo_dir: Path | None = None, model_id="sam-test-1", write_meta=True) -> Path:
     """Stage F's files for every unlabeled case: eroded ground truth as the pseudo-label."""
     pseudo_dir = Path(pseudo_dir or project.root / "pseudo")
-    meta = project.root / "models" / "sam" / "meta.json"
+    meta = project.root / "models" / "sam" / "sam-model.json"
     if write_meta:
         write_json_atomic(meta, {"model_id": model_id})
     mtime = meta.stat().st_mtime if meta.exists() else time.time()
@@ -69,6 +69,6 @@ def make_pseudo(project: Project, pseudo_dir: Path | None = None, model_id="sam-
         }
     write_json_atomic(
         pseudo_dir / PSEUDO_INDEX,
-        {"model_id": model_id, "model_meta_mtime": mtime, "project": project.name, "cases": entries},
+        {"model_id": model_id, "model_metadata_mtime": mtime, "project": project.name, "cases": entries},
     )
     return pseudo_dir

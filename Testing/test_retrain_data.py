@@ -88,7 +88,7 @@ def test_missing_pseudo_labels(project, tmp_path):
 
 
 def test_pseudo_labels_older_than_sam_model(project, tmp_path):
-    meta = project.root / "models" / "sam" / "meta.json"
+    meta = project.root / "models" / "sam" / "sam-model.json"
     time.sleep(0.01)
     later = time.time() + 5
     os.utime(meta, (later, later))  # the SAM model was saved again after the pseudo-labels
@@ -98,7 +98,7 @@ def test_pseudo_labels_older_than_sam_model(project, tmp_path):
 
 
 def test_pseudo_labels_of_another_sam_model(project, tmp_path):
-    meta = project.root / "models" / "sam" / "meta.json"
+    meta = project.root / "models" / "sam" / "sam-model.json"
     st_ = meta.stat()
     write_json_atomic(meta, {"model_id": "sam-test-2"})
     os.utime(meta, (st_.st_atime, st_.st_mtime))
@@ -135,12 +135,24 @@ def test_pseudo_label_in_wrong_geometry(project, tmp_path):
     lab = read_label(p)
     lab.spacing = (2.0, 2.0, 2.0)
     write_volume(lab, p)
-    meta = project.root / "models" / "sam" / "meta.json"
+    meta = project.root / "models" / "sam" / "sam-model.json"
     os.utime(meta, (meta.stat().st_mtime - 10,) * 2)  # keep the pseudo-label newer than the model
     idx = project.root / "pseudo" / "pseudo-labels.json"
     data = json.loads(idx.read_text())
-    data["model_meta_mtime"] = meta.stat().st_mtime
+    data["model_metadata_mtime"] = meta.stat().st_mtime
     idx.write_text(json.dumps(data))
     with pytest.raises(SFRError, match="spacing") as e:
         load_unlabeled(project, project.by_role("unlabeled"), project.root / "pseudo", True)
     assert str(p) in str(e.value)
+
+
+def test_stage_f_contract_names_agree():
+    """Stage R reads the files stage F writes: same metadata file name, same index keys."""
+    import inspect
+
+    from SFRSegmenterLib import finetune, pseudolabel
+    from SFRSegmenterLib.retrain import data
+
+    assert data.SAM_MODEL_META == finetune.MODEL_META
+    assert data.PSEUDO_INDEX in inspect.getsource(pseudolabel)
+    assert "model_metadata_mtime=" in inspect.getsource(pseudolabel.pseudolabel)

@@ -82,8 +82,13 @@ def select_unlabeled(project: Project, names: "Sequence[str] | None") -> list:
     return [by_name[n] for n in names]
 
 
+#: Stage F's model metadata file (``SFRSegmenterLib.finetune.MODEL_META``; not imported here so
+#: that reading pseudo-labels does not load the SAM code).
+SAM_MODEL_META = "sam-model.json"
+
+
 def sam_meta_path(project: Project) -> Path:
-    return project.root / "models" / "sam" / "meta.json"
+    return project.root / "models" / "sam" / SAM_MODEL_META
 
 
 def check_pseudo_index(project: Project, pseudo_dir: Path, case_names: Sequence[str]) -> dict:
@@ -122,7 +127,7 @@ def check_pseudo_index(project: Project, pseudo_dir: Path, case_names: Sequence[
                 f"is now {meta.get('model_id')!r}; run 'sfr pseudolabel' again",
                 index_path,
             )
-        recorded = index.get("model_meta_mtime")
+        recorded = index.get("model_metadata_mtime")
         if not isinstance(recorded, (int, float)) or meta_mtime > float(recorded) + 1e-3:
             raise SFRError(
                 "stale pseudo-labels: the SAM model was saved again after they were made "

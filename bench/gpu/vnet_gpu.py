@@ -97,7 +97,7 @@ def loop(device, shape, crop, iterations) -> dict:
                                     "confidence": f"c{i}.nii.gz"}
         project = Project(root, cases, ["background", "fg"], name="synthetic")
         project.save()
-        write_json_atomic(root / "pseudo" / PSEUDO_INDEX, {"model_id": "none", "model_meta_mtime": 0.0,
+        write_json_atomic(root / "pseudo" / PSEUDO_INDEX, {"model_id": "none", "model_metadata_mtime": 0.0,
                                                           "project": "synthetic", "cases": entries})
         cfg = RetrainConfig(iterations=iterations, crop=crop, device=str(device.type), save_every=0)
         t0 = time.perf_counter()
