@@ -123,6 +123,13 @@ def make_key(*parts) -> str:
 # --------------------------------------------------------------------------- stage API adapters
 
 
+def _check_options(cls, options: dict, flag: str) -> None:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise SFRError(f"{flag}: unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+
+
 def _filter_fields(cls, values: dict) -> dict:
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in values.items() if k in names and v is not None}
@@ -140,6 +147,7 @@ def finetune_config(cfg: RunConfig):
         "device": cfg.device,
         **cfg.sam_options,
     }
+    _check_options(FinetuneConfig, cfg.sam_options, "--sam-option")
     return FinetuneConfig(**_filter_fields(FinetuneConfig, values))
 
 
@@ -155,7 +163,18 @@ def retrain_config(cfg: RunConfig):
         "device": cfg.device,
         **cfg.vnet_options,
     }
+    _check_options(RetrainConfig, cfg.vnet_options, "--vnet-option")
     return RetrainConfig(**_filter_fields(RetrainConfig, values))
+
+
+def validate_config(cfg: RunConfig) -> None:
+    """Build both stage configurations now, so a bad option fails before a run folder exists."""
+    finetune_config(cfg)
+    retrain_config(cfg)
+    if cfg.ranking not in conf_mod.RANKINGS:
+        raise SFRError(f"unknown slice ranking {cfg.ranking!r} (choose from {', '.join(conf_mod.RANKINGS)})")
+    if cfg.flag_k < 0:
+        raise SFRError(f"--flag-k must be >= 0, got {cfg.flag_k}")
 
 
 def _config_dict(obj) -> dict:
@@ -533,11 +552,17 @@ class Pipeline:
         return self.runner.run_stage(f"retrain-r{r}", key, fn)
 
     def stage_confidence(self, r: int, model_dir: Path, sam_dir: Path | None) -> Path:
+        """V-Net probabilities of every unlabeled case -> label, confidence map, review entry.
+
+        The prediction of a case is keyed by the model and the image only; the review settings
+        (tau, k, thresholds) are applied to the saved maps, so changing them re-predicts nothing.
+        """
         model_key = self.runner.records[model_dir.name]["key"]
-        params = [self.cfg.tau, self.cfg.flag_k, self.cfg.voxel_threshold, self.cfg.ranking]
+        params = {"tau": self.cfg.tau, "k": self.cfg.flag_k, "voxel_threshold": self.cfg.voxel_threshold,
+                  "ranking": self.cfg.ranking}
         names = [c.name for c in self.unlabeled]
-        case_keys = {c: make_key("confidence-case", model_key, c, self.sha[c], params) for c in names}
-        key = make_key("confidence", sorted(case_keys.items()))
+        case_keys = {c: make_key("confidence-case", model_key, c, self.sha[c]) for c in names}
+        key = make_key("confidence", sorted(case_keys.items()), params)
 
         def fn(d: Path, resume: bool):
             from .retrain.inference import load_model, predict_volume
@@ -547,19 +572,28 @@ class Pipeline:
             bar = events.Progress("confidence", len(names))
             for i, c in enumerate(names):
                 self.runner.check_cancel()
+                case = self.project.case(c)
                 entry = done.get(c)
-                if entry and entry.get("key") == case_keys[c] and (d / f"{c}_lowconf.nii.gz").exists():
-                    bar.update(i + 1, case=c)
-                    continue
-                src = self._find_case_output("confidence", case_keys[c], c)
-                if src is not None:
-                    for suffix in (".nii.gz", "_confidence.nii.gz", "_lowconf.nii.gz"):
-                        link_or_copy(src / f"{c}{suffix}", d / f"{c}{suffix}")
-                    done[c] = (_read_json(src / "cases.json", {}) or {})[c]
-                else:
+                have = entry and entry.get("key") == case_keys[c] and (d / f"{c}_lowconf.nii.gz").exists()
+                if not have:
+                    src = self._find_case_output("confidence", case_keys[c], c)
+                    if src is not None:
+                        for suffix in (".nii.gz", "_confidence.nii.gz", "_lowconf.nii.gz"):
+                            link_or_copy(src / f"{c}{suffix}", d / f"{c}{suffix}")
+                        entry = (_read_json(src / "cases.json", {}) or {})[c]
+                        have = True
+                if have and entry.get("params") != params:
+                    img = read_image(self.project.image_path(case))
+                    review = conf_mod.review_from_maps(
+                        c, read_image(d / f"{c}_confidence.nii.gz").array, read_label(d / f"{c}.nii.gz").array,
+                        tau=self.cfg.tau, k=self.cfg.flag_k, voxel_threshold=self.cfg.voxel_threshold,
+                        ranking=self.cfg.ranking)
+                    write_volume(img.with_array(review.lowconf.astype(np.uint8)), d / f"{c}_lowconf.nii.gz")
+                    entry = {**entry, **review.to_json(), "slice_confidence": review.slice_confidence,
+                             "params": params}
+                elif not have:
                     if model is None:
                         model = load_model(model_dir, self.cfg.device)
-                    case = self.project.case(c)
                     img = read_image(self.project.image_path(case))
                     prob = predict_volume(model, img.array)
                     review = conf_mod.review_case(c, prob, tau=self.cfg.tau, k=self.cfg.flag_k,
@@ -568,9 +602,10 @@ class Pipeline:
                     write_volume(img.with_array(review.label.astype(np.uint8)), d / f"{c}.nii.gz")
                     write_volume(img.with_array(review.conf.astype(np.float32)), d / f"{c}_confidence.nii.gz")
                     write_volume(img.with_array(review.lowconf.astype(np.uint8)), d / f"{c}_lowconf.nii.gz")
-                    entry = {"key": case_keys[c], **review.to_json(), "slice_confidence": review.slice_confidence}
+                    entry = {"key": case_keys[c], **review.to_json(), "slice_confidence": review.slice_confidence,
+                             "params": params}
                     entry.update(self._score(case, review.label, sam_dir))
-                    done[c] = entry
+                done[c] = entry
                 write_json_atomic(d / "cases.json", done)
                 bar.update(i + 1, case=c)
             return {"cases": names}
@@ -625,7 +660,7 @@ class Pipeline:
             cf_new = self.stage_confidence(r, rt, pl)
             history.append(self._round_record(r, cf_new, cf, untrusted, trusted))
             cf, final_cf, final_rt = cf_new, cf_new, rt
-        self.runner.planned = self.runner.index + 1
+        self.runner.planned = self.runner.index + 1  # + metrics
         return self.finalize(final_cf, final_rt, history)
 
     def _round_record(self, r: int, cf: Path, prev: Path | None, retrained: list, sam_extra: list) -> dict:
@@ -667,36 +702,46 @@ class Pipeline:
         return rec
 
     def finalize(self, cf: Path, rt: Path, history: list) -> dict:
-        key = make_key("finalize", self.runner.records[cf.name]["key"], self.runner.records[rt.name]["key"],
-                       [c.name for c in self.validation], [self.sha[c.name] for c in self.validation])
-        out = self.run_path
+        """Metrics (cached as a stage), then publish the final results into the run folder."""
+        val_fp = [[c.name, self.sha[c.name], sha256_file(self.project.label_path(c))]
+                  for c in self.validation if c.label and self.project.label_path(c).exists()]
+        unl_gt = [[c.name, sha256_file(self.project.label_path(c))]
+                  for c in self.unlabeled if c.label and self.project.label_path(c).exists()]
+        key = make_key("metrics", self.runner.records[cf.name]["key"], self.runner.records[rt.name]["key"],
+                       val_fp, unl_gt)
 
         def fn(d: Path, resume: bool):
-            reviews = _read_json(cf / "cases.json", {})
-            pseudo = out / "pseudo"
-            for c in reviews:
-                for suffix in (".nii.gz", "_confidence.nii.gz", "_lowconf.nii.gz"):
-                    link_or_copy(cf / f"{c}{suffix}", pseudo / f"{c}{suffix}")
-            copy_tree(rt, out / "vnet")
-            keys = ("case", "confidence", "trusted", "flagged_slices", "low_confidence_voxels")
-            review = {"cases": [{k: reviews[c][k] for k in keys} for c in reviews]}
-            write_json_atomic(out / "review.json", review)
-            write_json_atomic(out / "slices.json",
-                              {c: {"slice_confidence": reviews[c].get("slice_confidence")} for c in reviews})
-            write_json_atomic(out / "rounds.json", {"tau": self.cfg.tau, "rounds": history})
-            metrics = self._metrics(pseudo, out / "vnet", d)
-            if metrics:
-                write_json_atomic(out / "metrics.json", metrics)
-            return {"metrics": bool(metrics)}
+            metrics = self._metrics(cf, rt, d)
+            write_json_atomic(d / "metrics.json", metrics)
+            return {"metrics": sorted(metrics)}
 
-        self.runner.run_stage("finalize", key, fn, reusable=False)
+        md = self.runner.run_stage("metrics", key, fn)
+        out = self.run_path
+        reviews = _read_json(cf / "cases.json", {})
+        for c in reviews:
+            for suffix in (".nii.gz", "_confidence.nii.gz", "_lowconf.nii.gz"):
+                link_or_copy(cf / f"{c}{suffix}", out / "pseudo" / f"{c}{suffix}")
+        copy_tree(rt, out / "vnet")
+        if (md / "validation").is_dir():
+            copy_tree(md / "validation", out / "validation")
+        keys = ("case", "confidence", "trusted", "flagged_slices", "low_confidence_voxels")
+        write_json_atomic(out / "review.json", {"cases": [{k: reviews[c][k] for k in keys} for c in reviews]})
+        write_json_atomic(out / "slices.json",
+                          {c: {"slice_confidence": reviews[c].get("slice_confidence")} for c in reviews})
+        write_json_atomic(out / "rounds.json", {"tau": self.cfg.tau, "final_round": int(cf.name.rsplit("-r", 1)[1]),
+                                                "rounds": history})
+        metrics = _read_json(md / "metrics.json", {}) or {}
+        if metrics:
+            write_json_atomic(out / "metrics.json", metrics)
+        events.log(f"results in {out}: pseudo/ ({len(reviews)} cases), vnet/, review.json"
+                   + (", metrics.json" if metrics else ""))
         return {"review": str(out / "review.json")}
 
-    def _metrics(self, pseudo: Path, vnet: Path, work: Path) -> dict:
+    def _metrics(self, cf: Path, rt: Path, work: Path) -> dict:
         from .evaluation import evaluate_pairs
 
         out = {}
-        pairs = [(c.name, pseudo / f"{c.name}.nii.gz", self.project.label_path(c))
+        pairs = [(c.name, cf / f"{c.name}.nii.gz", self.project.label_path(c))
                  for c in self.unlabeled if c.label and self.project.label_path(c).exists()]
         if pairs:
             out["pseudo_labels"] = evaluate_pairs(pairs)
@@ -704,16 +749,18 @@ class Pipeline:
         if val:
             from .retrain.inference import load_model, predict_volume
 
-            model = load_model(vnet, self.cfg.device)
-            vdir = self.run_path / "validation"
+            model = load_model(rt, self.cfg.device)
+            vdir = work / "validation"
             vpairs = []
             for c in val:
                 self.runner.check_cancel()
-                img = read_image(self.project.image_path(c))
-                prob = predict_volume(model, img.array)
-                label = np.asarray(_numpy(prob)).argmax(axis=0).astype(np.uint8)
-                write_volume(img.with_array(label), vdir / f"{c.name}.nii.gz")
-                vpairs.append((c.name, vdir / f"{c.name}.nii.gz", self.project.label_path(c)))
+                target = vdir / f"{c.name}.nii.gz"
+                if not target.exists():  # resumed: cases already predicted are kept
+                    img = read_image(self.project.image_path(c))
+                    prob = predict_volume(model, img.array)
+                    label = np.asarray(_numpy(prob)).argmax(axis=0).astype(np.uint8)
+                    write_volume(img.with_array(label), target)
+                vpairs.append((c.name, target, self.project.label_path(c)))
             out["validation"] = evaluate_pairs(vpairs)
         return out
 
@@ -780,6 +827,7 @@ def execute(project_root, run_path: Path) -> int:
 
         events.add_sink(log_sink)
         sinks.append(log_sink)
+        sinks.append(log_fh)
         events.add_sink(status)
         sinks.append(status)
         status.set(state="running", run_id=run_id, pid=os.getpid(), host=socket.gethostname(),
@@ -821,16 +869,17 @@ def execute(project_root, run_path: Path) -> int:
         except BaseException as exc:
             status.set(state="failed", finished=jobs.utcnow(), error=f"{type(exc).__name__}: {exc}")
             raise
+        status.set(state="done", finished=jobs.utcnow(), seconds=round(time.monotonic() - t0, 1), stage="done",
+                   step=None, total=None, eta_s=None)
         report_path = None
         if cfg.report:
             try:
                 from .report import write_report
 
                 report_path = write_report(run_path)
+                status.set(report=str(report_path))
             except Exception as exc:  # noqa: BLE001 - the results are complete without the report
                 events.log(f"could not write the report: {type(exc).__name__}: {exc}", "warning")
-        status.set(state="done", finished=jobs.utcnow(), seconds=round(time.monotonic() - t0, 1),
-                   report=str(report_path) if report_path else None, stage="done")
         events.emit("result", run_id=run_id, run=str(run_path), review=str(run_path / "review.json"),
                     report=str(report_path) if report_path else None)
         events.log(f"run {run_id} finished: {run_path}")
@@ -844,5 +893,8 @@ def execute(project_root, run_path: Path) -> int:
         for s in sinks:
             events.remove_sink(s)
             if hasattr(s, "close"):
-                s.close()
+                try:
+                    s.close()
+                except OSError:
+                    pass
         lock.release()

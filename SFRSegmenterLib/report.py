@@ -60,13 +60,13 @@ def _upscale(rgb: np.ndarray, target: int = 180) -> np.ndarray:
     return np.repeat(np.repeat(rgb, f, axis=0), f, axis=1) if f > 1 else rgb
 
 
-def _heat(conf2d: np.ndarray, low2d: np.ndarray) -> np.ndarray:
-    """Confidence 0.5..1 as a colour map (dark = unsure), low-confidence voxels outlined."""
+def _heat(conf2d: np.ndarray, low2d: np.ndarray, lo: float = 0.5) -> np.ndarray:
+    """Confidence ``lo``..1 as a colour map (dark = unsure), low-confidence voxels outlined."""
     from matplotlib import colormaps
 
     from .visual import outline
 
-    x = np.clip((conf2d - 0.5) / 0.5, 0, 1)
+    x = np.clip((conf2d - lo) / (1.0 - lo), 0, 1)
     rgb = (colormaps["inferno"](x)[..., :3] * 255).astype(np.uint8)
     edge = outline(low2d.astype(np.int64))
     rgb[edge] = LOWCONF_COLOR
@@ -83,14 +83,14 @@ def _overlay(gray_u8: np.ndarray, label: np.ndarray, gt: "np.ndarray | None") ->
     return rgb
 
 
-def _slice_tiles(image, label, conf, low, gt, indices) -> np.ndarray:
+def _slice_tiles(image, label, conf, low, gt, indices, lo: float = 0.5) -> np.ndarray:
     from .visual import side_by_side, to_uint8
 
     gray = to_uint8(image)
     tiles = []
     for z in indices:
         tiles.append(_upscale(_overlay(gray[z], label[z], None if gt is None else gt[z])))
-        tiles.append(_upscale(_heat(conf[z], low[z])))
+        tiles.append(_upscale(_heat(conf[z], low[z], lo)))
     return side_by_side(tiles, gap=6, value=255)
 
 
@@ -207,7 +207,7 @@ def build_report(run_path: "str | Path") -> str:
     # ---------------------------------------------------------------- per-case pictures
     parts.append(f"<h2>Flagged slices</h2><p>Left of each pair: image with the pseudo-label outline "
                  f"(colour per class) and the ground truth in yellow when it is known. Right: confidence "
-                 f"(black = 50 %, yellow = 100 %), low-confidence voxels outlined in magenta. Up to "
+                 f"(black = {100 / max(2, project.num_classes):.0f} % = chance, yellow = 100 %), low-confidence voxels outlined in magenta. Up to "
                  f"{MAX_CASES} least confident cases.</p>")
     pseudo = run / "pseudo"
     for c in order[:MAX_CASES]:
@@ -227,7 +227,7 @@ def build_report(run_path: "str | Path") -> str:
         if not idx:
             fg = np.flatnonzero(label.reshape(label.shape[0], -1).any(axis=1))
             idx = [int(fg[len(fg) // 2])] if fg.size else [label.shape[0] // 2]
-        tiles = _slice_tiles(img, label, conf, low, gt, idx)
+        tiles = _slice_tiles(img, label, conf, low, gt, idx, lo=1.0 / max(2, project.num_classes))
         parts.append(f"<h3>{html.escape(name)} &middot; confidence {100 * c['confidence']:.2f} % &middot; "
                      f"slices {', '.join(map(str, idx))}</h3>{_img(_png_b64(tiles), name)}")
 

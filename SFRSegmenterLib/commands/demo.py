@@ -71,6 +71,7 @@ def run(args) -> int:
                "Decathlon, CC-BY-SA 4.0)")
     jobs.ProjectLock(project.root, "?").check_free()
     cfg = demo_config(args)
+    pipeline.validate_config(cfg)
     path = pipeline.create_run(project, cfg)
     code = pipeline.execute(project.root, path)
     if code != 0:

@@ -11,7 +11,21 @@ from ..manifest import load_project
 
 #: Options that define a run's configuration (refused together with --resume).
 CONFIG_OPTIONS = ("sfr_plus", "rounds", "tau", "backbone", "checkpoint", "ssl", "network", "iterations_sam",
-                  "iterations_vnet", "batch_size_sam", "crop", "seed", "flag_k")
+                  "iterations_vnet", "batch_size_sam", "crop", "seed", "flag_k", "sam_option", "vnet_option")
+
+
+def parse_options(items, flag: str) -> dict:
+    """``["filters=8", "norm=\"instancenorm\""]`` -> ``{"filters": 8, "norm": "instancenorm"}``."""
+    out = {}
+    for item in items or ():
+        if "=" not in item:
+            raise SFRError(f"{flag} expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
 
 
 def add_parser(sub) -> None:
@@ -42,6 +56,10 @@ def add_parser(sub) -> None:
     p.add_argument("--crop", type=int, nargs=3, metavar=("D", "H", "W"), help="V-Net training crop (array order)")
     p.add_argument("--seed", type=int, help="random seed (default 1337)")
     p.add_argument("--flag-k", type=int, metavar="K", help="flagged slices per case in review.json (default 5)")
+    p.add_argument("--sam-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other field of stage F's FinetuneConfig (repeatable; VALUE parsed as JSON)")
+    p.add_argument("--vnet-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other field of stage R's RetrainConfig, e.g. filters=8 (repeatable)")
     p.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
     p.add_argument("--detach", action="store_true",
                    help="start the run in the background, print its id and return at once")
@@ -56,10 +74,12 @@ def _config_from_args(args):
     from ..pipeline import RunConfig
 
     cfg = RunConfig()
-    for name in CONFIG_OPTIONS:
+    for name in CONFIG_OPTIONS[:-2]:
         value = getattr(args, name, None)
         if value is not None:
             setattr(cfg, name, list(value) if name == "crop" else value)
+    cfg.sam_options = parse_options(args.sam_option, "--sam-option")
+    cfg.vnet_options = parse_options(args.vnet_option, "--vnet-option")
     cfg.sfr_plus = bool(args.sfr_plus)
     if args.device:
         cfg.device = args.device
@@ -91,7 +111,7 @@ def run(args) -> int:
     lock = jobs.ProjectLock(root, "?")
     lock.check_free()  # refuse early, before creating anything
     if args.resume:
-        given = [n for n in CONFIG_OPTIONS if getattr(args, n, None) not in (None, False)]
+        given = [n for n in CONFIG_OPTIONS if getattr(args, n, None) not in (None, False, [])]
         if given:
             raise SFRError(
                 "--resume continues the latest run with its saved configuration; drop "
@@ -115,7 +135,7 @@ def run(args) -> int:
         events.log(f"resuming run {path.name} (was {status.get('state')})")
     else:
         cfg = _config_from_args(args)
-        pipeline.Pipeline  # noqa: B018 - import check
+        pipeline.validate_config(cfg)
         path = pipeline.create_run(project, cfg)
     if args.detach:
         child = jobs.spawn_detached(["--progress", "none", "run", str(root), "--attach", path.name],
