@@ -880,9 +880,9 @@ def execute(project_root, run_path: Path) -> int:
                 status.set(report=str(report_path))
             except Exception as exc:  # noqa: BLE001 - the results are complete without the report
                 events.log(f"could not write the report: {type(exc).__name__}: {exc}", "warning")
+        events.log(f"run {run_id} finished: {run_path}")
         events.emit("result", run_id=run_id, run=str(run_path), review=str(run_path / "review.json"),
                     report=str(report_path) if report_path else None)
-        events.log(f"run {run_id} finished: {run_path}")
         return 0
     finally:
         if previous_term is not None:

@@ -173,3 +173,17 @@ def test_bad_options_are_one_line_errors(sfr_runs, sfr):
     assert out.returncode == 2 and "--resume" in out.stderr
     out = sfr("run", root / "nope")
     assert out.returncode == 2 and "Traceback" not in out.stderr
+
+
+def test_demo_quick_runs_the_whole_pipeline_and_reports(tmp_path, sfr):
+    out = sfr("demo", "--out", tmp_path / "demo", "--quick", check=True)
+    report = out.stdout.strip().splitlines()[-1].split("report: ", 1)[1]
+    from pathlib import Path
+
+    assert Path(report).exists() and Path(report).stat().st_size > 10000
+    run = latest(tmp_path / "demo")
+    review = json.loads((run / "review.json").read_text())
+    assert len(review["cases"]) == 4
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["sfr_plus"] and cfg["backbone"] == "tiny_test"
+    assert "CC-BY-SA" in (run / "log.txt").read_text()

@@ -37,38 +37,62 @@ def add_parser(sub) -> None:
     p.add_argument("--rounds", type=int, help=f"SFR+ rounds (default {DEMO_SETTINGS['rounds']})")
     p.add_argument("--backbone", help=f"default {DEMO_SETTINGS['backbone']} (tiny_test: seconds, meaningless)")
     p.add_argument("--device", help="default cpu")
+    p.add_argument("--quick", action="store_true",
+                   help="CI-sized smoke run: tiny random SAM, a few iterations, 4 unlabeled cases "
+                   "(meaningless numbers; checks an installation in about a minute)")
     p.set_defaults(func=run)
 
 
-def make_demo_project(out: Path, labeled: int = 2):
+def make_demo_project(out: Path, labeled: int = 2, unlabeled: int | None = None):
+    import tempfile
+
     from ..manifest import MANIFEST_NAME, init_project, load_project
 
     if (out / MANIFEST_NAME).exists():
         return load_project(out)
     if out.exists() and any(out.iterdir()):
         raise SFRError("folder exists and is not an SFR project; choose another --out", out)
-    return init_project(out, SAMPLE / "images", SAMPLE / "labels", labeled=labeled)
+    cases = None
+    if unlabeled is not None:
+        names = sorted(p.name[: -len(".nii.gz")] for p in (SAMPLE / "images").glob("*.nii.gz"))
+        fd, cases = tempfile.mkstemp(suffix=".txt")
+        with open(fd, "w") as fh:
+            fh.write("\n".join(names[: labeled + unlabeled]) + "\n")
+    try:
+        return init_project(out, SAMPLE / "images", SAMPLE / "labels", labeled=labeled, cases=cases)
+    finally:
+        if cases:
+            Path(cases).unlink(missing_ok=True)
+
+
+QUICK_SETTINGS = {"backbone": "tiny_test", "iterations_sam": 3, "iterations_vnet": 3, "rounds": 1}
 
 
 def demo_config(args):
     from ..pipeline import RunConfig
 
     s = dict(DEMO_SETTINGS)
+    if getattr(args, "quick", False):
+        s.update(QUICK_SETTINGS)
     for k in ("iterations_sam", "iterations_vnet", "rounds", "backbone", "device"):
         v = getattr(args, k, None)
         if v is not None:
             s[k] = v
-    return RunConfig(sfr_plus=True, rounds=s["rounds"], backbone=s["backbone"], device=s["device"],
-                     iterations_sam=s["iterations_sam"], iterations_vnet=s["iterations_vnet"])
+    cfg = RunConfig(sfr_plus=True, rounds=s["rounds"], backbone=s["backbone"], device=s["device"],
+                    iterations_sam=s["iterations_sam"], iterations_vnet=s["iterations_vnet"])
+    if getattr(args, "quick", False):
+        cfg.vnet_options = {"filters": 4}
+    return cfg
 
 
 def run(args) -> int:
     from .. import pipeline
 
     out = Path(args.out).resolve()
-    project = make_demo_project(out, DEMO_SETTINGS["labeled"])
-    events.log(f"demo project: {out} (2 labeled, 10 unlabeled hippocampus MRI; data: Medical Segmentation "
-               "Decathlon, CC-BY-SA 4.0)")
+    project = make_demo_project(out, DEMO_SETTINGS["labeled"], 4 if args.quick else None)
+    n_unl = len(project.by_role("unlabeled"))
+    events.log(f"demo project: {out} (2 labeled, {n_unl} unlabeled hippocampus MRI; data: Medical "
+               "Segmentation Decathlon Task04, CC-BY-SA 4.0, Simpson et al. 2019)")
     jobs.ProjectLock(project.root, "?").check_free()
     cfg = demo_config(args)
     pipeline.validate_config(cfg)
