@@ -800,6 +800,23 @@ def load_run_config(run_path: Path) -> RunConfig:
 
 
 DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
+#: How libraries that do not raise OSError (torch.save, ITK writers) word a failed write.
+DISK_FULL_TEXT = ("no space left", "disk quota", "file too large", "file write failed", "could not write",
+                  "unable to write", "errno 28", "errno 27")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """A write that failed because the disk (or a quota or file-size limit) is full."""
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            return True
+        text = str(exc).lower()
+        if any(t in text for t in DISK_FULL_TEXT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
 
 
 def execute(project_root, run_path: Path) -> int:
@@ -854,19 +871,17 @@ def execute(project_root, run_path: Path) -> int:
             events.log(f"run {run_id} cancelled at a safe point; continue with 'sfr run {project.root} --resume'",
                        "warning")
             return jobs.EXIT_CANCELLED
-        except OSError as exc:
-            if exc.errno in DISK_FULL:
-                msg = (f"disk full while writing {exc.filename or 'a file'}: the run stopped; files already "
-                       "written are complete (all writes are atomic); free some space and continue with "
-                       "'sfr run PROJECT --resume'")
-                status.set(state="failed", finished=jobs.utcnow(), error=msg)
-                raise SFRError(msg, run_path) from None
-            status.set(state="failed", finished=jobs.utcnow(), error=f"{type(exc).__name__}: {exc}")
-            raise
         except SFRError as exc:
             status.set(state="failed", finished=jobs.utcnow(), error=str(exc))
             raise
         except BaseException as exc:
+            if isinstance(exc, Exception) and is_disk_full(exc):
+                where = getattr(exc, "filename", None) or "a file"
+                msg = (f"disk full while writing {where}: the run stopped; files already written are "
+                       "complete (all writes are atomic); free some space and continue with "
+                       "'sfr run PROJECT --resume'")
+                status.set(state="failed", finished=jobs.utcnow(), error=msg)
+                raise SFRError(msg, run_path) from None
             status.set(state="failed", finished=jobs.utcnow(), error=f"{type(exc).__name__}: {exc}")
             raise
         status.set(state="done", finished=jobs.utcnow(), seconds=round(time.monotonic() - t0, 1), stage="done",
