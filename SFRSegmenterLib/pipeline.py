@@ -802,11 +802,22 @@ def load_run_config(run_path: Path) -> RunConfig:
 DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
 #: How libraries that do not raise OSError (torch.save, ITK writers) word a failed write.
 DISK_FULL_TEXT = ("no space left", "disk quota", "file too large", "file write failed", "could not write",
-                  "unable to write", "errno 28", "errno 27")
+                  "unable to write", "errno 28", "errno 27",
+                  # torch.save's C++ writer when a write fails part-way
+                  "iostream error", "pytorchstreamwriter failed", "unexpected pos")
 
 
-def is_disk_full(exc: BaseException) -> bool:
-    """A write that failed because the disk (or a quota or file-size limit) is full."""
+def is_disk_full(exc: BaseException, folder: "Path | None" = None) -> bool:
+    """A write that failed because the disk (or a quota or file-size limit) is full.
+
+    Also true for any error while ``folder``'s file system has less than 20 MB free.
+    """
+    if folder is not None:
+        try:
+            if shutil.disk_usage(folder).free < 20 * 2**20:
+                return True
+        except OSError:
+            pass
     seen = 0
     while exc is not None and seen < 5:
         if isinstance(exc, OSError) and exc.errno in DISK_FULL:
@@ -875,7 +886,7 @@ def execute(project_root, run_path: Path) -> int:
             status.set(state="failed", finished=jobs.utcnow(), error=str(exc))
             raise
         except BaseException as exc:
-            if isinstance(exc, Exception) and is_disk_full(exc):
+            if isinstance(exc, Exception) and is_disk_full(exc, run_path):
                 where = getattr(exc, "filename", None) or "a file"
                 msg = (f"disk full while writing {where}: the run stopped; files already written are "
                        "complete (all writes are atomic); free some space and continue with "
