@@ -1,0 +1,95 @@
+"""sfr finetune: LoRA fine-tuning of a SAM-family model on the project's labeled cases."""
+
+from __future__ import annotations
+
+import json
+
+from ..device import DEVICES
+from ..errors import SFRError
+from ..finetune import FinetuneConfig, finetune
+from ..manifest import load_project
+from ..sam.registry import BACKBONES
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune SAM (LoRA) on the stitched labeled volumes",
+        description="Stage F: stitch each labeled volume into mosaics and fine-tune a SAM-family "
+        "model (LoRA on q/v of the image encoder, prompt encoder and mask decoder trained). "
+        "Saves the trained parts and metadata into PROJECT/models/sam/ (or --out).",
+    )
+    p.add_argument("project", help="project folder (with sfr-project.json)")
+    p.add_argument("--backbone", choices=list(BACKBONES), default=None,
+                   help="lite_medsam (default; bundled LiteMedSAM weights), vit_b, vit_l, vit_h, "
+                   "medsam_vit_b (need --checkpoint or a cached official file), tiny_test (tests only)")
+    p.add_argument("--tiny-test", action="store_true", help="same as --backbone tiny_test (tests only)")
+    p.add_argument("--checkpoint", help="base checkpoint file of the backbone (.pth)")
+    p.add_argument("--download", action="store_true",
+                   help="download the official SAM ViT-B checkpoint once (needs internet; sha256 checked)")
+    p.add_argument("--iterations", type=int, default=6000, help="training iterations (default 6000)")
+    p.add_argument("--batch-size", type=int, default=2, help="crops per iteration (default 2)")
+    p.add_argument("--lora-rank", type=int, default=4, help="LoRA rank (default 4)")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    p.add_argument("--seed", type=int, default=1337, help="random seed (default 1337)")
+    p.add_argument("--save-every", type=int, default=200, help="save every N iterations (default 200)")
+    p.add_argument("--crop", type=int, nargs=3, metavar=("D", "H", "W"),
+                   help="training crop = inference window in voxels (default per backbone)")
+    p.add_argument("--grid", type=int, nargs=2, metavar=("ROWS", "COLS"),
+                   help="mosaic grid on the canvas (default per backbone)")
+    p.add_argument("--native-grid", action="store_true",
+                   help="keep slices at native resolution and choose the grid automatically")
+    p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
+                   help="bf16 autocast (auto: on CUDA only)")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute encoder activations in the backward pass (less GPU memory)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="auto picks cuda, then mps, then cpu")
+    p.add_argument("--out", help="model folder (default PROJECT/models/sam)")
+    p.add_argument("--resume", action="store_true", help="continue from the last save in the model folder")
+    p.add_argument("--json", action="store_true", help="print the model metadata summary as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.tiny_test and args.backbone not in (None, "tiny_test"):
+        raise SFRError("--tiny-test conflicts with --backbone " + args.backbone)
+    if args.grid and args.native_grid:
+        raise SFRError("--grid conflicts with --native-grid")
+    backbone = "tiny_test" if args.tiny_test else (args.backbone or "lite_medsam")
+    cfg = FinetuneConfig(
+        backbone=backbone,
+        checkpoint=args.checkpoint,
+        download=args.download,
+        iterations=args.iterations,
+        batch_size=args.batch_size,
+        lora_rank=args.lora_rank,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        save_every=args.save_every,
+        crop=tuple(args.crop) if args.crop else None,
+        grid="native" if args.native_grid else (tuple(args.grid) if args.grid else None),
+        bf16={"auto": None, "on": True, "off": False}[args.bf16],
+        grad_checkpointing=args.grad_checkpointing,
+        threads=args.threads,
+    )
+    project = load_project(args.project)
+    out = finetune(project, cfg, out_dir=args.out, resume=args.resume)
+    meta = json.loads((out / "sam-model.json").read_text(encoding="utf-8"))
+    summary = {
+        "model_dir": str(out),
+        "model_id": meta["model_id"],
+        "backbone": meta["backbone"],
+        "iterations": meta["iterations_done"],
+        "final_loss": meta["loss_curve"][-1] if meta["loss_curve"] else None,
+        "layout": meta["layout"],
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(
+            f"fine-tuned {meta['backbone']} for {meta['iterations_done']} iterations "
+            f"(final loss {summary['final_loss']}); model {meta['model_id']} in {out}"
+        )
+    return 0

@@ -1,0 +1,48 @@
+"""sfr pseudolabel: whole-volume pseudo-labels and confidence maps from the fine-tuned SAM."""
+
+from __future__ import annotations
+
+import json
+
+from ..device import DEVICES
+from ..manifest import load_project
+from ..pseudolabel import pseudolabel
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "pseudolabel",
+        help="pseudo-label the unlabeled cases with the fine-tuned SAM",
+        description="Run the fine-tuned SAM over every unlabeled case (whole volume, "
+        "overlapping windows averaged) and write DIR/<case>.nii.gz (label), "
+        "DIR/<case>_confidence.nii.gz (max softmax probability) and DIR/pseudo-labels.json.",
+    )
+    p.add_argument("project", help="project folder (with sfr-project.json)")
+    p.add_argument("--out", help="output folder (default PROJECT/pseudo)")
+    p.add_argument("--model", help="fine-tuned model folder (default PROJECT/models/sam)")
+    p.add_argument("--cases", nargs="+", metavar="CASE", help="only these cases (default: every unlabeled case)")
+    p.add_argument("--overlap", type=float, default=0.25, help="window overlap fraction in [0, 1) (default 0.25)")
+    p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="auto picks cuda, then mps, then cpu")
+    p.add_argument("--json", action="store_true", help="print the per-case records as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    project = load_project(args.project)
+    results = pseudolabel(
+        project,
+        model_dir=args.model,
+        out_dir=args.out,
+        cases=args.cases,
+        device=args.device,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+    )
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for name, rec in results.items():
+            print(f"{name}: mean confidence {rec['mean_confidence']:.4f} -> {rec['label']}, {rec['confidence']}")
+        print(f"wrote {len(results)} pseudo-label(s)")
+    return 0

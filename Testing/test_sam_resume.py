@@ -1,0 +1,92 @@
+"""Fine-tuning is deterministic on CPU, and resuming (after cancel or kill) equals not stopping."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO
+from SFRSegmenterLib.errors import Cancelled
+from SFRSegmenterLib.finetune import FinetuneConfig, finetune
+from SFRSegmenterLib.manifest import init_project
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, sample_dir):
+    root = tmp_path_factory.mktemp("resume") / "proj"
+    return init_project(root, sample_dir / "images", sample_dir / "labels", labeled=2, validation=2)
+
+
+def _cfg(**kw):
+    base = dict(backbone="tiny_test", iterations=6, save_every=2, device="cpu", batch_size=2)
+    base.update(kw)
+    return FinetuneConfig(**base)
+
+
+def _parts(d):
+    return torch.load(d / "sam_parts.pt", weights_only=True)
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_after_cancel_equals_uninterrupted(project, tmp_path):
+    full = finetune(project, _cfg(), out_dir=tmp_path / "full")
+    calls = {"n": 0}
+
+    def stop_after_three():
+        calls["n"] += 1
+        return calls["n"] > 3  # polled before iterations 0, 1, 2, then 3 -> stop
+
+    with pytest.raises(Cancelled):
+        finetune(project, _cfg(), out_dir=tmp_path / "part", should_stop=stop_after_three)
+    meta = json.loads((tmp_path / "part/sam-model.json").read_text())
+    assert meta["iterations_done"] == 3  # saved on cancel, between regular saves
+    resumed = finetune(project, _cfg(), out_dir=tmp_path / "part", resume=True)
+    assert _same(_parts(full), _parts(resumed))
+    m_full = json.loads((full / "sam-model.json").read_text())
+    m_res = json.loads((resumed / "sam-model.json").read_text())
+    assert m_full["loss_curve"] == m_res["loss_curve"] and m_full["model_id"] == m_res["model_id"]
+
+    other = finetune(project, _cfg(seed=7), out_dir=tmp_path / "seed7")
+    assert not _same(_parts(full), _parts(other)), "the seed must matter"
+
+
+def test_resume_refuses_other_settings(project, tmp_path):
+    from SFRSegmenterLib.errors import SFRError
+
+    finetune(project, _cfg(iterations=2), out_dir=tmp_path / "m")
+    with pytest.raises(SFRError, match="lr"):
+        finetune(project, _cfg(iterations=2, lr=5e-4), out_dir=tmp_path / "m", resume=True)
+
+
+def test_resume_after_kill_equals_uninterrupted(project, tmp_path):
+    """A real ``sfr finetune`` process killed with SIGKILL continues with ``--resume``."""
+    args = ["finetune", str(project.root), "--tiny-test", "--iterations", "16", "--save-every", "1",
+            "--device", "cpu", "--threads", "1"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "SFRSegmenterLib"]
+    killed = subprocess.Popen(cmd + args + ["--out", str(tmp_path / "killed")], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    meta_path = tmp_path / "killed/sam-model.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if meta_path.exists() and json.loads(meta_path.read_text())["iterations_done"] >= 2:
+            break
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    done = json.loads(meta_path.read_text())["iterations_done"]
+    assert killed.returncode == -signal.SIGKILL and done < 16, "the run must have been killed mid-way"
+    subprocess.run(cmd + args + ["--out", str(tmp_path / "killed"), "--resume"], env=env, check=True,
+                   capture_output=True)
+    subprocess.run(cmd + args + ["--out", str(tmp_path / "full")], env=env, check=True, capture_output=True)
+    assert _same(_parts(tmp_path / "killed"), _parts(tmp_path / "full"))
