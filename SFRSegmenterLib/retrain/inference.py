@@ -1,0 +1,180 @@
+"""Sliding-window inference of a re-trained network, with softmax averaging.
+
+Windows of the training crop size are laid out along each axis at positions
+``min(i * stride, size - window)`` (so the last window touches the far border), run in batches of
+``batch`` windows, and their softmax probabilities averaged where they overlap.  A volume smaller
+than the window is padded with zeros (symmetrically) and the padding cut away afterwards.  Only one
+batch of windows is on the device at a time; the accumulator lives in host memory.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..device import resolve_device
+from ..errors import SFRError
+from ..io import Volume, case_name, is_volume_file, read_image, write_volume
+from .data import normalize
+from .networks import build_network
+from .train import FORMAT, MODEL_FILE
+
+#: The paper's LA window and stride, array order (D, H, W).
+PAPER_WINDOW = (80, 112, 112)
+PAPER_STRIDE = (4, 18, 18)
+
+
+def default_stride(window: Sequence[int]) -> tuple:
+    """The paper's stride scaled to ``window``: (4, 18, 18) for (80, 112, 112)."""
+    return tuple(max(1, round(w * s / p)) for w, s, p in zip(window, PAPER_STRIDE, PAPER_WINDOW))
+
+
+def window_starts(size: int, window: int, stride: int) -> list:
+    if size <= window:
+        return [0]
+    n = math.ceil((size - window) / stride) + 1
+    return sorted({min(i * stride, size - window) for i in range(n)})
+
+
+def load_model(model_dir: "str | os.PathLike", device="auto", network: str | None = None, num_classes: int | None = None):
+    """Load ``model_dir/model.pt`` (or that file itself) onto ``device``, in eval mode.
+
+    The returned module has ``sfr_meta`` (network, classes, window, ...).  A file that is not an
+    SFR model, or whose weights do not fit the recorded (or the expected ``network`` /
+    ``num_classes``) architecture, raises :class:`SFRError` naming it.
+    """
+    path = Path(model_dir)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.exists():
+        raise SFRError("model file not found (train one with 'sfr retrain')", path)
+    try:
+        rec = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise SFRError(f"cannot read model file ({str(exc).splitlines()[0][:120]})", path) from None
+    if not isinstance(rec, dict) or rec.get("format") != FORMAT or "state_dict" not in rec:
+        raise SFRError("not an SFR re-trained model file (no 'format: sfr-retrain-model')", path)
+    if network is not None and rec["network"] != network:
+        raise SFRError(f"model file holds a {rec['network']!r} network, expected {network!r}", path)
+    if num_classes is not None and rec["num_classes"] != num_classes:
+        raise SFRError(f"model file has {rec['num_classes']} classes, expected {num_classes}", path)
+    try:
+        model = build_network(rec["network"], rec.get("in_channels", 1), rec["num_classes"], **rec.get("options", {}))
+    except (ValueError, TypeError) as exc:
+        raise SFRError(f"model file names an unknown network: {exc}", path) from None
+    try:
+        model.load_state_dict(rec["state_dict"], strict=True)
+    except RuntimeError as exc:
+        first = [ln.strip() for ln in str(exc).splitlines() if ln.strip()][1:2]
+        raise SFRError(
+            f"weights do not fit a {rec['network']} with {rec['num_classes']} classes "
+            f"(another backbone or class count?){': ' + first[0][:160] if first else ''}",
+            path,
+        ) from None
+    model.sfr_meta = {k: v for k, v in rec.items() if k != "state_dict"}
+    model.sfr_meta["path"] = str(path)
+    return model.to(resolve_device(device) if isinstance(device, str) else device).eval()
+
+
+@torch.no_grad()
+def predict_volume(model, volume, window=None, stride=None, batch: int = 4) -> np.ndarray:
+    """Softmax probabilities ``[K, D, H, W]`` (float32) of ``volume`` (a Volume or array).
+
+    ``window`` defaults to the model's training crop, ``stride`` to :func:`default_stride`.
+    The volume is z-scored as in training.
+    """
+    meta = getattr(model, "sfr_meta", {}) or {}
+    window = tuple(int(w) for w in (window or meta.get("window") or PAPER_WINDOW))
+    stride = tuple(int(s) for s in (stride or default_stride(window)))
+    if any(s < 1 for s in stride):
+        raise SFRError(f"stride {list(stride)} must be positive")
+    arr = volume.array if isinstance(volume, Volume) else np.asarray(volume)
+    if meta.get("normalization", "zscore") == "zscore":
+        arr = normalize(arr)
+    shape = arr.shape
+    pads = [(max(0, w - s) // 2, max(0, w - s) - max(0, w - s) // 2) for w, s in zip(window, shape)]
+    x = np.pad(arr, pads) if any(p != (0, 0) for p in pads) else arr
+    padded = x.shape
+    starts = [window_starts(s, w, st) for s, w, st in zip(padded, window, stride)]
+    corners = [(a, b, c) for a in starts[0] for b in starts[1] for c in starts[2]]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    acc = None
+    count = np.zeros(padded, dtype=np.float32)
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    for i in range(0, len(corners), max(1, int(batch))):
+        group = corners[i : i + max(1, int(batch))]
+        tiles = torch.stack(
+            [xt[a : a + window[0], b : b + window[1], c : c + window[2]] for a, b, c in group]
+        )[:, None].to(device)
+        prob = torch.softmax(model(tiles).float(), dim=1).cpu().numpy()
+        if acc is None:
+            acc = np.zeros((prob.shape[1], *padded), dtype=np.float32)
+        for p, (a, b, c) in zip(prob, group):
+            acc[:, a : a + window[0], b : b + window[1], c : c + window[2]] += p
+            count[a : a + window[0], b : b + window[1], c : c + window[2]] += 1
+    if was_training:
+        model.train()
+    acc /= count[None]
+    sl = tuple(slice(p[0], p[0] + s) for p, s in zip(pads, shape))
+    return np.ascontiguousarray(acc[(slice(None), *sl)])
+
+
+def _image_paths(images) -> list:
+    if isinstance(images, (str, os.PathLike)):
+        p = Path(images)
+        if p.is_dir():
+            paths = sorted(q for q in p.iterdir() if is_volume_file(q))
+            if not paths:
+                raise SFRError("no image volumes in folder", p)
+            return paths
+        return [p]
+    return [Path(q) for q in images]
+
+
+def predict_folder(model_dir, images_dir_or_paths, out_dir, stride=None, device="auto", window=None, batch: int = 4) -> dict:
+    """Predict every image; write ``<case>.nii.gz`` (uint8 argmax) and ``<case>_confidence.nii.gz``
+    (float32 max softmax) into ``out_dir`` in each image's geometry.
+
+    Returns ``{case: {"label": path, "confidence": path, "mean_confidence": float, "seconds": float}}``.
+    """
+    import time
+
+    from .. import events
+
+    model = load_model(model_dir, device)
+    paths = _image_paths(images_dir_or_paths)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    resolved_inputs = {p.resolve() for p in paths}
+    results = {}
+    bar = events.Progress("predict", len(paths))
+    for i, path in enumerate(paths):
+        name = case_name(path)
+        label_path = out_dir / f"{name}.nii.gz"
+        conf_path = out_dir / f"{name}_confidence.nii.gz"
+        for target in (label_path, conf_path):
+            if target.resolve() in resolved_inputs:
+                raise SFRError("output would overwrite an input image; choose another --out", target)
+        image = read_image(path)
+        t0 = time.monotonic()
+        prob = predict_volume(model, image, window=window, stride=stride, batch=batch)
+        seconds = time.monotonic() - t0
+        label = prob.argmax(0).astype(np.uint8)
+        conf = prob.max(0).astype(np.float32)
+        write_volume(image.with_array(label), label_path)
+        write_volume(image.with_array(conf), conf_path)
+        results[name] = {
+            "label": str(label_path),
+            "confidence": str(conf_path),
+            "mean_confidence": float(conf.mean()),
+            "seconds": round(seconds, 3),
+        }
+        bar.update(i + 1, case=name)
+    return results

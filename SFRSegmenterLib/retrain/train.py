@@ -1,0 +1,358 @@
+"""The re-training loop: a 3D network trained on labeled crops + unlabeled crops (SSL method) +
+SAM pseudo-labels (independent switch), single process or data-parallel under ``torchrun``.
+
+Everything random is derived from (seed, iteration, slot): crops, augmentation, teacher noise and
+dropout.  Hence a resumed run equals an uninterrupted one, and N processes that split the global
+batch compute the same gradients as one process (exactly, up to float summation order, for
+networks whose normalisation does not mix samples; batch norm is synchronised on GPUs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .. import events
+from ..device import describe_device, resolve_device
+from ..errors import Cancelled, SFRError
+from ..manifest import Project, write_json_atomic
+from . import data as D
+from .networks import build_network, count_parameters, required_multiple
+from .ssl import SSL_METHODS, StepContext, build_method, seg_loss
+
+MODEL_FILE = "model.pt"
+CHECKPOINT_FILE = "checkpoint.pt"
+META_FILE = "meta.json"
+FORMAT = "sfr-retrain-model"
+#: The paper's schedule, which shorter or longer runs scale proportionally.
+PAPER_ITERATIONS, PAPER_LR_STEP, PAPER_RAMP_INTERVAL = 6000, 2500, 150
+LA_CROP = (80, 112, 112)
+
+
+@dataclass
+class RetrainConfig:
+    network: str = "vnet"
+    ssl: str = "mean_teacher"
+    use_sam: bool = True
+    sam_weight: float = 1.0
+    iterations: int = PAPER_ITERATIONS
+    crop: tuple | None = None  # (D, H, W); None: LA's 80x112x112, shrunk for small volumes
+    labeled_bs: int = 2  # global batch (split over processes under torchrun)
+    unlabeled_bs: int = 2
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_step: int | None = None  # None: 2500 * iterations / 6000
+    lr_gamma: float = 0.1
+    ema_decay: float = 0.99
+    consistency: float = 0.1
+    consistency_rampup: float = 40.0
+    rampup_interval: float | None = None  # None: 150 * iterations / 6000
+    noise_std: float = 0.1
+    noise_clip: float = 0.2
+    ua_passes: int = 8
+    self_training_threshold: float = 0.9
+    self_training_weight: float = 1.0
+    augment: str = "rotflip"  # rotflip | crop
+    filters: int = 16
+    norm: str = "batchnorm"
+    dropout: float = 0.5
+    residual: bool = True
+    seed: int = 1337
+    device: str = "auto"
+    save_every: int = 500
+    threads: int | None = None
+
+    def resolved_lr_step(self) -> int:
+        if self.lr_step:
+            return int(self.lr_step)
+        return max(1, round(PAPER_LR_STEP * self.iterations / PAPER_ITERATIONS))
+
+    def resolved_ramp_interval(self) -> float:
+        if self.rampup_interval:
+            return float(self.rampup_interval)
+        return PAPER_RAMP_INTERVAL * self.iterations / PAPER_ITERATIONS
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        if d["crop"] is not None:
+            d["crop"] = [int(c) for c in d["crop"]]
+        return d
+
+    def network_options(self) -> dict:
+        return {"filters": self.filters, "norm": self.norm, "dropout": self.dropout, "residual": self.residual}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _seed_int(*parts) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _dist_info(device_type: str) -> tuple:
+    """(rank, world, local_rank, initialised_here) from torchrun's environment.
+
+    The process group uses NCCL for CUDA training and gloo otherwise (``SFR_DDP_BACKEND``
+    overrides)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0, False
+    here = False
+    if not dist.is_initialized():
+        backend = os.environ.get("SFR_DDP_BACKEND") or ("nccl" if device_type == "cuda" else "gloo")
+        dist.init_process_group(backend)
+        here = True
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), here
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def model_record(model, cfg: RetrainConfig, num_classes: int, classes, crop, extra: dict) -> dict:
+    """What ``model.pt`` holds (plain types + tensors: loadable with weights_only=True)."""
+    return {
+        "format": FORMAT,
+        "version": 1,
+        "network": cfg.network,
+        "in_channels": 1,
+        "num_classes": int(num_classes),
+        "classes": list(classes),
+        "options": cfg.network_options(),
+        "window": [int(c) for c in crop],
+        "normalization": "zscore",
+        "config": cfg.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()},
+        **extra,
+    }
+
+
+# --------------------------------------------------------------------------- training
+
+
+def retrain(
+    project: Project,
+    cfg: RetrainConfig,
+    pseudo_dir: Path | None = None,
+    out_dir: Path | None = None,
+    resume: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+    unlabeled_cases: list | None = None,
+) -> Path:
+    """Train ``cfg.network`` on ``project`` and write ``out_dir/model.pt`` (+ ``meta.json``).
+
+    ``pseudo_dir`` (default ``PROJECT/pseudo``) holds stage F's pseudo-labels, used when
+    ``cfg.use_sam``.  ``unlabeled_cases`` restricts the unlabeled cases used.  ``should_stop()``
+    is polled before every iteration: when true the state is saved and :class:`Cancelled` raised;
+    ``resume=True`` continues from ``out_dir/checkpoint.pt``.  Returns ``out_dir``.
+    """
+    if cfg.ssl not in SSL_METHODS:
+        raise SFRError(f"unknown SSL method {cfg.ssl!r} (choose from {', '.join(SSL_METHODS)})")
+    if cfg.iterations < 1:
+        raise SFRError(f"iterations must be at least 1, got {cfg.iterations}")
+    out_dir = Path(out_dir) if out_dir is not None else project.root / "models" / "vnet"
+    pseudo_dir = Path(pseudo_dir) if pseudo_dir is not None else project.root / "pseudo"
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+
+    rank, world, local_rank, dist_here = _dist_info(resolve_device(cfg.device).type)
+    try:
+        return _retrain(project, cfg, pseudo_dir, out_dir, resume, should_stop, unlabeled_cases, rank, world, local_rank)
+    finally:
+        if dist_here and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _retrain(project, cfg, pseudo_dir, out_dir, resume, should_stop, unlabeled_names, rank, world, local_rank):
+    method = build_method(cfg.ssl, cfg)
+    need_u = method.needs_unlabeled or cfg.use_sam
+    for what, n in (("labeled", cfg.labeled_bs), ("unlabeled", cfg.unlabeled_bs if need_u else 0)):
+        if n % world:
+            raise SFRError(
+                f"the global {what} batch {n} cannot be split over {world} processes; "
+                f"use a multiple of {world}"
+            )
+    if cfg.labeled_bs < 1:
+        raise SFRError("the labeled batch must be at least 1")
+
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+
+    labeled = D.load_labeled(project)
+    unlabeled = []
+    if need_u:
+        cases = D.select_unlabeled(project, unlabeled_names)
+        if not cases or (cfg.unlabeled_bs < 1):
+            raise SFRError(
+                f"{cfg.ssl}{' with SAM pseudo-labels' if cfg.use_sam else ''} needs unlabeled cases "
+                "and an unlabeled batch of at least 1 (or use --ssl supervised --no-sam)",
+                project.manifest_path,
+            )
+        unlabeled = D.load_unlabeled(project, cases, pseudo_dir, cfg.use_sam)
+    num_classes = project.num_classes
+    multiple = required_multiple(cfg.network)
+    if cfg.crop is None:
+        crop = D.auto_crop([c.image.shape for c in labeled + unlabeled], LA_CROP, multiple)
+    else:
+        crop = D.check_crop(cfg.crop, multiple)
+
+    torch.manual_seed(cfg.seed)
+    try:
+        model = build_network(cfg.network, 1, num_classes, **cfg.network_options())
+    except ValueError as exc:
+        raise SFRError(str(exc)) from None
+    model.to(device)
+    method.setup(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    ckpt_path = out_dir / CHECKPOINT_FILE
+    start = 0
+    identity = {
+        "network": cfg.network, "num_classes": num_classes, "ssl": cfg.ssl, "use_sam": cfg.use_sam,
+        "crop": list(crop), "iterations": cfg.iterations, "seed": cfg.seed,
+        "labeled_bs": cfg.labeled_bs, "unlabeled_bs": cfg.unlabeled_bs,
+    }
+    if resume and ckpt_path.exists():
+        try:
+            state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise SFRError(f"cannot read checkpoint ({str(exc).splitlines()[0][:120]})", ckpt_path) from None
+        saved = state.get("identity", {})
+        diff = [k for k in identity if saved.get(k) != identity[k]]
+        if diff:
+            raise SFRError(
+                "checkpoint is from a different run (" + ", ".join(f"{k} {saved.get(k)} vs {identity[k]}" for k in diff)
+                + "); start without --resume or use another --out",
+                ckpt_path,
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        method.load_state_dict(state["method"])
+        start = int(state["iteration"])
+
+    if world > 1:
+        if device.type == "cuda" and cfg.norm == "batchnorm":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    lr_step = cfg.resolved_lr_step()
+    ramp_interval = cfg.resolved_ramp_interval()
+    lb, ub = cfg.labeled_bs // world, (cfg.unlabeled_bs // world if need_u else 0)
+    l_slots = list(range(rank * lb, (rank + 1) * lb))
+    u_slots = list(range(rank * ub, (rank + 1) * ub))
+    extra = {
+        "labeled_cases": [c.name for c in labeled],
+        "unlabeled_cases": [c.name for c in unlabeled],
+        "pseudo_dir": str(pseudo_dir) if cfg.use_sam else None,
+    }
+
+    def save_checkpoint(iteration: int) -> None:
+        if rank == 0:
+            atomic_torch_save(
+                {
+                    "iteration": iteration,
+                    "identity": identity,
+                    "model": _unwrap(model).state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "method": method.state_dict(),
+                },
+                ckpt_path,
+            )
+        if world > 1:
+            dist.barrier()
+
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        events.stage("retrain", "start", network=cfg.network, ssl=cfg.ssl, use_sam=cfg.use_sam,
+                     parameters=count_parameters(_unwrap(model)), crop=list(crop), device=describe_device(device),
+                     processes=world, labeled=len(labeled), unlabeled=len(unlabeled), start=start)
+        events.log(
+            f"re-training {cfg.network} ({count_parameters(_unwrap(model)):,} parameters) with {cfg.ssl}"
+            f"{' + SAM pseudo-labels' if cfg.use_sam else ''}: {len(labeled)} labeled, {len(unlabeled)} "
+            f"unlabeled cases, crop {crop[0]}x{crop[1]}x{crop[2]}, {cfg.iterations} iterations on "
+            f"{describe_device(device)}" + (f" x {world} processes" if world > 1 else "")
+            + (f", resuming at {start}" if start else "")
+        )
+    bar = events.Progress("retrain", cfg.iterations, start=start) if rank == 0 else None
+    model.train()
+    t0 = time.monotonic()
+    for it in range(start, cfg.iterations):
+        if should_stop is not None and should_stop():
+            save_checkpoint(it)
+            raise Cancelled(f"re-training stopped at iteration {it}; continue with resume")
+        torch.manual_seed(_seed_int(cfg.seed, it, 3, rank))  # dropout
+        lr = cfg.lr * cfg.lr_gamma ** (it // lr_step)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        x_l, y_l = D.make_batch(labeled, l_slots, crop, cfg.seed, it, D.LABELED, cfg.augment)
+        x = torch.from_numpy(x_l)
+        if ub:
+            x_u, y_u = D.make_batch(unlabeled, u_slots, crop, cfg.seed, it, D.UNLABELED, cfg.augment)
+            x = torch.cat([x, torch.from_numpy(x_u)])
+        x = x.to(device)
+        logits = model(x)
+        logits_l = logits[:lb]
+        loss_sup = seg_loss(logits_l, torch.from_numpy(y_l).to(device))
+        loss = loss_sup
+        logs = {"loss_sup": loss_sup.item()}
+        if ub:
+            logits_u = logits[lb:]
+            if cfg.use_sam:
+                loss_sam = seg_loss(logits_u, torch.from_numpy(y_u).to(device))
+                loss = loss + cfg.sam_weight * loss_sam
+                logs["loss_sam"] = loss_sam.item()
+            ctx = StepContext(
+                iteration=it, iterations=cfg.iterations, x_u=x[lb:], logits_u=logits_u,
+                sample_seeds=[_seed_int(cfg.seed, it, 2, s) for s in u_slots], rampup_interval=ramp_interval,
+            )
+            unsup, mlogs = method.unsupervised_loss(ctx)
+            if unsup is not None:
+                loss = loss + unsup
+            logs.update(mlogs)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        method.after_step(_unwrap(model), it)
+        done = it + 1
+        if bar is not None:
+            bar.update(done, loss=loss.item(), lr=lr, **logs)
+        if cfg.save_every and done % cfg.save_every == 0 and done < cfg.iterations:
+            save_checkpoint(done)
+    save_checkpoint(cfg.iterations)
+    if rank == 0:
+        record = model_record(model, cfg, num_classes, project.classes, crop, extra)
+        atomic_torch_save(record, out_dir / MODEL_FILE)
+        meta = {k: v for k, v in record.items() if k != "state_dict"}
+        meta.update(parameters=count_parameters(_unwrap(model)), seconds=round(time.monotonic() - t0, 2),
+                    processes=world, device=describe_device(device))
+        write_json_atomic(out_dir / META_FILE, meta)
+        events.stage("retrain", "done", model=str(out_dir / MODEL_FILE))
+    if world > 1:
+        dist.barrier()
+    return out_dir

@@ -1,0 +1,225 @@
+"""Quality of stage R on the LA data set: lower bound, MT, SFR_MT, SAM alone (Dice, Jaccard, 95HD, ASD).
+
+Cases follow ``train.list``: the first N are labeled, the next 64 - N unlabeled, the last 16 of the
+80 are the validation cases every row is evaluated on (the papers' test set is not available here).
+
+Rows:
+  lower   supervised only on the N labeled cases (batch 2)            = the paper's lower bound
+  mt      Mean Teacher, 2 labeled + 2 unlabeled, no SAM                = the paper's MT
+  sfr_mt  Mean Teacher + SAM pseudo-label loss (needs --pseudo)        = the paper's SFR_MT
+  sam     SAM alone: stage F's pseudo-labels of the validation cases   (needs --pseudo)
+
+Protocols:
+  paper   6000 iterations, crop 80x112x112, batch 2+2, SGD 0.01 (x0.1 every 2500), sliding-window
+          stride (4, 18, 18) [= (18, 18, 4) in x, y, z]. One command on a GPU:
+              python bench/retrain_quality.py --protocol paper --device cuda \\
+                  --pseudo 1=PSEUDO_DIR_1 16=PSEUDO_DIR_16
+  cpu     the same crops, batch, optimiser and data with a schedule shortened to 30 iterations
+          (lr step and consistency ramp-up scaled), and evaluation at stride 80x112x112 (window
+          tiles, 12 windows per LA volume instead of 81). Measured on this 2-core machine
+          (shared): a training step at 80x112x112 takes ~20 s (supervised, batch 2) and ~45 s
+          (MT, batch 2+2) single-threaded; inference ~30 s per validation volume. Full table
+          without pseudo-labels (4 trainings + 64 predictions): about 2 h with --threads 2.
+          It checks the pipeline end to end on real data; 30 iterations do not train a V-Net,
+          so its Dice numbers say nothing about the method.
+
+Results accumulate (one entry per row and N) in bench/results/retrain_quality.json; the Markdown
+table and the plot are rebuilt from it on every run.  Trained models stay in --work, so a run that
+is interrupted continues (re-training resumes from its checkpoint).
+
+--pseudo N=DIR: stage F's pseudo-label folder for the SAM fine-tuned on N labeled cases (files
+<case>.nii.gz + pseudo-labels.json).  The bench project is named after that index's "project".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from SFRSegmenterLib import events  # noqa: E402
+from SFRSegmenterLib.evaluation import evaluate_pairs  # noqa: E402
+from SFRSegmenterLib.manifest import init_project  # noqa: E402
+from SFRSegmenterLib.retrain import RetrainConfig, predict_folder, retrain  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data" / "la"
+RESULTS = REPO / "bench" / "results"
+PAPER = {  # Dice % on the LA test set (20 cases), V-Net, SAM ViT-B (SFR paper, TMI 2025)
+    1: {"lower": 17.99, "mt": 29.68, "sfr_mt": 74.40, "sam": 74.78},
+    16: {"lower": 86.03, "mt": 88.12, "sfr_mt": 90.86, "sam": 90.39},
+}
+PROTOCOLS = {
+    "paper": {"iterations": 6000, "eval_stride": (4, 18, 18)},
+    "cpu": {"iterations": 30, "eval_stride": (80, 112, 112)},
+}
+ROWS = ("lower", "mt", "sfr_mt", "sam")
+
+
+def make_project(work: Path, n: int, name: str):
+    root = work / f"la_N{n}"
+    project = init_project(root, DATA / "images", labels=DATA / "labels", cases=DATA / "train.list",
+                           labeled=n, validation=16, classes="background,left_atrium", force=True)
+    if project.name != name:
+        project.name = name
+        project.save()
+    return project
+
+
+def row_config(row: str, args) -> RetrainConfig:
+    ssl = "supervised" if row == "lower" else "mean_teacher"
+    return RetrainConfig(
+        ssl=ssl, use_sam=(row == "sfr_mt"), iterations=args.iterations, crop=(80, 112, 112),
+        labeled_bs=2, unlabeled_bs=2, seed=args.seed, device=args.device, threads=args.threads,
+        save_every=max(1, min(500, args.iterations // 4)),
+    )
+
+
+def evaluate(project, pred_dir: Path, cases) -> dict:
+    pairs = [(c.name, pred_dir / f"{c.name}.nii.gz", project.label_path(c)) for c in cases]
+    missing = [str(p) for _, p, _ in pairs if not p.exists()]
+    if missing:
+        return {"error": f"{len(missing)} validation cases without a prediction, e.g. {missing[0]}"}
+    report = evaluate_pairs(pairs)
+    return {"mean": report["mean"], "cases": report["cases"]}
+
+
+def run_row(row: str, n: int, args, pseudo: dict) -> dict:
+    name = "la"
+    if n in pseudo:
+        idx = json.loads((pseudo[n] / "pseudo-labels.json").read_text())
+        name = idx.get("project", name)
+    project = make_project(Path(args.work), n, name)
+    val = project.by_role("validation")[: args.max_val]
+    entry = {"row": row, "labeled": n, "protocol": args.protocol, "validation_cases": len(val),
+             "threads": torch.get_num_threads(), "device": args.device}
+    if row == "sam":
+        if n not in pseudo:
+            return {**entry, "skipped": "no --pseudo for this N"}
+        entry["pseudo"] = str(pseudo[n])
+        entry["metrics"] = evaluate(project, pseudo[n], val)
+        return entry
+    if row == "sfr_mt" and n not in pseudo:
+        return {**entry, "skipped": "no --pseudo for this N (stage F pseudo-labels needed)"}
+    cfg = row_config(row, args)
+    out = Path(args.work) / "models" / f"{row}_N{n}_{args.protocol}_{args.iterations}"
+    t0 = time.monotonic()
+    retrain(project, cfg, pseudo_dir=pseudo.get(n), out_dir=out, resume=True)
+    train_s = time.monotonic() - t0
+    pred_dir = Path(args.work) / "pred" / out.name
+    t0 = time.monotonic()
+    res = predict_folder(out, [project.image_path(c) for c in val], pred_dir, stride=args.eval_stride,
+                         device=args.device, batch=args.batch)
+    pred_s = time.monotonic() - t0
+    entry.update(config=cfg.to_dict(), eval_stride=list(args.eval_stride), train_seconds=round(train_s, 1),
+                 predict_seconds=round(pred_s, 1), s_per_volume=round(pred_s / max(1, len(val)), 2),
+                 mean_confidence=float(np.mean([r["mean_confidence"] for r in res.values()])),
+                 metrics=evaluate(project, pred_dir, val))
+    return entry
+
+
+def write_outputs(results: list) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "retrain_quality.json").write_text(json.dumps(results, indent=2) + "\n")
+    lines = ["# Stage R quality on LA (validation = last 16 of train.list)", "",
+             "Dice/Jaccard in %, 95HD and ASD in voxels (0.625 mm). Paper column: SFR paper, LA *test* set, "
+             "6000 iterations (not the same cases).", "",
+             "| N | row | protocol | iterations | Dice | Jaccard | 95HD | ASD | train s | s/volume | paper Dice |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for e in sorted(results, key=lambda e: (e["labeled"], ROWS.index(e["row"]), e["protocol"])):
+        paper = PAPER.get(e["labeled"], {}).get(e["row"], "")
+        if "skipped" in e:
+            lines.append(f"| {e['labeled']} | {e['row']} | {e['protocol']} | | skipped: {e['skipped']} | | | | | | {paper} |")
+            continue
+        m = e["metrics"].get("mean")
+        if m is None:
+            lines.append(f"| {e['labeled']} | {e['row']} | {e['protocol']} | | {e['metrics'].get('error')} | | | | | | {paper} |")
+            continue
+        f = lambda v, s=1.0: "n/a" if v is None else f"{v * s:.2f}"  # noqa: E731
+        it = e.get("config", {}).get("iterations", "")
+        lines.append(
+            f"| {e['labeled']} | {e['row']} | {e['protocol']} | {it} | {f(m['dice'], 100)} | {f(m['jaccard'], 100)} | "
+            f"{f(m['hd95_vox'])} | {f(m['asd_vox'])} | {e.get('train_seconds', '')} | {e.get('s_per_volume', '')} | {paper} |"
+        )
+    lines += ["", "Threads/device per entry are in retrain_quality.json. Empty predictions count as Dice 0 and "
+              "have no distance (n_hd95_vox in the JSON says how many cases had one).", ""]
+    (RESULTS / "retrain_quality.md").write_text("\n".join(lines))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
+        for ax, n in zip(axes, (1, 16)):
+            xs = np.arange(len(ROWS))
+            ours = []
+            for r in ROWS:
+                hits = [e for e in results if e["labeled"] == n and e["row"] == r and e.get("metrics", {}).get("mean")]
+                ours.append(100 * hits[-1]["metrics"]["mean"]["dice"] if hits else np.nan)
+            ax.bar(xs - 0.2, ours, 0.4, label="here (see protocol)")
+            ax.bar(xs + 0.2, [PAPER[n][r] for r in ROWS], 0.4, label="paper (test set)", alpha=0.6)
+            ax.set_xticks(xs, ROWS)
+            ax.set_title(f"{n} labeled")
+        axes[0].set_ylabel("Dice %")
+        axes[0].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(RESULTS / "retrain_quality.png", dpi=100)
+    except ImportError:
+        pass
+
+
+def main(argv=None) -> int:
+    global RESULTS
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n", 1)[1])
+    ap.add_argument("--protocol", choices=PROTOCOLS, default="cpu")
+    ap.add_argument("--labeled", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
+    ap.add_argument("--pseudo", nargs="*", default=[], metavar="N=DIR")
+    ap.add_argument("--iterations", type=int, help="override the protocol's iterations")
+    ap.add_argument("--eval-stride", type=int, nargs=3, help="override the protocol's inference stride (D H W)")
+    ap.add_argument("--batch", type=int, default=4, help="windows per forward at inference")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=1337)
+    ap.add_argument("--work", default="/tmp/sfr_retrain_quality")
+    ap.add_argument("--max-val", type=int, default=16, help="evaluate only the first K validation cases (smoke runs)")
+    ap.add_argument("--results", default=str(REPO / "bench" / "results"), help="folder for the JSON, Markdown and plot")
+    args = ap.parse_args(argv)
+    proto = PROTOCOLS[args.protocol]
+    args.iterations = args.iterations or proto["iterations"]
+    args.eval_stride = tuple(args.eval_stride or proto["eval_stride"])
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pseudo = {}
+    for item in args.pseudo:
+        n, _, d = item.partition("=")
+        pseudo[int(n)] = Path(d)
+    events.configure("bar" if sys.stderr.isatty() else "none")
+    RESULTS = Path(args.results)
+    path = RESULTS / "retrain_quality.json"
+    results = json.loads(path.read_text()) if path.exists() else []
+    for n in args.labeled:
+        for row in args.rows:
+            print(f"[{time.strftime('%H:%M:%S')}] N={n} {row} ({args.protocol}, {args.iterations} it.)", flush=True)
+            entry = run_row(row, n, args, pseudo)
+            entry["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            results = [e for e in results if not (e["labeled"] == n and e["row"] == row and e["protocol"] == args.protocol)]
+            results.append(entry)
+            write_outputs(results)
+            m = entry.get("metrics", {}).get("mean")
+            print(f"    -> {entry.get('skipped') or ('Dice %.4f' % m['dice'] if m else entry.get('metrics'))}",
+                  flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
