@@ -202,7 +202,7 @@ def _batch_fields(stage_cfg) -> list:
 
 
 def with_oom_retry(call, stage_cfg, what: str):
-    """Run ``call(stage_cfg, resume_after_oom)``; on GPU out-of-memory halve the batch and retry.
+    """Run ``call(stage_cfg, after_oom)``; on GPU out-of-memory halve the batch and retry.
 
     After batch 1 also runs out of memory: SFRError suggesting LiteMedSAM or the CPU.
     """
@@ -463,12 +463,15 @@ class Pipeline:
         key = make_key("finetune", _config_dict(ft_cfg), self.project.classes, self.labeled_fingerprint(), extra_fp)
 
         def fn(d: Path, resume: bool):
+            from .finetune import MODEL_META
+
             def call(stage_cfg, after_oom):
-                return finetune(self.project, stage_cfg, out_dir=d, resume=resume or after_oom,
+                # after an out-of-memory retry the batch differs: the stage starts again
+                return finetune(self.project, stage_cfg, out_dir=d, resume=resume and not after_oom,
                                 should_stop=self.runner.should_stop, extra_labeled=tuple(extra_labeled))
 
             with_oom_retry(call, ft_cfg, "SAM fine-tuning")
-            meta = _read_json(d / "meta.json", {}) or {}
+            meta = _read_json(d / MODEL_META, {}) or {}
             return {"model_id": meta.get("model_id"), "extra_labeled": [c for c, _, _ in extra_labeled]}
 
         return self.runner.run_stage(f"finetune-r{r}", key, fn)
@@ -482,6 +485,7 @@ class Pipeline:
 
         def fn(d: Path, resume: bool):
             done = _read_json(d / "cases.json", {}) or {}
+            index_path = d / "pseudo-labels.json"
             # per-case reuse: the same SAM model and image in an earlier run
             for c in cases:
                 if c in done:
@@ -490,16 +494,17 @@ class Pipeline:
                 if src is not None:
                     for suffix in (".nii.gz", "_confidence.nii.gz"):
                         link_or_copy(src / f"{c}{suffix}", d / f"{c}{suffix}")
-                    done[c] = {"key": case_keys[c], "reused_from": str(src)}
-            todo = [c for c in cases if not (c in done and (d / f"{c}.nii.gz").exists()
+                    self._copy_index_entry(src / "pseudo-labels.json", index_path, c)
+                    done[c] = {"key": case_keys[c], "reused_from": str(src.relative_to(self.project.root))}
+                    write_json_atomic(d / "cases.json", done)
+            index = _read_json(index_path, {}) or {}
+            todo = [c for c in cases if not (c in index.get("cases", {})
+                                              and (d / f"{c}.nii.gz").exists()
                                               and (d / f"{c}_confidence.nii.gz").exists())]
-            index_path = d / "pseudo-labels.json"
-            before = _read_json(index_path, {}) or {}
             if todo:
+                # the stage writes its files case by case; cases done before a cancel are kept
                 pseudolabel(self.project, model_dir=model_dir, out_dir=d, cases=todo,
                             device=self.cfg.device, should_stop=self.runner.should_stop)
-            after = _read_json(index_path, {}) or {}
-            self._merge_index(index_path, before, after, model_dir, cases)
             for c in cases:
                 done.setdefault(c, {"key": case_keys[c]})
                 done[c]["key"] = case_keys[c]
@@ -508,19 +513,17 @@ class Pipeline:
 
         return self.runner.run_stage(f"pseudolabel-r{r}", key, fn)
 
-    def _merge_index(self, index_path: Path, before: dict, after: dict, model_dir: Path, cases: list) -> None:
-        """Keep one ``pseudo-labels.json`` describing every case of the folder."""
-        entries = dict((before or {}).get("cases", {}))
-        entries.update((after or {}).get("cases", {}))
-        merged = dict(after or before or {})
-        if not merged:
-            return
-        for c in cases:
-            if c not in entries and (index_path.parent / f"{c}.nii.gz").exists():
-                entries[c] = {"label": f"{c}.nii.gz", "confidence": f"{c}_confidence.nii.gz",
-                              "image_sha256": self.sha[c]}
-        merged["cases"] = entries
-        write_json_atomic(index_path, merged)
+    @staticmethod
+    def _copy_index_entry(src_index: Path, dst_index: Path, case: str) -> None:
+        """Carry one case's record (and the model fields) into this stage's pseudo-labels.json."""
+        src = _read_json(src_index, {}) or {}
+        dst = _read_json(dst_index, None)
+        if dst is None:
+            dst = {k: v for k, v in src.items() if k != "cases"}
+            dst["cases"] = {}
+        if case in src.get("cases", {}):
+            dst.setdefault("cases", {})[case] = src["cases"][case]
+        write_json_atomic(dst_index, dst)
 
     def _find_case_output(self, kind: str, case_key: str, case: str) -> Path | None:
         runs = jobs.runs_dir(self.project.root)
@@ -543,7 +546,7 @@ class Pipeline:
         def fn(d: Path, resume: bool):
             def call(stage_cfg, after_oom):
                 return retrain(self.project, stage_cfg, pseudo_dir=pseudo_dir, out_dir=d,
-                               resume=resume or after_oom, should_stop=self.runner.should_stop,
+                               resume=resume and not after_oom, should_stop=self.runner.should_stop,
                                unlabeled_cases=list(cases))
 
             with_oom_retry(call, rt_cfg, "V-Net re-training")
