@@ -69,6 +69,7 @@ class RunConfig:
     iterations_sam: int | None = None
     iterations_vnet: int | None = None
     batch_size_sam: int | None = None
+    pseudo_overlap: float | None = None  # None: stage F's default window overlap
     crop: list | None = None
     seed: int = 1337
     flag_k: int = conf_mod.FLAG_K
@@ -480,7 +481,7 @@ class Pipeline:
         from .pseudolabel import pseudolabel
 
         model_key = self.runner.records[model_dir.name]["key"]
-        case_keys = {c: make_key("pseudo-case", model_key, c, self.sha[c]) for c in cases}
+        case_keys = {c: make_key("pseudo-case", model_key, c, self.sha[c], self.cfg.pseudo_overlap) for c in cases}
         key = make_key("pseudolabel", model_key, sorted(case_keys.items()))
 
         def fn(d: Path, resume: bool):
@@ -503,8 +504,9 @@ class Pipeline:
                                               and (d / f"{c}_confidence.nii.gz").exists())]
             if todo:
                 # the stage writes its files case by case; cases done before a cancel are kept
+                extra = {} if self.cfg.pseudo_overlap is None else {"overlap": float(self.cfg.pseudo_overlap)}
                 pseudolabel(self.project, model_dir=model_dir, out_dir=d, cases=todo,
-                            device=self.cfg.device, should_stop=self.runner.should_stop)
+                            device=self.cfg.device, should_stop=self.runner.should_stop, **extra)
             for c in cases:
                 done.setdefault(c, {"key": case_keys[c]})
                 done[c]["key"] = case_keys[c]

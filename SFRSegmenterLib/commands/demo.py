@@ -13,10 +13,14 @@ SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "hippocampus"
 DEMO_SETTINGS = {
     "backbone": "lite_medsam",
     "device": "cpu",
-    "iterations_sam": 60,
+    "iterations_sam": 80,
     "iterations_vnet": 300,
     "rounds": 1,
     "labeled": 2,
+    # CPU: frozen encoder, decoder trained on cached embeddings of augmented mosaics (stage F's
+    # CPU mode, ~20x cheaper per iteration than LoRA); no window overlap when pseudo-labeling
+    "sam_options": {"lora_rank": 0, "embedding_cache": 16},
+    "pseudo_overlap": 0.0,
 }
 
 
@@ -79,9 +83,11 @@ def demo_config(args):
         if v is not None:
             s[k] = v
     cfg = RunConfig(sfr_plus=True, rounds=s["rounds"], backbone=s["backbone"], device=s["device"],
-                    iterations_sam=s["iterations_sam"], iterations_vnet=s["iterations_vnet"])
+                    iterations_sam=s["iterations_sam"], iterations_vnet=s["iterations_vnet"],
+                    sam_options=dict(s["sam_options"]), pseudo_overlap=s["pseudo_overlap"])
     if getattr(args, "quick", False):
         cfg.vnet_options = {"filters": 4}
+        cfg.sam_options = {}
     return cfg
 
 

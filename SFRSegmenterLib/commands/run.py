@@ -11,7 +11,7 @@ from ..manifest import load_project
 
 #: Options that define a run's configuration (refused together with --resume).
 CONFIG_OPTIONS = ("sfr_plus", "rounds", "tau", "backbone", "checkpoint", "ssl", "network", "iterations_sam",
-                  "iterations_vnet", "batch_size_sam", "crop", "seed", "flag_k", "sam_option", "vnet_option")
+                  "iterations_vnet", "batch_size_sam", "pseudo_overlap", "crop", "seed", "flag_k", "sam_option", "vnet_option")
 
 
 def parse_options(items, flag: str) -> dict:
@@ -53,6 +53,8 @@ def add_parser(sub) -> None:
     p.add_argument("--iterations-sam", type=int, metavar="N", help="SAM fine-tuning iterations")
     p.add_argument("--iterations-vnet", type=int, metavar="N", help="V-Net re-training iterations")
     p.add_argument("--batch-size-sam", type=int, metavar="N", help="SAM fine-tuning batch size")
+    p.add_argument("--pseudo-overlap", type=float, metavar="F",
+                   help="overlap of SAM's sliding windows when pseudo-labeling, 0..0.9 (default: stage F's 0.25)")
     p.add_argument("--crop", type=int, nargs=3, metavar=("D", "H", "W"), help="V-Net training crop (array order)")
     p.add_argument("--seed", type=int, help="random seed (default 1337)")
     p.add_argument("--flag-k", type=int, metavar="K", help="flagged slices per case in review.json (default 5)")
