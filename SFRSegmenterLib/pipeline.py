@@ -214,26 +214,28 @@ def with_oom_retry(call, stage_cfg, what: str):
         except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
             if not is_oom(exc):
                 raise
-            try:
-                import torch
+            message = str(exc).splitlines()[0][:200]
+        # outside the except block: the failed call's frames (and their GPU tensors) are released
+        import gc
 
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            except Exception:  # noqa: BLE001
-                pass
-            fields_ = _batch_fields(stage_cfg)
-            sizes = {n: int(getattr(stage_cfg, n)) for n in fields_}
-            if not sizes or all(v <= 1 for v in sizes.values()):
-                raise SFRError(
-                    f"the GPU ran out of memory in {what} even with batch size 1; use a smaller "
-                    "backbone (--backbone lite_medsam) or run on the CPU (--device cpu)"
-                ) from None
-            smaller = {n: max(1, v // 2) for n, v in sizes.items()}
-            events.log(
-                f"GPU out of memory in {what} with batch {sizes}; retrying with batch {smaller}",
-                "warning",
+        except Exception:  # noqa: BLE001
+            pass
+        sizes = {n: int(getattr(stage_cfg, n)) for n in _batch_fields(stage_cfg)}
+        if not sizes or all(v <= 1 for v in sizes.values()):
+            raise SFRError(
+                f"the GPU ran out of memory in {what} even with batch size 1 ({message}); use a smaller "
+                "backbone (--backbone lite_medsam) or run on the CPU (--device cpu)"
             )
-            stage_cfg = dataclasses.replace(stage_cfg, **smaller)
-            retried = True
+        smaller = {n: max(1, v // 2) for n, v in sizes.items()}
+        events.log(f"GPU out of memory in {what} with batch {sizes}; retrying with batch {smaller}", "warning")
+        stage_cfg = dataclasses.replace(stage_cfg, **smaller)
+        retried = True
 
 
 # --------------------------------------------------------------------------- file helpers

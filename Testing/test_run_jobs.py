@@ -14,9 +14,11 @@ import pytest
 
 from test_run_pipeline import make_project, latest, stages
 
-#: Long enough SAM fine-tuning (tiny model) to be caught mid-stage, short enough for CI.
-JOB = ["--backbone", "tiny_test", "--iterations-sam", "150", "--iterations-vnet", "12", "--device", "cpu",
-       "--vnet-option", "filters=4", "--no-report"]
+COMMON = ["--backbone", "tiny_test", "--device", "cpu", "--vnet-option", "filters=4", "--no-report"]
+#: SAM fine-tuning (tiny model) long enough to be caught mid-stage, short enough for CI.
+JOB = ["--iterations-sam", "25", "--iterations-vnet", "4", *COMMON]
+#: The same for V-Net re-training.
+JOB_KILL = ["--iterations-sam", "3", "--iterations-vnet", "12", *COMMON]
 CASES = ["hippocampus_001", "hippocampus_003", "hippocampus_004", "hippocampus_006"]
 
 
@@ -64,7 +66,7 @@ def test_detach_cancel_resume_and_a_second_run_is_refused(tmp_path, sample_dir, 
     run_id = out.stdout.strip().splitlines()[-1]
     run = root / "runs" / run_id
     assert run.is_dir() and latest(root) == run
-    st = wait_for(lambda: (s := status(sfr, root)).get("substage") == "finetune" and (s.get("step") or 0) >= 5 and s,
+    st = wait_for(lambda: (s := status(sfr, root)).get("substage") == "finetune" and (s.get("step") or 0) >= 3 and s,
                   what="fine-tuning to start")
     assert st["state"] == "running" and st["run_id"] == run_id
     pid = st["pid"]
@@ -81,7 +83,7 @@ def test_detach_cancel_resume_and_a_second_run_is_refused(tmp_path, sample_dir, 
     assert stages(run)["finetune-r0"]["status"] == "cancelled"
     assert not (root / "runs" / ".lock").exists()
     first_attempt = progress_steps(run, "finetune-r0")[0]
-    assert 0 < first_attempt[-1] < 150
+    assert 0 < first_attempt[-1] < 25
     # resume in the foreground: continues from the checkpoint and finishes everything
     sfr("run", root, "--resume", check=True)
     st = status(sfr, root, cli=True)
@@ -100,7 +102,7 @@ def test_detach_cancel_resume_and_a_second_run_is_refused(tmp_path, sample_dir, 
 
 def test_kill_9_mid_stage_then_resume(tmp_path, sample_dir, sfr):
     root = make_project(tmp_path / "proj", sample_dir, CASES, labeled=2, validation=0)
-    run_id = sfr("run", root, *JOB, "--detach", check=True).stdout.strip().splitlines()[-1]
+    run_id = sfr("run", root, *JOB_KILL, "--detach", check=True).stdout.strip().splitlines()[-1]
     run = root / "runs" / run_id
     st = wait_for(lambda: (s := status(sfr, root)).get("stage") == "retrain-r0" and (s.get("step") or 0) >= 2 and s,
                   timeout=120, what="re-training to start")

@@ -16,8 +16,7 @@ import pytest
 from SFRSegmenterLib import confidence as C
 from SFRSegmenterLib.io import read_image, read_label
 
-CASES = ["hippocampus_001", "hippocampus_003", "hippocampus_004", "hippocampus_006", "hippocampus_007",
-         "hippocampus_008"]
+CASES = ["hippocampus_001", "hippocampus_003", "hippocampus_004", "hippocampus_006", "hippocampus_008"]
 TINY = ["--backbone", "tiny_test", "--iterations-sam", "3", "--iterations-vnet", "3", "--device", "cpu",
         "--vnet-option", "filters=4"]
 
@@ -59,7 +58,7 @@ def sfr_runs(tmp_path_factory, sample_dir):
 def test_run_folder_has_every_result(sfr_runs, sample_dir):
     run = sfr_runs["plus"]
     root = sfr_runs["root"]
-    unlabeled = CASES[2:5]
+    unlabeled = CASES[2:4]
     for case in unlabeled:
         image = read_image(sample_dir / "images" / f"{case}.nii.gz")
         label = read_label(run / "pseudo" / f"{case}.nii.gz", reference=image, num_classes=3)
@@ -73,8 +72,8 @@ def test_run_folder_has_every_result(sfr_runs, sample_dir):
     assert cfg["sfr_plus"] and cfg["resolved_rounds"] == 1 and cfg["backbone"] == "tiny_test"
     metrics = json.loads((run / "metrics.json").read_text())
     assert {r["case"] for r in metrics["pseudo_labels"]["cases"]} == set(unlabeled)
-    assert {r["case"] for r in metrics["validation"]["cases"]} == {CASES[5]}
-    assert (run / "validation" / f"{CASES[5]}.nii.gz").exists()
+    assert {r["case"] for r in metrics["validation"]["cases"]} == {CASES[4]}
+    assert (run / "validation" / f"{CASES[4]}.nii.gz").exists()
     assert (root / "runs" / "latest").read_text().strip() == run.name
     log = (run / "log.txt").read_text()
     assert "round 0:" in log and "finished" in log
@@ -94,7 +93,7 @@ def test_review_json_matches_the_confidence_maps(sfr_runs):
     run = sfr_runs["plus"]
     review = json.loads((run / "review.json").read_text())
     assert set(review) == {"cases"}
-    assert [c["case"] for c in review["cases"]] == CASES[2:5]
+    assert [c["case"] for c in review["cases"]] == CASES[2:4]
     for entry in review["cases"]:
         assert set(entry) == {"case", "confidence", "trusted", "flagged_slices", "low_confidence_voxels"}
         conf = read_image(run / "pseudo" / f"{entry['case']}_confidence.nii.gz").array
@@ -123,7 +122,7 @@ def test_sfr_plus_round_uses_trusted_cases_for_sam_and_the_others_for_retraining
     rounds = json.loads((run / "rounds.json").read_text())
     r0 = rounds["rounds"][0]
     trusted = r0["trusted"]
-    untrusted = sorted(set(CASES[2:5]) - set(trusted))
+    untrusted = sorted(set(CASES[2:4]) - set(trusted))
     if not trusted or not untrusted:
         pytest.skip("the median tau did not split the cases")
     assert st["finetune-r1"]["extra_labeled"] == trusted
@@ -171,8 +170,6 @@ def test_bad_options_are_one_line_errors(sfr_runs, sfr):
     assert out.returncode == 2 and "nonsense" in out.stderr and "Traceback" not in out.stderr
     out = sfr("run", root, "--resume", "--rounds", "2")
     assert out.returncode == 2 and "--resume" in out.stderr
-    out = sfr("run", root / "nope")
-    assert out.returncode == 2 and "Traceback" not in out.stderr
 
 
 def test_demo_quick_runs_the_whole_pipeline_and_reports(tmp_path, sfr):
@@ -186,4 +183,4 @@ def test_demo_quick_runs_the_whole_pipeline_and_reports(tmp_path, sfr):
     assert len(review["cases"]) == 4
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["sfr_plus"] and cfg["backbone"] == "tiny_test"
-    assert "CC-BY-SA" in (run / "log.txt").read_text()
+    assert "CC-BY-SA" in out.stdout and "CC-BY-SA" in (tmp_path / "demo" / "ATTRIBUTION.md").read_text()

@@ -97,8 +97,14 @@ def run(args) -> int:
     out = Path(args.out).resolve()
     project = make_demo_project(out, DEMO_SETTINGS["labeled"], 4 if args.quick else None)
     n_unl = len(project.by_role("unlabeled"))
-    events.log(f"demo project: {out} (2 labeled, {n_unl} unlabeled hippocampus MRI; data: Medical "
-               "Segmentation Decathlon Task04, CC-BY-SA 4.0, Simpson et al. 2019)")
+    import shutil
+
+    if not (out / "ATTRIBUTION.md").exists():
+        shutil.copy2(SAMPLE / "ATTRIBUTION.md", out / "ATTRIBUTION.md")
+    if events.mode() != "json":
+        print(f"demo project: {out} (2 labeled, {n_unl} unlabeled hippocampus MRI)\n"
+              "data: Medical Segmentation Decathlon Task04 (Simpson et al. 2019, arXiv:1902.09063), "
+              "CC-BY-SA 4.0; see ATTRIBUTION.md", flush=True)
     jobs.ProjectLock(project.root, "?").check_free()
     cfg = demo_config(args)
     pipeline.validate_config(cfg)
