@@ -57,10 +57,15 @@ def flag_quality(run: Path, k: int = 5, seed: int = 0) -> list:
     project = load_project(cfg["project"])
     rng = np.random.default_rng(seed)
     rows = []
+    pseudo = run / "pseudo"
+    if not pseudo.is_dir():  # an unfinished run: its newest confidence stage
+        stages = sorted((run / "stages").glob("confidence-r*/cases.json"))
+        if not stages:
+            return rows
+        pseudo = stages[-1].parent
     for case in project.by_role("unlabeled"):
-        if not case.label:
+        if not case.label or not (pseudo / f"{case.name}_confidence.nii.gz").exists():
             continue
-        pseudo = run / "pseudo"
         label = read_label(pseudo / f"{case.name}.nii.gz").array
         conf = read_image(pseudo / f"{case.name}_confidence.nii.gz").array
         gt = read_label(project.label_path(case)).array
