@@ -48,21 +48,29 @@ def _machine() -> dict:
 # --------------------------------------------------------------------------- flags
 
 
-def flag_quality(run: Path, k: int = 5, seed: int = 0) -> list:
+def flag_quality(path: Path, k: int = 5, seed: int = 0) -> list:
+    """``path``: a run folder (its pseudo/ or newest confidence stage) or any stage folder
+    holding ``<case>.nii.gz`` + ``<case>_confidence.nii.gz`` (e.g. SAM's pseudolabel-r0)."""
     from SFRSegmenterLib import confidence as C
     from SFRSegmenterLib.io import read_image, read_label
     from SFRSegmenterLib.manifest import load_project
 
+    path = Path(path)
+    run = next((p for p in [path, *path.parents] if (p / "config.json").exists()), None)
+    if run is None:
+        raise SystemExit(f"{path}: not inside a run folder")
     cfg = json.loads((run / "config.json").read_text())
     project = load_project(cfg["project"])
     rng = np.random.default_rng(seed)
     rows = []
-    pseudo = run / "pseudo"
-    if not pseudo.is_dir():  # an unfinished run: its newest confidence stage
-        stages = sorted((run / "stages").glob("confidence-r*/cases.json"))
-        if not stages:
-            return rows
-        pseudo = stages[-1].parent
+    pseudo = path
+    if path == run:
+        pseudo = run / "pseudo"
+        if not pseudo.is_dir():  # an unfinished run: its newest confidence stage
+            stages = sorted((run / "stages").glob("confidence-r*/cases.json"))
+            if not stages:
+                return rows
+            pseudo = stages[-1].parent
     for case in project.by_role("unlabeled"):
         if not case.label or not (pseudo / f"{case.name}_confidence.nii.gz").exists():
             continue
@@ -103,8 +111,9 @@ def cmd_flags(args) -> int:
         run = Path(run)
         if (run / "sfr-project.json").exists():
             run = run / "runs" / (run / "runs" / "latest").read_text().strip()
+        run = run.resolve()
         for r in flag_quality(run, args.k):
-            r["run"] = str(run)
+            r["source"] = str(run)
             rows.append(r)
     if not rows:
         print("no case with ground truth and errors")
@@ -123,7 +132,7 @@ def cmd_flags(args) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "sfr_plus_flags.json").write_text(json.dumps(out, indent=1))
     lines = [f"# Flagged slices vs true error (k = {args.k}, {len(rows)} cases)", "",
-             f"Runs: {', '.join(sorted({r['run'] for r in rows}))}", "",
+             f"Source: {', '.join(sorted({r['source'] for r in rows}))}", "",
              f"The {args.k} flagged slices are on average {100 * share:.0f} % of the slices near the structure.", "",
              "| ranking | hit@k (worst slice flagged) | precision@k | share of wrong voxels in flagged slices |",
              "|---|---|---|---|"]
