@@ -44,7 +44,7 @@ def add_parser(sub) -> None:
     p.add_argument("--backbone", help=f"default {DEMO_SETTINGS['backbone']} (tiny_test: seconds, meaningless)")
     p.add_argument("--device", help="default cpu")
     p.add_argument("--quick", action="store_true",
-                   help="CI-sized smoke run: tiny random SAM, a few iterations, 4 unlabeled cases "
+                   help="CI-sized smoke run: tiny random SAM, a few iterations, 2 unlabeled cases "
                    "(meaningless numbers; checks an installation in about a minute)")
     p.set_defaults(func=run)
 
@@ -98,7 +98,7 @@ def run(args) -> int:
     from .. import pipeline
 
     out = Path(args.out).resolve()
-    project = make_demo_project(out, DEMO_SETTINGS["labeled"], 4 if args.quick else None)
+    project = make_demo_project(out, DEMO_SETTINGS["labeled"], 2 if args.quick else None)
     n_unl = len(project.by_role("unlabeled"))
     import shutil
 
