@@ -160,7 +160,7 @@ def main() -> int:
     (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=1))
     e = out["end_to_end"]
     lines = [f"# sfr run on {out['device']}", "",
-             f"SFR+ (1 round), hippocampus sample (2 labeled, 10 unlabeled): state {e['state']}, wall {e['wall_s']} s, "
+             f"SFR+ (1 round), bundled hippocampus sample, 2 labeled: state {e['state']}, wall {e['wall_s']} s, "
              f"pseudo-label Dice {e['pseudo_dice']}", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in e["stages_s"].items()]
     o = out["oom_retry"]
