@@ -1,0 +1,40 @@
+"""sfr report: a self-contained HTML report of a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import jobs
+from ..errors import SFRError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "report",
+        help="write a self-contained HTML report of a run (figures embedded)",
+        description="RUN is a run folder (PROJECT/runs/<id>) or a project folder (its latest run). "
+        "The page holds the stitched mosaic, pseudo-label overlays, confidence maps and flagged "
+        "slices of each case, loss curves, per-stage times and the metrics when ground truth exists.",
+    )
+    p.add_argument("run", help="run folder, or project folder for its latest run")
+    p.add_argument("--out", help="HTML file to write (default RUN/report.html)")
+    p.set_defaults(func=run)
+
+
+def resolve_run(path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise SFRError("not found", path)
+    if (path / "config.json").exists():
+        return path
+    if (path / "sfr-project.json").exists():
+        return jobs.run_dir(path)
+    raise SFRError("neither a run folder nor a project folder", path)
+
+
+def run(args) -> int:
+    from ..report import write_report
+
+    out = write_report(resolve_run(args.run), args.out)
+    print(out)
+    return 0

@@ -1,0 +1,162 @@
+"""sfr run: the whole pipeline (stitch, fine-tune SAM, pseudo-label, re-train; SFR+ rounds)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .. import events, jobs
+from ..errors import SFRError
+from ..manifest import load_project
+
+#: Options that define a run's configuration (refused together with --resume).
+CONFIG_OPTIONS = ("sfr_plus", "rounds", "tau", "backbone", "checkpoint", "ssl", "network", "iterations_sam",
+                  "iterations_vnet", "batch_size_sam", "pseudo_overlap", "crop", "seed", "flag_k", "sam_option", "vnet_option")
+
+
+def parse_options(items, flag: str) -> dict:
+    """``["filters=8", "norm=\"instancenorm\""]`` -> ``{"filters": 8, "norm": "instancenorm"}``."""
+    out = {}
+    for item in items or ():
+        if "=" not in item:
+            raise SFRError(f"{flag} expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run the whole SFR / SFR+ pipeline on a project (resumable, can run in the background)",
+        description="Stitch, fine-tune SAM on the labeled cases, pseudo-label the unlabeled ones, "
+        "re-train a 3D V-Net semi-supervised, and with --sfr-plus alternate SAM fine-tuning on the "
+        "trusted cases with re-training on the others. Writes PROJECT/runs/<run-id>/ (pseudo-labels, "
+        "confidence maps, review.json, V-Net, metrics, report.html, log). Finished stages whose "
+        "inputs did not change are reused. Exit status: 0 done, 2 bad input or error, "
+        "3 cancelled (continue with --resume).",
+    )
+    p.add_argument("project", help="project folder (with sfr-project.json)")
+    p.add_argument("--sfr-plus", action="store_true", default=None,
+                   help="SFR+: confidence-selected rounds of SAM fine-tuning / re-training")
+    p.add_argument("--rounds", type=int, metavar="K",
+                   help="SFR+ rounds after the first SFR pass (default: 1 with --sfr-plus; 0 = plain SFR)")
+    p.add_argument("--tau", type=float, help="case confidence threshold for trusted cases (default 0.985)")
+    p.add_argument("--backbone", help="SAM backbone for stage F (e.g. vit_b, lite_medsam; default: stage F's)")
+    p.add_argument("--checkpoint", help="SAM checkpoint file (needed for vit_b/vit_l/vit_h/medsam)")
+    p.add_argument("--ssl", help="semi-supervised method of stage R (default: stage R's, Mean Teacher)")
+    p.add_argument("--network", help="3D network of stage R (default vnet)")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda or mps")
+    p.add_argument("--iterations-sam", type=int, metavar="N", help="SAM fine-tuning iterations")
+    p.add_argument("--iterations-vnet", type=int, metavar="N", help="V-Net re-training iterations")
+    p.add_argument("--batch-size-sam", type=int, metavar="N", help="SAM fine-tuning batch size")
+    p.add_argument("--pseudo-overlap", type=float, metavar="F",
+                   help="overlap of SAM's sliding windows when pseudo-labeling, 0..0.9 (default: stage F's 0.25)")
+    p.add_argument("--crop", type=int, nargs=3, metavar=("D", "H", "W"), help="V-Net training crop (array order)")
+    p.add_argument("--seed", type=int, help="random seed (default 1337)")
+    p.add_argument("--flag-k", type=int, metavar="K", help="flagged slices per case in review.json (default 5)")
+    p.add_argument("--sam-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other field of stage F's FinetuneConfig (repeatable; VALUE parsed as JSON)")
+    p.add_argument("--vnet-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other field of stage R's RetrainConfig, e.g. filters=8 (repeatable)")
+    p.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
+    p.add_argument("--detach", action="store_true",
+                   help="start the run in the background, print its id and return at once")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the latest run (cancelled, failed, crashed or killed) with its saved "
+                   "configuration, without redoing finished steps")
+    p.add_argument("--attach", metavar="RUN_ID", help=argparse.SUPPRESS)  # the detached child
+    p.set_defaults(func=run)
+
+
+def _config_from_args(args):
+    from ..pipeline import RunConfig
+
+    cfg = RunConfig()
+    for name in CONFIG_OPTIONS[:-2]:
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(cfg, name, list(value) if name == "crop" else value)
+    cfg.sam_options = parse_options(args.sam_option, "--sam-option")
+    cfg.vnet_options = parse_options(args.vnet_option, "--vnet-option")
+    cfg.sfr_plus = bool(args.sfr_plus)
+    if args.device:
+        cfg.device = args.device
+    if args.no_report:
+        cfg.report = False
+    if cfg.rounds is not None and cfg.rounds < 0:
+        raise SFRError(f"--rounds must be >= 0, got {cfg.rounds}")
+    if cfg.rounds and not cfg.sfr_plus:
+        cfg.sfr_plus = True  # --rounds K asks for SFR+
+    if not 0 < cfg.tau <= 1:
+        raise SFRError(f"--tau must be in (0, 1], got {cfg.tau}")
+    for name in ("iterations_sam", "iterations_vnet", "batch_size_sam"):
+        v = getattr(cfg, name)
+        if v is not None and v < 1:
+            raise SFRError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    from ..device import resolve_device
+
+    resolve_device(cfg.device)  # an unavailable device is refused before anything starts
+    return cfg
+
+
+def run(args) -> int:
+    from .. import pipeline
+
+    project = load_project(args.project)
+    root = project.root
+    if args.attach:  # we are the detached child: the run folder exists
+        return pipeline.execute(root, jobs.run_dir(root, args.attach))
+    lock = jobs.ProjectLock(root, "?")
+    lock.check_free()  # refuse early, before creating anything
+    if args.resume:
+        given = [n for n in CONFIG_OPTIONS if getattr(args, n, None) not in (None, False, [])]
+        if given:
+            raise SFRError(
+                "--resume continues the latest run with its saved configuration; drop "
+                + ", ".join("--" + n.replace("_", "-") for n in given)
+                + " or start a new run (finished stages are reused anyway)"
+            )
+        path = jobs.run_dir(root)
+        status = jobs.read_status(path)
+        if status.get("state") == "done":
+            print(f"run {path.name} is already complete: {path}")
+            return 0
+        (path / jobs.CANCEL_NAME).unlink(missing_ok=True)
+        if args.device:
+            cfg = pipeline.load_run_config(path)
+            cfg.device = args.device
+            from ..manifest import write_json_atomic
+
+            data = json.loads((path / "config.json").read_text(encoding="utf-8"))
+            data["device"] = args.device
+            write_json_atomic(path / "config.json", data)
+        events.log(f"resuming run {path.name} (was {status.get('state')})")
+    else:
+        cfg = _config_from_args(args)
+        pipeline.validate_config(cfg)
+        path = pipeline.create_run(project, cfg)
+    if args.detach:
+        child = jobs.spawn_detached(["--progress", "none", "run", str(root), "--attach", path.name],
+                                    path / "log.txt")
+        from ..manifest import write_json_atomic
+
+        # the child writes status.json from now on; the launcher record lets `sfr status` tell a
+        # child that died before writing anything
+        write_json_atomic(path / "launcher.json", {"pid": child.pid, "host": __import__("socket").gethostname(),
+                                                   "proc_start": jobs._proc_start(child.pid),
+                                                   "time": jobs.utcnow()})
+        events.emit("result", run_id=path.name, pid=child.pid, run=str(path), detached=True)
+        if events.mode() != "json":
+            print(path.name)
+        return 0
+    code = pipeline.execute(root, path)
+    if code == 0 and events.mode() != "json":
+        report = path / "report.html"
+        print(f"run {path.name} finished: {path}" + (f"\nreport: {report}" if report.exists() else ""))
+    elif code == jobs.EXIT_CANCELLED and events.mode() != "json":
+        print(f"run {path.name} cancelled; continue with: sfr run {root} --resume")
+    return code

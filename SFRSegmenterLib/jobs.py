@@ -1,0 +1,350 @@
+"""Job control for ``sfr run``: run folders, the project lock, status, cancellation, detaching.
+
+Files (all JSON written atomically; see ``docs/run.md``)::
+
+    PROJECT/runs/latest              text file: id of the newest run
+    PROJECT/runs/.lock               {"pid", "host", "started", "proc_start", "run_id"} while a run writes
+    PROJECT/runs/<id>/status.json    {"state", "stage", "step", "total", "eta_s", ...}
+    PROJECT/runs/<id>/cancel-request present once ``sfr cancel`` asked the run to stop
+
+A run holds the lock for as long as it writes into the project.  A lock whose process is gone
+(killed, crashed, machine rebooted: same host, PID absent or reused by another process) is
+stale: the next run says so and clears it.  A lock from another host is never cleared
+automatically.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import events
+from .errors import SFRError
+from .manifest import write_json_atomic
+
+LOCK_NAME = ".lock"
+CANCEL_NAME = "cancel-request"
+STATUS_NAME = "status.json"
+STATES = ("starting", "running", "done", "cancelled", "failed")
+#: Exit status of ``sfr run`` when it stopped because cancellation was requested.
+EXIT_CANCELLED = 3
+
+
+def utcnow() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def runs_dir(project_root: "str | os.PathLike") -> Path:
+    return Path(project_root) / "runs"
+
+
+def new_run_id() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def latest_run_id(project_root) -> str | None:
+    p = runs_dir(project_root) / "latest"
+    try:
+        text = p.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    return text or None
+
+
+def set_latest(project_root, run_id: str) -> None:
+    d = runs_dir(project_root)
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f".latest-{os.getpid()}"
+    tmp.write_text(run_id + "\n", encoding="utf-8")
+    os.replace(tmp, d / "latest")
+
+
+def run_dir(project_root, run_id: str | None = None) -> Path:
+    """The folder of ``run_id`` (default: the latest run); SFRError when there is none."""
+    rid = run_id or latest_run_id(project_root)
+    if rid is None:
+        raise SFRError("no run yet in this project (start one with 'sfr run')", runs_dir(project_root))
+    d = runs_dir(project_root) / rid
+    if not d.is_dir():
+        raise SFRError(f"run {rid} not found", d)
+    return d
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _proc_start(pid: int) -> str | None:
+    """Start time of process ``pid`` in clock ticks since boot (Linux), to detect PID reuse."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read().decode("ascii", "replace")
+        # field 22 (starttime) counts after the ")" that closes the command name
+        rest = data[data.rindex(")") + 2 :].split()
+        return rest[19]
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def pid_alive(pid: int, proc_start: str | None = None) -> bool:
+    """True when ``pid`` runs (and, if ``proc_start`` is given and knowable, is the same process)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    # a zombie (killed, not yet reaped by its parent) is not running
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read().decode("ascii", "replace")
+        if data[data.rindex(")") + 2 :].split()[0] in ("Z", "X"):
+            return False
+    except (OSError, ValueError):
+        pass
+    if proc_start is not None:
+        now = _proc_start(pid)
+        if now is not None and now != proc_start:
+            return False  # the PID was reused by another process
+    return True
+
+
+# --------------------------------------------------------------------------- lock
+
+
+class ProjectLock:
+    """Exclusive right to write runs into one project (``PROJECT/runs/.lock``)."""
+
+    def __init__(self, project_root, run_id: str):
+        self.path = runs_dir(project_root) / LOCK_NAME
+        self.run_id = run_id
+        self.held = False
+
+    @staticmethod
+    def read(path: Path) -> dict | None:
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+            return {}
+
+    @staticmethod
+    def holder_alive(info: dict) -> bool | None:
+        """True/False for a lock of this host; None when it belongs to another host."""
+        if info.get("host") != socket.gethostname():
+            return None
+        return pid_alive(int(info.get("pid", -1)), info.get("proc_start"))
+
+    def check_free(self) -> None:
+        """Raise SFRError if a live run holds the lock (clears a stale one)."""
+        info = self.read(self.path)
+        if info is None:
+            return
+        self._judge(info)
+
+    def _judge(self, info: dict) -> None:
+        if not info:  # empty/partial lock file: a writer died while creating it
+            try:
+                age = time.time() - self.path.stat().st_mtime
+            except FileNotFoundError:
+                return
+            if age < 10:
+                raise SFRError("another run is starting in this project; try again in a moment", self.path)
+            events.log(f"cleared an unreadable stale lock {self.path}", "warning")
+            self.path.unlink(missing_ok=True)
+            return
+        alive = self.holder_alive(info)
+        who = f"run {info.get('run_id')} (process {info.get('pid')} on {info.get('host')} since {info.get('started')})"
+        if alive is None:
+            raise SFRError(
+                f"project is locked by {who} on another machine; if that run is gone, delete this file",
+                self.path,
+            )
+        if alive:
+            if info.get("pid") == os.getpid():
+                return
+            raise SFRError(
+                f"project is busy: {who} is writing it; wait for it, watch it with 'sfr status', "
+                "or stop it with 'sfr cancel'",
+                self.path,
+            )
+        events.log(
+            f"cleared a stale lock left by {who}: that process is gone (resume its run with "
+            "'sfr run --resume')",
+            "warning",
+        )
+        self.path.unlink(missing_ok=True)
+
+    def acquire(self) -> "ProjectLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": utcnow(),
+            "proc_start": _proc_start(os.getpid()),
+            "run_id": self.run_id,
+        }
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._judge(self.read(self.path) or {})
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(info, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            self.held = True
+            return self
+        raise SFRError("could not take the project lock (another run keeps starting)", self.path)
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        info = self.read(self.path)
+        if info and info.get("pid") == os.getpid():
+            self.path.unlink(missing_ok=True)
+        self.held = False
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
+
+
+# --------------------------------------------------------------------------- status
+
+
+class StatusWriter:
+    """An events sink that keeps ``status.json`` of a run up to date (at most every second)."""
+
+    def __init__(self, run_path: Path, base: dict):
+        self.path = Path(run_path) / STATUS_NAME
+        self.status = dict(base)
+        self._last = 0.0
+
+    def set(self, force: bool = True, **fields) -> None:
+        self.status.update(fields)
+        self.status["updated"] = utcnow()
+        now = time.monotonic()
+        if force or now - self._last >= 1.0:
+            self._last = now
+            try:
+                write_json_atomic(self.path, self.status)
+            except OSError:
+                pass  # a full disk must not hide the real error
+
+    def __call__(self, record: dict) -> None:
+        kind = record.get("event")
+        if kind == "progress":
+            self.set(
+                force=record.get("step") == record.get("total"),
+                step=record.get("step"),
+                total=record.get("total"),
+                eta_s=record.get("eta_s"),
+                substage=record.get("stage"),
+                **({"loss": record["loss"]} if "loss" in record else {}),
+            )
+        elif kind == "stage" and record.get("status") == "start" and record.get("pipeline"):
+            self.set(stage=record.get("stage"), stage_index=record.get("index"),
+                     stages_total=record.get("of"), step=None, total=None, eta_s=None)
+        elif kind == "log" and record.get("level") in ("warning", "error"):
+            self.set(message=record.get("message"))
+
+
+def read_status(run_path: Path) -> dict:
+    """``status.json`` of a run, with ``state`` corrected to ``crashed`` when its process is gone."""
+    path = Path(run_path) / STATUS_NAME
+    try:
+        status = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        status = {"state": "unknown", "run_id": Path(run_path).name}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise SFRError("run status file is damaged", path) from None
+    if status.get("state") == "starting" and not status.get("pid"):
+        try:
+            launcher = json.loads((Path(run_path) / "launcher.json").read_text(encoding="utf-8"))
+            status.update({k: launcher.get(k) for k in ("pid", "host", "proc_start")})
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+    if status.get("state") in ("starting", "running"):
+        host_ok = status.get("host") in (None, socket.gethostname())
+        pid = status.get("pid")
+        if host_ok and pid and not pid_alive(int(pid), status.get("proc_start")):
+            # every way out of a run writes a final state: a missing process means it was
+            # killed (kill -9, power loss) or crashed hard
+            status["state"] = "crashed"
+            status["message"] = (
+                f"process {pid} is gone without finishing (killed or crashed); "
+                "continue it with 'sfr run PROJECT --resume'"
+            )
+    if (Path(run_path) / CANCEL_NAME).exists() and status.get("state") in ("starting", "running"):
+        status["cancel_requested"] = True
+    return status
+
+
+def _age_s(stamp: str | None) -> float:
+    if not stamp:
+        return 1e9
+    try:
+        t = _dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_dt.timezone.utc)
+    except ValueError:
+        return 1e9
+    return (_dt.datetime.now(_dt.timezone.utc) - t).total_seconds()
+
+
+def request_cancel(run_path: Path) -> Path:
+    p = Path(run_path) / CANCEL_NAME
+    p.write_text(utcnow() + "\n", encoding="utf-8")
+    return p
+
+
+def stop_checker(run_path: Path):
+    """``should_stop()`` for the stages: True once a cancel request exists."""
+    flag = Path(run_path) / CANCEL_NAME
+
+    def should_stop() -> bool:
+        return flag.exists()
+
+    return should_stop
+
+
+# --------------------------------------------------------------------------- detaching
+
+
+def spawn_detached(argv: list, log_path: Path) -> subprocess.Popen:
+    """Start ``python -m SFRSegmenterLib ARGV`` in its own session, output appended to ``log_path``.
+
+    The child survives the parent (and the terminal) exiting; it is not a thread.
+    """
+    pkg_parent = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONUNBUFFERED"] = "1"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        kwargs = {}
+        if os.name == "nt":  # pragma: no cover
+            kwargs["creationflags"] = 0x00000008 | 0x00000200  # DETACHED_PROCESS | NEW_PROCESS_GROUP
+        else:
+            kwargs["start_new_session"] = True
+        return subprocess.Popen(
+            [sys.executable, "-m", "SFRSegmenterLib", *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=env,
+            close_fds=True,
+            **kwargs,
+        )

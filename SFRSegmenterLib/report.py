@@ -1,0 +1,322 @@
+"""A self-contained HTML report of one run (every picture a base64 PNG inside the page).
+
+Contents: summary, the stitched mosaic SAM was trained on, the review table, for each case its
+flagged slices (image with the pseudo-label outline, ground truth when known, next to the
+confidence map with the low-confidence voxels), per-slice confidence curves, loss curves,
+per-stage times, SFR+ rounds and the metrics table when ground truth exists.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SFRError
+from .io import atomic_path, read_image, read_label
+
+#: Cases shown with pictures (the least confident first); the tables list every case.
+MAX_CASES = 12
+SLICES_PER_CASE = 3
+GT_COLOR = (255, 210, 0)
+LOWCONF_COLOR = (255, 0, 255)
+
+
+def _json(path: Path, default=None):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return default
+
+
+def _png_b64(rgb: np.ndarray) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG", optimize=True)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _fig_b64(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _img(b64: str, alt: str, width: int | None = None) -> str:
+    w = f' width="{width}"' if width else ""
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}"{w}>'
+
+
+def _upscale(rgb: np.ndarray, target: int = 180) -> np.ndarray:
+    f = max(1, int(target // max(rgb.shape[:2])))
+    return np.repeat(np.repeat(rgb, f, axis=0), f, axis=1) if f > 1 else rgb
+
+
+def _heat(conf2d: np.ndarray, low2d: np.ndarray, lo: float = 0.5) -> np.ndarray:
+    """Confidence ``lo``..1 as a colour map (dark = unsure), low-confidence voxels outlined."""
+    from matplotlib import colormaps
+
+    from .visual import outline
+
+    x = np.clip((conf2d - lo) / (1.0 - lo), 0, 1)
+    rgb = (colormaps["inferno"](x)[..., :3] * 255).astype(np.uint8)
+    edge = outline(low2d.astype(np.int64))
+    rgb[edge] = LOWCONF_COLOR
+    return rgb
+
+
+def _overlay(gray_u8: np.ndarray, label: np.ndarray, gt: "np.ndarray | None") -> np.ndarray:
+    from .visual import outline, overlay_rgb
+
+    rgb = overlay_rgb(gray_u8, label)
+    if gt is not None:
+        edge = outline((gt > 0).astype(np.int64))
+        rgb[edge & ~outline(label.astype(np.int64))] = GT_COLOR
+    return rgb
+
+
+def _slice_tiles(image, label, conf, low, gt, indices, lo: float = 0.5) -> np.ndarray:
+    from .visual import side_by_side, to_uint8
+
+    gray = to_uint8(image)
+    tiles = []
+    for z in indices:
+        tiles.append(_upscale(_overlay(gray[z], label[z], None if gt is None else gt[z])))
+        tiles.append(_upscale(_heat(conf[z], low[z], lo)))
+    return side_by_side(tiles, gap=6, value=255)
+
+
+def _loss_series(events_path: Path) -> dict:
+    """{pipeline stage: [(step, loss)]} from events.jsonl (the latest attempt of each step)."""
+    series: dict = {}
+    current = None
+    if not events_path.exists():
+        return series
+    with open(events_path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+            if rec.get("event") == "stage" and rec.get("pipeline") and rec.get("status") == "start":
+                current = rec.get("stage")
+            elif rec.get("event") == "progress" and "loss" in rec and current:
+                try:
+                    series.setdefault(current, {})[int(rec["step"])] = float(rec["loss"])
+                except (TypeError, ValueError):
+                    pass
+    return {k: sorted(v.items()) for k, v in series.items()}
+
+
+def _table(head: list, rows: list) -> str:
+    th = "".join(f"<th>{html.escape(str(h))}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def _num(v, fmt="{:.2f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def build_report(run_path: "str | Path") -> str:
+    """The report of ``run_path`` as one HTML string."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .manifest import load_project
+
+    run = Path(run_path)
+    cfg = _json(run / "config.json")
+    if cfg is None:
+        raise SFRError("not a run folder (no config.json)", run)
+    review = _json(run / "review.json")
+    if review is None:
+        raise SFRError("the run has not finished (no review.json); see 'sfr status'", run)
+    status = _json(run / "status.json", {}) or {}
+    stages = _json(run / "stages.json", {}) or {}
+    rounds = _json(run / "rounds.json", {}) or {}
+    metrics = _json(run / "metrics.json", {}) or {}
+    slices = _json(run / "slices.json", {}) or {}
+    project = load_project(cfg["project"])
+    parts = []
+
+    # ---------------------------------------------------------------- summary
+    cases = review["cases"]
+    n_trusted = sum(1 for c in cases if c["trusted"])
+    total_s = sum(float(r.get("seconds") or 0) for r in stages.values())
+    mode = "SFR+" if cfg.get("sfr_plus") else "SFR"
+    parts.append(
+        f"<h1>SFR Segmenter run {html.escape(run.name)}</h1>"
+        f"<p class=meta>Project <b>{html.escape(project.name or project.root.name)}</b> "
+        f"({len(project.by_role('labeled'))} labeled, {len(project.by_role('unlabeled'))} unlabeled, "
+        f"{len(project.by_role('validation'))} validation) &middot; {mode}, "
+        f"{cfg.get('resolved_rounds', 0)} round(s), tau {cfg.get('tau')} &middot; state "
+        f"<b>{html.escape(str(status.get('state', '?')))}</b> &middot; compute {total_s / 60:.1f} min"
+        f" &middot; {n_trusted}/{len(cases)} cases trusted</p>"
+    )
+    pm = (metrics.get("pseudo_labels") or {}).get("mean")
+    if pm:
+        parts.append(
+            f"<p class=big>Pseudo-labels vs hidden ground truth: mean Dice <b>{_pct(pm.get('dice'))} %</b>, "
+            f"95HD {_num(pm.get('hd95_mm'))} mm</p>"
+        )
+
+    # ---------------------------------------------------------------- review table
+    parts.append("<h2>Cases to review</h2><p>Least confident first. <i>Flagged slices</i> are the slices "
+                 "(index along the volume's first array axis, as in review.json) with the largest expected "
+                 "number of wrong voxels near the structure; each with its mean confidence there.</p>")
+    dice_by_case = {}
+    for r in (metrics.get("pseudo_labels") or {}).get("cases", []):
+        dice_by_case.setdefault(r["case"], []).append(r.get("dice"))
+    order = sorted(cases, key=lambda c: c["confidence"])
+    rows = []
+    for c in order:
+        flagged = ", ".join(f"{f['index']} ({100 * f['confidence']:.0f}%)" for f in c["flagged_slices"])
+        d = [v for v in dice_by_case.get(c["case"], []) if v is not None]
+        rows.append([html.escape(c["case"]), f"{100 * c['confidence']:.2f} %",
+                     "yes" if c["trusted"] else "<b>no</b>", flagged, c["low_confidence_voxels"],
+                     _pct(float(np.mean(d))) if d else "-"])
+    parts.append(_table(["case", "confidence", "trusted", "flagged slices", "low-conf. voxels", "Dice %"], rows))
+
+    # ---------------------------------------------------------------- mosaic
+    stitch_dir = run / "stages" / "stitch"
+    mosaics = sorted(stitch_dir.glob("*.png"))
+    if mosaics:
+        from PIL import Image
+
+        m = mosaics[0]
+        arr = np.asarray(Image.open(m).convert("RGB"))
+        parts.append(f"<h2>What SAM sees: the stitched mosaic of {html.escape(m.stem)}</h2>"
+                     f"<p>All slices of the labeled volume, in order, row by row on the backbone's canvas; "
+                     f"label outlined.</p>{_img(_png_b64(arr), 'stitched mosaic', min(720, arr.shape[1] * 2))}")
+
+    # ---------------------------------------------------------------- per-case pictures
+    parts.append(f"<h2>Flagged slices</h2><p>Left of each pair: image with the pseudo-label outline "
+                 f"(colour per class) and the ground truth in yellow when it is known. Right: confidence "
+                 f"(black = {100 / max(2, project.num_classes):.0f} % = chance, yellow = 100 %), low-confidence voxels outlined in magenta. Up to "
+                 f"{MAX_CASES} least confident cases.</p>")
+    pseudo = run / "pseudo"
+    for c in order[:MAX_CASES]:
+        name = c["case"]
+        try:
+            case = project.case(name)
+            img = read_image(project.image_path(case)).array
+            label = read_label(pseudo / f"{name}.nii.gz").array
+            conf = read_image(pseudo / f"{name}_confidence.nii.gz").array
+            low = read_label(pseudo / f"{name}_lowconf.nii.gz").array > 0
+            gt_path = project.label_path(case) if case.label else None
+            gt = read_label(gt_path).array if gt_path and gt_path.exists() else None
+        except SFRError as exc:
+            parts.append(f"<p>{html.escape(name)}: cannot show ({html.escape(str(exc))})</p>")
+            continue
+        idx = [f["index"] for f in c["flagged_slices"][:SLICES_PER_CASE]]
+        if not idx:
+            fg = np.flatnonzero(label.reshape(label.shape[0], -1).any(axis=1))
+            idx = [int(fg[len(fg) // 2])] if fg.size else [label.shape[0] // 2]
+        tiles = _slice_tiles(img, label, conf, low, gt, idx, lo=1.0 / max(2, project.num_classes))
+        parts.append(f"<h3>{html.escape(name)} &middot; confidence {100 * c['confidence']:.2f} % &middot; "
+                     f"slices {', '.join(map(str, idx))}</h3>{_img(_png_b64(tiles), name)}")
+
+    # ---------------------------------------------------------------- per-slice confidence
+    if slices:
+        fig, ax = plt.subplots(figsize=(8, 3))
+        for c in order[:MAX_CASES]:
+            sc = (slices.get(c["case"]) or {}).get("slice_confidence") or []
+            ys = np.array([np.nan if v is None else v for v in sc], dtype=float)
+            line, = ax.plot(np.arange(len(ys)), ys, lw=1, label=c["case"])
+            for f in c["flagged_slices"]:
+                ax.plot(f["index"], f["confidence"], "o", color=line.get_color(), ms=4)
+        ax.set_xlabel("slice index (array axis 0)")
+        ax.set_ylabel("mean confidence near structure")
+        ax.legend(fontsize=6, ncol=3)
+        ax.grid(alpha=0.3)
+        parts.append("<h2>Per-slice confidence</h2><p>Dots: flagged slices.</p>" + _img(_fig_b64(fig), "per-slice confidence"))
+
+    # ---------------------------------------------------------------- losses
+    series = _loss_series(run / "events.jsonl")
+    if series:
+        kinds = [("finetune", "SAM fine-tuning"), ("retrain", "V-Net re-training")]
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+        for ax, (prefix, title) in zip(axes, kinds):
+            for name, pts in series.items():
+                if name.startswith(prefix) and pts:
+                    s, l = zip(*pts)
+                    ax.plot(s, l, lw=1, label=name)
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("iteration")
+            ax.set_ylabel("loss")
+            ax.grid(alpha=0.3)
+            if ax.lines:
+                ax.legend(fontsize=7)
+        parts.append("<h2>Loss curves</h2>" + _img(_fig_b64(fig), "loss curves"))
+
+    # ---------------------------------------------------------------- times
+    if stages:
+        names = list(stages)
+        secs = [float(stages[n].get("seconds") or 0) for n in names]
+        fig, ax = plt.subplots(figsize=(7, 0.3 * len(names) + 0.8))
+        ax.barh(names[::-1], secs[::-1], color="#4a7ab5")
+        for i, n in enumerate(names[::-1]):
+            if stages[n].get("reused_from"):
+                ax.text(0, i, " reused", va="center", fontsize=7)
+        ax.set_xlabel("seconds")
+        parts.append("<h2>Time per stage</h2>" + _img(_fig_b64(fig), "stage times"))
+        rows = [[html.escape(n), stages[n].get("status"), f"{float(stages[n].get('seconds') or 0):.1f}",
+                 html.escape(stages[n].get("reused_from") or "")] for n in names]
+        parts.append(_table(["stage", "status", "seconds", "reused from"], rows))
+
+    # ---------------------------------------------------------------- rounds
+    if rounds.get("rounds"):
+        rows = []
+        for r in rounds["rounds"]:
+            rows.append([r["round"], len(r.get("trusted", [])), f"{100 * r['mean_confidence']:.3f}",
+                         _pct(r.get("mean_dice")), _pct(r.get("mean_sam_dice")),
+                         ", ".join(r.get("moved_to_trusted", [])) or "-",
+                         ", ".join(r.get("moved_to_untrusted", [])) or "-", r.get("stopped", "")])
+        parts.append("<h2>SFR+ rounds</h2>" + _table(
+            ["round", "trusted", "mean conf. %", "V-Net Dice %", "SAM Dice %", "moved to trusted",
+             "moved out", "note"], rows))
+
+    # ---------------------------------------------------------------- metrics
+    for key, title in (("pseudo_labels", "Pseudo-labels (unlabeled cases, hidden ground truth)"),
+                       ("validation", "Validation cases (held out, final V-Net)")):
+        m = metrics.get(key)
+        if not m:
+            continue
+        rows = [[html.escape(r["case"]), r.get("class"), _pct(r.get("dice")), _pct(r.get("jaccard")),
+                 _num(r.get("hd95_mm")), _num(r.get("asd_mm"))] for r in m["cases"]]
+        mean = m.get("mean", {})
+        rows.append(["<b>mean</b>", "", f"<b>{_pct(mean.get('dice'))}</b>", _pct(mean.get("jaccard")),
+                     _num(mean.get("hd95_mm")), _num(mean.get("asd_mm"))])
+        parts.append(f"<h2>{title}</h2>" + _table(["case", "class", "Dice %", "Jaccard %", "95HD mm", "ASD mm"], rows))
+
+    parts.append("<h2>Configuration</h2><pre>" + html.escape(json.dumps(cfg, indent=1)) + "</pre>")
+    css = ("body{font-family:sans-serif;max-width:1100px;margin:20px auto;color:#222}"
+           "table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px solid #ccc;"
+           "padding:3px 7px;text-align:left}th{background:#eef}.meta{color:#555}.big{font-size:18px}"
+           "h3{font-size:14px;margin:14px 0 4px}pre{font-size:11px;background:#f6f6f6;padding:8px}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>SFR run {html.escape(run.name)}</title>"
+            f"<style>{css}</style></head><body>" + "\n".join(parts) + "</body></html>")
+
+
+def write_report(run_path: "str | Path", out: "str | Path | None" = None) -> Path:
+    run = Path(run_path)
+    out = Path(out) if out else run / "report.html"
+    text = build_report(run)
+    with atomic_path(out) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
+    return out

@@ -1,0 +1,206 @@
+"""``sfr run`` end to end on the bundled hippocampus cases with the tiny test SAM and few iterations.
+
+Real subprocesses, real files, real stages F and R (with the tiny random SAM backbone, whose
+predictions are meaningless: these tests check the pipeline, not accuracy).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+
+import numpy as np
+import pytest
+
+from SFRSegmenterLib import confidence as C
+from SFRSegmenterLib.io import read_image, read_label
+
+CASES = ["hippocampus_001", "hippocampus_003", "hippocampus_004", "hippocampus_006", "hippocampus_008"]
+TINY = ["--backbone", "tiny_test", "--iterations-sam", "3", "--iterations-vnet", "3", "--device", "cpu",
+        "--vnet-option", "filters=4"]
+
+
+def make_project(root, sample_dir, cases=CASES, labeled=2, validation=1):
+    from SFRSegmenterLib.manifest import init_project
+
+    lst = root.parent / f"{root.name}-cases.txt"
+    lst.write_text("\n".join(cases) + "\n")
+    init_project(root, sample_dir / "images", sample_dir / "labels", cases=lst, labeled=labeled,
+                 validation=validation)
+    return root
+
+
+def latest(root):
+    rid = (root / "runs" / "latest").read_text().strip()
+    return root / "runs" / rid
+
+
+def stages(run):
+    return json.loads((run / "stages.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def sfr_runs(tmp_path_factory, sample_dir):
+    """A plain SFR run, then an SFR+ run (1 round) with tau splitting the cases."""
+    from conftest import run_sfr
+
+    root = make_project(tmp_path_factory.mktemp("e2e") / "proj", sample_dir)
+    first = run_sfr("run", root, *TINY, check=True)
+    sfr_run = latest(root)
+    confs = [c["confidence"] for c in json.loads((sfr_run / "review.json").read_text())["cases"]]
+    tau = statistics.median(confs)
+    second = run_sfr("--progress", "json", "run", root, *TINY, "--sfr-plus", "--rounds", "1", "--tau", repr(tau),
+                     check=True)
+    return {"root": root, "sfr": sfr_run, "plus": latest(root), "tau": tau, "stdout": [first.stdout, second.stdout]}
+
+
+def test_run_folder_has_every_result(sfr_runs, sample_dir):
+    run = sfr_runs["plus"]
+    root = sfr_runs["root"]
+    unlabeled = CASES[2:4]
+    for case in unlabeled:
+        image = read_image(sample_dir / "images" / f"{case}.nii.gz")
+        label = read_label(run / "pseudo" / f"{case}.nii.gz", reference=image, num_classes=3)
+        conf = read_image(run / "pseudo" / f"{case}_confidence.nii.gz")
+        low = read_label(run / "pseudo" / f"{case}_lowconf.nii.gz", reference=image, num_classes=2)
+        assert conf.spacing == image.spacing and conf.origin == image.origin
+        assert np.all(conf.array >= 1 / 3 - 1e-5) and np.all(conf.array <= 1 + 1e-5)
+        assert label.array.dtype == np.uint8 and low.array.max() <= 1
+    assert (run / "vnet" / "model.pt").exists()
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["sfr_plus"] and cfg["resolved_rounds"] == 1 and cfg["backbone"] == "tiny_test"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {r["case"] for r in metrics["pseudo_labels"]["cases"]} == set(unlabeled)
+    assert {r["case"] for r in metrics["validation"]["cases"]} == {CASES[4]}
+    assert (run / "validation" / f"{CASES[4]}.nii.gz").exists()
+    assert (root / "runs" / "latest").read_text().strip() == run.name
+    log = (run / "log.txt").read_text()
+    assert "round 0:" in log and "finished" in log
+    evs = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    progress = [e for e in evs if e["event"] == "progress"]
+    assert progress and all({"stage", "step", "total", "eta_s"} <= set(e) for e in progress)
+    # --progress json printed the same kind of events on stdout, ending with the result
+    out = [json.loads(line) for line in sfr_runs["stdout"][1].splitlines() if line.startswith("{")]
+    assert out[-1]["event"] == "result" and out[-1]["run_id"] == run.name
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "done"
+    html = (run / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4 and "Flagged slices" in html
+
+
+def test_review_json_matches_the_confidence_maps(sfr_runs):
+    run = sfr_runs["plus"]
+    review = json.loads((run / "review.json").read_text())
+    assert set(review) == {"cases"}
+    assert [c["case"] for c in review["cases"]] == CASES[2:4]
+    for entry in review["cases"]:
+        assert set(entry) == {"case", "confidence", "trusted", "flagged_slices", "low_confidence_voxels"}
+        conf = read_image(run / "pseudo" / f"{entry['case']}_confidence.nii.gz").array
+        label = read_label(run / "pseudo" / f"{entry['case']}.nii.gz").array
+        low = read_label(run / "pseudo" / f"{entry['case']}_lowconf.nii.gz").array
+        # Eq. 8 straight from the map
+        assert entry["confidence"] == pytest.approx(float(conf.mean(dtype=np.float64)), abs=1e-6)
+        assert entry["trusted"] == (entry["confidence"] >= sfr_runs["tau"])
+        assert entry["low_confidence_voxels"] == int(low.sum())
+        assert np.all(conf[low > 0] < C.VOXEL_THRESHOLD)
+        again = C.review_from_maps(entry["case"], conf, label, tau=sfr_runs["tau"])
+        assert again.to_json()["flagged_slices"] == entry["flagged_slices"]
+        for f in entry["flagged_slices"]:
+            assert 0 <= f["index"] < conf.shape[0]
+            roi = C.region_of_interest(conf, label)[f["index"]]
+            assert roi.any()
+            assert f["confidence"] == pytest.approx(float(conf[f["index"]][roi].mean()), abs=1e-5)
+
+
+def test_sfr_plus_round_uses_trusted_cases_for_sam_and_the_others_for_retraining(sfr_runs):
+    run = sfr_runs["plus"]
+    st = stages(run)
+    # round 0 is the SFR run's: reused, not recomputed
+    for name in ("stitch", "finetune-r0", "pseudolabel-r0", "retrain-r0"):
+        assert st[name]["reused_from"].startswith(f"runs/{sfr_runs['sfr'].name}/"), name
+    rounds = json.loads((run / "rounds.json").read_text())
+    r0 = rounds["rounds"][0]
+    trusted = r0["trusted"]
+    untrusted = sorted(set(CASES[2:4]) - set(trusted))
+    if not trusted or not untrusted:
+        pytest.skip("the median tau did not split the cases")
+    assert st["finetune-r1"]["extra_labeled"] == trusted
+    assert st["pseudolabel-r1"]["cases"] == untrusted
+    assert sorted(st["retrain-r1"]["unlabeled_cases"]) == untrusted
+    r1 = rounds["rounds"][1]
+    assert r1["sam_trained_with_pseudo"] == trusted and r1["retrained_with"] == untrusted
+    for case, row in r1["cases"].items():
+        assert row["confidence_change"] == pytest.approx(row["confidence"] - r0["cases"][case]["confidence"], abs=2e-6)
+    moved_in = sorted(c for c, row in r1["cases"].items() if row["trusted"] and not row["was_trusted"])
+    assert r1["moved_to_trusted"] == moved_in
+    assert rounds["final_round"] == 1
+
+
+def test_rerun_reuses_what_did_not_change(sfr_runs, sfr, tmp_path, sample_dir):
+    root = tmp_path / "proj"
+    shutil.copytree(sfr_runs["root"], root)
+    # the V-Net settings changed and one more unlabeled case: SAM fine-tuning is reused, only the
+    # new case is pseudo-labeled, re-training is redone
+    from SFRSegmenterLib.manifest import Case, load_project
+
+    project = load_project(root)
+    project.cases.append(Case("hippocampus_011", str(sample_dir / "images" / "hippocampus_011.nii.gz"), None,
+                              "unlabeled"))
+    project.save()
+    sfr("run", root, *TINY[:-2], "--vnet-option", "filters=2", "--no-report", check=True)
+    run = latest(root)
+    st = stages(run)
+    assert st["finetune-r0"].get("reused_from") and st["stitch"].get("reused_from")
+    assert st["pseudolabel-r0"]["computed"] == ["hippocampus_011"]
+    assert not st["retrain-r0"].get("reused_from")
+    assert (run / "pseudo" / "hippocampus_011.nii.gz").exists()
+    # (a new label changes the labeled fingerprint in every stage key: everything is redone,
+    # which test_run_keys checks without running anything)
+
+
+def test_bad_options_are_one_line_errors(sfr_runs, sfr):
+    root = sfr_runs["root"]
+    out = sfr("run", root, "--vnet-option", "nonsense=1", "--backbone", "tiny_test")
+    assert out.returncode == 2 and "nonsense" in out.stderr and "Traceback" not in out.stderr
+    out = sfr("run", root, "--resume", "--rounds", "2")
+    assert out.returncode == 2 and "--resume" in out.stderr
+
+
+def test_demo_quick_runs_the_whole_pipeline_and_reports(tmp_path, sfr):
+    out = sfr("demo", "--out", tmp_path / "demo", "--quick", check=True)
+    report = out.stdout.strip().splitlines()[-1].split("report: ", 1)[1]
+    from pathlib import Path
+
+    assert Path(report).exists() and Path(report).stat().st_size > 10000
+    run = latest(tmp_path / "demo")
+    review = json.loads((run / "review.json").read_text())
+    assert len(review["cases"]) == 2
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["sfr_plus"] and cfg["backbone"] == "tiny_test"
+    assert "CC-BY-SA" in out.stdout and "CC-BY-SA" in (tmp_path / "demo" / "ATTRIBUTION.md").read_text()
+
+
+def test_stage_keys_follow_their_inputs(tmp_path, sample_dir):
+    """Keys (what decides reuse) change with exactly the inputs each stage depends on."""
+    from SFRSegmenterLib import pipeline
+    from SFRSegmenterLib.manifest import load_project
+
+    root = make_project(tmp_path / "proj", sample_dir)
+    cfg = pipeline.RunConfig(backbone="tiny_test", iterations_sam=3, iterations_vnet=3)
+
+    def keys(project, cfg):
+        p = pipeline.Pipeline(project, tmp_path / "run", cfg)
+        return (pipeline.make_key("finetune", pipeline._config_dict(pipeline.finetune_config(cfg)),
+                                  project.classes, p.labeled_fingerprint(), []),
+                p.labeled_fingerprint())
+
+    base = keys(load_project(root), cfg)
+    assert keys(load_project(root), cfg) == base  # deterministic
+    assert keys(load_project(root), pipeline.RunConfig(backbone="tiny_test", iterations_sam=3, iterations_vnet=9,
+                                                       device="cpu"))[0] == base[0]  # V-Net/device: same SAM
+    assert keys(load_project(root), pipeline.RunConfig(backbone="tiny_test", iterations_sam=4))[0] != base[0]
+    project = load_project(root)
+    project.case(CASES[2]).role = "labeled"  # one new label
+    project.save()
+    assert keys(load_project(root), cfg)[0] != base[0]
