@@ -33,7 +33,7 @@ RESULTS = REPO / "bench" / "results"
 
 
 def sfr(*args, env=None, check=True):
-    e = dict(os.environ, PYTHONPATH=str(REPO))
+    e = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     e.update(env or {})
     p = subprocess.run([sys.executable, "-m", "SFRSegmenterLib", *map(str, args)], env=e, capture_output=True,
                        text=True)
