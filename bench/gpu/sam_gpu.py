@@ -183,7 +183,9 @@ def main(argv=None) -> int:
     (out / "sam_gpu.md").write_text("\n".join(md) + "\n")
     if os.environ.get("OUT"):
         for f in ("sam_gpu.json", "sam_gpu.md"):
-            shutil.copy(out / f, Path(os.environ["OUT"]) / f)
+            dest = Path(os.environ["OUT"]) / f
+            if dest.resolve() != (out / f).resolve():  # --out $OUT already wrote it there
+                shutil.copy(out / f, dest)
     print("\n".join(md))
     return 0
 
