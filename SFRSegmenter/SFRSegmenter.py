@@ -572,7 +572,10 @@ class SFRSegmenterTest(ScriptedLoadableModuleTest):
     """The whole workflow on the bundled hippocampus sample with the tiny test backbone."""
 
     #: ``sfr run`` options for a fast run; the tiny backbone is the engine's test model.
-    RUN_SETTINGS = dict(backbone="tiny", ssl="mean_teacher", sfr_plus=True, device="cpu")
+    RUN_SETTINGS = dict(
+        backbone="tiny_test", ssl="mean_teacher", sfr_plus=True, device="cpu",
+        extra=["--iterations-sam", "5", "--iterations-vnet", "5"],
+    )
     TIMEOUT_S = float(os.environ.get("SFR_SLICER_TEST_TIMEOUT", "1800"))
 
     def setUp(self):

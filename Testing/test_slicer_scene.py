@@ -491,7 +491,7 @@ def _engine_has_run() -> bool:
 
 @pytest.mark.skipif(
     not os.environ.get("SFR_SLICER_E2E") or not _engine_has_run(),
-    reason="end to end with 'sfr run' (tiny backbone): set SFR_SLICER_E2E=1 once the engine has 'run'",
+    reason="end to end with 'sfr run' (tiny_test backbone): set SFR_SLICER_E2E=1 once the engine has 'run'",
 )
 def test_end_to_end_with_the_engine(user_scene, tmp_path):
     import time
@@ -502,7 +502,11 @@ def test_end_to_end_with_the_engine(user_scene, tmp_path):
     project_dir = tmp_path / "proj"
     project = ss.export_project(scene, project_dir, ss.scene_cases(scene))
     ss.check_ready_to_run(project)
-    settings = jobs.RunSettings(backbone=os.environ.get("SFR_SLICER_E2E_BACKBONE", "tiny"), device="cpu")
+    settings = jobs.RunSettings(
+        backbone=os.environ.get("SFR_SLICER_E2E_BACKBONE", "tiny_test"),
+        device="cpu",
+        extra=["--iterations-sam", "3", "--iterations-vnet", "3"],
+    )
     job = jobs.SFRJob(project_dir, settings=settings, python=sys.executable)
     job.start()
     deadline = time.monotonic() + float(os.environ.get("SFR_SLICER_E2E_TIMEOUT", "900"))
