@@ -13,6 +13,15 @@ import torch
 from conftest import run_sfr
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models on a shared machine: one thread avoids oversubscription (10x slower)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tiny_project(tmp_path_factory, sample_dir):
     root = tmp_path_factory.mktemp("stagef") / "proj"
@@ -48,7 +57,7 @@ def test_finetune_writes_trained_parts_and_metadata(tiny_project):
 
 def test_pseudolabel_files_have_image_geometry(tiny_project):
     root, _ = tiny_project
-    proc = run_sfr("pseudolabel", root, "--device", "cpu")
+    proc = run_sfr("pseudolabel", root, "--device", "cpu", "--threads", 1)
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((root / "sfr-project.json").read_text())
     unlabeled = [c for c in manifest["cases"] if c["role"] == "unlabeled"]

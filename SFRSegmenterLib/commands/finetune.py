@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from ..device import DEVICES
+# same as device.DEVICES; importing device.py would load torch for every `sfr` command
+DEVICES = ("auto", "cpu", "cuda", "mps")
 from ..errors import SFRError
-from ..finetune import FinetuneConfig, finetune
 from ..manifest import load_project
-from ..sam.registry import BACKBONES
+from ..sam import BACKBONE_NAMES
 
 
 def add_parser(sub) -> None:
@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
         "Saves the trained parts and metadata into PROJECT/models/sam/ (or --out).",
     )
     p.add_argument("project", help="project folder (with sfr-project.json)")
-    p.add_argument("--backbone", choices=list(BACKBONES), default=None,
+    p.add_argument("--backbone", choices=list(BACKBONE_NAMES), default=None,
                    help="lite_medsam (default; bundled LiteMedSAM weights), vit_b, vit_l, vit_h, "
                    "medsam_vit_b (need --checkpoint or a cached official file), tiny_test (tests only)")
     p.add_argument("--tiny-test", action="store_true", help="same as --backbone tiny_test (tests only)")
@@ -52,6 +52,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from ..finetune import FinetuneConfig, finetune  # torch: imported only when used
+
     if args.tiny_test and args.backbone not in (None, "tiny_test"):
         raise SFRError("--tiny-test conflicts with --backbone " + args.backbone)
     if args.grid and args.native_grid:

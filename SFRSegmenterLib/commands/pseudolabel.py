@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from ..device import DEVICES
+# same as device.DEVICES; importing device.py would load torch for every `sfr` command
+DEVICES = ("auto", "cpu", "cuda", "mps")
 from ..manifest import load_project
-from ..pseudolabel import pseudolabel
 
 
 def add_parser(sub) -> None:
@@ -23,12 +23,19 @@ def add_parser(sub) -> None:
     p.add_argument("--cases", nargs="+", metavar="CASE", help="only these cases (default: every unlabeled case)")
     p.add_argument("--overlap", type=float, default=0.25, help="window overlap fraction in [0, 1) (default 0.25)")
     p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--device", choices=DEVICES, default="auto", help="auto picks cuda, then mps, then cpu")
     p.add_argument("--json", action="store_true", help="print the per-case records as JSON")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from ..pseudolabel import pseudolabel  # torch: imported only when used
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     project = load_project(args.project)
     results = pseudolabel(
         project,

@@ -64,6 +64,11 @@ BACKBONES = {
 }
 
 
+from . import BACKBONE_NAMES  # noqa: E402
+
+assert tuple(BACKBONES) == BACKBONE_NAMES, "keep sam.BACKBONE_NAMES in step with the registry"
+
+
 def get_spec(name: str) -> BackboneSpec:
     if name not in BACKBONES:
         raise SFRError(f"unknown backbone {name!r} (choose from {', '.join(BACKBONES)})")

@@ -1,0 +1,87 @@
+"""Stage F Python API details: SFR+ extra labeled cases, case selection, user labels protected."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from SFRSegmenterLib.errors import Cancelled, SFRError
+from SFRSegmenterLib.finetune import FinetuneConfig, finetune
+from SFRSegmenterLib.io import read_image
+from SFRSegmenterLib.manifest import init_project
+from SFRSegmenterLib.pseudolabel import load_sam_model, predict_probabilities, pseudolabel
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models on a shared machine: one thread avoids oversubscription (10x slower)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, sample_dir):
+    import shutil
+
+    root = tmp_path_factory.mktemp("api") / "proj"
+    for sub in ("images", "labels"):  # a copy: one test tries to write over the user labels
+        shutil.copytree(sample_dir / sub, root / sub)
+    project = init_project(root, root / "images", root / "labels", labeled=1, validation=2)
+    trusted = project.by_role("unlabeled")[0]
+    extra = [(trusted.name, project.image_path(trusted), project.label_path(trusted))]
+    cfg = FinetuneConfig(backbone="tiny_test", iterations=2, device="cpu")
+    model_dir = finetune(project, cfg, extra_labeled=extra)
+    return project, model_dir, trusted
+
+
+def test_extra_labeled_cases_join_training(trained):
+    project, model_dir, trusted = trained
+    meta = json.loads((model_dir / "sam-model.json").read_text())
+    assert meta["labeled_cases"] == [project.by_role("labeled")[0].name]
+    assert meta["extra_labeled"] == [trusted.name]
+
+
+def test_extra_labeled_with_wrong_geometry_is_refused(trained, tmp_path):
+    project, _, trusted = trained
+    other = project.by_role("labeled")[0]
+    bad = [(trusted.name, project.image_path(trusted), project.label_path(other))]
+    with pytest.raises(SFRError, match="differs"):
+        finetune(project, FinetuneConfig(backbone="tiny_test", iterations=1, device="cpu"),
+                 out_dir=tmp_path / "m", extra_labeled=bad)
+
+
+def test_probabilities_are_a_distribution(trained):
+    project, model_dir, trusted = trained
+    model = load_sam_model(model_dir, "cpu")
+    image = read_image(project.image_path(trusted))
+    probs = predict_probabilities(model, image, overlap=0.5)
+    assert probs.shape == (3,) + image.shape and probs.dtype == np.float32
+    assert np.allclose(probs.sum(0), 1, atol=1e-4) and probs.min() >= 0
+
+
+def test_selected_cases_only_and_cancel(trained, tmp_path):
+    project, model_dir, _ = trained
+    chosen = [c.name for c in project.by_role("validation")]
+    recs = pseudolabel(project, model_dir, out_dir=tmp_path / "val", cases=chosen, device="cpu")
+    assert sorted(recs) == sorted(chosen)
+    assert sorted(p.name for p in (tmp_path / "val").glob("*.nii.gz")) == sorted(
+        [f"{c}.nii.gz" for c in chosen] + [f"{c}_confidence.nii.gz" for c in chosen])
+    with pytest.raises(Cancelled):
+        pseudolabel(project, model_dir, out_dir=tmp_path / "stop", device="cpu", should_stop=lambda: True)
+    with pytest.raises(SFRError, match="no case named"):
+        pseudolabel(project, model_dir, out_dir=tmp_path / "x", cases=["nope"], device="cpu")
+
+
+def test_user_labels_are_never_overwritten(trained):
+    project, model_dir, _ = trained
+    labeled = project.by_role("labeled")[0]
+    label_dir = project.label_path(labeled).parent
+    before = project.label_path(labeled).read_bytes()
+    with pytest.raises(SFRError, match="refusing to overwrite"):
+        pseudolabel(project, model_dir, out_dir=label_dir, cases=[labeled.name], device="cpu")
+    assert project.label_path(labeled).read_bytes() == before
