@@ -16,12 +16,15 @@ Protocols:
                   --pseudo 1=PSEUDO_DIR_1 16=PSEUDO_DIR_16
   cpu     the same crops, batch, optimiser and data with a schedule shortened to 30 iterations
           (lr step and consistency ramp-up scaled), and evaluation at stride 80x112x112 (window
-          tiles, 12 windows per LA volume instead of 81). Measured on this 2-core machine
-          (shared): a training step at 80x112x112 takes ~20 s (supervised, batch 2) and ~45 s
-          (MT, batch 2+2) single-threaded; inference ~30 s per validation volume. Full table
-          without pseudo-labels (4 trainings + 64 predictions): about 2 h with --threads 2.
-          It checks the pipeline end to end on real data; 30 iterations do not train a V-Net,
-          so its Dice numbers say nothing about the method.
+          tiles, 8-12 windows per LA volume instead of 63-81):
+              OMP_NUM_THREADS=1 python bench/retrain_quality.py --protocol cpu --threads 1
+          Measured on this shared 2-core machine, one thread (bench/results/retrain_speed.md): a
+          training step at 80x112x112 takes ~19 s (supervised, batch 2) and ~58 s (MT + SAM loss,
+          batch 2+2); inference ~24 s per validation volume at the tile stride.  The four rows
+          without pseudo-labels (lower, MT for N = 1 and 16) then take about 1 h 45 min
+          (training 77 min + 64 predictions 26 min); with --pseudo, SFR_MT adds about 30 min per N.
+          It checks the pipeline end to end on real data; 30 iterations (0.5 % of the paper's
+          schedule) do not train a V-Net, so its Dice numbers say nothing about the method.
 
 Results accumulate (one entry per row and N) in bench/results/retrain_quality.json; the Markdown
 table and the plot are rebuilt from it on every run.  Trained models stay in --work, so a run that
@@ -148,6 +151,13 @@ def write_outputs(results: list) -> None:
             f"| {e['labeled']} | {e['row']} | {e['protocol']} | {it} | {f(m['dice'], 100)} | {f(m['jaccard'], 100)} | "
             f"{f(m['hd95_vox'])} | {f(m['asd_vox'])} | {e.get('train_seconds', '')} | {e.get('s_per_volume', '')} | {paper} |"
         )
+    lines += ["", "What ran:"]
+    for e in results:
+        if "skipped" not in e:
+            lines.append(f"- N={e['labeled']} {e['row']}: protocol {e['protocol']}, "
+                         f"{e.get('config', {}).get('iterations', '-')} iterations, eval stride {e.get('eval_stride', '-')}, "
+                         f"{e['validation_cases']} validation cases, {e['threads']} thread(s), device {e['device']}, "
+                         f"finished {e.get('finished', '?')}")
     lines += ["", "Threads/device per entry are in retrain_quality.json. Empty predictions count as Dice 0 and "
               "have no distance (n_hd95_vox in the JSON says how many cases had one).", ""]
     (RESULTS / "retrain_quality.md").write_text("\n".join(lines))
