@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-import numpy as np
 
 from .errors import SFRError
 from .io import case_name, default_file_mode, is_volume_file, read_image, read_label, volume_suffix

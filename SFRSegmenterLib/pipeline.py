@@ -46,7 +46,7 @@ import numpy as np
 from . import confidence as conf_mod
 from . import events, jobs
 from .errors import Cancelled, SFRError
-from .io import read_image, read_label, write_volume
+from .io import read_image, read_label, sha256_file, write_volume
 from .manifest import Project, load_project, write_json_atomic
 
 #: Default number of SFR+ rounds after the first SFR pass (see docs/run.md for the measurement).
@@ -100,20 +100,6 @@ class RunConfig:
 # --------------------------------------------------------------------------- hashing
 
 
-_SHA_CACHE: dict = {}
-
-
-def sha256_file(path: "str | os.PathLike") -> str:
-    p = Path(path)
-    st = p.stat()
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(p, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        _SHA_CACHE[key] = h.hexdigest()
-    return _SHA_CACHE[key]
 
 
 def make_key(*parts) -> str:

@@ -30,7 +30,7 @@ from . import events
 from .device import describe_device, resolve_device
 from .errors import Cancelled, SFRError
 from .finetune import MODEL_META, PARTS_FILE, load_parts, read_model_meta
-from .io import Volume, read_image, write_volume
+from .io import Volume, read_image, sha256_file, write_volume
 from .manifest import Project, write_json_atomic
 from .sam import checkpoints
 from .sam.layout import Layout, pad_to, window_starts
@@ -150,10 +150,6 @@ def predict_probabilities(
     return np.ascontiguousarray(acc[:, :D, :H, :W])
 
 
-def _sha256(path: Path) -> str:
-    return checkpoints.sha256_file(path)
-
-
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -224,7 +220,7 @@ def pseudolabel(
         write_volume(image.with_array(confidence), out_dir / conf_file)
         record = {
             "image": str(image_path.resolve()),
-            "image_sha256": _sha256(image_path),
+            "image_sha256": sha256_file(image_path),
             "label": label_file,
             "confidence": conf_file,
             "mean_confidence": round(float(confidence.mean()), 6),

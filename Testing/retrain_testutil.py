@@ -3,7 +3,6 @@ with pseudo-labels made from their hidden ground truth (eroded by one voxel) in 
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path

@@ -11,7 +11,7 @@ import pytest
 from scipy.ndimage import gaussian_filter
 
 from SFRSegmenterLib import confidence as C
-from SFRSegmenterLib.io import Volume, read_image, read_label, write_volume
+from SFRSegmenterLib.io import read_image, read_label, write_volume
 
 
 def _probs(label: np.ndarray, sigma: float = 0.6, classes: int | None = None) -> np.ndarray:

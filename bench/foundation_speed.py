@@ -20,7 +20,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from medpy.metric import binary as mb  # noqa: E402
 from scipy.ndimage import binary_dilation  # noqa: E402

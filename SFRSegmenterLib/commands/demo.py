@@ -13,8 +13,8 @@ SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "hippocampus"
 DEMO_SETTINGS = {
     "backbone": "lite_medsam",
     "device": "cpu",
-    "iterations_sam": 40,
-    "iterations_vnet": 100,
+    "iterations_sam": 300,
+    "iterations_vnet": 400,
     "rounds": 1,
     "labeled": 2,
     # CPU: frozen encoder, decoder trained on cached embeddings of augmented mosaics (stage F's

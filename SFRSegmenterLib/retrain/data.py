@@ -13,9 +13,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -23,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import SFRError
-from ..io import read_image, read_label
+from ..io import read_image, read_label, sha256_file  # noqa: F401 (sha256_file re-exported)
 from ..manifest import Project
 
 PSEUDO_INDEX = "pseudo-labels.json"
@@ -45,12 +43,6 @@ class CaseData:
     label: np.ndarray | None = None  # uint8 [D, H, W]: ground truth or pseudo-label
 
 
-def sha256_file(path: "str | os.PathLike") -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def project_name(project: Project) -> str:

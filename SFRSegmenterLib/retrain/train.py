@@ -10,7 +10,6 @@ networks whose normalisation does not mix samples; batch norm is synchronised on
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from dataclasses import dataclass

@@ -31,7 +31,7 @@ def bezier_curve(rng: np.random.Generator, n: int = 256):
     """A random monotone intensity curve on [0, 1]: cubic Bezier from (0, 0) to (1, 1)."""
     p1, p2 = rng.random(2), rng.random(2)
     t = np.linspace(0.0, 1.0, n)
-    a, b, c, d = (1 - t) ** 3, 3 * (1 - t) ** 2 * t, 3 * (1 - t) * t**2, t**3
+    b, c, d = 3 * (1 - t) ** 2 * t, 3 * (1 - t) * t**2, t**3  # the P0 = (0, 0) term is zero
     x = b * p1[0] + c * p2[0] + d
     y = b * p1[1] + c * p2[1] + d
     order = np.argsort(x, kind="stable")

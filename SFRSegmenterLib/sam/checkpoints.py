@@ -16,6 +16,7 @@ import torch
 
 from .. import events
 from ..errors import SFRError
+from ..io import sha256_file
 
 #: Official checkpoints: file name -> (sha256, size in bytes or None, download URL or None).
 KNOWN_CHECKPOINTS = {
@@ -51,12 +52,6 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "sfr-segmenter"
 
 
-def sha256_file(path: "str | os.PathLike") -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_known(path: Path) -> str:
