@@ -48,3 +48,14 @@ def sample_cases() -> list:
 @pytest.fixture
 def sfr():
     return run_sfr
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a 2-core machine: one torch thread avoids oversubscription (10x slower)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from SFRSegmenterLib.errors import Cancelled, SFRError
 from SFRSegmenterLib.finetune import FinetuneConfig, finetune
@@ -15,13 +14,7 @@ from SFRSegmenterLib.manifest import init_project
 from SFRSegmenterLib.pseudolabel import load_sam_model, predict_probabilities, pseudolabel
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models on a shared machine: one thread avoids oversubscription (10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,7 @@ from SFRSegmenterLib.sam.preprocess import normalize
 from SFRSegmenterLib.stitching import IGNORE_INDEX
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models on a shared machine: one thread avoids oversubscription (10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_loss_ignores_padding_label():
