@@ -21,8 +21,10 @@ DEMO_SETTINGS = {
     # CPU mode, ~20x cheaper per iteration than LoRA); no window overlap when pseudo-labeling
     "sam_options": {"lora_rank": 0, "embedding_cache": 8},
     "pseudo_overlap": 0.0,
-    # a slim V-Net (8 base filters instead of 16: ~4x fewer operations) for the CPU budget
-    "vnet_options": {"filters": 8},
+    # a slim V-Net (8 base filters instead of 16: ~4x fewer operations) for the CPU budget, and
+    # no learning-rate step: the paper's decay scaled to 400 iterations (x0.1 at 166 and 333)
+    # stopped learning (measured on the demo: V-Net Dice 0.00 with it, 0.18 without)
+    "vnet_options": {"filters": 8, "lr_step": 1_000_000},
 }
 
 
