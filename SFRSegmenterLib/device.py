@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import SFRError
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def resolve_device(name: str = "auto") -> "torch.device":
     """A :class:`torch.device` for ``name``; an unavailable explicit choice is an error."""
+    import torch  # here, not at import: the command line lists DEVICES without loading torch
+
     name = (name or "auto").lower()
     if name == "auto":
         if torch.cuda.is_available():
@@ -31,8 +36,10 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise SFRError(f"unknown device {name!r} (choose from {', '.join(DEVICES)})")
 
 
-def describe_device(device: torch.device) -> str:
+def describe_device(device: "torch.device") -> str:
     """Human description: 'cuda:0 (NVIDIA H100, 79.1 GiB)', 'cpu (2 threads)'."""
+    import torch
+
     if device.type == "cuda":
         idx = device.index if device.index is not None else torch.cuda.current_device()
         props = torch.cuda.get_device_properties(idx)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 
-# same as device.DEVICES; importing device.py would load torch for every `sfr` command
-DEVICES = ("auto", "cpu", "cuda", "mps")
+from ..device import DEVICES
 from ..errors import SFRError
 from ..manifest import load_project
 from ..sam import BACKBONE_NAMES
