@@ -54,21 +54,28 @@ from SFRSegmenterLib.manifest import init_project  # noqa: E402
 from SFRSegmenterLib.retrain import RetrainConfig, predict_folder, retrain  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "la"
+HALF_DATA = Path("/tmp/sfr_la_half/data")  # bench/la_half.py data (override: --half-data)
 RESULTS = REPO / "bench" / "results"
 PAPER = {  # Dice % on the LA test set (20 cases), V-Net, SAM ViT-B (SFR paper, TMI 2025)
     1: {"lower": 17.99, "mt": 29.68, "sfr_mt": 74.40, "sam": 74.78},
     16: {"lower": 86.03, "mt": 88.12, "sfr_mt": 90.86, "sam": 90.39},
 }
 PROTOCOLS = {
-    "paper": {"iterations": 6000, "eval_stride": (4, 18, 18)},
-    "cpu": {"iterations": 30, "eval_stride": (80, 112, 112)},
+    "paper": {"iterations": 6000, "eval_stride": (4, 18, 18), "crop": (80, 112, 112), "half": False},
+    "cpu": {"iterations": 30, "eval_stride": (80, 112, 112), "crop": (80, 112, 112), "half": False},
+    # LA resampled to 1.25 mm (bench/la_half.py): same field of view per crop, 1/8 of the voxels;
+    # constant learning rate (the paper's x0.1 step at 2500/6000 would come after 167 iterations)
+    "cpu-half": {"iterations": 400, "eval_stride": (8, 16, 16), "crop": (32, 64, 64), "half": True,
+                 "lr_step": 10**9},
 }
 ROWS = ("lower", "mt", "sfr_mt", "sam")
 
 
-def make_project(work: Path, n: int, name: str):
-    root = work / f"la_N{n}"
-    project = init_project(root, DATA / "images", labels=DATA / "labels", cases=DATA / "train.list",
+def make_project(work: Path, n: int, name: str, protocol: str = "paper"):
+    half = PROTOCOLS[protocol]["half"]
+    data = HALF_DATA if half else DATA
+    root = work / (f"la_half_N{n}" if half else f"la_N{n}")
+    project = init_project(root, data / "images", labels=data / "labels", cases=data / "train.list",
                            labeled=n, validation=16, classes="background,left_atrium", force=True)
     if project.name != name:
         project.name = name
@@ -79,14 +86,39 @@ def make_project(work: Path, n: int, name: str):
 def row_config(row: str, args) -> RetrainConfig:
     ssl = "supervised" if row == "lower" else "mean_teacher"
     return RetrainConfig(
-        ssl=ssl, use_sam=(row == "sfr_mt"), iterations=args.iterations, crop=(80, 112, 112),
+        ssl=ssl, use_sam=(row == "sfr_mt"), iterations=args.iterations, crop=PROTOCOLS[args.protocol]["crop"],
+        lr_step=PROTOCOLS[args.protocol].get("lr_step"),
         labeled_bs=2, unlabeled_bs=2, seed=args.seed, device=args.device, threads=args.threads,
         save_every=max(1, min(500, args.iterations // 4)),
     )
 
 
-def evaluate(project, pred_dir: Path, cases) -> dict:
-    pairs = [(c.name, pred_dir / f"{c.name}.nii.gz", project.label_path(c)) for c in cases]
+def to_full_resolution(pred_dir: Path, cases) -> Path:
+    """Half-resolution predictions back onto the original LA grid: the foreground probability
+    (from the label and its max-softmax confidence) resampled linearly, thresholded at 0.5."""
+    import SimpleITK as sitk
+
+    out = pred_dir.parent / (pred_dir.name + "_full")
+    out.mkdir(parents=True, exist_ok=True)
+    for c in cases:
+        lab = sitk.ReadImage(str(pred_dir / f"{c.name}.nii.gz"))
+        conf = sitk.GetArrayFromImage(sitk.ReadImage(str(pred_dir / f"{c.name}_confidence.nii.gz")))
+        fg = np.where(sitk.GetArrayFromImage(lab) == 1, conf, 1.0 - conf).astype(np.float32)
+        img = sitk.GetImageFromArray(fg)
+        img.CopyInformation(lab)
+        ref = sitk.ReadImage(str(DATA / "images" / f"{c.name}.nii.gz"))
+        up = sitk.Resample(img, ref, sitk.Transform(), sitk.sitkLinear, 0.0)
+        res = sitk.GetImageFromArray((sitk.GetArrayFromImage(up) >= 0.5).astype(np.uint8))
+        res.CopyInformation(ref)
+        sitk.WriteImage(res, str(out / f"{c.name}.nii.gz"))
+    return out
+
+
+def evaluate(project, pred_dir: Path, cases, full_resolution: bool = False) -> dict:
+    """Metrics against the original (0.625 mm) LA labels."""
+    if full_resolution:
+        pred_dir = to_full_resolution(pred_dir, cases)
+    pairs = [(c.name, pred_dir / f"{c.name}.nii.gz", DATA / "labels" / f"{c.name}.nii.gz") for c in cases]
     missing = [str(p) for _, p, _ in pairs if not p.exists()]
     if missing:
         return {"error": f"{len(missing)} validation cases without a prediction, e.g. {missing[0]}"}
@@ -99,15 +131,15 @@ def run_row(row: str, n: int, args, pseudo: dict) -> dict:
     if n in pseudo:
         idx = json.loads((pseudo[n] / "pseudo-labels.json").read_text())
         name = idx.get("project", name)
-    project = make_project(Path(args.work), n, name)
+    project = make_project(Path(args.work), n, name, args.protocol)
     val = project.by_role("validation")[: args.max_val]
     entry = {"row": row, "labeled": n, "protocol": args.protocol, "validation_cases": len(val),
              "threads": torch.get_num_threads(), "device": args.device}
     if row == "sam":
-        if n not in pseudo:
-            return {**entry, "skipped": "no --pseudo for this N"}
-        entry["pseudo"] = str(pseudo[n])
-        entry["metrics"] = evaluate(project, pseudo[n], val)
+        if n not in args.sam_pred:
+            return {**entry, "skipped": "no --sam-pred for this N"}
+        entry["sam_pred"] = str(args.sam_pred[n])
+        entry["metrics"] = evaluate(project, args.sam_pred[n], val)  # full-resolution SAM predictions
         return entry
     if row == "sfr_mt" and n not in pseudo:
         return {**entry, "skipped": "no --pseudo for this N (stage F pseudo-labels needed)"}
@@ -124,7 +156,7 @@ def run_row(row: str, n: int, args, pseudo: dict) -> dict:
     entry.update(config=cfg.to_dict(), eval_stride=list(args.eval_stride), train_seconds=round(train_s, 1),
                  predict_seconds=round(pred_s, 1), s_per_volume=round(pred_s / max(1, len(val)), 2),
                  mean_confidence=float(np.mean([r["mean_confidence"] for r in res.values()])),
-                 metrics=evaluate(project, pred_dir, val))
+                 metrics=evaluate(project, pred_dir, val, full_resolution=PROTOCOLS[args.protocol]["half"]))
     return entry
 
 
@@ -194,6 +226,9 @@ def main(argv=None) -> int:
     ap.add_argument("--labeled", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     ap.add_argument("--pseudo", nargs="*", default=[], metavar="N=DIR")
+    ap.add_argument("--sam-pred", nargs="*", default=[], metavar="N=DIR",
+                    help="stage F's predictions of the validation cases (full resolution), for the 'sam' row")
+    ap.add_argument("--half-data", help="bench/la_half.py's data folder (protocol cpu-half)")
     ap.add_argument("--iterations", type=int, help="override the protocol's iterations")
     ap.add_argument("--eval-stride", type=int, nargs=3, help="override the protocol's inference stride (D H W)")
     ap.add_argument("--batch", type=int, default=4, help="windows per forward at inference")
@@ -213,6 +248,10 @@ def main(argv=None) -> int:
     for item in args.pseudo:
         n, _, d = item.partition("=")
         pseudo[int(n)] = Path(d)
+    args.sam_pred = {int(k): Path(v) for k, v in (s.split("=", 1) for s in args.sam_pred)}
+    if args.half_data:
+        global HALF_DATA
+        HALF_DATA = Path(args.half_data)
     events.configure("bar" if sys.stderr.isatty() else "none")
     RESULTS = Path(args.results)
     path = RESULTS / "retrain_quality.json"
@@ -222,6 +261,7 @@ def main(argv=None) -> int:
             print(f"[{time.strftime('%H:%M:%S')}] N={n} {row} ({args.protocol}, {args.iterations} it.)", flush=True)
             entry = run_row(row, n, args, pseudo)
             entry["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            results = json.loads(path.read_text()) if path.exists() else []  # other runs may have written
             results = [e for e in results if not (e["labeled"] == n and e["row"] == row and e["protocol"] == args.protocol)]
             results.append(entry)
             write_outputs(results)
