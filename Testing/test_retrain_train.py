@@ -155,3 +155,28 @@ def test_ddp_two_processes_match_one(project, tmp_path):
     # the comparison is not vacuous: half the global batch gives other weights
     half = _state(retrain(project, RetrainConfig(iterations=2, labeled_bs=1, unlabeled_bs=1, **opts), out_dir=tmp_path / "half"))
     assert not torch.allclose(one["out.weight"], half["out.weight"], rtol=1e-4, atol=1e-6)
+
+
+def test_lr_step_is_the_papers_2500_not_scaled(project, tmp_path):
+    from SFRSegmenterLib import events
+
+    assert RetrainConfig(iterations=400).resolved_lr_step() == 2500
+    assert RetrainConfig(iterations=6000).resolved_lr_step() == 2500
+
+    def last_lr(**kw):  # the lr of the last iteration (its progress event is always sent)
+        seen = []
+
+        def sink(e):
+            if e.get("stage") == "retrain" and "lr" in e:
+                seen.append(e["lr"])
+
+        events.add_sink(sink)
+        try:
+            retrain(project, RetrainConfig(ssl="supervised", use_sam=False, iterations=3, **kw, **SMALL),
+                    out_dir=tmp_path / f"m{len(kw)}")
+        finally:
+            events.remove_sink(sink)
+        return seen[-1]
+
+    assert last_lr(lr_step=2) == pytest.approx(0.001)  # iteration 2 is past one step
+    assert last_lr() == pytest.approx(0.01)  # a 3-iteration run never reaches 2500

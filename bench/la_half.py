@@ -83,7 +83,13 @@ def make_data(work: Path) -> Path:
     return out
 
 
-def make_pseudo(work: Path, sam: dict, threads: int) -> dict:
+def pseudo_labels(specs: list, data: Path, threads: int = 1) -> None:
+    """Stage F pseudo-labels on the half-resolution grid.
+
+    ``specs``: dicts with ``model_dir``, ``out`` (folder), ``project`` (the project name stage R
+    checks) and ``cases`` (names).  Models with a frozen encoder share one encoder pass per window;
+    finished cases (in the folder's index) are skipped, so an interrupted call continues.
+    """
     import torch
 
     from SFRSegmenterLib.io import read_image, sha256_file
@@ -91,51 +97,61 @@ def make_pseudo(work: Path, sam: dict, threads: int) -> dict:
     from SFRSegmenterLib.pseudolabel import load_sam_model, predict_probabilities
 
     torch.set_num_threads(threads)
-    data = make_data(work)
-    names = (LA / "train.list").read_text().split()
-    trainval = names[:64]
-    models = {n: load_sam_model(d, "cpu") for n, d in sam.items()}
-    outs = {n: work / f"pseudo_N{n}" for n in sam}
-    index = {}
-    for n, model in models.items():
-        outs[n].mkdir(parents=True, exist_ok=True)
-        old = outs[n] / "pseudo-labels.json"
-        index[n] = json.loads(old.read_text()) if old.exists() else {}
-        index[n].update(schema_version=1, model_id=model.meta["model_id"], model_dir=str(Path(sam[n]).resolve()),
-                        model_metadata_mtime=(Path(sam[n]) / "sam-model.json").stat().st_mtime,
-                        project=f"la_half_N{n}", made_by="bench/la_half.py pseudo (full-resolution SAM, "
-                        "probability resampled to 1.25 mm)")
-        index[n].setdefault("cases", {})
+    index = []
+    for spec in specs:
+        spec["model"] = load_sam_model(spec["model_dir"], "cpu")
+        out = Path(spec["out"])
+        out.mkdir(parents=True, exist_ok=True)
+        old = out / "pseudo-labels.json"
+        idx = json.loads(old.read_text()) if old.exists() else {}
+        idx.update(schema_version=1, model_id=spec["model"].meta["model_id"],
+                   model_dir=str(Path(spec["model_dir"]).resolve()),
+                   model_metadata_mtime=(Path(spec["model_dir"]) / "sam-model.json").stat().st_mtime,
+                   project=spec["project"], made_by="bench/la_half.py (full-resolution SAM, probability "
+                   "resampled to 1.25 mm)")
+        idx.setdefault("cases", {})
+        index.append(idx)
+    order = list(dict.fromkeys(c for spec in specs for c in spec["cases"]))
+    todo = [c for c in order if any(c in s["cases"] and c not in i["cases"] for s, i in zip(specs, index))]
+    shared = all(int(s["model"].meta.get("lora_rank", 0)) == 0 for s in specs)
     t0 = time.monotonic()
-    todo = [c for c in trainval if any(c in trainval[n:] and c not in index[n]["cases"] for n in models)]
-    for i, name in enumerate(todo):
+    for k, name in enumerate(todo):
         image = read_image(LA / "images" / f"{name}.nii.gz")
         full = sitk.ReadImage(str(LA / "images" / f"{name}.nii.gz"), sitk.sitkFloat32)
-        ref = sitk.ReadImage(str(data / "images" / f"{name}.nii.gz"))
+        half_path = data / "images" / f"{name}.nii.gz"
+        ref = sitk.ReadImage(str(half_path))
         cache: dict = {}
-        for n, model in models.items():
-            if name not in trainval[n:] or name in index[n]["cases"]:
+        for spec, idx in zip(specs, index):
+            if name not in spec["cases"] or name in idx["cases"]:
                 continue
-            probs = predict_probabilities(model, image, overlap=0.0, encoder_cache=cache, cache_key=name)
+            probs = predict_probabilities(spec["model"], image, overlap=0.0,
+                                          encoder_cache=cache if shared else None, cache_key=name)
             fg = sitk.GetImageFromArray(probs[1].astype(np.float32))
             fg.CopyInformation(full)
             p = resample_prob(fg, ref)
-            label = binary_on(ref, p)
-            conf = sitk.GetImageFromArray(np.maximum(p, 1.0 - p).astype(np.float32))
-            conf.CopyInformation(ref)
-            sitk.WriteImage(label, str(outs[n] / f"{name}.nii.gz"))
-            sitk.WriteImage(conf, str(outs[n] / f"{name}_confidence.nii.gz"))
-            index[n]["cases"][name] = {
-                "image": str((data / "images" / f"{name}.nii.gz").resolve()),
-                "image_sha256": sha256_file(data / "images" / f"{name}.nii.gz"),
+            conf = np.maximum(p, 1.0 - p).astype(np.float32)
+            conf_img = sitk.GetImageFromArray(conf)
+            conf_img.CopyInformation(ref)
+            out = Path(spec["out"])
+            sitk.WriteImage(binary_on(ref, p), str(out / f"{name}.nii.gz"))
+            sitk.WriteImage(conf_img, str(out / f"{name}_confidence.nii.gz"))
+            idx["cases"][name] = {
+                "image": str(half_path.resolve()), "image_sha256": sha256_file(half_path),
                 "label": f"{name}.nii.gz", "confidence": f"{name}_confidence.nii.gz",
-                "mean_confidence": round(float(np.maximum(p, 1 - p).mean()), 6),
-                "model_id": model.meta["model_id"],
+                "mean_confidence": round(float(conf.mean()), 6), "model_id": spec["model"].meta["model_id"],
             }
-            write_json_atomic(outs[n] / "pseudo-labels.json", index[n])
-        print(f"[{time.strftime('%H:%M:%S')}] {i + 1}/{len(todo)} {name} "
-              f"({time.monotonic() - t0:.0f} s)", flush=True)
-    return outs
+            write_json_atomic(out / "pseudo-labels.json", idx)
+        print(f"[{time.strftime('%H:%M:%S')}] {k + 1}/{len(todo)} {name} ({time.monotonic() - t0:.0f} s)", flush=True)
+
+
+def make_pseudo(work: Path, sam: dict, threads: int) -> dict:
+    """Pseudo-labels of the benchmark's unlabeled cases (train.list[N:64]) for each N in ``sam``."""
+    data = make_data(work)
+    names = (LA / "train.list").read_text().split()[:64]
+    specs = [{"model_dir": d, "out": work / f"pseudo_N{n}", "project": f"la_half_N{n}", "cases": names[n:]}
+             for n, d in sam.items()]
+    pseudo_labels(specs, data, threads)
+    return {n: work / f"pseudo_N{n}" for n in sam}
 
 
 def main(argv=None) -> int:

@@ -37,7 +37,7 @@ def add_parser(sub) -> None:
     p.add_argument("--batch", type=int, nargs=2, metavar=("LABELED", "UNLABELED"), default=(2, 2),
                    help="global batch: labeled and unlabeled crops (default 2 2)")
     p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01)")
-    p.add_argument("--lr-step", type=int, help="multiply lr by 0.1 every N iterations (default 2500 x iterations/6000)")
+    p.add_argument("--lr-step", type=int, help="multiply lr by 0.1 every N iterations (default 2500, not scaled with --iterations)")
     p.add_argument("--norm", choices=NORM_NAMES, default="batchnorm", help="normalisation layers (default batchnorm)")
     p.add_argument("--dropout", type=float, default=0.5, help="dropout probability (default 0.5)")
     p.add_argument("--augment", choices=("rotflip", "crop"), default="rotflip", help="spatial augmentation")

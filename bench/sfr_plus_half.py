@@ -1,0 +1,254 @@
+"""SFR vs SFR+ on LA at 1 labeled case, under the CPU budget protocol ``cpu-half``.
+
+    OMP_NUM_THREADS=1 python bench/sfr_plus_half.py [--tau 0.985] [--threads 1]
+
+Round 0 is plain SFR, taken from ``bench/retrain_quality.py --protocol cpu-half`` (its SFR_MT model
+for N = 1 and the stage-F pseudo-labels of ``bench/la_half.py``).  One SFR+ round then does what
+``sfr run --sfr-plus`` does (SFRSegmenterLib/pipeline.py), with the same library calls:
+
+1. confidence-r0: the round-0 V-Net predicts every unlabeled case (63); case confidence C (Eq. 8);
+   trusted = C >= tau.  Dice of every case against its (hidden) ground truth is recorded, so the
+   table shows whether the confidence picks the good cases.
+2. finetune-r1: SAM (same stage-F settings as round 0: frozen LiteMedSAM encoder, 450 decoder
+   iterations) on the labeled case plus the trusted cases with their V-Net labels (resampled to the
+   original grid).
+3. pseudolabel-r1: the new SAM pseudo-labels the untrusted cases.
+4. retrain-r1: SFR_MT again from scratch, on the labeled case and the untrusted cases only.
+5. confidence-r1 on every unlabeled case, and the validation metrics (at full resolution).
+
+Every step writes its outputs under --work and is skipped when they exist, so the script resumes.
+Results: bench/results/sfr_plus_la.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+import numpy as np  # noqa: E402
+import SimpleITK as sitk  # noqa: E402
+import torch  # noqa: E402
+
+import la_half  # noqa: E402
+import retrain_quality as rq  # noqa: E402
+from SFRSegmenterLib import confidence as C  # noqa: E402
+from SFRSegmenterLib import events  # noqa: E402
+from SFRSegmenterLib.io import read_image, read_label, write_volume  # noqa: E402
+from SFRSegmenterLib.manifest import Case, Project, write_json_atomic  # noqa: E402
+from SFRSegmenterLib.metrics import dice  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"
+PAPER = {"SFR_MT": 74.40, "SFR+_MT": 81.03}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def confidence_stage(model_dir: Path, project, out: Path, sam_dir: "Path | None", tau: float, names: list) -> dict:
+    """V-Net labels + case confidence of every unlabeled case (half resolution), with Dice vs GT."""
+    from SFRSegmenterLib.retrain.inference import load_model, predict_volume
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "cases.json"
+    done = json.loads(path.read_text()) if path.exists() else {}
+    model = None
+    stride = rq.PROTOCOLS["cpu-half"]["eval_stride"]
+    for case in [project.case(n) for n in names]:
+        if case.name in done:
+            continue
+        model = model or load_model(model_dir, "cpu")
+        img = read_image(project.image_path(case))
+        prob = predict_volume(model, img.array, stride=stride)
+        review = C.review_case(case.name, prob, tau=tau)
+        write_volume(img.with_array(review.label.astype(np.uint8)), out / f"{case.name}.nii.gz")
+        write_volume(img.with_array(review.conf.astype(np.float32)), out / f"{case.name}_confidence.nii.gz")
+        gt = read_label(project.label_path(case)).array
+        entry = {**review.to_json(), "dice": float(dice(review.label == 1, gt == 1))}
+        if sam_dir is not None and (sam_dir / f"{case.name}.nii.gz").exists():
+            entry["sam_dice"] = float(dice(read_label(sam_dir / f"{case.name}.nii.gz").array == 1, gt == 1))
+        done[case.name] = entry
+        write_json_atomic(path, done)
+    return done
+
+
+def upsample_labels(src: Path, cases: list, out: Path) -> dict:
+    """V-Net labels (half resolution) on the original LA grid, for SAM fine-tuning."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name in cases:
+        dst = out / f"{name}.nii.gz"
+        if not dst.exists():
+            lab = sitk.ReadImage(str(src / f"{name}.nii.gz"), sitk.sitkFloat32)
+            ref = sitk.ReadImage(str(rq.DATA / "images" / f"{name}.nii.gz"))
+            p = la_half.resample_prob(lab, ref)
+            sitk.WriteImage(la_half.binary_on(ref, p), str(dst))
+        paths[name] = dst
+    return paths
+
+
+def summarize(conf: dict, tau: float) -> dict:
+    t = [e for e in conf.values() if e["confidence"] >= tau]
+    u = [e for e in conf.values() if e["confidence"] < tau]
+    mean = lambda xs, k: float(np.mean([x[k] for x in xs])) if xs else None  # noqa: E731
+    cs = np.array([e["confidence"] for e in conf.values()])
+    ds = np.array([e["dice"] for e in conf.values()])
+    rho = float(np.corrcoef(np.argsort(np.argsort(cs)), np.argsort(np.argsort(ds)))[0, 1]) if len(cs) > 2 else None
+    return {"cases": len(conf), "trusted": len(t), "mean_confidence": float(cs.mean()),
+            "confidence_range": [float(cs.min()), float(cs.max())], "dice_all": float(ds.mean()),
+            "dice_trusted": mean(t, "dice"), "dice_untrusted": mean(u, "dice"),
+            "sam_dice_all": mean(list(conf.values()), "sam_dice") if all("sam_dice" in e for e in conf.values()) else None,
+            "spearman_confidence_dice": rho}
+
+
+def main(argv=None) -> int:
+    global RESULTS
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tau", type=float, default=C.TAU)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--iterations", type=int, default=rq.PROTOCOLS["cpu-half"]["iterations"])
+    ap.add_argument("--quality-work", default="/tmp/sfr_retrain_quality", help="retrain_quality.py's --work")
+    ap.add_argument("--half-work", default="/tmp/sfr_la_half", help="la_half.py's --work")
+    ap.add_argument("--sam-work", default="/tmp/sfr-bench-sam-quality", help="sam_quality.py's --work")
+    ap.add_argument("--work", default="/tmp/sfr_plus_half")
+    ap.add_argument("--results", default=str(RESULTS))
+    ap.add_argument("--sam-iterations", type=int, help="override stage F's iterations (smoke runs)")
+    ap.add_argument("--limit", type=int, help="only the first K unlabeled cases (smoke runs)")
+    args = ap.parse_args(argv)
+    RESULTS = Path(args.results)
+    torch.set_num_threads(args.threads)
+    events.configure("none")
+    work, qwork, hwork = Path(args.work), Path(args.quality_work), Path(args.half_work)
+    rq.HALF_DATA = hwork / "data"
+    vnet0 = qwork / "models" / f"sfr_mt_N1_cpu-half_{args.iterations}"
+    if not (vnet0 / "model.pt").exists():
+        raise SystemExit(f"{vnet0}: run bench/retrain_quality.py --protocol cpu-half --labeled 1 --rows sfr_mt first")
+    sam0_pseudo = hwork / "pseudo_N1"
+    timings = {}
+    # the round-1 project (its own name, so its pseudo-label index cannot be mistaken for round 0's)
+    project = rq.make_project(work, 1, "la_half_N1_sfrplus_r1", "cpu-half")
+    unl = [c.name for c in project.by_role("unlabeled")][: args.limit]
+
+    t0 = time.monotonic()
+    log("confidence-r0")
+    conf0 = confidence_stage(vnet0, project, work / "confidence-r0", sam0_pseudo, args.tau, unl)
+    timings["confidence_r0_s"] = round(time.monotonic() - t0, 1)
+    trusted = sorted(c for c in unl if conf0[c]["confidence"] >= args.tau)
+    untrusted = [c for c in unl if c not in trusted]
+    log(f"{len(trusted)} of {len(unl)} cases trusted at tau {args.tau}")
+    result = {"tau": args.tau, "round0": summarize(conf0, args.tau), "trusted": trusted}
+    if not trusted or not untrusted:
+        result["stopped"] = "no trusted case" if not trusted else "all cases trusted"
+    else:
+        # finetune-r1: SAM on the labeled case + trusted cases with their V-Net labels
+        from SFRSegmenterLib.finetune import FinetuneConfig, finetune
+
+        sam_q = json.loads((REPO / "bench" / "results" / "sam_quality.json").read_text())
+        r1 = next(r for r in sam_q["results"] if r["labeled"] == 1)
+        t0 = time.monotonic()
+        full = Project(root=work / "sam_project", classes=["background", "left_atrium"], name="la_full_N1")
+        names = (rq.DATA / "train.list").read_text().split()
+        full.cases = [Case(n, str(rq.DATA / "images" / f"{n}.nii.gz"), str(rq.DATA / "labels" / f"{n}.nii.gz"),
+                           "labeled" if i == 0 else ("unlabeled" if i < 64 else "validation"))
+                      for i, n in enumerate(names)]
+        full.root.mkdir(parents=True, exist_ok=True)
+        full.save()
+        labels = upsample_labels(work / "confidence-r0", trusted, work / "trusted_labels_full")
+        extra = tuple((c, str(rq.DATA / "images" / f"{c}.nii.gz"), str(labels[c])) for c in trusted)
+        cfg = FinetuneConfig(backbone=sam_q["backbone"], iterations=args.sam_iterations or r1["iterations"], batch_size=2, lora_rank=0,
+                             embedding_cache=max(r1["embedding_cache"], 64), crop=tuple(sam_q["crop"]),
+                             grid=tuple(sam_q["grid"]), device="cpu", save_every=100, threads=args.threads)
+        sam1 = work / "sam-r1"
+        log(f"finetune-r1 on 1 labeled + {len(trusted)} trusted cases")
+        finetune(full, cfg, out_dir=sam1, resume=True, extra_labeled=extra)  # a finished model is kept
+        timings["finetune_r1_s"] = round(time.monotonic() - t0, 1)
+        # pseudolabel-r1: the untrusted cases
+        t0 = time.monotonic()
+        log(f"pseudolabel-r1 on {len(untrusted)} untrusted cases")
+        pseudo1 = work / "pseudo-r1"
+        la_half.pseudo_labels([{"model_dir": sam1, "out": pseudo1, "project": project.name, "cases": untrusted}],
+                              rq.HALF_DATA, args.threads)
+        timings["pseudolabel_r1_s"] = round(time.monotonic() - t0, 1)
+        # retrain-r1: SFR_MT on labeled + untrusted
+        from SFRSegmenterLib.retrain import predict_folder, retrain
+
+        t0 = time.monotonic()
+        log("retrain-r1")
+        ns = argparse.Namespace(iterations=args.iterations, seed=1337, device="cpu", threads=args.threads,
+                                protocol="cpu-half")
+        rcfg = rq.row_config("sfr_mt", ns)
+        vnet1 = work / "vnet-r1"
+        retrain(project, rcfg, pseudo_dir=pseudo1, out_dir=vnet1, resume=True, unlabeled_cases=untrusted)
+        timings["retrain_r1_s"] = round(time.monotonic() - t0, 1)
+        t0 = time.monotonic()
+        log("confidence-r1")
+        conf1 = confidence_stage(vnet1, project, work / "confidence-r1", None, args.tau, unl)
+        timings["confidence_r1_s"] = round(time.monotonic() - t0, 1)
+        result["round1"] = summarize(conf1, args.tau)
+        result["moved_to_trusted"] = sorted(c for c in unl if conf1[c]["confidence"] >= args.tau and c not in trusted)
+        result["moved_to_untrusted"] = sorted(c for c in trusted if conf1[c]["confidence"] < args.tau)
+        # SAM-r1 pseudo-label quality on the untrusted cases vs SAM-r0 on the same cases
+        gt = {c: read_label(project.label_path(project.case(c))).array == 1 for c in untrusted}
+        result["sam_dice_untrusted"] = {
+            "r0": float(np.mean([dice(read_label(sam0_pseudo / f"{c}.nii.gz").array == 1, gt[c]) for c in untrusted])),
+            "r1": float(np.mean([dice(read_label(pseudo1 / f"{c}.nii.gz").array == 1, gt[c]) for c in untrusted])),
+        }
+        val = project.by_role("validation")
+        log("validation")
+        predict_folder(vnet1, [project.image_path(c) for c in val], work / "pred-r1",
+                       stride=rq.PROTOCOLS["cpu-half"]["eval_stride"], device="cpu")
+        result["validation_sfr_plus"] = rq.evaluate(project, work / "pred-r1", val, full_resolution=True)["mean"]
+    quality = json.loads((RESULTS / "retrain_quality.json").read_text()) if (RESULTS / "retrain_quality.json").exists() else []
+    sfr = next((e for e in quality if e["labeled"] == 1 and e["row"] == "sfr_mt" and e["protocol"] == "cpu-half"), None)
+    result["validation_sfr"] = sfr["metrics"]["mean"] if sfr else None
+    result["timings"] = timings
+    result["protocol"] = ("cpu-half (bench/retrain_quality.py): LA at 1.25 mm, crop 32x64x64, "
+                          f"{args.iterations} V-Net iterations, SGD 0.01 constant; stage F: frozen LiteMedSAM "
+                          "encoder, 450 decoder iterations on cached embeddings; 1 SFR+ round")
+    write(result)
+    return 0
+
+
+def write(r: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "sfr_plus_la.json").write_text(json.dumps(r, indent=1) + "\n")
+    pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
+    lines = ["# SFR vs SFR+ on LA, 1 labeled case (CPU budget protocol)", "", r["protocol"] + ".",
+             "Validation: the last 16 cases of train.list, metrics at the original 0.625 mm resolution.", "",
+             "| method | validation Dice % | Jaccard % | 95HD vox | ASD vox | paper Dice (ViT-B, test set) |",
+             "|---|---|---|---|---|---|"]
+    for name, key in (("SFR_MT", "validation_sfr"), ("SFR+_MT (1 round)", "validation_sfr_plus")):
+        m = r.get(key)
+        if m:
+            lines.append(f"| {name} | {pct(m['dice'])} | {pct(m['jaccard'])} | {m.get('hd95_vox') or '-'} | "
+                         f"{m.get('asd_vox') or '-'} | {PAPER['SFR_MT' if key == 'validation_sfr' else 'SFR+_MT']} |")
+    lines += ["", f"Case confidence (Eq. 8) of the {r['round0']['cases']} unlabeled cases, tau = {r['tau']}:", "",
+              "| round | trusted | mean C | C range | V-Net Dice %, all | trusted | untrusted | Spearman(C, Dice) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for k in ("round0", "round1"):
+        s = r.get(k)
+        if s:
+            rho = "-" if s["spearman_confidence_dice"] is None else f"{s['spearman_confidence_dice']:.2f}"
+            lines.append(f"| {k[-1]} | {s['trusted']} / {s['cases']} | {s['mean_confidence']:.4f} | "
+                         f"{s['confidence_range'][0]:.4f}-{s['confidence_range'][1]:.4f} | {pct(s['dice_all'])} | "
+                         f"{pct(s['dice_trusted'])} | {pct(s['dice_untrusted'])} | {rho} |")
+    if "sam_dice_untrusted" in r:
+        s = r["sam_dice_untrusted"]
+        lines += ["", f"SAM pseudo-labels of the untrusted cases: Dice {pct(s['r0'])} % (round 0, 1 labeled case) -> "
+                  f"{pct(s['r1'])} % (round 1, + {len(r['trusted'])} trusted cases)."]
+    if r.get("stopped"):
+        lines += ["", f"The round stopped: {r['stopped']}."]
+    lines += ["", f"Times (s, one thread): {json.dumps(r['timings'])}."]
+    (RESULTS / "sfr_plus_la.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
