@@ -76,6 +76,16 @@ def test_percentile_normalisation_puts_volumes_on_one_scale():
     assert abs(z.mean()) < 1e-4 and abs(z.std() - 1) < 1e-3
 
 
+def test_sam_zscore_and_vnet_normalisation_are_one_function():
+    from SFRSegmenterLib.retrain.data import normalize as vnet_normalize
+
+    rng = np.random.default_rng(2)
+    for vol in (rng.normal(5, 2, size=(6, 9, 9)), rng.normal(0, 1e-10, (4, 5, 5))):
+        assert np.array_equal(normalize(vol, "zscore"), vnet_normalize(vol))
+    flat = normalize(rng.normal(0, 1e-10, (4, 5, 5)), "zscore")
+    assert np.abs(flat).max() < 1e-6  # near-constant: zeros, not noise blown up to unit variance
+
+
 def test_layout_default_crop_is_cut_to_the_data_explicit_crop_is_kept():
     shapes = [(36, 50, 35), (30, 52, 33)]
     cut = resolve_layout(256, (16, 128, 128), (4, 4), None, shapes)

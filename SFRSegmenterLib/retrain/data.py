@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import SFRError
+from ..intensity import zscore
 from ..io import read_image, read_label, sha256_file  # noqa: F401 (sha256_file re-exported)
 from ..manifest import Project
 
@@ -29,11 +30,9 @@ PSEUDO_INDEX = "pseudo-labels.json"
 LABELED, UNLABELED = 0, 1
 
 
-def normalize(array: np.ndarray) -> np.ndarray:
-    """Per-volume z-score (float32); a constant volume becomes zeros."""
-    a = np.asarray(array, dtype=np.float32)
-    std = float(a.std())
-    return ((a - float(a.mean())) / (std if std > 1e-8 else 1.0)).astype(np.float32)
+#: Per-volume z-score (float32); a constant volume becomes zeros.  The same function as SAM's
+#: ``zscore`` preprocessing.
+normalize = zscore
 
 
 @dataclass

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..intensity import zscore
+
 METHODS = ("percentile", "zscore")
 
 
@@ -24,6 +26,5 @@ def normalize(array: np.ndarray, method: str) -> np.ndarray:
             return np.zeros_like(a)
         return ((np.clip(a, lo, hi) - lo) / (hi - lo)).astype(np.float32)
     if method == "zscore":
-        std = float(a.std())
-        return ((a - float(a.mean())) / (std if std > 0 else 1.0)).astype(np.float32)
+        return zscore(a)
     raise ValueError(f"unknown preprocessing {method!r} (choose from {METHODS})")
