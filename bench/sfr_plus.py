@@ -48,10 +48,40 @@ def _machine() -> dict:
 # --------------------------------------------------------------------------- flags
 
 
+def flag_row(case: str, label: np.ndarray, conf: np.ndarray, gt: np.ndarray, k: int, rng) -> "dict | None":
+    """One case: each ranking's k flagged slices against the slices' true error (None: no error)."""
+    from SFRSegmenterLib import confidence as C
+
+    err = (label != gt).reshape(label.shape[0], -1).sum(axis=1).astype(float)
+    if err.sum() == 0:
+        return None
+    roi = C.region_of_interest(conf, label)
+    eligible = np.flatnonzero(roi.reshape(roi.shape[0], -1).any(axis=1))
+    top_true = set(np.argsort(-err, kind="stable")[:k].tolist())
+    worst = int(np.argmax(err))
+    rankings = {
+        "mass": [i for i, _ in C.flag_slices(conf, roi, k, "mass")],
+        "mean": [i for i, _ in C.flag_slices(conf, roi, k, "mean")],
+        "whole_slice_mean": np.argsort(C.slice_confidence(conf), kind="stable")[:k].tolist(),
+        "random_near_structure": rng.choice(eligible, size=min(k, eligible.size), replace=False).tolist()
+        if eligible.size else [],
+    }
+    row = {"case": case, "slices": int(label.shape[0]), "eligible": int(eligible.size),
+           "wrong_voxels": int(err.sum()), "foreground_voxels": int((gt > 0).sum())}
+    for name, flagged in rankings.items():
+        flagged = [int(i) for i in flagged]
+        row[name] = {
+            "flagged": flagged,
+            "hit": worst in flagged,
+            "precision": len(set(flagged) & top_true) / max(1, len(flagged)),
+            "captured": float(err[flagged].sum() / err.sum()) if flagged else 0.0,
+        }
+    return row
+
+
 def flag_quality(path: Path, k: int = 5, seed: int = 0) -> list:
     """``path``: a run folder (its pseudo/ or newest confidence stage) or any stage folder
     holding ``<case>.nii.gz`` + ``<case>_confidence.nii.gz`` (e.g. SAM's pseudolabel-r0)."""
-    from SFRSegmenterLib import confidence as C
     from SFRSegmenterLib.io import read_image, read_label
     from SFRSegmenterLib.manifest import load_project
 
@@ -74,39 +104,38 @@ def flag_quality(path: Path, k: int = 5, seed: int = 0) -> list:
     for case in project.by_role("unlabeled"):
         if not case.label or not (pseudo / f"{case.name}_confidence.nii.gz").exists():
             continue
-        label = read_label(pseudo / f"{case.name}.nii.gz").array
-        conf = read_image(pseudo / f"{case.name}_confidence.nii.gz").array
-        gt = read_label(project.label_path(case)).array
-        err = (label != gt).reshape(label.shape[0], -1).sum(axis=1).astype(float)
-        if err.sum() == 0:
+        row = flag_row(case.name, read_label(pseudo / f"{case.name}.nii.gz").array,
+                       read_image(pseudo / f"{case.name}_confidence.nii.gz").array,
+                       read_label(project.label_path(case)).array, k, rng)
+        if row is not None:
+            rows.append(row)
+    return rows
+
+
+def flag_quality_folder(pred: Path, gt: Path, k: int = 5, seed: int = 0) -> list:
+    """Predictions ``<case>.nii.gz`` + ``<case>_confidence.nii.gz`` (``sfr predict``) against
+    ground truth ``gt/<case>.nii.gz`` on the same grid."""
+    from SFRSegmenterLib.io import read_image, read_label
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for conf_path in sorted(Path(pred).glob("*_confidence.nii.gz")):
+        case = conf_path.name[: -len("_confidence.nii.gz")]
+        if not (Path(gt) / f"{case}.nii.gz").exists():
             continue
-        roi = C.region_of_interest(conf, label)
-        eligible = np.flatnonzero(roi.reshape(roi.shape[0], -1).any(axis=1))
-        top_true = set(np.argsort(-err, kind="stable")[:k].tolist())
-        worst = int(np.argmax(err))
-        rankings = {
-            "mass": [i for i, _ in C.flag_slices(conf, roi, k, "mass")],
-            "mean": [i for i, _ in C.flag_slices(conf, roi, k, "mean")],
-            "whole_slice_mean": np.argsort(C.slice_confidence(conf), kind="stable")[:k].tolist(),
-            "random_near_structure": rng.choice(eligible, size=min(k, eligible.size), replace=False).tolist()
-            if eligible.size else [],
-        }
-        row = {"case": case.name, "slices": int(label.shape[0]), "eligible": int(eligible.size),
-               "wrong_voxels": int(err.sum())}
-        for name, flagged in rankings.items():
-            flagged = [int(i) for i in flagged]
-            row[name] = {
-                "flagged": flagged,
-                "hit": worst in flagged,
-                "precision": len(set(flagged) & top_true) / max(1, len(flagged)),
-                "captured": float(err[flagged].sum() / err.sum()) if flagged else 0.0,
-            }
-        rows.append(row)
+        row = flag_row(case, read_label(Path(pred) / f"{case}.nii.gz").array, read_image(conf_path).array,
+                       read_label(Path(gt) / f"{case}.nii.gz").array, k, rng)
+        if row is not None:
+            rows.append(row)
     return rows
 
 
 def cmd_flags(args) -> int:
     rows = []
+    if args.pred:
+        for r in flag_quality_folder(Path(args.pred), Path(args.gt), args.k):
+            r["source"] = str(Path(args.pred).resolve())
+            rows.append(r)
     for run in args.runs:
         run = Path(run)
         if (run / "sfr-project.json").exists():
@@ -130,7 +159,7 @@ def cmd_flags(args) -> int:
     out = {"k": args.k, "cases": len(rows), "summary": summary, "flagged_share_of_structure_slices": share,
            "rows": rows, "machine": _machine()}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "sfr_plus_flags.json").write_text(json.dumps(out, indent=1))
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(out, indent=1))
     lines = [f"# Flagged slices vs true error (k = {args.k}, {len(rows)} cases)", "",
              f"Source: {', '.join(sorted({r['source'] for r in rows}))}", "",
              f"The {args.k} flagged slices are on average {100 * share:.0f} % of the slices near the structure.", "",
@@ -140,7 +169,9 @@ def cmd_flags(args) -> int:
         s = summary[n]
         lines.append(f"| {n} | {100 * s['hit_at_k']:.0f} % | {100 * s['precision_at_k']:.0f} % | "
                      f"{100 * s['error_captured']:.0f} % |")
-    (RESULTS / "sfr_plus_flags.md").write_text("\n".join(lines) + "\n")
+    if args.note:
+        lines[1:1] = ["", args.note]
+    (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
@@ -221,7 +252,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("flags", help="flagged slices vs true per-slice error of finished runs")
-    f.add_argument("runs", nargs="+", help="run folders or project folders (latest run)")
+    f.add_argument("runs", nargs="*", help="run folders or project folders (latest run)")
+    f.add_argument("--pred", help="instead of runs: a prediction folder (sfr predict: label + _confidence)")
+    f.add_argument("--gt", help="with --pred: the ground-truth folder on the same grid")
+    f.add_argument("--out", default="sfr_plus_flags", help="result file stem under bench/results")
+    f.add_argument("--note", default="", help="a sentence on what was measured, for the Markdown")
     f.add_argument("--k", type=int, default=5)
     f.set_defaults(func=cmd_flags)
     c = sub.add_parser("compare", help="SFR vs SFR+ on LA at 1 labeled")
