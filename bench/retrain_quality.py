@@ -7,24 +7,32 @@ Rows:
   lower   supervised only on the N labeled cases (batch 2)            = the paper's lower bound
   mt      Mean Teacher, 2 labeled + 2 unlabeled, no SAM                = the paper's MT
   sfr_mt  Mean Teacher + SAM pseudo-label loss (needs --pseudo)        = the paper's SFR_MT
-  sam     SAM alone: stage F's pseudo-labels of the validation cases   (needs --pseudo)
+  sam     SAM alone: stage F's predictions of the validation cases    (needs --sam-pred)
 
 Protocols:
-  paper   6000 iterations, crop 80x112x112, batch 2+2, SGD 0.01 (x0.1 every 2500), sliding-window
-          stride (4, 18, 18) [= (18, 18, 4) in x, y, z]. One command on a GPU:
-              python bench/retrain_quality.py --protocol paper --device cuda \\
-                  --pseudo 1=PSEUDO_DIR_1 16=PSEUDO_DIR_16
-  cpu     the same crops, batch, optimiser and data with a schedule shortened to 30 iterations
-          (lr step and consistency ramp-up scaled), and evaluation at stride 80x112x112 (window
-          tiles, 8-12 windows per LA volume instead of 63-81):
-              OMP_NUM_THREADS=1 python bench/retrain_quality.py --protocol cpu --threads 1
-          Measured on this shared 2-core machine, one thread (bench/results/retrain_speed.md): a
-          training step at 80x112x112 takes ~19 s (supervised, batch 2) and ~58 s (MT + SAM loss,
-          batch 2+2); inference ~24 s per validation volume at the tile stride.  The four rows
-          without pseudo-labels (lower, MT for N = 1 and 16) then take about 1 h 45 min
-          (training 77 min + 64 predictions 26 min); with --pseudo, SFR_MT adds about 30 min per N.
-          It checks the pipeline end to end on real data; 30 iterations (0.5 % of the paper's
-          schedule) do not train a V-Net, so its Dice numbers say nothing about the method.
+  paper     6000 iterations, crop 80x112x112, batch 2+2, SGD 0.01 (x0.1 every 2500), sliding-window
+            stride (4, 18, 18) [= (18, 18, 4) in x, y, z]. One command on a GPU:
+                python bench/retrain_quality.py --protocol paper --device cuda \\
+                    --pseudo 1=PSEUDO_DIR_1 16=PSEUDO_DIR_16 --sam-pred 1=DIR 16=DIR
+  cpu-half  the CPU budget protocol (about 2 hours on 2 cores, both N, all rows).  The same crops
+            *in millimetres*: LA resampled to 1.25 mm (bench/la_half.py data) and crop 32x64x64, the
+            field of view of the paper's 80x112x112 at 0.625 mm (1.05 M vs 1.00 M original voxels)
+            with 1/8 of the voxels; batch 2+2, SGD 0.01 momentum 0.9, 400 iterations, no lr step
+            (the paper's step comes at 2500), MT ramp-up scaled to the run; evaluation at stride
+            8x16x16 on the half-resolution image, the foreground probability resampled linearly
+            back to the original grid and scored there against the original labels.
+            SFR_MT uses SAM pseudo-labels made at full resolution by stage F and resampled
+            (bench/la_half.py pseudo).  Steps (one thread each, run two at a time):
+                python bench/la_half.py data
+                python bench/la_half.py pseudo --sam 1=SAM_N1 16=SAM_N16        # ~25 min
+                python bench/retrain_quality.py --protocol cpu-half --rows lower mt --threads 1
+                python bench/retrain_quality.py --protocol cpu-half --rows sfr_mt sam --threads 1 \\
+                    --pseudo 1=/tmp/sfr_la_half/pseudo_N1 16=/tmp/sfr_la_half/pseudo_N16 \\
+                    --sam-pred 1=SAM_PRED_N1 16=SAM_PRED_N16
+            (SAM_N*, SAM_PRED_N*: bench/sam_quality.py's model_n* and pred_n* folders.)
+  cpu       the first attempt: full resolution, 30 iterations (~19 s / ~58 s per supervised / MT
+            step on one thread).  Too short to train anything (N = 16: Dice 40 at 20 iterations);
+            kept for the record.
 
 Results accumulate (one entry per row and N) in bench/results/retrain_quality.json; the Markdown
 table and the plot are rebuilt from it on every run.  Trained models stay in --work, so a run that
@@ -32,6 +40,7 @@ is interrupted continues (re-training resumes from its checkpoint).
 
 --pseudo N=DIR: stage F's pseudo-label folder for the SAM fine-tuned on N labeled cases (files
 <case>.nii.gz + pseudo-labels.json).  The bench project is named after that index's "project".
+--sam-pred N=DIR: that SAM's predictions of the validation cases (the "sam" row, SAM alone).
 """
 
 from __future__ import annotations
@@ -164,8 +173,13 @@ def write_outputs(results: list) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "retrain_quality.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = ["# Stage R quality on LA (validation = last 16 of train.list)", "",
-             "Dice/Jaccard in %, 95HD and ASD in voxels (0.625 mm). Paper column: SFR paper, LA *test* set, "
-             "6000 iterations (not the same cases).", "",
+             "Dice/Jaccard in %, 95HD and ASD in voxels of the original 0.625 mm grid (every protocol is scored "
+             "there). Paper column: SFR paper, LA *test* set, ViT-B SAM, 6000 iterations (not the same cases).", "",
+             "Protocols (details in bench/retrain_quality.py): **cpu-half** = the CPU budget protocol, LA at "
+             "1.25 mm with a 32x64x64 crop (the paper's field of view), 400 iterations, batch 2+2, SGD 0.01 "
+             "constant, SAM = LiteMedSAM with a frozen encoder and 450 decoder iterations (bench/sam_quality.py); "
+             "**cpu** = full resolution, 20-30 iterations (too short to train, kept for the record); "
+             "**paper** = 6000 iterations on a GPU.", "",
              "| N | row | protocol | iterations | Dice | Jaccard | 95HD | ASD | train s | s/volume | paper Dice |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in sorted(results, key=lambda e: (e["labeled"], ROWS.index(e["row"]), e["protocol"])):
@@ -222,7 +236,7 @@ def main(argv=None) -> int:
     global RESULTS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n", 1)[1])
-    ap.add_argument("--protocol", choices=PROTOCOLS, default="cpu")
+    ap.add_argument("--protocol", choices=PROTOCOLS, default="cpu-half")
     ap.add_argument("--labeled", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     ap.add_argument("--pseudo", nargs="*", default=[], metavar="N=DIR")
