@@ -120,6 +120,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="/tmp/sfr_plus_half")
     ap.add_argument("--results", default=str(RESULTS))
     ap.add_argument("--sam-iterations", type=int, help="override stage F's iterations (smoke runs)")
+    ap.add_argument("--sam-cache", type=int, help="override the cached augmented mosaics (smoke runs)")
     ap.add_argument("--limit", type=int, help="only the first K unlabeled cases (smoke runs)")
     args = ap.parse_args(argv)
     RESULTS = Path(args.results)
@@ -163,7 +164,7 @@ def main(argv=None) -> int:
         labels = upsample_labels(work / "confidence-r0", trusted, work / "trusted_labels_full")
         extra = tuple((c, str(rq.DATA / "images" / f"{c}.nii.gz"), str(labels[c])) for c in trusted)
         cfg = FinetuneConfig(backbone=sam_q["backbone"], iterations=args.sam_iterations or r1["iterations"], batch_size=2, lora_rank=0,
-                             embedding_cache=max(r1["embedding_cache"], 64), crop=tuple(sam_q["crop"]),
+                             embedding_cache=args.sam_cache or max(r1["embedding_cache"], 64), crop=tuple(sam_q["crop"]),
                              grid=tuple(sam_q["grid"]), device="cpu", save_every=100, threads=args.threads)
         sam1 = work / "sam-r1"
         log(f"finetune-r1 on 1 labeled + {len(trusted)} trusted cases")
@@ -220,6 +221,7 @@ def write(r: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "sfr_plus_la.json").write_text(json.dumps(r, indent=1) + "\n")
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
+    num = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     lines = ["# SFR vs SFR+ on LA, 1 labeled case (CPU budget protocol)", "", r["protocol"] + ".",
              "Validation: the last 16 cases of train.list, metrics at the original 0.625 mm resolution.", "",
              "| method | validation Dice % | Jaccard % | 95HD vox | ASD vox | paper Dice (ViT-B, test set) |",
@@ -227,8 +229,8 @@ def write(r: dict) -> None:
     for name, key in (("SFR_MT", "validation_sfr"), ("SFR+_MT (1 round)", "validation_sfr_plus")):
         m = r.get(key)
         if m:
-            lines.append(f"| {name} | {pct(m['dice'])} | {pct(m['jaccard'])} | {m.get('hd95_vox') or '-'} | "
-                         f"{m.get('asd_vox') or '-'} | {PAPER['SFR_MT' if key == 'validation_sfr' else 'SFR+_MT']} |")
+            lines.append(f"| {name} | {pct(m['dice'])} | {pct(m['jaccard'])} | {num(m.get('hd95_vox'))} | "
+                         f"{num(m.get('asd_vox'))} | {PAPER['SFR_MT' if key == 'validation_sfr' else 'SFR+_MT']} |")
     lines += ["", f"Case confidence (Eq. 8) of the {r['round0']['cases']} unlabeled cases, tau = {r['tau']}:", "",
               "| round | trusted | mean C | C range | V-Net Dice %, all | trusted | untrusted | Spearman(C, Dice) |",
               "|---|---|---|---|---|---|---|---|"]
