@@ -169,7 +169,7 @@ def run_row(row: str, n: int, args, pseudo: dict) -> dict:
     return entry
 
 
-def write_outputs(results: list) -> None:
+def write_outputs(results: list, protocol: str = "cpu-half") -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "retrain_quality.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = ["# Stage R quality on LA (validation = last 16 of train.list)", "",
@@ -218,9 +218,10 @@ def write_outputs(results: list) -> None:
             xs = np.arange(len(ROWS))
             ours = []
             for r in ROWS:
-                hits = [e for e in results if e["labeled"] == n and e["row"] == r and e.get("metrics", {}).get("mean")]
+                hits = [e for e in results if e["labeled"] == n and e["row"] == r and e["protocol"] == protocol
+                        and e.get("metrics", {}).get("mean")]
                 ours.append(100 * hits[-1]["metrics"]["mean"]["dice"] if hits else np.nan)
-            ax.bar(xs - 0.2, ours, 0.4, label="here (see protocol)")
+            ax.bar(xs - 0.2, ours, 0.4, label=f"here ({protocol}, validation)")
             ax.bar(xs + 0.2, [PAPER[n][r] for r in ROWS], 0.4, label="paper (test set)", alpha=0.6)
             ax.set_xticks(xs, ROWS)
             ax.set_title(f"{n} labeled")
@@ -278,7 +279,7 @@ def main(argv=None) -> int:
             results = json.loads(path.read_text()) if path.exists() else []  # other runs may have written
             results = [e for e in results if not (e["labeled"] == n and e["row"] == row and e["protocol"] == args.protocol)]
             results.append(entry)
-            write_outputs(results)
+            write_outputs(results, args.protocol)
             m = entry.get("metrics", {}).get("mean")
             print(f"    -> {entry.get('skipped') or ('Dice %.4f' % m['dice'] if m else entry.get('metrics'))}",
                   flush=True)
