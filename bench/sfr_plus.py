@@ -63,6 +63,10 @@ def flag_row(case: str, label: np.ndarray, conf: np.ndarray, gt: np.ndarray, k: 
         "mass": [i for i, _ in C.flag_slices(conf, roi, k, "mass")],
         "mean": [i for i, _ in C.flag_slices(conf, roi, k, "mean")],
         "whole_slice_mean": np.argsort(C.slice_confidence(conf), kind="stable")[:k].tolist(),
+        # baseline without confidence: the slices with the largest predicted structure
+        "largest_structure": np.argsort(-np.where(roi.reshape(roi.shape[0], -1).any(axis=1),
+                                                  (label > 0).reshape(label.shape[0], -1).sum(axis=1), -1),
+                                        kind="stable")[:k].tolist(),
         "random_near_structure": rng.choice(eligible, size=min(k, eligible.size), replace=False).tolist()
         if eligible.size else [],
     }
@@ -147,7 +151,7 @@ def cmd_flags(args) -> int:
     if not rows:
         print("no case with ground truth and errors")
         return 1
-    names = ["mass", "mean", "whole_slice_mean", "random_near_structure"]
+    names = ["mass", "mean", "whole_slice_mean", "largest_structure", "random_near_structure"]
     summary = {}
     for n in names:
         summary[n] = {
