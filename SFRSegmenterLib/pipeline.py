@@ -61,6 +61,8 @@ class RunConfig:
     sfr_plus: bool = False
     rounds: int | None = None  # SFR+ rounds after round 0; None: DEFAULT_ROUNDS with --sfr-plus
     tau: float = conf_mod.TAU
+    # a case is trusted only if its predicted structure is >= this x the smallest labeled one (mm^3)
+    min_structure: float = conf_mod.MIN_STRUCTURE_FRACTION
     backbone: str | None = None  # None: stage F's default
     checkpoint: str | None = None
     ssl: str | None = None  # None: stage R's default
@@ -551,7 +553,8 @@ class Pipeline:
         (tau, k, thresholds) are applied to the saved maps, so changing them re-predicts nothing.
         """
         model_key = self.runner.records[model_dir.name]["key"]
-        params = {"tau": self.cfg.tau, "k": self.cfg.flag_k, "voxel_threshold": self.cfg.voxel_threshold,
+        params = {"tau": self.cfg.tau, "min_structure": self.cfg.min_structure, "k": self.cfg.flag_k,
+                  "voxel_threshold": self.cfg.voxel_threshold,
                   "ranking": self.cfg.ranking}
         names = [c.name for c in self.unlabeled]
         case_keys = {c: make_key("confidence-case", model_key, c, self.sha[c]) for c in names}
@@ -580,9 +583,11 @@ class Pipeline:
                     review = conf_mod.review_from_maps(
                         c, read_image(d / f"{c}_confidence.nii.gz").array, read_label(d / f"{c}.nii.gz").array,
                         tau=self.cfg.tau, k=self.cfg.flag_k, voxel_threshold=self.cfg.voxel_threshold,
+                        min_foreground=self._min_foreground(img),
                         ranking=self.cfg.ranking)
                     write_volume(img.with_array(review.lowconf.astype(np.uint8)), d / f"{c}_lowconf.nii.gz")
                     entry = {**entry, **review.to_json(), "slice_confidence": review.slice_confidence,
+                             "foreground_voxels": review.foreground_voxels,
                              "params": params}
                 elif not have:
                     if model is None:
@@ -590,12 +595,14 @@ class Pipeline:
                     img = read_image(self.project.image_path(case))
                     prob = predict_volume(model, img.array)
                     review = conf_mod.review_case(c, prob, tau=self.cfg.tau, k=self.cfg.flag_k,
+                                                  min_foreground=self._min_foreground(img),
                                                   voxel_threshold=self.cfg.voxel_threshold,
                                                   ranking=self.cfg.ranking)
                     write_volume(img.with_array(review.label.astype(np.uint8)), d / f"{c}.nii.gz")
                     write_volume(img.with_array(review.conf.astype(np.float32)), d / f"{c}_confidence.nii.gz")
                     write_volume(img.with_array(review.lowconf.astype(np.uint8)), d / f"{c}_lowconf.nii.gz")
                     entry = {"key": case_keys[c], **review.to_json(), "slice_confidence": review.slice_confidence,
+                             "foreground_voxels": review.foreground_voxels,
                              "params": params}
                     entry.update(self._score(case, review.label, sam_dir))
                 done[c] = entry
@@ -604,6 +611,19 @@ class Pipeline:
             return {"cases": names}
 
         return self.runner.run_stage(f"confidence-r{r}", key, fn)
+
+    def _min_foreground(self, image) -> float:
+        """Voxels of ``image``'s grid that the predicted structure needs for the case to be trusted:
+        ``min_structure`` x the smallest labeled structure, by physical volume."""
+        if not self.cfg.min_structure:
+            return 0.0
+        if getattr(self, "_smallest_mm3", None) is None:
+            vols = []
+            for c in self.labeled:
+                lab = read_label(self.project.label_path(c))
+                vols.append(np.count_nonzero(lab.array > 0) * float(np.prod(lab.spacing)))
+            self._smallest_mm3 = min(vols)
+        return self.cfg.min_structure * self._smallest_mm3 / float(np.prod(image.spacing))
 
     def _score(self, case, label: np.ndarray, sam_dir: Path | None) -> dict:
         """Dice of the V-Net label (and of SAM's pseudo-label) when hidden ground truth exists."""

@@ -130,3 +130,19 @@ def test_bad_shapes_are_refused():
     # nothing near a structure: nothing flagged
     conf = np.ones((3, 4, 4), np.float32)
     assert C.flag_slices(conf, C.region_of_interest(conf, np.zeros((3, 4, 4)))) == []
+
+
+def test_a_confident_empty_prediction_is_not_trusted_with_the_guard(case):
+    name, img, lab = case
+    good = _probs(lab.array, sigma=0.6)
+    missed = np.zeros_like(lab.array)
+    missed[tuple(np.argwhere(lab.array > 0)[0])] = 1  # the model found one voxel of the structure
+    empty = _probs(missed, sigma=0.6, classes=good.shape[0])
+    # Eq. 8 rates the miss as more confident than the good prediction: little boundary, all background
+    assert C.case_confidence(empty) > C.case_confidence(good)
+    need = 0.1 * np.count_nonzero(lab.array)
+    tau = C.case_confidence(good) - 1e-4
+    assert C.review_case(name, empty, tau=tau).trusted  # the paper's rule trusts it
+    assert not C.review_case(name, empty, tau=tau, min_foreground=need).trusted
+    ok = C.review_case(name, good, tau=tau, min_foreground=need)
+    assert ok.trusted and ok.foreground_voxels == np.count_nonzero(good.argmax(axis=0))

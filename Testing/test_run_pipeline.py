@@ -50,8 +50,9 @@ def sfr_runs(tmp_path_factory, sample_dir):
     sfr_run = latest(root)
     confs = [c["confidence"] for c in json.loads((sfr_run / "review.json").read_text())["cases"]]
     tau = statistics.median(confs)
+    # --min-structure 0: the paper's rule (confidence only), so that the median tau splits the cases
     second = run_sfr("--progress", "json", "run", root, *TINY, "--sfr-plus", "--rounds", "1", "--tau", repr(tau),
-                     check=True)
+                     "--min-structure", "0", check=True)
     return {"root": root, "sfr": sfr_run, "plus": latest(root), "tau": tau, "stdout": [first.stdout, second.stdout]}
 
 
@@ -135,6 +136,31 @@ def test_sfr_plus_round_uses_trusted_cases_for_sam_and_the_others_for_retraining
     moved_in = sorted(c for c, row in r1["cases"].items() if row["trusted"] and not row["was_trusted"])
     assert r1["moved_to_trusted"] == moved_in
     assert rounds["final_round"] == 1
+
+
+def test_a_case_with_a_too_small_structure_is_never_trusted(sfr_runs, sfr, tmp_path):
+    root = tmp_path / "proj"
+    shutil.copytree(sfr_runs["root"], root)
+    # every case above a tiny tau, but the structure must be 1000x the smallest labeled one:
+    # nothing is predicted again (the review is re-applied to the saved maps) and no case is trusted
+    sfr("run", root, *TINY, "--sfr-plus", "--rounds", "1", "--tau", "0.01", "--min-structure", "1000",
+        "--no-report", check=True)
+    run = latest(root)
+    review = json.loads((run / "review.json").read_text())["cases"]
+    assert review and not any(e["trusted"] for e in review)
+    assert all(e["confidence"] >= 0.01 for e in review)
+    cases = json.loads((run / "stages" / "confidence-r0" / "cases.json").read_text())
+    for name, entry in cases.items():
+        label = read_label(run / "stages" / "confidence-r0" / f"{name}.nii.gz").array
+        assert entry["foreground_voxels"] == int(np.count_nonzero(label))
+    rounds = json.loads((run / "rounds.json").read_text())
+    assert rounds["rounds"][0]["stopped"] == "no trusted case"
+    # the same maps with the guard off: every case trusted
+    for name in cases:
+        conf = read_image(run / "stages" / "confidence-r0" / f"{name}_confidence.nii.gz").array
+        label = read_label(run / "stages" / "confidence-r0" / f"{name}.nii.gz").array
+        assert C.review_from_maps(name, conf, label, tau=0.01).trusted
+        assert not C.review_from_maps(name, conf, label, tau=0.01, min_foreground=label.size + 1).trusted
 
 
 def test_rerun_reuses_what_did_not_change(sfr_runs, sfr, tmp_path, sample_dir):

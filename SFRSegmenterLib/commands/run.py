@@ -10,7 +10,7 @@ from ..errors import SFRError
 from ..manifest import load_project
 
 #: Options that define a run's configuration (refused together with --resume).
-CONFIG_OPTIONS = ("sfr_plus", "rounds", "tau", "backbone", "checkpoint", "ssl", "network", "iterations_sam",
+CONFIG_OPTIONS = ("sfr_plus", "rounds", "tau", "min_structure", "backbone", "checkpoint", "ssl", "network", "iterations_sam",
                   "iterations_vnet", "batch_size_sam", "pseudo_overlap", "crop", "seed", "flag_k", "sam_option", "vnet_option")
 
 
@@ -45,6 +45,9 @@ def add_parser(sub) -> None:
     p.add_argument("--rounds", type=int, metavar="K",
                    help="SFR+ rounds after the first SFR pass (default: 1 with --sfr-plus; 0 = plain SFR)")
     p.add_argument("--tau", type=float, help="case confidence threshold for trusted cases (default 0.985)")
+    p.add_argument("--min-structure", type=float, metavar="F",
+                   help="a case is trusted only if its predicted structure is at least F x the smallest "
+                   "labeled structure, by volume (default 0.1; 0 = the paper's rule, confidence only)")
     p.add_argument("--backbone", help="SAM backbone for stage F (e.g. vit_b, lite_medsam; default: stage F's)")
     p.add_argument("--checkpoint", help="SAM checkpoint file (needed for vit_b/vit_l/vit_h/medsam)")
     p.add_argument("--ssl", help="semi-supervised method of stage R (default: stage R's, Mean Teacher)")
@@ -93,6 +96,8 @@ def _config_from_args(args):
         cfg.sfr_plus = True  # --rounds K asks for SFR+
     if not 0 < cfg.tau <= 1:
         raise SFRError(f"--tau must be in (0, 1], got {cfg.tau}")
+    if cfg.min_structure < 0:
+        raise SFRError(f"--min-structure must be >= 0, got {cfg.min_structure}")
     for name in ("iterations_sam", "iterations_vnet", "batch_size_sam"):
         v = getattr(cfg, name)
         if v is not None and v < 1:
