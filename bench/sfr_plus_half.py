@@ -121,6 +121,13 @@ def main(argv=None) -> int:
     ap.add_argument("--results", default=str(RESULTS))
     ap.add_argument("--sam-iterations", type=int, help="override stage F's iterations (smoke runs)")
     ap.add_argument("--sam-cache", type=int, help="override the cached augmented mosaics (smoke runs)")
+    ap.add_argument("--min-structure", type=float, default=0.0,
+                    help="trust guard of sfr run: predicted structure >= F x the labeled one (default 0: "
+                    "the paper's rule, confidence only)")
+    ap.add_argument("--sam-only", type=int, metavar="K",
+                    help="stop after SAM's round-1 pseudo-labels of the first K untrusted cases and compare "
+                    "them with round 0's (a cheaper measurement of what the trusted cases teach SAM)")
+    ap.add_argument("--out", default="sfr_plus_la", help="result file stem under --results")
     ap.add_argument("--limit", type=int, help="only the first K unlabeled cases (smoke runs)")
     args = ap.parse_args(argv)
     RESULTS = Path(args.results)
@@ -142,9 +149,19 @@ def main(argv=None) -> int:
     conf0 = confidence_stage(vnet0, project, work / "confidence-r0", sam0_pseudo, args.tau, unl)
     timings["confidence_r0_s"] = round(time.monotonic() - t0, 1)
     trusted = sorted(c for c in unl if conf0[c]["confidence"] >= args.tau)
+    guarded_out = []
+    if args.min_structure:
+        lab0 = project.by_role("labeled")[0]
+        need = args.min_structure * int((read_label(project.label_path(lab0)).array > 0).sum())
+        fg = {c: int((read_label(work / "confidence-r0" / f"{c}.nii.gz").array > 0).sum()) for c in trusted}
+        guarded_out = sorted(c for c in trusted if fg[c] < need)
+        trusted = [c for c in trusted if c not in guarded_out]
     untrusted = [c for c in unl if c not in trusted]
-    log(f"{len(trusted)} of {len(unl)} cases trusted at tau {args.tau}")
-    result = {"tau": args.tau, "round0": summarize(conf0, args.tau), "trusted": trusted}
+    log(f"{len(trusted)} of {len(unl)} cases trusted at tau {args.tau}, min structure {args.min_structure} "
+        f"(guard removed {len(guarded_out)})")
+    result = {"tau": args.tau, "min_structure": args.min_structure, "round0": summarize(conf0, args.tau),
+              "trusted": trusted, "guard_removed": guarded_out,
+              "trusted_dice": {c: conf0[c]["dice"] for c in trusted + guarded_out}}
     if not trusted or not untrusted:
         result["stopped"] = "no trusted case" if not trusted else "all cases trusted"
     else:
@@ -174,9 +191,20 @@ def main(argv=None) -> int:
         t0 = time.monotonic()
         log(f"pseudolabel-r1 on {len(untrusted)} untrusted cases")
         pseudo1 = work / "pseudo-r1"
-        la_half.pseudo_labels([{"model_dir": sam1, "out": pseudo1, "project": project.name, "cases": untrusted}],
+        todo = untrusted[: args.sam_only] if args.sam_only else untrusted
+        la_half.pseudo_labels([{"model_dir": sam1, "out": pseudo1, "project": project.name, "cases": todo}],
                               rq.HALF_DATA, args.threads)
         timings["pseudolabel_r1_s"] = round(time.monotonic() - t0, 1)
+        if args.sam_only:
+            gt = {c: read_label(project.label_path(project.case(c))).array == 1 for c in todo}
+            result["sam_only"] = {"cases": todo, "dice_r0": [float(dice(read_label(sam0_pseudo / f"{c}.nii.gz").array == 1, gt[c])) for c in todo],
+                                  "dice_r1": [float(dice(read_label(pseudo1 / f"{c}.nii.gz").array == 1, gt[c])) for c in todo]}
+            result["timings"] = timings
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=1) + "\n")
+            s0, s1 = np.mean(result["sam_only"]["dice_r0"]), np.mean(result["sam_only"]["dice_r1"])
+            log(f"SAM pseudo-label Dice on {len(todo)} untrusted cases: round 0 {100 * s0:.2f} -> round 1 {100 * s1:.2f}")
+            return 0
         # retrain-r1: SFR_MT on labeled + untrusted
         from SFRSegmenterLib.retrain import predict_folder, retrain
 
@@ -213,13 +241,13 @@ def main(argv=None) -> int:
     result["protocol"] = ("cpu-half (bench/retrain_quality.py): LA at 1.25 mm, crop 32x64x64, "
                           f"{args.iterations} V-Net iterations, SGD 0.01 constant; stage F: frozen LiteMedSAM "
                           "encoder, 450 decoder iterations on cached embeddings; 1 SFR+ round")
-    write(result)
+    write(result, args.out)
     return 0
 
 
-def write(r: dict) -> None:
+def write(r: dict, out: str = "sfr_plus_la") -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "sfr_plus_la.json").write_text(json.dumps(r, indent=1) + "\n")
+    (RESULTS / f"{out}.json").write_text(json.dumps(r, indent=1) + "\n")
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
     num = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     lines = ["# SFR vs SFR+ on LA, 1 labeled case (CPU budget protocol)", "", r["protocol"] + ".",
@@ -248,7 +276,7 @@ def write(r: dict) -> None:
     if r.get("stopped"):
         lines += ["", f"The round stopped: {r['stopped']}."]
     lines += ["", f"Times (s, one thread): {json.dumps(r['timings'])}."]
-    (RESULTS / "sfr_plus_la.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{out}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
