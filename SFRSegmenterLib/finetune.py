@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ from .stitching import IGNORE_INDEX, stitch
 MODEL_META = "sam-model.json"
 PARTS_FILE = "sam_parts.pt"
 STATE_FILE = "train_state.pt"
+PREV = ".prev"  # suffix of the previous save's files while a save is in progress
 FORMAT = "sfr-sam-model"
 FORMAT_VERSION = 1
 
@@ -278,12 +280,20 @@ def finetune(
                 + "); start again without --resume or use another --out",
                 out_dir / MODEL_META,
             )
-        parts_path = out_dir / PARTS_FILE
-        if prev.get("parts_sha256") != (sha256_file(parts_path) if parts_path.exists() else None):
-            raise SFRError("cannot resume: saved parts do not match the metadata (interrupted save?)", parts_path)
+        # a save interrupted before the metadata was written leaves the files it points at in *.prev
+        parts_path = next((p for p in (out_dir / PARTS_FILE, out_dir / (PARTS_FILE + PREV))
+                           if p.exists() and sha256_file(p) == prev.get("parts_sha256")), None)
+        if parts_path is None:
+            raise SFRError("cannot resume: saved parts do not match the metadata", out_dir / PARTS_FILE)
         load_parts(model, parts_path)
-        state = torch.load(out_dir / STATE_FILE, map_location="cpu", weights_only=True)
-        if int(state["iteration"]) != int(prev["iterations_done"]):
+        state = None
+        for p in (out_dir / STATE_FILE, out_dir / (STATE_FILE + PREV)):
+            if p.exists():
+                st = torch.load(p, map_location="cpu", weights_only=True)
+                if int(st["iteration"]) == int(prev["iterations_done"]):
+                    state = st
+                    break
+        if state is None:
             raise SFRError("cannot resume: training state and metadata disagree", out_dir / STATE_FILE)
         start = int(prev["iterations_done"])
         keep = ("created", "loss_curve", "train_seconds", "iterations_done", "parts_file", "parts_sha256", "model_id", "updated")
@@ -305,6 +315,11 @@ def finetune(
     def save(done: int, seconds: float) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         parts = trainable_parts(model)
+        # the files the metadata points at stay (as *.prev) until the new metadata is written, so a
+        # kill anywhere in here leaves a resumable folder
+        for name in (PARTS_FILE, STATE_FILE):
+            if (out_dir / name).exists():
+                os.replace(out_dir / name, out_dir / (name + PREV))
         with atomic_path(out_dir / PARTS_FILE) as tmp:
             torch.save(parts, tmp)
         with atomic_path(out_dir / STATE_FILE) as tmp:
@@ -319,6 +334,8 @@ def finetune(
             updated=_now(),
         )
         write_json_atomic(out_dir / MODEL_META, meta)
+        for name in (PARTS_FILE, STATE_FILE):
+            (out_dir / (name + PREV)).unlink(missing_ok=True)
 
     cache = None
     if cfg.embedding_cache and start < cfg.iterations:

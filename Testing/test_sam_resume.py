@@ -93,3 +93,33 @@ def test_resume_after_kill_equals_uninterrupted(project, tmp_path):
                    capture_output=True)
     full = finetune(project, _cfg(iterations=16, save_every=1, threads=1), out_dir=tmp_path / "full")
     assert _same(_parts(tmp_path / "killed"), _parts(full))
+
+
+def test_resume_after_a_kill_in_the_middle_of_a_save(project, tmp_path):
+    """The files a kill leaves when it lands after the new parts and state were written but before
+    the metadata: the metadata still describes the previous save, kept as *.prev."""
+    import shutil
+
+    full = finetune(project, _cfg(), out_dir=tmp_path / "full")
+    part = tmp_path / "part"
+    n = {"i": 0}
+
+    def stop():
+        n["i"] += 1
+        return n["i"] > 4  # polled before iterations 0..3, then 4 -> stop (saved at 4)
+
+    with pytest.raises(Cancelled):
+        finetune(project, _cfg(), out_dir=part, should_stop=stop)
+    assert json.loads((part / "sam-model.json").read_text())["iterations_done"] == 4
+    assert not list(part.glob("*.prev"))  # a finished save leaves no backup
+    # the crash state: previous files in *.prev, newer (here: perturbed) parts and state in place
+    for name in ("sam_parts.pt", "train_state.pt"):
+        shutil.copy(part / name, part / f"{name}.prev")
+    newer = {k: v + 1 if v.is_floating_point() else v for k, v in _parts(part).items()}
+    torch.save(newer, part / "sam_parts.pt")
+    state = torch.load(part / "train_state.pt", weights_only=True)
+    state["iteration"] = 5
+    torch.save(state, part / "train_state.pt")
+    resumed = finetune(project, _cfg(), out_dir=part, resume=True)
+    assert _same(_parts(full), _parts(resumed))
+    assert not list(part.glob("*.prev"))
