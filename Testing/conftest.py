@@ -45,6 +45,19 @@ def sample_cases() -> list:
     return sorted(p.name[: -len(".nii.gz")] for p in (SAMPLE / "images").glob("*.nii.gz"))
 
 
+def copy_samples(dest: Path, names) -> tuple:
+    """Writable copies of sample cases: ``dest/images`` and ``dest/labels`` (returned)."""
+    import shutil
+
+    images, labels = dest / "images", dest / "labels"
+    images.mkdir(parents=True)
+    labels.mkdir(parents=True)
+    for name in names:
+        shutil.copy(SAMPLE / "images" / f"{name}.nii.gz", images)
+        shutil.copy(SAMPLE / "labels" / f"{name}.nii.gz", labels)
+    return images, labels
+
+
 @pytest.fixture
 def sfr():
     return run_sfr

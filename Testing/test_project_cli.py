@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import SAMPLE
+from conftest import SAMPLE, copy_samples
 
 from SFRSegmenterLib.io import Volume, read_image, write_volume
 from SFRSegmenterLib.manifest import MANIFEST_NAME, SCHEMA_VERSION, load_project
@@ -26,14 +26,9 @@ def _one_line_error(proc, *needles):
 
 
 @pytest.fixture
-def data(tmp_path, sample_dir, sample_cases):
+def data(tmp_path, sample_cases):
     """A writable copy of 6 sample cases."""
-    images, labels = tmp_path / "images", tmp_path / "labels"
-    images.mkdir()
-    labels.mkdir()
-    for name in sample_cases[:6]:
-        shutil.copy(sample_dir / "images" / f"{name}.nii.gz", images)
-        shutil.copy(sample_dir / "labels" / f"{name}.nii.gz", labels)
+    copy_samples(tmp_path, sample_cases[:6])
     return tmp_path
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 
 import pytest
+from conftest import copy_samples
 
 from SFRSegmenterLib.errors import SFRError
 from SFRSegmenterLib.finetune import FinetuneConfig, finetune
@@ -14,13 +14,8 @@ from SFRSegmenterLib.pseudolabel import pseudolabel
 from SFRSegmenterLib.retrain import RetrainConfig, retrain
 
 
-def test_real_pseudo_labels_train_and_staleness_is_detected(tmp_path, sample_dir, sample_cases):
-    images, labels = tmp_path / "images", tmp_path / "labels"
-    images.mkdir()
-    labels.mkdir()
-    for name in sample_cases[:4]:
-        shutil.copy(sample_dir / "images" / f"{name}.nii.gz", images)
-        shutil.copy(sample_dir / "labels" / f"{name}.nii.gz", labels)
+def test_real_pseudo_labels_train_and_staleness_is_detected(tmp_path, sample_cases):
+    images, labels = copy_samples(tmp_path, sample_cases[:4])
     project = init_project(tmp_path / "proj", images, labels=labels, labeled=2)
     sam = FinetuneConfig(backbone="tiny_test", iterations=2, batch_size=1, device="cpu", save_every=2)
     finetune(project, sam)
