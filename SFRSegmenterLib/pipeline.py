@@ -388,6 +388,7 @@ class Pipeline:
                 raise SFRError(f"image of case {c.name!r} not found", img)
             self.sha[c.name] = sha256_file(img)
         self.label_sha = {c.name: sha256_file(project.label_path(c)) for c in self.labeled}
+        self._smallest_mm3 = None  # smallest labeled structure, read when a trust decision needs it
 
     # ---------------------------------------------------------------- keys
     def labeled_fingerprint(self) -> list:
@@ -617,7 +618,7 @@ class Pipeline:
         ``min_structure`` x the smallest labeled structure, by physical volume."""
         if not self.cfg.min_structure:
             return 0.0
-        if getattr(self, "_smallest_mm3", None) is None:
+        if self._smallest_mm3 is None:
             vols = []
             for c in self.labeled:
                 lab = read_label(self.project.label_path(c))

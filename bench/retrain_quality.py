@@ -107,6 +107,8 @@ def to_full_resolution(pred_dir: Path, cases) -> Path:
     (from the label and its max-softmax confidence) resampled linearly, thresholded at 0.5."""
     import SimpleITK as sitk
 
+    from la_half import binary_on, resample_prob  # bench/, next to this script
+
     out = pred_dir.parent / (pred_dir.name + "_full")
     out.mkdir(parents=True, exist_ok=True)
     for c in cases:
@@ -116,10 +118,7 @@ def to_full_resolution(pred_dir: Path, cases) -> Path:
         img = sitk.GetImageFromArray(fg)
         img.CopyInformation(lab)
         ref = sitk.ReadImage(str(DATA / "images" / f"{c.name}.nii.gz"))
-        up = sitk.Resample(img, ref, sitk.Transform(), sitk.sitkLinear, 0.0)
-        res = sitk.GetImageFromArray((sitk.GetArrayFromImage(up) >= 0.5).astype(np.uint8))
-        res.CopyInformation(ref)
-        sitk.WriteImage(res, str(out / f"{c.name}.nii.gz"))
+        sitk.WriteImage(binary_on(ref, resample_prob(img, ref)), str(out / f"{c.name}.nii.gz"))
     return out
 
 

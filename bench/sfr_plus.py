@@ -56,7 +56,8 @@ def flag_row(case: str, label: np.ndarray, conf: np.ndarray, gt: np.ndarray, k: 
     if err.sum() == 0:
         return None
     roi = C.region_of_interest(conf, label)
-    eligible = np.flatnonzero(roi.reshape(roi.shape[0], -1).any(axis=1))
+    has_roi = roi.reshape(roi.shape[0], -1).any(axis=1)
+    eligible = np.flatnonzero(has_roi)
     top_true = set(np.argsort(-err, kind="stable")[:k].tolist())
     worst = int(np.argmax(err))
     rankings = {
@@ -64,8 +65,7 @@ def flag_row(case: str, label: np.ndarray, conf: np.ndarray, gt: np.ndarray, k: 
         "mean": [i for i, _ in C.flag_slices(conf, roi, k, "mean")],
         "whole_slice_mean": np.argsort(C.slice_confidence(conf), kind="stable")[:k].tolist(),
         # baseline without confidence: the slices with the largest predicted structure
-        "largest_structure": np.argsort(-np.where(roi.reshape(roi.shape[0], -1).any(axis=1),
-                                                  (label > 0).reshape(label.shape[0], -1).sum(axis=1), -1),
+        "largest_structure": np.argsort(-np.where(has_roi, (label > 0).reshape(label.shape[0], -1).sum(axis=1), -1),
                                         kind="stable")[:k].tolist(),
         "random_near_structure": rng.choice(eligible, size=min(k, eligible.size), replace=False).tolist()
         if eligible.size else [],

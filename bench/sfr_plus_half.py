@@ -189,9 +189,9 @@ def main(argv=None) -> int:
         timings["finetune_r1_s"] = round(time.monotonic() - t0, 1)
         # pseudolabel-r1: the untrusted cases
         t0 = time.monotonic()
-        log(f"pseudolabel-r1 on {len(untrusted)} untrusted cases")
-        pseudo1 = work / "pseudo-r1"
         todo = untrusted[: args.sam_only] if args.sam_only else untrusted
+        log(f"pseudolabel-r1 on {len(todo)} of {len(untrusted)} untrusted cases")
+        pseudo1 = work / "pseudo-r1"
         la_half.pseudo_labels([{"model_dir": sam1, "out": pseudo1, "project": project.name, "cases": todo}],
                               rq.HALF_DATA, args.threads)
         timings["pseudolabel_r1_s"] = round(time.monotonic() - t0, 1)
