@@ -191,6 +191,8 @@ def test_bad_options_are_one_line_errors(sfr_runs, sfr):
     assert out.returncode == 2 and "nonsense" in out.stderr and "Traceback" not in out.stderr
     out = sfr("run", root, "--resume", "--rounds", "2")
     assert out.returncode == 2 and "--resume" in out.stderr
+    out = sfr("run", root, "--min-structure", "-1")
+    assert out.returncode == 2 and "--min-structure" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_demo_quick_runs_the_whole_pipeline_and_reports(tmp_path, sfr):
