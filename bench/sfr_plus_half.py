@@ -129,6 +129,9 @@ def main(argv=None) -> int:
                     "them with round 0's (a cheaper measurement of what the trusted cases teach SAM)")
     ap.add_argument("--out", default="sfr_plus_la", help="result file stem under --results")
     ap.add_argument("--limit", type=int, help="only the first K unlabeled cases (smoke runs)")
+    ap.add_argument("--trust-table", action="store_true",
+                    help="only tabulate which round-0 cases each (tau, min structure) pair would trust, and their "
+                    "Dice (from --work's confidence-r0; cheap): bench/results/sfr_plus_trust_la.{json,md}")
     args = ap.parse_args(argv)
     RESULTS = Path(args.results)
     torch.set_num_threads(args.threads)
@@ -144,6 +147,10 @@ def main(argv=None) -> int:
     project = rq.make_project(work, 1, "la_half_N1_sfrplus_r1", "cpu-half")
     unl = [c.name for c in project.by_role("unlabeled")][: args.limit]
 
+    if args.trust_table:
+        trust_table(project, work / "confidence-r0", conf0=confidence_stage(vnet0, project, work / "confidence-r0",
+                                                                            sam0_pseudo, args.tau, unl))
+        return 0
     t0 = time.monotonic()
     log("confidence-r0")
     conf0 = confidence_stage(vnet0, project, work / "confidence-r0", sam0_pseudo, args.tau, unl)
@@ -245,6 +252,43 @@ def main(argv=None) -> int:
     return 0
 
 
+TABLE_TAUS = (0.985, 0.98, 0.975, 0.97)
+TABLE_FRACTIONS = (0.0, 0.1, 0.25, 0.5)
+
+
+def trust_table(project, conf_dir: Path, conf0: dict) -> dict:
+    """Trusted cases and their Dice for each (tau, min structure) pair, on the round-0 V-Net's labels.
+
+    The guard is the product's (pipeline.py): predicted structure >= F x the labeled structure, by
+    physical volume; here every case shares one grid, so voxel counts compare directly."""
+    lab0 = project.by_role("labeled")[0]
+    labeled = int((read_label(project.label_path(lab0)).array > 0).sum())
+    fg = {c: int((read_label(conf_dir / f"{c}.nii.gz").array > 0).sum()) for c in conf0}
+    rows = []
+    for tau in TABLE_TAUS:
+        for f in TABLE_FRACTIONS:
+            t = [c for c in conf0 if conf0[c]["confidence"] >= tau and fg[c] >= f * labeled]
+            d = [conf0[c]["dice"] for c in t]
+            rows.append({"tau": tau, "min_structure": f, "trusted": len(t), "dice_mean": float(np.mean(d)) if d else None,
+                         "dice_min": float(min(d)) if d else None, "below_0.5": sum(x < 0.5 for x in d)})
+    out = {"labeled_voxels": labeled, "cases": len(conf0), "rows": rows,
+           "note": "round-0 SFR_MT V-Net (cpu-half, N = 1) on the 63 unlabeled LA cases; Dice vs hidden ground truth"}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "sfr_plus_trust_la.json").write_text(json.dumps(out, indent=1) + "\n")
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    lines = ["# Which cases the SFR+ trust rule picks (LA, 1 labeled case, round 0)", "",
+             f"{out['note']}. A case is trusted when C >= tau and its predicted structure has at least "
+             f"F x {labeled} voxels (the labeled case's structure).", "",
+             "| tau | F (min structure) | trusted | Dice % of trusted, mean | min | trusted with Dice < 50 % |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['tau']} | {r['min_structure']} | {r['trusted']} | {pct(r['dice_mean'])} | "
+                     f"{pct(r['dice_min'])} | {r['below_0.5']} |")
+    (RESULTS / "sfr_plus_trust_la.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return out
+
+
 def write(r: dict, out: str = "sfr_plus_la") -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{out}.json").write_text(json.dumps(r, indent=1) + "\n")
@@ -269,6 +313,12 @@ def write(r: dict, out: str = "sfr_plus_la") -> None:
             lines.append(f"| {k[-1]} | {s['trusted']} / {s['cases']} | {s['mean_confidence']:.4f} | "
                          f"{s['confidence_range'][0]:.4f}-{s['confidence_range'][1]:.4f} | {pct(s['dice_all'])} | "
                          f"{pct(s['dice_trusted'])} | {pct(s['dice_untrusted'])} | {rho} |")
+    if r.get("guard_removed"):
+        d = r.get("trusted_dice", {})
+        lines += ["", f"The structure-size guard (min structure {r['min_structure']}) took "
+                  f"{len(r['guard_removed'])} of the round-0 cases above tau out of the trusted set (their Dice %: "
+                  + ", ".join(pct(d.get(c)) for c in r["guard_removed"]) + f"); {len(r['trusted'])} cases were trusted "
+                  f"(Dice %: " + ", ".join(pct(d.get(c)) for c in r["trusted"]) + ")."]
     if "sam_dice_untrusted" in r:
         s = r["sam_dice_untrusted"]
         lines += ["", f"SAM pseudo-labels of the untrusted cases: Dice {pct(s['r0'])} % (round 0, 1 labeled case) -> "

@@ -47,7 +47,7 @@ def add_parser(sub) -> None:
     p.add_argument("--tau", type=float, help="case confidence threshold for trusted cases (default 0.985)")
     p.add_argument("--min-structure", type=float, metavar="F",
                    help="a case is trusted only if its predicted structure is at least F x the smallest "
-                   "labeled structure, by volume (default 0.1; 0 = the paper's rule, confidence only)")
+                   "labeled structure, by volume (default 0.25; 0 = the paper's rule, confidence only)")
     p.add_argument("--backbone", help="SAM backbone for stage F (e.g. vit_b, lite_medsam; default: stage F's)")
     p.add_argument("--checkpoint", help="SAM checkpoint file (needed for vit_b/vit_l/vit_h/medsam)")
     p.add_argument("--ssl", help="semi-supervised method of stage R (default: stage R's, Mean Teacher)")
