@@ -388,7 +388,7 @@ class Pipeline:
                 raise SFRError(f"image of case {c.name!r} not found", img)
             self.sha[c.name] = sha256_file(img)
         self.label_sha = {c.name: sha256_file(project.label_path(c)) for c in self.labeled}
-        self._smallest_mm3 = None  # smallest labeled structure, read when a trust decision needs it
+        self._labeled_vols = None  # labeled structures' volumes (mm^3), read when a decision needs them
 
     # ---------------------------------------------------------------- keys
     def labeled_fingerprint(self) -> list:
@@ -589,6 +589,7 @@ class Pipeline:
                     write_volume(img.with_array(review.lowconf.astype(np.uint8)), d / f"{c}_lowconf.nii.gz")
                     entry = {**entry, **review.to_json(), "slice_confidence": review.slice_confidence,
                              "foreground_voxels": review.foreground_voxels,
+                             "structure_mm3": round(review.foreground_voxels * float(np.prod(img.spacing)), 3),
                              "params": params}
                 elif not have:
                     if model is None:
@@ -604,6 +605,7 @@ class Pipeline:
                     write_volume(img.with_array(review.lowconf.astype(np.uint8)), d / f"{c}_lowconf.nii.gz")
                     entry = {"key": case_keys[c], **review.to_json(), "slice_confidence": review.slice_confidence,
                              "foreground_voxels": review.foreground_voxels,
+                             "structure_mm3": round(review.foreground_voxels * float(np.prod(img.spacing)), 3),
                              "params": params}
                     entry.update(self._score(case, review.label, sam_dir))
                 done[c] = entry
@@ -618,13 +620,17 @@ class Pipeline:
         ``min_structure`` x the smallest labeled structure, by physical volume."""
         if not self.cfg.min_structure:
             return 0.0
-        if self._smallest_mm3 is None:
+        return self.cfg.min_structure * min(self._labeled_mm3()) / float(np.prod(image.spacing))
+
+    def _labeled_mm3(self) -> list:
+        """Physical volume (mm^3) of the structure of every labeled case, read once."""
+        if self._labeled_vols is None:
             vols = []
             for c in self.labeled:
                 lab = read_label(self.project.label_path(c))
                 vols.append(np.count_nonzero(lab.array > 0) * float(np.prod(lab.spacing)))
-            self._smallest_mm3 = min(vols)
-        return self.cfg.min_structure * self._smallest_mm3 / float(np.prod(image.spacing))
+            self._labeled_vols = vols
+        return self._labeled_vols
 
     def _score(self, case, label: np.ndarray, sam_dir: Path | None) -> dict:
         """Dice of the V-Net label (and of SAM's pseudo-label) when hidden ground truth exists."""
@@ -672,7 +678,18 @@ class Pipeline:
             pl = self.stage_pseudolabel(r, ft, untrusted)
             rt = self.stage_retrain(r, pl, untrusted)
             cf_new = self.stage_confidence(r, rt, pl)
-            history.append(self._round_record(r, cf_new, cf, untrusted, trusted))
+            rec = self._round_record(r, cf_new, cf, untrusted, trusted)
+            history.append(rec)
+            kept = history[-2]  # a drifted round ends the loop, so the round before is the kept one
+            if conf_mod.structure_drift(kept.get("structure_ratio"), rec.get("structure_ratio")):
+                rec["drift"] = True
+                rec["stopped"] = "structure drift"
+                events.log(
+                    f"WARNING: SFR+ round {r}: the predicted structures drifted away from the labeled ones (median "
+                    f"{rec['structure_ratio']:.2f} x the labeled structure, round {kept['round']}: "
+                    f"{kept['structure_ratio']:.2f} x); the round probably made the labels worse, so the results of "
+                    f"round {kept['round']} are kept and the rounds stop (rounds.json records both)")
+                break
             cf, final_cf, final_rt = cf_new, cf_new, rt
         self.runner.planned = self.runner.index + 1  # + metrics
         return self.finalize(final_cf, final_rt, history)
@@ -701,6 +718,9 @@ class Pipeline:
             "mean_confidence": round(float(np.mean([e["confidence"] for e in now.values()])), 6),
             "cases": cases,
         }
+        mm3 = [e.get("structure_mm3") for e in now.values()]
+        if mm3 and all(v is not None for v in mm3) and self.labeled:
+            rec["structure_ratio"] = round(float(np.median(mm3)) / float(np.median(self._labeled_mm3())), 6)
         dices = [row["dice"] for row in cases.values() if row.get("dice") is not None]
         if dices:
             rec["mean_dice"] = round(float(np.mean(dices)), 6)

@@ -146,3 +146,14 @@ def test_a_confident_empty_prediction_is_not_trusted_with_the_guard(case):
     assert not C.review_case(name, empty, tau=tau, min_foreground=need).trusted
     ok = C.review_case(name, good, tau=tau, min_foreground=need)
     assert ok.trusted and ok.foreground_voxels == np.count_nonzero(good.argmax(axis=0))
+
+
+def test_structure_drift_is_measured_against_the_labeled_size():
+    # LA, 1 labeled case: round 0's structures 1.06x the labeled one, round 1's 0.24x (Dice 68 -> 31)
+    assert C.structure_drift(1.06, 0.24)
+    assert C.structure_drift(1.0, 2.5) and C.structure_drift(1.0, 0.0)
+    # a round that brings an over-segmenting round 0 back to the labeled size is not drift
+    assert not C.structure_drift(2.0, 1.0) and not C.structure_drift(0.3, 0.9)
+    # within a factor 2 of the kept round's distance, or unknown: not drift
+    assert not C.structure_drift(1.0, 1.9) and not C.structure_drift(0.8, 0.45)
+    assert not C.structure_drift(None, 0.1) and not C.structure_drift(1.0, None)

@@ -135,7 +135,24 @@ def test_sfr_plus_round_uses_trusted_cases_for_sam_and_the_others_for_retraining
         assert row["confidence_change"] == pytest.approx(row["confidence"] - r0["cases"][case]["confidence"], abs=2e-6)
     moved_in = sorted(c for c, row in r1["cases"].items() if row["trusted"] and not row["was_trusted"])
     assert r1["moved_to_trusted"] == moved_in
-    assert rounds["final_round"] == 1
+    # structure size vs the labeled structures, from the saved labels; a drifted round is not published
+    from SFRSegmenterLib.manifest import load_project
+
+    project = load_project(sfr_runs["root"])
+    labeled = []
+    for c in project.by_role("labeled"):
+        lab = read_label(project.label_path(c))
+        labeled.append(np.count_nonzero(lab.array) * float(np.prod(lab.spacing)))
+    for r in (r0, r1):
+        folder = run / "stages" / f"confidence-r{r['round']}"
+        sizes = []
+        for c in r["cases"]:
+            lab = read_label(folder / f"{c}.nii.gz")
+            sizes.append(np.count_nonzero(lab.array) * float(np.prod(lab.spacing)))
+        assert r["structure_ratio"] == pytest.approx(np.median(sizes) / np.median(labeled), rel=1e-4)
+    drift = C.structure_drift(r0["structure_ratio"], r1["structure_ratio"])
+    assert bool(r1.get("drift")) == drift
+    assert rounds["final_round"] == (0 if drift else 1)
 
 
 def test_a_case_with_a_too_small_structure_is_never_trusted(sfr_runs, sfr, tmp_path):
