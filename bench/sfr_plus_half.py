@@ -17,7 +17,17 @@ for N = 1 and the stage-F pseudo-labels of ``bench/la_half.py``).  One SFR+ roun
 5. confidence-r1 on every unlabeled case, and the validation metrics (at full resolution).
 
 Every step writes its outputs under --work and is skipped when they exist, so the script resumes.
-Results: bench/results/sfr_plus_la.{json,md}.
+Results: bench/results/<--out>.{json,md} (sfr_plus_la: the paper's rule; sfr_plus_la_guard:
+``--min-structure 0.1``, which trusts the same 4 cases as the default 0.25 at tau 0.985).
+
+Cheaper modes, each from the round-0 maps of a --work folder:
+
+* ``--trust-table``: which cases each (tau, min structure) pair trusts and their Dice
+  (sfr_plus_trust_la.md).
+* ``--sam-only K [--oracle-labels | --control] [--sam-cache N] [--sam-iterations N]``: only SAM's
+  round-1 fine-tuning and its pseudo-labels of the first K untrusted cases, with the trusted cases'
+  V-Net labels, their ground truth, or no trusted case; ``--out sfr_plus_la_sam_<name>``, then
+  ``--sam-table`` gathers them (sfr_plus_la_sam.md).
 """
 
 from __future__ import annotations
@@ -127,6 +137,15 @@ def main(argv=None) -> int:
     ap.add_argument("--sam-only", type=int, metavar="K",
                     help="stop after SAM's round-1 pseudo-labels of the first K untrusted cases and compare "
                     "them with round 0's (a cheaper measurement of what the trusted cases teach SAM)")
+    ap.add_argument("--oracle-labels", action="store_true",
+                    help="fine-tune SAM with the trusted cases' ground truth instead of the V-Net's labels (a "
+                    "diagnostic: separates what the labels' errors cost from what more volumes do to stage F)")
+    ap.add_argument("--control", action="store_true",
+                    help="with --sam-only: fine-tune SAM on the labeled case alone (no trusted case) with the same "
+                    "settings, the control for what the trusted cases add")
+    ap.add_argument("--sam-table", action="store_true",
+                    help="only tabulate the --sam-only results under --results (sfr_plus_la_sam_*.json) into "
+                    "sfr_plus_la_sam.md")
     ap.add_argument("--out", default="sfr_plus_la", help="result file stem under --results")
     ap.add_argument("--limit", type=int, help="only the first K unlabeled cases (smoke runs)")
     ap.add_argument("--trust-table", action="store_true",
@@ -134,6 +153,11 @@ def main(argv=None) -> int:
                     "Dice (from --work's confidence-r0; cheap): bench/results/sfr_plus_trust_la.{json,md}")
     args = ap.parse_args(argv)
     RESULTS = Path(args.results)
+    if args.control and not args.sam_only:
+        ap.error("--control needs --sam-only")
+    if args.sam_table:
+        sam_table()
+        return 0
     torch.set_num_threads(args.threads)
     events.configure("none")
     work, qwork, hwork = Path(args.work), Path(args.quality_work), Path(args.half_work)
@@ -166,7 +190,7 @@ def main(argv=None) -> int:
     untrusted = [c for c in unl if c not in trusted]
     log(f"{len(trusted)} of {len(unl)} cases trusted at tau {args.tau}, min structure {args.min_structure} "
         f"(guard removed {len(guarded_out)})")
-    result = {"tau": args.tau, "min_structure": args.min_structure, "round0": summarize(conf0, args.tau),
+    result = {"tau": args.tau, "min_structure": args.min_structure, "oracle_labels": args.oracle_labels, "round0": summarize(conf0, args.tau),
               "trusted": trusted, "guard_removed": guarded_out,
               "trusted_dice": {c: conf0[c]["dice"] for c in trusted + guarded_out}}
     if not trusted or not untrusted:
@@ -185,13 +209,16 @@ def main(argv=None) -> int:
                       for i, n in enumerate(names)]
         full.root.mkdir(parents=True, exist_ok=True)
         full.save()
-        labels = upsample_labels(work / "confidence-r0", trusted, work / "trusted_labels_full")
-        extra = tuple((c, str(rq.DATA / "images" / f"{c}.nii.gz"), str(labels[c])) for c in trusted)
+        if args.oracle_labels:
+            labels = {c: rq.DATA / "labels" / f"{c}.nii.gz" for c in trusted}
+        else:
+            labels = upsample_labels(work / "confidence-r0", trusted, work / "trusted_labels_full")
+        extra = () if args.control else tuple((c, str(rq.DATA / "images" / f"{c}.nii.gz"), str(labels[c])) for c in trusted)
         cfg = FinetuneConfig(backbone=sam_q["backbone"], iterations=args.sam_iterations or r1["iterations"], batch_size=2, lora_rank=0,
                              embedding_cache=args.sam_cache or max(r1["embedding_cache"], 64), crop=tuple(sam_q["crop"]),
                              grid=tuple(sam_q["grid"]), device="cpu", save_every=100, threads=args.threads)
         sam1 = work / "sam-r1"
-        log(f"finetune-r1 on 1 labeled + {len(trusted)} trusted cases")
+        log(f"finetune-r1 on 1 labeled + {len(extra)} trusted cases (embedding cache {cfg.embedding_cache})")
         finetune(full, cfg, out_dir=sam1, resume=True, extra_labeled=extra)  # a finished model is kept
         timings["finetune_r1_s"] = round(time.monotonic() - t0, 1)
         # pseudolabel-r1: the untrusted cases
@@ -207,6 +234,9 @@ def main(argv=None) -> int:
             result["sam_only"] = {"cases": todo, "dice_r0": [float(dice(read_label(sam0_pseudo / f"{c}.nii.gz").array == 1, gt[c])) for c in todo],
                                   "dice_r1": [float(dice(read_label(pseudo1 / f"{c}.nii.gz").array == 1, gt[c])) for c in todo]}
             result["timings"] = timings
+            result["sam_r1"] = {"embedding_cache": cfg.embedding_cache, "iterations": cfg.iterations,
+                                "extra_cases": len(extra), "labels": "none (control)" if args.control else
+                                ("ground truth" if args.oracle_labels else "V-Net round 0")}
             RESULTS.mkdir(parents=True, exist_ok=True)
             (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=1) + "\n")
             s0, s1 = np.mean(result["sam_only"]["dice_r0"]), np.mean(result["sam_only"]["dice_r1"])
@@ -287,6 +317,32 @@ def trust_table(project, conf_dir: Path, conf0: dict) -> dict:
     (RESULTS / "sfr_plus_trust_la.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return out
+
+
+def sam_table() -> None:
+    """What SAM's round-1 fine-tuning gives, from the --sam-only runs (same untrusted cases)."""
+    rows = []
+    for path in sorted(RESULTS.glob("sfr_plus_la_sam_*.json")):
+        r = json.loads(path.read_text())
+        s = r["sam_only"]
+        rows.append({"file": path.name, **r["sam_r1"], "cases": len(s["cases"]),
+                     "dice_r0": float(np.mean(s["dice_r0"])), "dice_r1": float(np.mean(s["dice_r1"]))})
+    rows.sort(key=lambda x: (x["iterations"], x["embedding_cache"], x["extra_cases"], x["labels"]))
+    lines = ["# SAM in the SFR+ round, alone (LA, 1 labeled case, CPU budget)", "",
+             "Stage F as in round 0 (frozen LiteMedSAM encoder, decoder iterations on cached embeddings of "
+             "augmented mosaics, seed 1337), fine-tuned on the labeled case plus the cases trusted in round 0 "
+             "(tau 0.985, min structure 0.25: 4 cases), with the labels named below. Dice % of SAM's pseudo-labels "
+             "of the same untrusted cases; round 0 = the SFR run's SAM (labeled case only, cache 32: the "
+             "control at cache 32, same seed and settings).", "",
+             "| decoder iterations | embedding cache | trusted cases added | their labels | cases scored | "
+             "SAM Dice %, round 0 | this SAM |",
+             "|---|---|---|---|---|---|---|"]
+    for x in rows:
+        lines.append(f"| {x['iterations']} | {x['embedding_cache']} | {x['extra_cases']} | {x['labels']} | {x['cases']} | "
+                     f"{100 * x['dice_r0']:.1f} | {100 * x['dice_r1']:.1f} |")
+    (RESULTS / "sfr_plus_la_sam.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (RESULTS / "sfr_plus_la_sam.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def write(r: dict, out: str = "sfr_plus_la") -> None:
