@@ -283,13 +283,19 @@ def build_report(run_path: "str | Path") -> str:
     if rounds.get("rounds"):
         rows = []
         for r in rounds["rounds"]:
+            ratio = r.get("structure_ratio")
+            note = r.get("stopped", "")
+            if r.get("drift"):
+                note = "structure drift: not published"
             rows.append([r["round"], len(r.get("trusted", [])), f"{100 * r['mean_confidence']:.3f}",
+                         "-" if ratio is None else f"{ratio:.2f}",
                          _pct(r.get("mean_dice")), _pct(r.get("mean_sam_dice")),
                          ", ".join(r.get("moved_to_trusted", [])) or "-",
-                         ", ".join(r.get("moved_to_untrusted", [])) or "-", r.get("stopped", "")])
+                         ", ".join(r.get("moved_to_untrusted", [])) or "-", note])
         parts.append("<h2>SFR+ rounds</h2>" + _table(
-            ["round", "trusted", "mean conf. %", "V-Net Dice %", "SAM Dice %", "moved to trusted",
-             "moved out", "note"], rows))
+            ["round", "trusted", "mean conf. %", "structure / labeled", "V-Net Dice %", "SAM Dice %",
+             "moved to trusted", "moved out", "note"], rows)
+            + f"<p>Results shown and saved: round {html.escape(str(rounds.get('final_round', '-')))}.</p>")
 
     # ---------------------------------------------------------------- metrics
     for key, title in (("pseudo_labels", "Pseudo-labels (unlabeled cases, hidden ground truth)"),

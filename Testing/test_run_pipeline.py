@@ -88,6 +88,8 @@ def test_run_folder_has_every_result(sfr_runs, sample_dir):
     assert status["state"] == "done"
     html = (run / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4 and "Flagged slices" in html
+    rounds = json.loads((run / "rounds.json").read_text())
+    assert "structure / labeled" in html and f"Results shown and saved: round {rounds['final_round']}." in html
 
 
 def test_review_json_matches_the_confidence_maps(sfr_runs):
