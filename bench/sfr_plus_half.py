@@ -131,6 +131,7 @@ def main(argv=None) -> int:
     ap.add_argument("--results", default=str(RESULTS))
     ap.add_argument("--sam-iterations", type=int, help="override stage F's iterations (smoke runs)")
     ap.add_argument("--sam-cache", type=int, help="override the cached augmented mosaics (smoke runs)")
+    ap.add_argument("--sam-seed", type=int, default=1337, help="stage F's seed in round 1 (round 0: 1337)")
     ap.add_argument("--min-structure", type=float, default=0.0,
                     help="trust guard of sfr run: predicted structure >= F x the labeled one (default 0: "
                     "the paper's rule, confidence only)")
@@ -216,7 +217,8 @@ def main(argv=None) -> int:
         extra = () if args.control else tuple((c, str(rq.DATA / "images" / f"{c}.nii.gz"), str(labels[c])) for c in trusted)
         cfg = FinetuneConfig(backbone=sam_q["backbone"], iterations=args.sam_iterations or r1["iterations"], batch_size=2, lora_rank=0,
                              embedding_cache=args.sam_cache or max(r1["embedding_cache"], 64), crop=tuple(sam_q["crop"]),
-                             grid=tuple(sam_q["grid"]), device="cpu", save_every=100, threads=args.threads)
+                             grid=tuple(sam_q["grid"]), device="cpu", save_every=100, threads=args.threads,
+                             seed=args.sam_seed)
         sam1 = work / "sam-r1"
         log(f"finetune-r1 on 1 labeled + {len(extra)} trusted cases (embedding cache {cfg.embedding_cache})")
         finetune(full, cfg, out_dir=sam1, resume=True, extra_labeled=extra)  # a finished model is kept
@@ -234,7 +236,7 @@ def main(argv=None) -> int:
             result["sam_only"] = {"cases": todo, "dice_r0": [float(dice(read_label(sam0_pseudo / f"{c}.nii.gz").array == 1, gt[c])) for c in todo],
                                   "dice_r1": [float(dice(read_label(pseudo1 / f"{c}.nii.gz").array == 1, gt[c])) for c in todo]}
             result["timings"] = timings
-            result["sam_r1"] = {"embedding_cache": cfg.embedding_cache, "iterations": cfg.iterations,
+            result["sam_r1"] = {"embedding_cache": cfg.embedding_cache, "iterations": cfg.iterations, "seed": cfg.seed,
                                 "extra_cases": len(extra), "labels": "none (control)" if args.control else
                                 ("ground truth" if args.oracle_labels else "V-Net round 0")}
             RESULTS.mkdir(parents=True, exist_ok=True)
@@ -325,20 +327,20 @@ def sam_table() -> None:
     for path in sorted(RESULTS.glob("sfr_plus_la_sam_*.json")):
         r = json.loads(path.read_text())
         s = r["sam_only"]
-        rows.append({"file": path.name, **r["sam_r1"], "cases": len(s["cases"]),
+        rows.append({"file": path.name, "seed": 1337, **r["sam_r1"], "cases": len(s["cases"]),
                      "dice_r0": float(np.mean(s["dice_r0"])), "dice_r1": float(np.mean(s["dice_r1"]))})
-    rows.sort(key=lambda x: (x["iterations"], x["embedding_cache"], x["extra_cases"], x["labels"]))
+    rows.sort(key=lambda x: (x["iterations"], x["embedding_cache"], x["seed"], x["extra_cases"], x["labels"]))
     lines = ["# SAM in the SFR+ round, alone (LA, 1 labeled case, CPU budget)", "",
              "Stage F as in round 0 (frozen LiteMedSAM encoder, decoder iterations on cached embeddings of "
-             "augmented mosaics, seed 1337), fine-tuned on the labeled case plus the cases trusted in round 0 "
+             "augmented mosaics), fine-tuned on the labeled case plus the cases trusted in round 0 "
              "(tau 0.985, min structure 0.25: 4 cases), with the labels named below. Dice % of SAM's pseudo-labels "
              "of the same untrusted cases; round 0 = the SFR run's SAM (labeled case only, cache 32: the "
-             "control at cache 32, same seed and settings).", "",
-             "| decoder iterations | embedding cache | trusted cases added | their labels | cases scored | "
+             "control at cache 32 and seed 1337, the same settings).", "",
+             "| decoder iterations | embedding cache | seed | trusted cases added | their labels | cases scored | "
              "SAM Dice %, round 0 | this SAM |",
-             "|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|"]
     for x in rows:
-        lines.append(f"| {x['iterations']} | {x['embedding_cache']} | {x['extra_cases']} | {x['labels']} | {x['cases']} | "
+        lines.append(f"| {x['iterations']} | {x['embedding_cache']} | {x['seed']} | {x['extra_cases']} | {x['labels']} | {x['cases']} | "
                      f"{100 * x['dice_r0']:.1f} | {100 * x['dice_r1']:.1f} |")
     (RESULTS / "sfr_plus_la_sam.json").write_text(json.dumps(rows, indent=1) + "\n")
     (RESULTS / "sfr_plus_la_sam.md").write_text("\n".join(lines) + "\n")
