@@ -561,6 +561,13 @@ class Pipeline:
         case_keys = {c: make_key("confidence-case", model_key, c, self.sha[c]) for c in names}
         key = make_key("confidence", sorted(case_keys.items()), params)
 
+        def review_entry(review, img) -> dict:
+            """What cases.json keeps of a case's review (with the image, for the structure's volume)."""
+            return {**review.to_json(), "slice_confidence": review.slice_confidence,
+                    "foreground_voxels": review.foreground_voxels,
+                    "structure_mm3": round(review.foreground_voxels * float(np.prod(img.spacing)), 3),
+                    "params": params}
+
         def fn(d: Path, resume: bool):
             from .retrain.inference import load_model, predict_volume
 
@@ -587,10 +594,7 @@ class Pipeline:
                         min_foreground=self._min_foreground(img),
                         ranking=self.cfg.ranking)
                     write_volume(img.with_array(review.lowconf.astype(np.uint8)), d / f"{c}_lowconf.nii.gz")
-                    entry = {**entry, **review.to_json(), "slice_confidence": review.slice_confidence,
-                             "foreground_voxels": review.foreground_voxels,
-                             "structure_mm3": round(review.foreground_voxels * float(np.prod(img.spacing)), 3),
-                             "params": params}
+                    entry = {**entry, **review_entry(review, img)}
                 elif not have:
                     if model is None:
                         model = load_model(model_dir, self.cfg.device)
@@ -603,10 +607,7 @@ class Pipeline:
                     write_volume(img.with_array(review.label.astype(np.uint8)), d / f"{c}.nii.gz")
                     write_volume(img.with_array(review.conf.astype(np.float32)), d / f"{c}_confidence.nii.gz")
                     write_volume(img.with_array(review.lowconf.astype(np.uint8)), d / f"{c}_lowconf.nii.gz")
-                    entry = {"key": case_keys[c], **review.to_json(), "slice_confidence": review.slice_confidence,
-                             "foreground_voxels": review.foreground_voxels,
-                             "structure_mm3": round(review.foreground_voxels * float(np.prod(img.spacing)), 3),
-                             "params": params}
+                    entry = {"key": case_keys[c], **review_entry(review, img)}
                     entry.update(self._score(case, review.label, sam_dir))
                 done[c] = entry
                 write_json_atomic(d / "cases.json", done)

@@ -183,10 +183,8 @@ def main(argv=None) -> int:
     trusted = sorted(c for c in unl if conf0[c]["confidence"] >= args.tau)
     guarded_out = []
     if args.min_structure:
-        lab0 = project.by_role("labeled")[0]
-        need = args.min_structure * int((read_label(project.label_path(lab0)).array > 0).sum())
-        fg = {c: int((read_label(work / "confidence-r0" / f"{c}.nii.gz").array > 0).sum()) for c in trusted}
-        guarded_out = sorted(c for c in trusted if fg[c] < need)
+        labeled, fg = structure_voxels(project, work / "confidence-r0", trusted)
+        guarded_out = sorted(c for c in trusted if fg[c] < args.min_structure * labeled)
         trusted = [c for c in trusted if c not in guarded_out]
     untrusted = [c for c in unl if c not in trusted]
     log(f"{len(trusted)} of {len(unl)} cases trusted at tau {args.tau}, min structure {args.min_structure} "
@@ -288,14 +286,19 @@ TABLE_TAUS = (0.985, 0.98, 0.975, 0.97)
 TABLE_FRACTIONS = (0.0, 0.1, 0.25, 0.5)
 
 
+def structure_voxels(project, conf_dir: Path, cases) -> tuple:
+    """Voxels of the labeled case's structure, and of each case's V-Net structure in ``conf_dir``."""
+    lab0 = project.by_role("labeled")[0]
+    labeled = int((read_label(project.label_path(lab0)).array > 0).sum())
+    return labeled, {c: int((read_label(conf_dir / f"{c}.nii.gz").array > 0).sum()) for c in cases}
+
+
 def trust_table(project, conf_dir: Path, conf0: dict) -> dict:
     """Trusted cases and their Dice for each (tau, min structure) pair, on the round-0 V-Net's labels.
 
     The guard is the product's (pipeline.py): predicted structure >= F x the labeled structure, by
     physical volume; here every case shares one grid, so voxel counts compare directly."""
-    lab0 = project.by_role("labeled")[0]
-    labeled = int((read_label(project.label_path(lab0)).array > 0).sum())
-    fg = {c: int((read_label(conf_dir / f"{c}.nii.gz").array > 0).sum()) for c in conf0}
+    labeled, fg = structure_voxels(project, conf_dir, conf0)
     rows = []
     for tau in TABLE_TAUS:
         for f in TABLE_FRACTIONS:
