@@ -36,7 +36,7 @@ from .sam import augment
 from .sam.checkpoints import load_state_dict, sha256_file
 from .sam.layout import Layout, resolve_layout
 from .sam.loss import dice_ce_loss
-from .sam.model import set_grad_checkpointing, trainable_parts
+from .sam.model import set_grad_checkpointing, train_mode, trainable_parts
 from .sam.preprocess import normalize
 from .sam.registry import build_segmenter, count_parameters, get_spec
 from .stitching import IGNORE_INDEX, stitch
@@ -304,7 +304,7 @@ def finetune(
 
     if cfg.grad_checkpointing:
         set_grad_checkpointing(model, True)
-    model.to(device).train()
+    train_mode(model.to(device))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if state is not None:
@@ -341,7 +341,7 @@ def finetune(
     if cfg.embedding_cache and start < cfg.iterations:
         model.eval()
         cache = build_embedding_cache(model, cases, layout, plan, cfg, device, bf16)
-        model.train()
+        train_mode(model)
     progress = events.Progress("finetune", cfg.iterations, start=start)
     t0 = time.monotonic() - float(meta["train_seconds"])
     last_saved = start if prev is not None else -1

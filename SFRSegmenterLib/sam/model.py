@@ -2,7 +2,10 @@
 
 No prompt is given: the decoder sees the prompt encoder's "no mask" embedding and its
 positional encoding, and its mask tokens are resized to ``num_classes + 1`` (background
-included).  New tokens start as copies of the pretrained ones.  The output is low-resolution
+included).  Tokens and hypernetwork heads start as copies of the pretrained ones, but the last
+layer of every head starts at zero, so every class starts at logit 0 (uniform softmax, first
+cross-entropy ln K): a copied head would start at the pretrained token's "no object" bias and
+the first steps would swing between all-foreground and all-background (docs/stage-f.md).  The output is low-resolution
 logits ``[B, K, 4h, 4w]`` (``h x w`` = image embedding size); :meth:`SamSegmenter.logits`
 upsamples them bilinearly to the canvas.
 """
@@ -71,7 +74,14 @@ def resize_mask_tokens(decoder: nn.Module, k: int) -> None:
     with torch.no_grad():
         tokens.weight.copy_(old_tokens[order])
     decoder.mask_tokens = tokens
-    decoder.output_hypernetworks_mlps = nn.ModuleList([copy.deepcopy(old_mlps[i]) for i in order])
+    heads = nn.ModuleList([copy.deepcopy(old_mlps[i]) for i in order])
+    for head in heads:
+        last = head.layers[-1]
+        with torch.no_grad():
+            last.weight.zero_()
+            if last.bias is not None:
+                last.bias.zero_()
+    decoder.output_hypernetworks_mlps = heads
     decoder.num_mask_tokens = k
     # The IoU head scores prompted masks; prompt-free segmentation does not use it.
     decoder.iou_prediction_head = None
@@ -95,7 +105,9 @@ def set_grad_checkpointing(model: SamSegmenter, on: bool = True) -> int:
             plain = block.forward
 
             def ckpt_forward(*args, _plain=plain, _block=block):
-                if _block.training and torch.is_grad_enabled():
+                # the encoder runs in eval mode while LoRA trains (see train_mode): checkpoint
+                # whenever a backward pass will follow
+                if torch.is_grad_enabled():
                     return torch_checkpoint.checkpoint(_plain, *args, use_reentrant=False)
                 return _plain(*args)
 
@@ -121,3 +133,17 @@ def set_trainable(model: SamSegmenter) -> list:
     for name, p in model.named_parameters():
         p.requires_grad_(".lora_" in name or name.startswith(("prompt_encoder.", "mask_decoder.")))
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def train_mode(model: SamSegmenter) -> SamSegmenter:
+    """Put ``model`` in training mode for fine-tuning, the frozen image encoder excepted.
+
+    The encoder's own weights never change (only LoRA adds to them), so its BatchNorm, Dropout
+    and DropPath layers must behave as at inference: in training mode TinyViT's BatchNorm layers
+    would normalise with the statistics of the current small batch (and drift their running
+    statistics, which are never saved), so fine-tuning would see other embeddings than
+    pseudo-labelling.  Mode does not affect LoRA, which keeps training.
+    """
+    model.train()
+    model.image_encoder.eval()
+    return model
