@@ -139,7 +139,7 @@ class Progress:
         frac = min(1.0, step / self.total) if self.total else 1.0
         width = 28
         filled = int(frac * width)
-        extra = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+        extra = " ".join(f"{k}={_short(v)}" for k, v in metrics.items())
         eta_s = "--" if eta is None else _hms(eta)
         text = (
             f"\r{self.stage:>11} [{'#' * filled}{'.' * (width - filled)}] {step}/{self.total} "
@@ -149,6 +149,14 @@ class Progress:
         self._bar_width = len(text)
         sys.stderr.write(text + " " * pad + ("\n" if step >= self.total else ""))
         sys.stderr.flush()
+
+
+def _short(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "/".join(_short(float(v)) for v in value)
+    return str(value)
 
 
 def _hms(seconds: float) -> str:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from . import events
+from .collapse import ClassBalance
 from .device import describe_device, resolve_device
 from .errors import Cancelled, SFRError
 from .io import atomic_path, read_image, read_label
@@ -70,6 +71,10 @@ class FinetuneConfig:
     bf16: "bool | None" = None  # autocast bf16; None: on for CUDA only
     grad_checkpointing: bool = False
     augment: bool = True
+    # the paper's 90-degree rotations and flips (of the volume in-plane and of the whole mosaic):
+    # off by default, since a project's volumes share one orientation and these make left/right
+    # and anterior/posterior structures indistinguishable (bench/results/stage_f_hippocampus.md)
+    orientation_augment: bool = False
     bezier_p: float = 0.5
     threads: "int | None" = None  # torch CPU threads; None: leave as is
     # CPU-friendly mode: with lora_rank 0 the encoder is frozen, so the embeddings of
@@ -79,7 +84,7 @@ class FinetuneConfig:
 
 # Settings that must be the same to resume.
 _RESUME_KEYS = ("backbone", "iterations", "batch_size", "lora_rank", "lr", "weight_decay", "poly_power",
-                "seed", "augment", "bezier_p", "embedding_cache")
+                "seed", "augment", "orientation_augment", "bezier_p", "embedding_cache")
 
 
 @dataclass
@@ -129,14 +134,14 @@ def sample_batch(cases: list, layout: Layout, plan, cfg: FinetuneConfig, iterati
     for _ in range(cfg.batch_size if size is None else size):
         case = cases[int(rng.integers(len(cases)))]
         img, lab = case.image, case.label
-        if cfg.augment:
+        if cfg.augment and cfg.orientation_augment:
             img, lab = augment.rot_flip_3d(img, lab, rng)
         img, lab = augment.random_crop(img, lab, layout.crop, rng)
         if cfg.augment and cfg.bezier_p > 0:
             img = augment.bezier_per_slice(img, rng, cfg.bezier_p)
         ci = stitch(img, plan, fill=0.0, mode="bilinear")
         cl = stitch(lab, plan, fill=IGNORE_INDEX, mode="nearest")
-        if cfg.augment:
+        if cfg.augment and cfg.orientation_augment:
             ci, cl = augment.rot_flip_2d(ci, cl, rng)
         images.append(ci)
         labels.append(cl)
@@ -343,6 +348,7 @@ def finetune(
         cache = build_embedding_cache(model, cases, layout, plan, cfg, device, bf16)
         train_mode(model)
     progress = events.Progress("finetune", cfg.iterations, start=start)
+    balance = ClassBalance("finetune", project.classes, cfg.iterations, IGNORE_INDEX)
     t0 = time.monotonic() - float(meta["train_seconds"])
     last_saved = start if prev is not None else -1
     if start >= cfg.iterations:
@@ -375,7 +381,8 @@ def finetune(
         if not np.isfinite(value):
             raise RuntimeError(f"loss became {value} at iteration {it}")
         meta["loss_curve"].append(round(value, 6))
-        progress.update(it + 1, loss=value, lr=lr)
+        progress.update(it + 1, loss=value, lr=lr, **balance.update(it, logits, y))
+        meta["class_balance"] = balance.summary()
         if (it + 1) % cfg.save_every == 0 or it + 1 == cfg.iterations:
             save(it + 1, time.monotonic() - t0)
             last_saved = it + 1

@@ -94,8 +94,9 @@ def _slice_tiles(image, label, conf, low, gt, indices, lo: float = 0.5) -> np.nd
     return side_by_side(tiles, gap=6, value=255)
 
 
-def _loss_series(events_path: Path) -> dict:
-    """{pipeline stage: [(step, loss)]} from events.jsonl (the latest attempt of each step)."""
+def _progress_series(events_path: Path, field: str = "loss") -> dict:
+    """{pipeline stage: [(step, value of ``field``)]} from events.jsonl (the latest attempt of
+    each step)."""
     series: dict = {}
     current = None
     if not events_path.exists():
@@ -108,12 +109,34 @@ def _loss_series(events_path: Path) -> dict:
                 continue  # a line cut by a kill
             if rec.get("event") == "stage" and rec.get("pipeline") and rec.get("status") == "start":
                 current = rec.get("stage")
-            elif rec.get("event") == "progress" and "loss" in rec and current:
+            elif rec.get("event") == "progress" and field in rec and current:
+                value = rec[field]
                 try:
-                    series.setdefault(current, {})[int(rec["step"])] = float(rec["loss"])
+                    value = [float(v) for v in value] if isinstance(value, list) else float(value)
+                    series.setdefault(current, {})[int(rec["step"])] = value
                 except (TypeError, ValueError):
                     pass
     return {k: sorted(v.items()) for k, v in series.items()}
+
+
+def _loss_series(events_path: Path) -> dict:
+    return _progress_series(events_path, "loss")
+
+
+def _collapse_warnings(events_path: Path) -> list:
+    """The collapse warnings of the run's training stages, in order (messages as logged)."""
+    out = []
+    if not events_path.exists():
+        return out
+    with open(events_path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if rec.get("event") == "log" and rec.get("level") == "warning" and "collapsed" in str(rec.get("message")):
+                out.append(str(rec["message"]))
+    return out
 
 
 def _table(head: list, rows: list) -> str:
@@ -263,6 +286,34 @@ def build_report(run_path: "str | Path") -> str:
             if ax.lines:
                 ax.legend(fontsize=7)
         parts.append("<h2>Loss curves</h2>" + _img(_fig_b64(fig), "loss curves"))
+
+    # ---------------------------------------------------------------- class balance
+    pred_series = _progress_series(run / "events.jsonl", "fg_pred")
+    true_series = _progress_series(run / "events.jsonl", "fg_true")
+    warnings = _collapse_warnings(run / "events.jsonl")
+    if pred_series:
+        names = [n for n in pred_series if n.startswith(("finetune", "retrain"))]
+        fig, axes = plt.subplots(1, max(1, len(names)), figsize=(3.2 * max(1, len(names)), 2.8), squeeze=False)
+        classes = list(project.classes)[1:]
+        for ax, name in zip(axes[0], names):
+            steps = [s for s, _ in pred_series[name]]
+            pred = np.array([v for _, v in pred_series[name]], dtype=float)
+            truth = dict(true_series.get(name, []))
+            for c in range(pred.shape[1] if pred.ndim == 2 else 0):
+                line, = ax.plot(steps, 100 * pred[:, c], lw=1, label=str(classes[c]) if c < len(classes) else str(c + 1))
+                t = [100 * truth[s][c] for s in steps if s in truth]
+                if t:
+                    ax.axhline(float(np.mean(t)), color=line.get_color(), ls="--", lw=0.8)
+            ax.set_title(name, fontsize=9)
+            ax.set_xlabel("iteration")
+            ax.set_ylabel("predicted foreground %")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        parts.append("<h2>Class balance during training</h2><p>Share of the training batch's voxels predicted "
+                     "as each class (solid) and the targets' share (dashed, mean). A class predicted nowhere "
+                     "for a long stretch has collapsed.</p>" + _img(_fig_b64(fig), "class balance"))
+    if warnings:
+        parts.append("<h2>Warnings</h2><ul>" + "".join(f"<li><b>{html.escape(w)}</b></li>" for w in warnings) + "</ul>")
 
     # ---------------------------------------------------------------- times
     if stages:

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from .. import events
+from ..collapse import ClassBalance
 from ..device import describe_device, resolve_device
 from ..errors import Cancelled, SFRError
 from ..manifest import Project, write_json_atomic
@@ -305,6 +306,7 @@ def _retrain(project, cfg, pseudo_dir, out_dir, resume, should_stop, unlabeled_n
         )
     bar = events.Progress("retrain", cfg.iterations, start=start) if rank == 0 else None
     model.train()
+    balance = ClassBalance("retrain", project.classes, cfg.iterations)
     t0 = time.monotonic()
     for it in range(start, cfg.iterations):
         if should_stop is not None and should_stop():
@@ -325,9 +327,11 @@ def _retrain(project, cfg, pseudo_dir, out_dir, resume, should_stop, unlabeled_n
         loss_sup = seg_loss(logits_l, torch.from_numpy(y_l).to(device))
         loss = loss_sup
         logs = {"loss_sup": loss_sup.item()}
+        watched, targets = logits_l, torch.from_numpy(y_l)
         if ub:
             logits_u = logits[lb:]
             if cfg.use_sam:
+                watched, targets = logits, torch.cat([targets, torch.from_numpy(y_u)])
                 loss_sam = seg_loss(logits_u, torch.from_numpy(y_u).to(device))
                 loss = loss + cfg.sam_weight * loss_sam
                 logs["loss_sam"] = loss_sam.item()
@@ -344,6 +348,7 @@ def _retrain(project, cfg, pseudo_dir, out_dir, resume, should_stop, unlabeled_n
         optimizer.step()
         method.after_step(_unwrap(model), it)
         done = it + 1
+        logs.update(balance.update(it, watched, targets.to(watched.device)))
         if bar is not None:
             bar.update(done, loss=loss.item(), lr=lr, **logs)
         if cfg.save_every and done % cfg.save_every == 0 and done < cfg.iterations:
@@ -354,7 +359,7 @@ def _retrain(project, cfg, pseudo_dir, out_dir, resume, should_stop, unlabeled_n
         atomic_torch_save(record, out_dir / MODEL_FILE)
         meta = {k: v for k, v in record.items() if k != "state_dict"}
         meta.update(parameters=count_parameters(_unwrap(model)), seconds=round(time.monotonic() - t0, 2),
-                    processes=world, device=describe_device(device))
+                    processes=world, device=describe_device(device), class_balance=balance.summary())
         write_json_atomic(out_dir / META_FILE, meta)
         events.stage("retrain", "done", model=str(out_dir / MODEL_FILE))
     if world > 1:

@@ -1,0 +1,105 @@
+"""The collapse guard: per-class predicted vs true foreground during training.
+
+A training stage feeds :class:`ClassBalance` the logits and targets of every iteration.  It keeps,
+per foreground class, the fraction of (valid) voxels the network predicts as that class (argmax)
+and the fraction the targets give it, reports both with the progress events (so the log, the
+event stream and the report see them), and calls it a *collapse* when a class present in the
+targets is predicted nowhere for a long stretch of iterations: a WARNING in the log (and so in the
+report), and ``collapsed`` in the summary the stage saves with its model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import events
+
+
+def stretch_limit(iterations: int) -> int:
+    """Iterations a class, once predicted, may vanish before it counts as collapsed: a fifth of
+    the run, at least 25.  Before a class is first predicted the allowance is twice that: every
+    class starts at the same logit, background wins the ties and the first steps favour it."""
+    return max(25, int(iterations) // 5)
+
+
+@dataclass
+class _ClassTrack:
+    name: str
+    run: int = 0  # current stretch: consecutive iterations present in the targets, predicted nowhere
+    run_start: int = 0
+    longest: int = 0
+    warned: bool = False
+    seen: bool = False  # predicted at least once
+    pred: list = field(default_factory=list)
+    true: list = field(default_factory=list)
+
+
+class ClassBalance:
+    """Watches one training stage; ``update`` once per iteration, ``summary`` at the end."""
+
+    def __init__(self, stage: str, classes, iterations: int, ignore_index: "int | None" = None):
+        self.stage = stage
+        self.classes = list(classes)
+        self.limit = stretch_limit(iterations)
+        self.ignore_index = ignore_index
+        self.tracks = [_ClassTrack(str(n)) for n in self.classes[1:]]
+        self.last: dict = {}
+
+    def fractions(self, logits, target) -> tuple:
+        """(predicted, true) fractions of each foreground class over the valid voxels."""
+        import torch
+
+        with torch.no_grad():
+            pred = logits.detach().argmax(1)
+            tgt = target.detach()
+            if self.ignore_index is not None:
+                valid = tgt != self.ignore_index
+                pred, tgt = pred[valid], tgt[valid]
+            n = max(1, int(tgt.numel()))
+            k = len(self.classes)
+            p = torch.bincount(pred.reshape(-1), minlength=k)[:k].double() / n
+            t = torch.bincount(tgt.reshape(-1).long().clamp(0, k - 1), minlength=k)[:k].double() / n
+        return p[1:].cpu().numpy(), t[1:].cpu().numpy()
+
+    def update(self, iteration: int, logits, target) -> dict:
+        """Record one iteration; returns the progress-event fields (``fg_pred``, ``fg_true``)."""
+        pred, true = self.fractions(logits, target)
+        for c, track in enumerate(self.tracks):
+            track.pred.append(float(pred[c]))
+            track.true.append(float(true[c]))
+            if true[c] > 0 and pred[c] == 0:
+                if track.run == 0:
+                    track.run_start = iteration
+                track.run += 1
+                track.longest = max(track.longest, track.run)
+                if track.run >= self.limit * (1 if track.seen else 2) and not track.warned:
+                    track.warned = True
+                    events.log(
+                        f"{self.stage}: class '{track.name}' collapsed: predicted nowhere for {track.run} "
+                        f"iterations ({track.run_start + 1}-{iteration + 1}) although the targets contain it",
+                        "warning",
+                    )
+                    events.emit("collapse", stage=self.stage, cls=track.name, since=track.run_start + 1,
+                                iteration=iteration + 1)
+            elif pred[c] > 0:
+                track.run = 0
+                track.seen = True
+        self.last = {"fg_pred": [round(float(v), 5) for v in pred], "fg_true": [round(float(v), 5) for v in true]}
+        return self.last
+
+    def summary(self) -> dict:
+        """What the stage saves with its model: per class the mean predicted and true fractions
+        over the last tenth of training, the longest unpredicted stretch, and the verdict."""
+        out = {"limit": self.limit, "classes": {}}
+        for t in self.tracks:
+            tail = max(1, len(t.pred) // 10)
+            out["classes"][t.name] = {
+                "pred_fraction": round(float(np.mean(t.pred[-tail:])) if t.pred else 0.0, 5),
+                "true_fraction": round(float(np.mean(t.true[-tail:])) if t.true else 0.0, 5),
+                "longest_unpredicted": t.longest,
+                "collapsed": t.warned,
+            }
+        out["collapsed"] = [n for n, v in out["classes"].items() if v["collapsed"]]
+        return out
