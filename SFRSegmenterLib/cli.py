@@ -16,7 +16,7 @@ from . import __version__, events
 from .errors import SFRError
 
 #: Subcommand modules, in the order ``sfr --help`` lists them.
-COMMANDS = ["init", "info", "stitch", "evaluate", "finetune", "pseudolabel", "retrain", "predict", "run", "status", "cancel", "demo", "report"]
+COMMANDS = ["init", "info", "stitch", "evaluate", "finetune", "pseudolabel", "retrain", "predict", "review", "run", "status", "cancel", "demo", "report"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -36,6 +36,7 @@ from .sam import checkpoints
 from .sam.layout import Layout, pad_to, window_starts
 from .sam.preprocess import normalize
 from .sam.registry import build_segmenter, get_spec
+from .shard import sharded, voxel_counts
 from .stitching import stitch, unstitch
 
 PSEUDO_JSON = "pseudo-labels.json"
@@ -174,63 +175,93 @@ def pseudolabel(
     overlap: float = 0.25,
     batch_size: int = 4,
 ) -> dict:
-    """Pseudo-label ``cases`` (default: every unlabeled case); returns the per-case records."""
+    """Pseudo-label ``cases`` (default: every unlabeled case); returns the per-case records.
+
+    Under ``torchrun`` the cases are split over the processes (:mod:`.shard`): each writes its
+    cases' files, and the main process writes ``pseudo-labels.json`` once all are done; every
+    process returns all the records."""
     model_dir = Path(model_dir) if model_dir else project.root / "models" / "sam"
     out_dir = Path(out_dir) if out_dir else project.root / "pseudo"
     if not 0.0 <= overlap < 1.0:
         raise SFRError(f"overlap must be in [0, 1), got {overlap}")
     names = [c.name for c in project.by_role("unlabeled")] if cases is None else list(cases)
     selected = [project.case(n) for n in names]
-    user_files = {project.label_path(c).resolve() for c in project.cases if c.label}
-    for c in selected:
-        for f in (out_dir / f"{c.name}.nii.gz", out_dir / f"{c.name}_confidence.nii.gz"):
-            if f.resolve() in user_files:
-                raise SFRError("refusing to overwrite a user label with a pseudo-label; choose another --out", f)
-    dev = resolve_device(device)
-    model = load_sam_model(model_dir, dev)
-    meta_path = model_dir / MODEL_META
-    events.stage("pseudolabel", "start", cases=len(selected), device=str(dev))
-    events.log(f"pseudo-labelling {len(selected)} case(s) with {model.meta['model_id']} on {describe_device(dev)}")
+    # inputs are sacred (io.check_output): no image or label of the project, before any work
+    with sharded(device) as shard:
+        sizes = voxel_counts({c.name: project.image_path(c) for c in selected}) if shard.world > 1 else {}
+        mine = set(shard.mine(names, sizes))
+        own = [c for c in selected if c.name in mine]
+        model = load_sam_model(model_dir, shard.device)
+        index = _index_header(project, model, model_dir, out_dir)
+        if shard.main:
+            events.stage("pseudolabel", "start", cases=len(selected), device=str(shard.device), processes=shard.world)
+            events.log(f"pseudo-labelling {len(selected)} case(s) with {model.meta['model_id']} on "
+                       f"{describe_device(shard.device)}"
+                       + (f" and {shard.world - 1} more process(es)" if shard.world > 1 else ""))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        bar = events.Progress("pseudolabel", len(own)) if shard.main else None
+        results = {}
+        for i, case in enumerate(own):
+            if should_stop is not None and should_stop():
+                events.stage("pseudolabel", "cancelled", done=i)
+                raise Cancelled(f"pseudo-labelling stopped after {i} of {len(own)} cases")
+            record = _pseudolabel_case(project, case, model, out_dir, overlap, batch_size, should_stop)
+            results[case.name] = record
+            if shard.world == 1:  # the index follows every case (what a cancelled run leaves)
+                index["cases"][case.name] = record
+                index["updated"] = _now()
+                write_json_atomic(out_dir / PSEUDO_JSON, index)
+            if bar is not None:
+                bar.update(i + 1, case=case.name, mean_confidence=record["mean_confidence"])
+        shard.report("pseudolabel", list(results))
+        if shard.world > 1:
+            for part in shard.gather(results):
+                results.update(part)
+            results = {n: results[n] for n in names}
+            if shard.main:
+                index["cases"].update(results)
+                index["updated"] = _now()
+                write_json_atomic(out_dir / PSEUDO_JSON, index)
+            shard.gather(None)  # nobody returns before the index is written
+    if shard.main:
+        events.stage("pseudolabel", "done", out_dir=str(out_dir), cases=len(results))
+    return results
+
+
+def _index_header(project: Project, model, model_dir: Path, out_dir: Path) -> dict:
+    """``pseudo-labels.json`` as it is, with this model and project recorded."""
     index = read_pseudo_index(out_dir)
     index.update(
         schema_version=1,
         model_id=model.meta["model_id"],
         model_dir=str(model_dir.resolve()),
-        model_metadata_mtime=meta_path.stat().st_mtime,
+        model_metadata_mtime=(model_dir / MODEL_META).stat().st_mtime,
         project=project.name or project.root.name,
         project_root=str(project.root.resolve()),
     )
     index.setdefault("cases", {})
-    results = {}
-    bar = events.Progress("pseudolabel", len(selected))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for i, case in enumerate(selected):
-        if should_stop is not None and should_stop():
-            events.stage("pseudolabel", "cancelled", done=i)
-            raise Cancelled(f"pseudo-labelling stopped after {i} of {len(selected)} cases")
-        image_path = project.image_path(case)
-        image = read_image(image_path)
-        probs = predict_probabilities(model, image, overlap=overlap, batch_size=batch_size, should_stop=should_stop)
-        label = probs.argmax(axis=0).astype(np.uint8)
-        confidence = probs.max(axis=0).astype(np.float32)
-        np.clip(confidence, 0.0, 1.0, out=confidence)
-        label_file = f"{case.name}.nii.gz"
-        conf_file = f"{case.name}_confidence.nii.gz"
-        write_volume(image.with_array(label), out_dir / label_file)
-        write_volume(image.with_array(confidence), out_dir / conf_file)
-        record = {
-            "image": str(image_path.resolve()),
-            "image_sha256": sha256_file(image_path),
-            "label": label_file,
-            "confidence": conf_file,
-            "mean_confidence": round(float(confidence.mean()), 6),
-            "model_id": model.meta["model_id"],
-            "created": _now(),
-        }
-        index["cases"][case.name] = record
-        index["updated"] = _now()
-        write_json_atomic(out_dir / PSEUDO_JSON, index)
-        results[case.name] = record
-        bar.update(i + 1, case=case.name, mean_confidence=record["mean_confidence"])
-    events.stage("pseudolabel", "done", out_dir=str(out_dir), cases=len(results))
-    return results
+    return index
+
+
+def _pseudolabel_case(project: Project, case, model, out_dir: Path, overlap: float, batch_size: int,
+                      should_stop) -> dict:
+    """Write one case's label and confidence map; return its index record."""
+    image_path = project.image_path(case)
+    image = read_image(image_path)
+    probs = predict_probabilities(model, image, overlap=overlap, batch_size=batch_size, should_stop=should_stop)
+    label = probs.argmax(axis=0).astype(np.uint8)
+    confidence = probs.max(axis=0).astype(np.float32)
+    np.clip(confidence, 0.0, 1.0, out=confidence)
+    label_file = f"{case.name}.nii.gz"
+    conf_file = f"{case.name}_confidence.nii.gz"
+    write_volume(image.with_array(label), out_dir / label_file)
+    write_volume(image.with_array(confidence), out_dir / conf_file)
+    return {
+        "image": str(image_path.resolve()),
+        "image_sha256": sha256_file(image_path),
+        "label": label_file,
+        "confidence": conf_file,
+        "mean_confidence": round(float(confidence.mean()), 6),
+        "model_id": model.meta["model_id"],
+        "created": _now(),
+    }

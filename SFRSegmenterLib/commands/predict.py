@@ -10,7 +10,8 @@ def add_parser(sub) -> None:
         "predict",
         help="segment volumes with a re-trained 3D network (sliding-window, softmax averaging)",
         description="Writes OUT/<case>.nii.gz (label) and OUT/<case>_confidence.nii.gz (max softmax) "
-        "in each image's geometry.",
+        "in each image's geometry. Under torchrun (torchrun --nproc_per_node N -m SFRSegmenterLib "
+        "predict ...) the images are split over the processes, one GPU each.",
     )
     p.add_argument("--model", required=True, help="model folder (with model.pt) or model.pt itself")
     p.add_argument("--images", required=True, nargs="+", help="folder of images, or image files")
@@ -30,6 +31,7 @@ def run(args) -> int:
 
     from ..errors import SFRError
     from ..retrain import predict_folder
+    from ..shard import is_main_process
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -38,9 +40,12 @@ def run(args) -> int:
     images = args.images[0] if len(args.images) == 1 else args.images
     res = predict_folder(args.model, images, args.out, stride=args.stride, device=args.device,
                          window=args.window, batch=args.batch)
+    if not is_main_process():  # under torchrun only rank 0 reports (every rank has all results)
+        return 0
     if args.json:
         print(json.dumps(res, indent=2))
     else:
         for name, r in res.items():
             print(f"{name}: {r['label']} (mean confidence {r['mean_confidence']:.3f}, {r['seconds']:.1f} s)")
     return 0
+

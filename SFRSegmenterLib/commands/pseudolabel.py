@@ -6,6 +6,7 @@ import json
 
 from ..device import DEVICES
 from ..manifest import load_project
+from ..shard import is_main_process
 
 
 def add_parser(sub) -> None:
@@ -14,7 +15,9 @@ def add_parser(sub) -> None:
         help="pseudo-label the unlabeled cases with the fine-tuned SAM",
         description="Run the fine-tuned SAM over every unlabeled case (whole volume, "
         "overlapping windows averaged) and write DIR/<case>.nii.gz (label), "
-        "DIR/<case>_confidence.nii.gz (max softmax probability) and DIR/pseudo-labels.json.",
+        "DIR/<case>_confidence.nii.gz (max softmax probability) and DIR/pseudo-labels.json. "
+        "Under torchrun (torchrun --nproc_per_node N -m SFRSegmenterLib pseudolabel ...) the cases are "
+        "split over the processes, one GPU each.",
     )
     p.add_argument("project", help="project folder (with sfr-project.json)")
     p.add_argument("--out", help="output folder (default PROJECT/pseudo)")
@@ -45,6 +48,8 @@ def run(args) -> int:
         overlap=args.overlap,
         batch_size=args.batch_size,
     )
+    if not is_main_process():  # under torchrun only rank 0 reports (every rank has all records)
+        return 0
     if args.json:
         print(json.dumps(results, indent=2))
     else:

@@ -138,43 +138,76 @@ def _image_paths(images) -> list:
     return [Path(q) for q in images]
 
 
+def case_paths(images) -> dict:
+    """``{case: image path}`` of a folder of images or a list of files, in their order; two images
+    of the same case (``a.nii.gz`` and ``a.nrrd``) would write the same outputs and are refused."""
+    paths = {}
+    for path in _image_paths(images):
+        name = case_name(path)
+        if name in paths:
+            raise SFRError(f"two images of case {name!r} ({paths[name].name} and {path.name}): "
+                           "their outputs would have the same name", path)
+        paths[name] = path
+    return paths
+
+
+def refuse_overwriting_inputs(out_dir: Path, names, suffixes, inputs) -> None:
+    """Refuse an output file that is one of the input images (before anything is written)."""
+    resolved = {Path(p).resolve() for p in inputs}
+    for name in names:
+        for suffix in suffixes:
+            target = out_dir / f"{name}{suffix}"
+            if target.resolve() in resolved:
+                raise SFRError("output would overwrite an input image; choose another --out", target)
+
+
 def predict_folder(model_dir, images_dir_or_paths, out_dir, stride=None, device="auto", window=None, batch: int = 4) -> dict:
     """Predict every image; write ``<case>.nii.gz`` (uint8 argmax) and ``<case>_confidence.nii.gz``
     (float32 max softmax) into ``out_dir`` in each image's geometry.
 
+    Under ``torchrun`` the images are split over the processes (:mod:`..shard`), each writing its
+    own cases' files; every process returns the results of all.
     Returns ``{case: {"label": path, "confidence": path, "mean_confidence": float, "seconds": float}}``.
     """
+    from .. import events
+    from ..shard import sharded, voxel_counts
+
+    paths = case_paths(images_dir_or_paths)
+    out_dir = Path(out_dir)
+    refuse_overwriting_inputs(out_dir, paths, (".nii.gz", "_confidence.nii.gz"), paths.values())
+    with sharded(device) as shard:
+        sizes = voxel_counts(paths) if shard.world > 1 else {}
+        own = shard.mine(list(paths), sizes)
+        model = load_model(model_dir, shard.device)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        results = {}
+        bar = events.Progress("predict", len(own)) if shard.main else None
+        for i, name in enumerate(own):
+            results[name] = _predict_case(model, paths[name], out_dir / f"{name}.nii.gz",
+                                          out_dir / f"{name}_confidence.nii.gz", window, stride, batch)
+            if bar is not None:
+                bar.update(i + 1, case=name)
+        shard.report("predict", own)
+        for part in shard.gather(results):
+            results.update(part)
+    return {name: results[name] for name in paths}
+
+
+def _predict_case(model, image_path: Path, label_path: Path, conf_path: Path, window, stride, batch) -> dict:
+    """Predict one image and write its label and confidence map."""
     import time
 
-    from .. import events
-
-    model = load_model(model_dir, device)
-    paths = _image_paths(images_dir_or_paths)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    resolved_inputs = {p.resolve() for p in paths}
-    results = {}
-    bar = events.Progress("predict", len(paths))
-    for i, path in enumerate(paths):
-        name = case_name(path)
-        label_path = out_dir / f"{name}.nii.gz"
-        conf_path = out_dir / f"{name}_confidence.nii.gz"
-        for target in (label_path, conf_path):
-            if target.resolve() in resolved_inputs:
-                raise SFRError("output would overwrite an input image; choose another --out", target)
-        image = read_image(path)
-        t0 = time.monotonic()
-        prob = predict_volume(model, image, window=window, stride=stride, batch=batch)
-        seconds = time.monotonic() - t0
-        label = prob.argmax(0).astype(np.uint8)
-        conf = prob.max(0).astype(np.float32)
-        write_volume(image.with_array(label), label_path)
-        write_volume(image.with_array(conf), conf_path)
-        results[name] = {
-            "label": str(label_path),
-            "confidence": str(conf_path),
-            "mean_confidence": float(conf.mean()),
-            "seconds": round(seconds, 3),
-        }
-        bar.update(i + 1, case=name)
-    return results
+    image = read_image(image_path)
+    t0 = time.monotonic()
+    prob = predict_volume(model, image, window=window, stride=stride, batch=batch)
+    seconds = time.monotonic() - t0
+    label = prob.argmax(0).astype(np.uint8)
+    conf = prob.max(0).astype(np.float32)
+    write_volume(image.with_array(label), label_path)
+    write_volume(image.with_array(conf), conf_path)
+    return {
+        "label": str(label_path),
+        "confidence": str(conf_path),
+        "mean_confidence": float(conf.mean()),
+        "seconds": round(seconds, 3),
+    }

@@ -25,6 +25,7 @@ from ..collapse import ClassBalance
 from ..device import describe_device, resolve_device
 from ..errors import Cancelled, SFRError
 from ..manifest import Project, write_json_atomic
+from ..shard import dist_info as _dist_info
 from . import data as D
 from .networks import build_network, count_parameters, required_multiple
 from .ssl import SSL_METHODS, StepContext, build_method, seg_loss
@@ -114,22 +115,6 @@ def atomic_torch_save(obj, path: Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def _dist_info(device_type: str) -> tuple:
-    """(rank, world, local_rank, initialised_here) from torchrun's environment.
-
-    The process group uses NCCL for CUDA training and gloo otherwise (``SFR_DDP_BACKEND``
-    overrides)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, 0, False
-    here = False
-    if not dist.is_initialized():
-        backend = os.environ.get("SFR_DDP_BACKEND") or ("nccl" if device_type == "cuda" else "gloo")
-        dist.init_process_group(backend)
-        here = True
-    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), here
 
 
 def _unwrap(model):

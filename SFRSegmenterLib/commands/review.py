@@ -1,0 +1,66 @@
+"""sfr review: the confidence stage on a folder of images (label, confidence, flagged slices)."""
+
+from __future__ import annotations
+
+import json
+
+from ..shard import is_main_process
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "review",
+        help="confidence review of volumes with a re-trained 3D network (SFR+ trust, flagged slices)",
+        description="Writes OUT/<case>.nii.gz (label), OUT/<case>_confidence.nii.gz (max softmax), "
+        "OUT/<case>_lowconf.nii.gz (low-confidence mask) in each image's geometry and OUT/review.json "
+        "(case confidence, trusted, flagged slices), as the confidence stage of 'sfr run'. Under torchrun "
+        "(torchrun --nproc_per_node N -m SFRSegmenterLib review ...) the images are split over the "
+        "processes, one GPU each.",
+    )
+    p.add_argument("--model", required=True, help="model folder (with model.pt) or model.pt itself")
+    p.add_argument("--images", required=True, nargs="+", help="folder of images, or image files")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--tau", type=float, help="case confidence threshold for trusted cases (default 0.985)")
+    p.add_argument("--flag-k", type=int, metavar="K", help="flagged slices per case (default 5)")
+    p.add_argument("--voxel-threshold", type=float,
+                   help="voxels near the structure below this confidence form the low-confidence mask (default 0.9)")
+    p.add_argument("--ranking", help="flagged-slice ranking: mass (expected wrong voxels) or mean")
+    p.add_argument("--min-structure-mm3", type=float, metavar="MM3",
+                   help="a case is trusted only if its predicted structure has at least this volume (default 0)")
+    p.add_argument("--stride", type=int, nargs=3, metavar=("D", "H", "W"),
+                   help="window stride in array order (default: the paper's 4 18 18 scaled to the window)")
+    p.add_argument("--window", type=int, nargs=3, metavar=("D", "H", "W"), help="window (default: the training crop)")
+    p.add_argument("--batch", type=int, default=4, help="windows per forward pass (default 4)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--json", action="store_true", help="print review.json")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import torch
+
+    from ..errors import SFRError
+    from ..review import review_folder
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.window and any(w < 16 or w % 16 for w in args.window):
+        raise SFRError(f"--window {args.window} must be multiples of 16")
+    images = args.images[0] if len(args.images) == 1 else args.images
+    given = {"tau": args.tau, "k": args.flag_k, "voxel_threshold": args.voxel_threshold,
+             "ranking": args.ranking, "min_structure_mm3": args.min_structure_mm3}
+    result = review_folder(args.model, images, args.out, device=args.device, window=args.window,
+                           stride=args.stride, batch=args.batch,
+                           **{k: v for k, v in given.items() if v is not None})  # else review's defaults
+    if not is_main_process():  # under torchrun only rank 0 reports
+        return 0
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for e in result["cases"]:
+            worst = ", ".join(str(s["index"]) for s in e["flagged_slices"]) or "none"
+            print(f"{e['case']}: confidence {e['confidence']:.4f} {'trusted' if e['trusted'] else 'review'} "
+                  f"(flagged slices {worst})")
+        print(f"wrote {len(result['cases'])} review(s) and {args.out}/review.json")
+    return 0

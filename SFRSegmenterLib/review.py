@@ -1,0 +1,112 @@
+"""The confidence stage on a folder of images: a re-trained network's probabilities -> review.
+
+For every image this writes, in the image's geometry, ``<case>.nii.gz`` (uint8 label),
+``<case>_confidence.nii.gz`` (float32 max softmax) and ``<case>_lowconf.nii.gz`` (uint8
+low-confidence mask), and then ``review.json``::
+
+    {"model": "/abs/models/vnet/model.pt", "params": {"tau": 0.985, ...},
+     "cases": [{"case", "confidence", "trusted", "flagged_slices": [{"index", "confidence"}],
+                "low_confidence_voxels", "slice_confidence", "foreground_voxels", "structure_mm3"}]}
+
+the same entries as the confidence stage of ``sfr run`` (:mod:`.confidence` for what they mean).
+Under ``torchrun`` the images are split over the processes (:mod:`.shard`); the main process
+writes ``review.json`` once every process has written its cases' files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from . import confidence as conf_mod
+from . import events
+from .errors import SFRError
+from .io import Volume, read_image, write_volume
+from .manifest import write_json_atomic
+
+REVIEW_JSON = "review.json"
+#: The files written per case, after the case name.
+CASE_SUFFIXES = (".nii.gz", "_confidence.nii.gz", "_lowconf.nii.gz")
+
+
+def check_params(tau: float, k: int, voxel_threshold: float, ranking: str, min_structure_mm3: float) -> None:
+    """One line naming the option for a review setting out of range."""
+    if not 0 < tau <= 1:
+        raise SFRError(f"--tau must be in (0, 1], got {tau}")
+    if k < 0:
+        raise SFRError(f"--flag-k must be >= 0, got {k}")
+    if not 0 < voxel_threshold <= 1:
+        raise SFRError(f"--voxel-threshold must be in (0, 1], got {voxel_threshold}")
+    if ranking not in conf_mod.RANKINGS:
+        raise SFRError(f"--ranking must be one of {', '.join(conf_mod.RANKINGS)}, got {ranking!r}")
+    if min_structure_mm3 < 0:
+        raise SFRError(f"--min-structure-mm3 must be >= 0, got {min_structure_mm3}")
+
+
+def review_entry(review: "conf_mod.CaseReview", image: Volume) -> dict:
+    """A case's entry in ``review.json`` (with the image, for the structure's physical volume)."""
+    return {**review.to_json(), "slice_confidence": review.slice_confidence,
+            "foreground_voxels": review.foreground_voxels,
+            "structure_mm3": round(review.foreground_voxels * float(np.prod(image.spacing)), 3)}
+
+
+def review_image(model, image: Volume, case: str, tau: float = conf_mod.TAU, k: int = conf_mod.FLAG_K,
+                 voxel_threshold: float = conf_mod.VOXEL_THRESHOLD, ranking: str = "mass",
+                 min_structure_mm3: float = 0.0, window=None, stride=None, batch: int = 4) -> "conf_mod.CaseReview":
+    """The review of one image from ``model``'s sliding-window probabilities; a case is trusted
+    only when its predicted structure has at least ``min_structure_mm3`` (physical volume)."""
+    from .retrain.inference import predict_volume
+
+    prob = predict_volume(model, image.array, window=window, stride=stride, batch=batch)
+    return conf_mod.review_case(case, prob, tau=tau, k=k, voxel_threshold=voxel_threshold, ranking=ranking,
+                                min_foreground=min_structure_mm3 / float(np.prod(image.spacing)))
+
+
+def write_case_maps(review: "conf_mod.CaseReview", image: Volume, out_dir: Path) -> None:
+    """``<case>.nii.gz``, ``<case>_confidence.nii.gz``, ``<case>_lowconf.nii.gz`` in ``image``'s geometry."""
+    label, conf, low = (out_dir / f"{review.case}{s}" for s in CASE_SUFFIXES)
+    write_volume(image.with_array(review.label.astype(np.uint8)), label)
+    write_volume(image.with_array(review.conf.astype(np.float32)), conf)
+    write_volume(image.with_array(review.lowconf.astype(np.uint8)), low)
+
+
+def review_folder(model_dir: "str | os.PathLike", images, out_dir: "str | os.PathLike",
+                  tau: float = conf_mod.TAU, k: int = conf_mod.FLAG_K,
+                  voxel_threshold: float = conf_mod.VOXEL_THRESHOLD, ranking: str = "mass",
+                  min_structure_mm3: float = 0.0, device: str = "auto", window=None, stride=None,
+                  batch: int = 4) -> dict:
+    """Review every image (a folder or a list of files); returns ``review.json``'s content."""
+    from .retrain.inference import case_paths, load_model, refuse_overwriting_inputs
+    from .shard import sharded, voxel_counts
+
+    check_params(tau, k, voxel_threshold, ranking, min_structure_mm3)
+    params = {"tau": tau, "k": k, "voxel_threshold": voxel_threshold, "ranking": ranking,
+              "min_structure_mm3": min_structure_mm3}
+    paths = case_paths(images)
+    out_dir = Path(out_dir)
+    refuse_overwriting_inputs(out_dir, paths, CASE_SUFFIXES, paths.values())
+    with sharded(device) as shard:
+        sizes = voxel_counts(paths) if shard.world > 1 else {}
+        own = shard.mine(list(paths), sizes)
+        model = load_model(model_dir, shard.device)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        entries = {}
+        bar = events.Progress("confidence", len(own)) if shard.main else None
+        for i, name in enumerate(own):
+            image = read_image(paths[name])
+            review = review_image(model, image, name, window=window, stride=stride, batch=batch, **{
+                key: params[key] for key in ("tau", "k", "voxel_threshold", "ranking", "min_structure_mm3")})
+            write_case_maps(review, image, out_dir)
+            entries[name] = review_entry(review, image)
+            if bar is not None:
+                bar.update(i + 1, case=name, confidence=round(review.confidence, 6))
+        shard.report("confidence", own)
+        for part in shard.gather(entries):
+            entries.update(part)
+        result = {"model": str(Path(model.sfr_meta["path"]).resolve()), "params": params, "cases": [entries[n] for n in paths]}
+        if shard.main:
+            write_json_atomic(out_dir / REVIEW_JSON, result)
+        shard.gather(None)  # nobody returns before review.json is written
+    return result
