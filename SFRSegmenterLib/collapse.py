@@ -18,9 +18,10 @@ from . import events
 
 
 def stretch_limit(iterations: int) -> int:
-    """Iterations a class, once predicted, may vanish before it counts as collapsed: a fifth of
-    the run, at least 25.  Before a class is first predicted the allowance is twice that: every
-    class starts at the same logit, background wins the ties and the first steps favour it."""
+    """Iterations a class may stay unpredicted before it counts as collapsed: a fifth of the run,
+    at least 25.  A stretch that starts in the first quarter of the run is allowed twice that:
+    training starts from nothing, background wins the early steps and classes flicker in and out
+    while the network learns to tell them apart."""
     return max(25, int(iterations) // 5)
 
 
@@ -31,7 +32,6 @@ class _ClassTrack:
     run_start: int = 0
     longest: int = 0
     warned: bool = False
-    seen: bool = False  # predicted at least once
     pred: list = field(default_factory=list)
     true: list = field(default_factory=list)
 
@@ -43,6 +43,7 @@ class ClassBalance:
         self.stage = stage
         self.classes = list(classes)
         self.limit = stretch_limit(iterations)
+        self.warmup = int(iterations) // 4
         self.ignore_index = ignore_index
         self.tracks = [_ClassTrack(str(n)) for n in self.classes[1:]]
         self.last: dict = {}
@@ -74,7 +75,8 @@ class ClassBalance:
                     track.run_start = iteration
                 track.run += 1
                 track.longest = max(track.longest, track.run)
-                if track.run >= self.limit * (1 if track.seen else 2) and not track.warned:
+                allowed = self.limit * (2 if track.run_start < self.warmup else 1)
+                if track.run >= allowed and not track.warned:
                     track.warned = True
                     events.log(
                         f"{self.stage}: class '{track.name}' collapsed: predicted nowhere for {track.run} "
@@ -85,7 +87,6 @@ class ClassBalance:
                                 iteration=iteration + 1)
             elif pred[c] > 0:
                 track.run = 0
-                track.seen = True
         self.last = {"fg_pred": [round(float(v), 5) for v in pred], "fg_true": [round(float(v), 5) for v in true]}
         return self.last
 

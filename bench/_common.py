@@ -11,6 +11,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 LA = REPO.parent / "shared" / "data" / "la"
+HIPPOCAMPUS = REPO.parent / "shared" / "data" / "hippocampus"
 
 
 def machine(threads: int) -> dict:
