@@ -96,6 +96,10 @@ def pid_alive(pid: int, proc_start: str | None = None) -> bool:
     """True when ``pid`` runs (and, if ``proc_start`` is given and knowable, is the same process)."""
     if pid <= 0:
         return False
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows
+        import psutil
+
+        return psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

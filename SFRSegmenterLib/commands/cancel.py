@@ -20,10 +20,15 @@ def add_parser(sub) -> None:
     p.add_argument("project", help="project folder")
     p.add_argument("--wait", action="store_true", help="wait until the job has stopped")
     p.add_argument("--timeout", type=float, default=600, help="seconds --wait waits at most (default 600)")
+    p.add_argument("--kill", action="store_true",
+                   help="with --wait: if the job has not stopped within --timeout, end its engine process "
+                   "and every process below it (the run then reads as crashed; --resume continues it)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if args.kill and not args.wait:
+        raise SFRError("--kill needs --wait (it ends the processes once --timeout has passed)")
     project = load_project(args.project)
     path = jobs.run_dir(project.root)
     st = jobs.read_status(path)
@@ -39,5 +44,12 @@ def run(args) -> int:
                 print(f"run {path.name}: {st.get('state')}")
                 return 0
             time.sleep(0.5)
+        if args.kill:
+            from ..runcontrol import kill_run
+
+            ended = kill_run(path)
+            print(f"run {path.name}: did not stop within {args.timeout:g} s; ended process(es) "
+                  + (", ".join(map(str, ended)) or "(none left)"))
+            return 0
         raise SFRError(f"run {path.name} did not stop within {args.timeout:g} s", path)
     return 0

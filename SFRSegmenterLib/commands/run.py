@@ -75,7 +75,8 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _config_from_args(args):
+def config_from_args(args):
+    """The run configuration the parsed options give (checked; the device is not probed)."""
     from ..pipeline import RunConfig
 
     cfg = RunConfig()
@@ -102,6 +103,11 @@ def _config_from_args(args):
         v = getattr(cfg, name)
         if v is not None and v < 1:
             raise SFRError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    return cfg
+
+
+def _config_from_args(args):
+    cfg = config_from_args(args)
     from ..device import resolve_device
 
     resolve_device(cfg.device)  # an unavailable device is refused before anything starts
