@@ -1,9 +1,11 @@
 """SFR Segmenter: label a few volumes, pseudo-label the rest in the background, review, correct.
 
 The Qt layer here is thin: the widget is laid out in ``Resources/UI/SFRSegmenter.ui`` and every
-decision about MRML nodes, project files and the background job lives in the plain-Python
+decision about MRML nodes, project files and the background run lives in the plain-Python
 package ``SFRSegmenterLogicLib`` (tested with pytest on ``slicer-core``).  The engine
-(``SFRSegmenterLib``) runs in a separate process started with ``QProcess``.
+(``SFRSegmenterLib``) runs detached in its own process, started with ``QProcess`` from the
+command lines of the engine's run contract (``SFRSegmenterLib.runcontrol``): closing the scene
+or Slicer does not stop it, and entering the module follows a running run again.
 """
 
 import logging
@@ -27,6 +29,7 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(_REPO_ROOT, "SFRSegmenterLib")) and _REPO_ROOT not in sys.path:
     sys.path.append(_REPO_ROOT)
 
+from SFRSegmenterLib import runcontrol  # noqa: E402
 from SFRSegmenterLib.errors import SFRError  # noqa: E402
 from SFRSegmenterLogicLib import environment, jobs  # noqa: E402
 from SFRSegmenterLogicLib import scene as sfrscene  # noqa: E402
@@ -147,16 +150,23 @@ class QProcessRunner:
 class SFRSegmenterLogic(ScriptedLoadableModuleLogic):
     """Slicer-facing entry points; the work is done by ``SFRSegmenterLogicLib``."""
 
+    SETTINGS_KEY_PROJECT = "SFRSegmenter/LastProjectFolder"
+
     def __init__(self, runnerFactory=None):
         ScriptedLoadableModuleLogic.__init__(self)
         self.runnerFactory = runnerFactory or QProcessRunner
         self.job = None
         self.results = {}
-        self.lastJobState = None
 
     @staticmethod
     def defaultProjectFolder():
-        return os.path.join(slicer.app.cachePath, "SFRSegmenter", "project")
+        return environment.default_project_folder(slicer.app.defaultScenePath)
+
+    def rememberedProjectFolder(self):
+        return slicer.util.settingsValue(self.SETTINGS_KEY_PROJECT, "") or self.defaultProjectFolder()
+
+    def rememberProjectFolder(self, folder):
+        qt.QSettings().setValue(self.SETTINGS_KEY_PROJECT, folder)
 
     # cases and export
     def sceneCases(self):
@@ -167,36 +177,40 @@ class SFRSegmenterLogic(ScriptedLoadableModuleLogic):
         sfrscene.check_ready_to_run(project)
         return project
 
-    # the background job
+    # the run: detached, followed through its folder
+    def _connect(self, job, onProgress, onLog, onFinished):
+        job.on_progress, job.on_log, job.on_finished = onProgress, onLog, onFinished
+        self.job = job
+        return job
+
     def startRun(self, projectFolder, settings, onProgress=None, onLog=None, onFinished=None):
+        """Start a new run, or continue the stopped one with the same settings."""
         if self.job is not None and self.job.is_active():
-            raise SFRError("a job is already running on this project; cancel it first")
-        settings.resume = self.lastJobState == "cancelled"  # continue where Cancel stopped it
-        self.job = jobs.SFRJob(projectFolder, settings=settings, runner=self.runnerFactory())
-        self.job.on_progress = onProgress
-        self.job.on_log = onLog
+            raise SFRError("a run is already running on this project; stop it first")
+        job = self._connect(jobs.SFRJob(projectFolder, settings=settings, runner=self.runnerFactory()),
+                            onProgress, onLog, onFinished)
+        job.start()
+        return job
 
-        def finished(job):
-            self.lastJobState = job.state
-            if onFinished:
-                onFinished(job)
+    def followRun(self, projectFolder, onProgress=None, onLog=None, onFinished=None):
+        """Follow the project's running run (started earlier, perhaps before a restart), or None."""
+        if self.job is not None and self.job.is_active():
+            if os.path.abspath(self.job.project) == os.path.abspath(projectFolder):
+                return self.job
+            return None  # the panel follows one run at a time; the other one goes on
+        job = jobs.SFRJob.follow(projectFolder)
+        return self._connect(job, onProgress, onLog, onFinished) if job is not None else None
 
-        self.job.on_finished = finished
-        self.job.start()
-        return self.job
-
-    def cancelRun(self):
+    def stopRun(self):
         if self.job is not None:
-            self.job.cancel()
-
-    def shutdown(self, timeout_s=10.0):
-        if self.job is not None and self.job.is_active():
-            logging.info("SFRSegmenter: stopping the background job")
-            self.job.shutdown(timeout_s)
+            self.job.stop()
 
     # results and review
-    def loadResults(self, projectFolder, referenceNodes=None):
-        results = sfrscene.load_results(slicer.mrmlScene, projectFolder, reference_nodes=referenceNodes)
+    def finishedRuns(self, projectFolder):
+        return runcontrol.finished_runs(projectFolder)
+
+    def loadResults(self, projectFolder, runId=None, referenceNodes=None):
+        results = sfrscene.load_results(slicer.mrmlScene, projectFolder, run_id=runId, reference_nodes=referenceNodes)
         self.results = {r.case: r for r in results}
         return results
 
@@ -219,6 +233,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._flagged = []
         self._devicesProbed = False
         self._roles = {}  # case name -> role chosen in the table, kept across refreshes
+        self._picks = {}  # case name -> segmentation node ID chosen in the table, kept likewise
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -227,25 +242,25 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = SFRSegmenterLogic()
+        self._versionProblem = environment.version_problem(environment.slicer_version())
 
         for value, label in jobs.BACKBONES:
             self.ui.backboneComboBox.addItem(label, value)
         for value, label in jobs.SSL_METHODS:
             self.ui.sslComboBox.addItem(label, value)
         self._fillDevices(probeTorch=False)
-        if not self.ui.projectPathLineEdit.currentPath:
-            self.ui.projectPathLineEdit.currentPath = self.logic.defaultProjectFolder()
+        self.ui.projectPathLineEdit.currentPath = self.logic.rememberedProjectFolder()
         for table in (self.ui.casesTableWidget, self.ui.flaggedSlicesTableWidget):
             table.horizontalHeader().setSectionResizeMode(qt.QHeaderView.Stretch)
             table.verticalHeader().setVisible(False)
 
         self.ui.refreshCasesButton.connect("clicked(bool)", self.refreshCases)
-        self.ui.projectPathLineEdit.connect("currentPathChanged(QString)", lambda _path: self.refreshCases())
+        self.ui.projectPathLineEdit.connect("currentPathChanged(QString)", self._onProjectFolderChanged)
         self.ui.backboneComboBox.connect("currentIndexChanged(int)", self._updateCheckpointEnabled)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self._updateDeviceInfo)
         self.ui.settingsCollapsibleButton.connect("contentsCollapsed(bool)", self._onSettingsCollapsed)
         self.ui.runButton.connect("clicked(bool)", self.onRun)
-        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.stopButton.connect("clicked(bool)", self.onStop)
         self.ui.loadResultsButton.connect("clicked(bool)", self.onLoadResults)
         self.ui.showConfidenceCheckBox.connect("toggled(bool)", lambda _on: self._showSelectedCase())
         self.ui.flaggedSlicesTableWidget.connect("cellClicked(int,int)", self.onFlaggedSliceClicked)
@@ -262,43 +277,64 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         slicer.app.connect("aboutToQuit()", self._onAboutToQuit)
         self._updateCheckpointEnabled()
+        if self._versionProblem:
+            self.ui.statusLabel.text = self._versionProblem
         self._updateButtons()
         self.refreshCases()
 
     def cleanup(self):
+        # a running run goes on without the panel (it is detached); only stop following it
         self.removeObservers()
-        if self.logic is not None:
-            self.logic.shutdown()
         if getattr(self, "timer", None) is not None:
             self.timer.stop()
 
     def enter(self):
         self.refreshCases()
+        self._followRunningRun()
 
     # ---------------------------------------------------------------- scene events
     def onSceneStartClose(self, caller, event):
-        # the job's inputs are leaving the scene: stop it cleanly (it can be resumed later)
-        self.logic.shutdown()
+        # the run goes on (it works on the project folder, not on the scene); its nodes leave
         self.logic.results = {}
 
     def onSceneEndClose(self, caller, event):
-        self._roles = {}
+        self._roles, self._picks = {}, {}
         self.ui.reviewCaseComboBox.clear()
         self._fillFlagged([])
+        self._updateButtons()
         if self.parent.isEntered:
             self.refreshCases()
 
     def _onAboutToQuit(self):
-        self.logic.shutdown()
+        self.timer.stop()  # the detached run goes on; the next session follows it again
 
-    # ---------------------------------------------------------------- cases table
+    # ---------------------------------------------------------------- project folder
     def projectFolder(self):
         return self.ui.projectPathLineEdit.currentPath or self.logic.defaultProjectFolder()
+
+    def _onProjectFolderChanged(self, path):
+        if path:
+            self.logic.rememberProjectFolder(path)
+        self.refreshCases()
+        self._followRunningRun()
+
+    def _followRunningRun(self):
+        """Follow a run of this project that is still running (started before, perhaps in an
+        earlier session): progress, log and Stop work as for a run started now."""
+        job = self.logic.followRun(self.projectFolder(), self._onProgress, self._log, self._onFinished)
+        if job is not None and not self.timer.isActive():
+            self._log(f"following run {job.run_id}, which is still running")
+            self.timer.start()
+        self._updateButtons()
+
+    # ---------------------------------------------------------------- cases table
 
     def refreshCases(self, *_):
         if self.ui is None:
             return
         self._cases = self.logic.sceneCases()
+        for note in sfrscene.skipped_volumes(slicer.mrmlScene):
+            self._log(note)
         try:
             states = self.logic.caseStates(self.projectFolder())
         except SFRError as exc:
@@ -318,8 +354,12 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             segCombo.addItem("(none)", "")
             for seg in segmentations:
                 segCombo.addItem(seg.GetName(), seg.GetID())
-            if entry.segmentation is not None:
+            picked = self._picks.get(entry.name)
+            if picked is not None and (picked == "" or slicer.mrmlScene.GetNodeByID(picked) is not None):
+                segCombo.setCurrentIndex(max(0, segCombo.findData(picked)))
+            elif entry.segmentation is not None:
                 segCombo.setCurrentIndex(max(0, segCombo.findData(entry.segmentation.GetID())))
+            segCombo.connect("currentIndexChanged(int)", lambda _i, n=entry.name, c=segCombo: self._picks.__setitem__(n, c.currentData))
             table.setCellWidget(row, 1, segCombo)
             roleCombo = qt.QComboBox()
             for value, label in ROLE_CHOICES:
@@ -328,6 +368,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             roleCombo.connect("currentIndexChanged(int)", lambda _i, n=entry.name, c=roleCombo: self._roles.__setitem__(n, c.currentData))
             table.setCellWidget(row, 2, roleCombo)
             table.setItem(row, 3, qt.QTableWidgetItem(states.get(entry.name, "new")))
+        self._fillRuns()
 
     def casesFromTable(self):
         table = self.ui.casesTableWidget
@@ -365,7 +406,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.checkpointPathLineEdit.enabled = self.ui.backboneComboBox.currentData != "lite_medsam"
 
     def settings(self):
-        return jobs.RunSettings(
+        return runcontrol.RunSettings(
             backbone=self.ui.backboneComboBox.currentData,
             checkpoint=self.ui.checkpointPathLineEdit.currentPath if self.ui.checkpointPathLineEdit.enabled else "",
             ssl=self.ui.sslComboBox.currentData,
@@ -393,6 +434,9 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ---------------------------------------------------------------- run
     def onRun(self, *_):
+        if self._versionProblem:
+            slicer.util.errorDisplay(self._versionProblem, windowTitle="SFR Segmenter")
+            return
         if not self.ensureDependencies():
             return
         folder = self.projectFolder()
@@ -402,11 +446,11 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.logic.exportProject(folder, self.casesFromTable())
             self.ui.logTextEdit.clear()
             self.ui.progressBar.setValue(0)
-            self.logic.startRun(folder, self.settings(), self._onProgress, self._log, self._onFinished)
+            job = self.logic.startRun(folder, self.settings(), self._onProgress, self._log, self._onFinished)
         except SFRError as exc:
             slicer.util.errorDisplay(str(exc), windowTitle="SFR Segmenter")
             return
-        self._log("started: " + " ".join(self.logic.job.args))
+        self._log(("continuing: " if job.action == "continue" else "starting: ") + " ".join(job.args))
         self.ui.statusLabel.text = "Starting..."
         self.timer.start()
         self._updateButtons()
@@ -415,9 +459,17 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onRetrain(self, *_):
         self.onRun()
 
-    def onCancel(self, *_):
-        self.logic.cancelRun()
-        self.ui.statusLabel.text = "Cancelling at the next safe point..."
+    def onStop(self, *_):
+        job = self.logic.job
+        if job is None or not job.is_active():
+            return
+        text = (f"Stop run {job.run_id or ''}?\n\nIt stops at its next safe point; everything finished is "
+                "kept, and Run SFR with the same settings continues it. (Closing the scene or Slicer "
+                "does not stop a run.)")
+        if not slicer.util.confirmOkCancelDisplay(text, windowTitle="SFR Segmenter: stop the run"):
+            return
+        self.logic.stopRun()
+        self.ui.statusLabel.text = "Stopping at the next safe point..."
         self._updateButtons()
 
     def _onTimer(self):
@@ -425,24 +477,31 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if job is None:
             self.timer.stop()
             return
-        job.poll()
+        try:
+            job.poll()
+        except SFRError as exc:
+            self._log(f"error: {exc}")
         if not job.is_active():
             self.timer.stop()
 
     def _onProgress(self, job):
         self.ui.progressBar.setValue(job.progress.percent)
         self.ui.statusLabel.text = job.progress.status_text()
+        self._updateButtons()
 
     def _onFinished(self, job):
         self.timer.stop()
         messages = {
-            "finished": "Finished",
-            "cancelled": "Cancelled (Run again to continue where it stopped)",
-            "failed": f"Failed (exit code {job.returncode}); see the log",
+            "done": "Finished",
+            "cancelled": "Stopped (Run SFR with the same settings continues where it stopped)",
+            "crashed": "The engine process ended without finishing (Run SFR continues it)",
+            "failed": f"Failed: {job.error or 'see the log'}",
         }
         self.ui.statusLabel.text = messages.get(job.state, job.state)
-        if job.state == "finished":
+        self.ui.linksLabel.text = sfrscene.links_html(self.projectFolder(), job.run_id)
+        if job.state == "done":
             self.ui.progressBar.setValue(100)
+            self._fillRuns()
             self.onLoadResults()
         self._updateButtons()
         self.refreshCases()
@@ -454,19 +513,34 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _updateButtons(self):
         running = self.logic.job is not None and self.logic.job.is_active()
-        self.ui.runButton.enabled = not running
-        self.ui.retrainButton.enabled = not running
-        self.ui.cancelButton.enabled = running and self.logic.job.state == "running"
+        self.ui.runButton.enabled = not running and not self._versionProblem
+        self.ui.retrainButton.enabled = not running and not self._versionProblem
+        self.ui.stopButton.enabled = running and self.logic.job.state in ("launching", "running")
+        self.ui.loadResultsButton.enabled = not running and self.ui.resultsRunComboBox.count > 0
         hasResults = bool(self.logic.results)
         for button in (self.ui.acceptButton, self.ui.editButton, self.ui.saveCorrectionButton):
             button.enabled = hasResults and not running
 
     # ---------------------------------------------------------------- results
+    def _fillRuns(self):
+        """The finished runs of the project, newest first, in the results combo box."""
+        combo = self.ui.resultsRunComboBox
+        combo.clear()
+        try:
+            runs = self.logic.finishedRuns(self.projectFolder())
+        except (SFRError, OSError) as exc:
+            runs = []
+            self._log(f"error: {exc}")
+        for status in runs:
+            combo.addItem(f"{status['run_id']} ({status.get('finished') or 'finished'})", status["run_id"])
+        self._updateButtons()
+
     def onLoadResults(self, *_):
         referenceNodes = {entry.name: entry.volume for entry in self._cases}
+        runId = self.ui.resultsRunComboBox.currentData or None
         try:
             with slicer.util.WaitCursor():
-                results = self.logic.loadResults(self.projectFolder(), referenceNodes)
+                results = self.logic.loadResults(self.projectFolder(), runId, referenceNodes)
         except SFRError as exc:
             slicer.util.errorDisplay(str(exc), windowTitle="SFR Segmenter")
             return
@@ -477,7 +551,9 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             confidence = r.review.get("confidence")
             label = r.case if confidence is None else f"{r.case} (confidence {confidence:.3f})"
             self.ui.reviewCaseComboBox.addItem(label, r.case)
-        self._log(f"loaded {len(results)} pseudo-labeled cases")
+        runId = results[0].segmentation.GetAttribute(sfrscene.ATTR_RUN) if results else runId
+        self.ui.linksLabel.text = sfrscene.links_html(self.projectFolder(), runId)
+        self._log(f"loaded {len(results)} pseudo-labeled cases of run {runId}")
         self._updateButtons()
         self._showSelectedCase()
 
@@ -526,8 +602,9 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         result = self.selectedResult()
         if result is None:
             return
-        try:
-            record = sfrscene.accept_case(slicer.mrmlScene, self.projectFolder(), result.case)
+        try:  # the run whose pseudo-label is shown, not the newest run
+            record = sfrscene.accept_case(slicer.mrmlScene, self.projectFolder(), result.case,
+                                          run_id=sfrscene.run_of(result.segmentation))
         except SFRError as exc:
             slicer.util.errorDisplay(str(exc), windowTitle="SFR Segmenter")
             return
@@ -553,7 +630,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         try:
             sfrscene.accept_case(
-                slicer.mrmlScene, self.projectFolder(), result.case,
+                slicer.mrmlScene, self.projectFolder(), result.case, run_id=sfrscene.run_of(result.segmentation),
                 segmentation_node=result.segmentation, reference=result.reference,
             )
         except SFRError as exc:
@@ -571,11 +648,9 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 class SFRSegmenterTest(ScriptedLoadableModuleTest):
     """The whole workflow on the bundled hippocampus sample with the tiny test backbone."""
 
-    #: ``sfr run`` options for a fast run; the tiny backbone is the engine's test model.
-    RUN_SETTINGS = dict(
-        backbone="tiny_test", ssl="mean_teacher", sfr_plus=True, device="cpu",
-        extra=["--iterations-sam", "5", "--iterations-vnet", "5"],
-    )
+    #: Settings of a fast run; the tiny backbone is the engine's test model.
+    RUN_SETTINGS = dict(backbone="tiny_test", ssl="mean_teacher", sfr_plus=True, device="cpu",
+                        iterations_sam=5, iterations_vnet=5)
     TIMEOUT_S = float(os.environ.get("SFR_SLICER_TEST_TIMEOUT", "1800"))
 
     def setUp(self):
@@ -619,19 +694,19 @@ class SFRSegmenterTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Running SFR in the background")
         finished = []
-        job = logic.startRun(project, jobs.RunSettings(**self.RUN_SETTINGS), onFinished=finished.append)
+        job = logic.startRun(project, runcontrol.RunSettings(**self.RUN_SETTINGS), onFinished=finished.append)
         deadline = time.monotonic() + self.TIMEOUT_S
         while not finished and time.monotonic() < deadline:
             slicer.app.processEvents()  # the UI stays responsive while the engine works
             job.poll()
             time.sleep(0.05)
         if not finished:
-            logic.shutdown(5)
+            logic.stopRun()
             self.fail("sfr run did not finish in time")
-        self.assertEqual(job.state, "finished", "\n".join(job.progress.log[-30:]))
+        self.assertEqual(job.state, "done", "\n".join(job.progress.log[-30:]))
 
         self.delayDisplay("Loading the results")
-        results = logic.loadResults(project, {n: v for n, v in volumes.items()})
+        results = logic.loadResults(project, job.run_id, {n: v for n, v in volumes.items()})
         self.assertEqual({r.case for r in results}, set(names[2:]))
         for r in results:
             self.assertIs(r.reference, volumes[r.case])
@@ -653,7 +728,7 @@ class SFRSegmenterTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Accepting one pseudo-label")
         first = results[0]
-        record = sfrscene.accept_case(slicer.mrmlScene, project, first.case)
+        record = sfrscene.accept_case(slicer.mrmlScene, project, first.case, run_id=sfrscene.run_of(first.segmentation))
         self.assertEqual(record["source"], "accepted")
         self.assertEqual(logic.caseStates(project)[first.case], "accepted")
         self.delayDisplay("Test passed")

@@ -1,19 +1,42 @@
-"""The Slicer module's background job: event parsing, a real subprocess, cancel and shutdown."""
+"""The Slicer module's runs: the engine's run contract, real detached runs, stop, continue, follow.
+
+Every command line the module sends is parsed by the engine's own parser; the run tests start
+the real engine (tiny test backbone) through a launcher-like parent that, like Slicer's
+``PythonSlicer``, runs the real interpreter as a child and forwards no signals.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
+import os
+import re
+import signal
+import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
 
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "SFRSegmenter"))
 
-from SFRSegmenterLib import events  # noqa: E402
+from SFRSegmenterLib import events, runcontrol  # noqa: E402
+from SFRSegmenterLib import jobs as engine_jobs  # noqa: E402
+from SFRSegmenterLib.cli import build_parser  # noqa: E402
+from SFRSegmenterLib.commands.run import CONFIG_OPTIONS, config_from_args  # noqa: E402
 from SFRSegmenterLogicLib import jobs  # noqa: E402
+
+CASES = ["hippocampus_001", "hippocampus_003", "hippocampus_004", "hippocampus_006"]
+#: Long enough fine-tuning (tiny model) to be caught mid-stage, short enough for CI.
+TINY = runcontrol.RunSettings(backbone="tiny_test", device="cpu", sfr_plus=False, iterations_sam=60,
+                              iterations_vnet=4, vnet_options={"filters": 4}, report=False)
+
+
+# --------------------------------------------------------------------------- events
 
 
 def test_parse_event_line():
@@ -30,7 +53,7 @@ def test_parse_event_line():
 def test_parse_accepts_what_the_engine_emits(capsys):
     events.configure("json")
     try:
-        events.stage("pseudolabel", "start")
+        events.stage("pseudolabel", "start", pipeline=True, index=3, of=4)
         events.Progress("pseudolabel", 4, min_interval=0).update(2, loss=0.5)
         events.log("hello", level="warning")
     finally:
@@ -39,7 +62,8 @@ def test_parse_accepts_what_the_engine_emits(capsys):
     for line in capsys.readouterr().out.splitlines():
         assert progress.feed(line) is not None
     assert (progress.stage, progress.step, progress.total) == ("pseudolabel", 2, 4)
-    assert progress.percent == 50
+    assert (progress.stage_index, progress.stages_total) == (3, 4)
+    assert progress.percent == round(100 * 2.5 / 4)  # two stages done, half of the third
     assert progress.log[-1] == "warning: hello"
 
 
@@ -50,8 +74,9 @@ def test_job_progress_sequence():
     p.feed('{"event": "progress", "stage": "stitch", "step": 5, "total": 20, "eta_s": 3725}')
     assert p.percent == 25 and p.status_text() == "stitch: 5/20, ETA 1:02:05"
     p.feed('{"event": "stage", "stage": "stitch", "status": "done"}')
-    p.feed('{"event": "stage", "stage": "finetune", "status": "start"}')
+    p.feed('{"event": "stage", "stage": "finetune", "status": "start", "pipeline": true, "index": 2, "of": 5}')
     assert (p.stage, p.step, p.total, p.eta_s) == ("finetune", 0, 0, None)
+    assert p.percent == 20 and p.status_text() == "stage 2/5 finetune"
     p.feed('{"event": "log", "level": "error", "message": "out of memory", "run_id": "r1"}')
     p.feed("Traceback (most recent call last):")
     p.feed('{"event": "something_new", "x": 1}')
@@ -62,99 +87,272 @@ def test_job_progress_sequence():
     assert jobs.format_eta(65) == "01:05" and jobs.format_eta(None) == "--" and jobs.format_eta("x") == "--"
 
 
-def run_until_done(job, timeout=120):
-    deadline = time.monotonic() + timeout
-    while job.is_active() and time.monotonic() < deadline:
-        job.poll()
-        time.sleep(0.05)
-    job.poll()
-    return job
+def test_event_tail_reads_complete_lines_only(tmp_path):
+    path = tmp_path / "events.jsonl"
+    tail = jobs.EventTail(path)
+    assert tail.read() == []  # not written yet
+    path.write_bytes(b'{"event": "log", "message": "a"}\n{"event": "lo')
+    assert tail.read() == ['{"event": "log", "message": "a"}']
+    with open(path, "ab") as fh:
+        fh.write(b'g", "message": "b"}\n')
+    assert tail.read() == ['{"event": "log", "message": "b"}']
+    assert jobs.EventTail(path, jobs.EventTail.size(path)).read() == []
 
 
-def test_job_runs_a_real_engine_command_and_reports_progress(tmp_path, sample_dir):
+def test_runner_runs_a_real_engine_command(tmp_path, sample_dir):
     project = tmp_path / "proj"
-    args = jobs.sfr_command(
-        "--progress", "json", "init", project, "--images", sample_dir / "images",
-        "--labels", sample_dir / "labels", "--labeled", "2", python=sys.executable,
-    )
-    job = jobs.SFRJob(project, runner=jobs.SubprocessRunner(), args=args)
-    seen, logs, finished = [], [], []
-    job.on_progress = lambda j: seen.append((j.progress.stage, j.progress.step, j.progress.total))
-    job.on_log = logs.append
-    job.on_finished = lambda j: finished.append(j.state)
-    job.start()
-    assert job.state == "running"
-    run_until_done(job)
-    assert finished == ["finished"] and job.returncode == 0
-    assert seen and seen[-1] == ("check", 12, 12)
-    assert all(total == 12 for _, _, total in seen)
+    runner, lines, ended = jobs.SubprocessRunner(), [], []
+    runner.on_line, runner.on_finished = lines.append, ended.append
+    runner.start(jobs.sfr_command("--progress", "json", "init", project, "--images", sample_dir / "images",
+                                  "--labels", sample_dir / "labels", "--labeled", "2", python=sys.executable),
+                 env=jobs.child_environment())
+    assert runner.wait(120) and ended == [0]
+    progress = jobs.JobProgress()
+    for line in lines:
+        progress.feed(line)
+    assert (progress.stage, progress.step, progress.total) == ("check", 12, 12)
     assert (project / "sfr-project.json").exists()
-    assert any("created" in line for line in logs)  # the plain summary line reaches the log
 
 
-def test_job_failure_is_reported(tmp_path):
-    args = jobs.sfr_command("--progress", "json", "info", tmp_path / "missing", python=sys.executable)
-    job = jobs.SFRJob(tmp_path / "missing", args=args)
-    job.start()
-    run_until_done(job)
-    assert job.state == "failed" and job.returncode == 2
-    assert any("not an SFR project" in line for line in job.progress.log)
+# --------------------------------------------------------------------------- the run contract
 
 
-SLOW = textwrap.dedent(
-    """
-    import json, signal, sys, time
-    if "--ignore-term" in sys.argv:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    for i in range(100000):
-        print(json.dumps({"event": "progress", "stage": "finetune", "step": i, "total": 100000, "eta_s": 9}), flush=True)
-        time.sleep(0.05)
+def engine_parse(args):
+    """``args`` (after ``python -m SFRSegmenterLib``) through the engine's real parser."""
+    return build_parser().parse_args([str(a) for a in args])
+
+
+SETTINGS_GRID = [
+    runcontrol.RunSettings(backbone=b, checkpoint=c, ssl=s, sfr_plus=p, device=d)
+    for b, c, s, p, d in itertools.product(
+        (*runcontrol.USER_BACKBONES, "tiny_test"), ("", "/w/sam model.pth"), runcontrol.SSL_METHODS,
+        (True, False), ("auto", "cpu", "cuda:0", "mps"))
+]
+
+
+def test_every_settings_combination_is_a_command_line_the_engine_accepts(tmp_path):
+    for settings in SETTINGS_GRID:
+        job = jobs.SFRJob(tmp_path, settings=settings, python="PythonSlicer")
+        action, _, args = job.plan()
+        assert action == "start" and args[:3] == ["PythonSlicer", "-m", "SFRSegmenterLib"]
+        parsed = engine_parse(args[3:])
+        assert (parsed.command, parsed.project, parsed.detach, parsed.resume) == ("run", str(tmp_path), True, False)
+        cfg = config_from_args(parsed)  # the engine's own checks of the options
+        assert (cfg.backbone, cfg.ssl, cfg.sfr_plus, cfg.device) == (
+            settings.backbone, settings.ssl, settings.sfr_plus, settings.device)
+        assert cfg.checkpoint == (settings.checkpoint or None)
+        # the continue form: only options --resume accepts
+        cont = engine_parse(runcontrol.continue_command(tmp_path, device=settings.device))
+        assert cont.resume and cont.detach and cont.device == settings.device
+        assert [n for n in CONFIG_OPTIONS if getattr(cont, n, None) not in (None, False, [])] == []
+    stop = engine_parse(runcontrol.stop_command(tmp_path, timeout_s=30))
+    assert (stop.command, stop.wait, stop.timeout, stop.kill) == ("cancel", True, 30.0, True)
+
+
+def test_run_options_round_trip_through_the_engine():
+    settings = dataclasses.replace(TINY, sam_options={"lora_rank": 8}, checkpoint="")
+    cfg = config_from_args(engine_parse(runcontrol.start_command("P", settings)))
+    assert (cfg.iterations_sam, cfg.iterations_vnet, cfg.report) == (60, 4, False)
+    assert cfg.vnet_options == {"filters": 4} and cfg.sam_options == {"lora_rank": 8}
+    assert runcontrol.config_of(settings) == runcontrol.config_of(dataclasses.replace(settings, device="cuda"))
+    assert runcontrol.config_of(settings) != runcontrol.config_of(dataclasses.replace(settings, ssl="ua_mt"))
+
+
+def test_the_module_never_spells_engine_flags():
+    """Every ``sfr run``/``cancel`` flag comes from the engine's run contract."""
+    run_flags = set()
+    for action in build_parser()._subparsers._group_actions[0].choices["run"]._actions:
+        run_flags.update(o for o in action.option_strings if o.startswith("--"))
+    sources = list((REPO / "SFRSegmenter").rglob("*.py"))
+    for path in sources:
+        text = path.read_text(encoding="utf-8")
+        spelled = {flag for flag in run_flags if re.search(rf"[\"']{re.escape(flag)}[\"' =]", text)}
+        assert not spelled, f"{path.name} spells engine flags {sorted(spelled)}"
+
+
+def test_menus_list_the_engine_names():
+    assert [name for name, _ in jobs.BACKBONES] [0] == runcontrol.RunSettings().backbone
+    assert {name for name, _ in jobs.BACKBONES} == set(runcontrol.USER_BACKBONES)
+    assert "tiny_test" not in dict(jobs.BACKBONES)
+    assert {name for name, _ in jobs.SSL_METHODS} == set(runcontrol.SSL_METHODS)
+
+
+def make_run(project, settings, state, pid=None):
+    """A run folder as the engine makes it (``create_run``) with a given state."""
+    from SFRSegmenterLib import pipeline
+    from SFRSegmenterLib.manifest import load_project
+
+    cfg = config_from_args(engine_parse(runcontrol.start_command(project, settings)))
+    number = len(list(engine_jobs.runs_dir(project).glob("2*")))
+    path = pipeline.create_run(load_project(project), cfg, run_id=f"20260101-0000{number:02d}-abcd")
+    status = {"state": state, "run_id": path.name}
+    if pid:
+        status.update(pid=pid, host=__import__("socket").gethostname(), proc_start=engine_jobs._proc_start(pid))
+    (path / "status.json").write_text(json.dumps(status))
+    return path
+
+
+def test_next_action_continues_only_a_stopped_run_with_the_same_settings(tmp_path, sample_dir):
+    from test_run_pipeline import make_project
+
+    root = make_project(tmp_path / "proj", sample_dir, CASES, labeled=2, validation=0)
+    assert runcontrol.next_action(root, TINY) == ("start", None)
+    for state in ("cancelled", "failed"):
+        run = make_run(root, TINY, state)
+        assert runcontrol.next_action(root, TINY) == ("continue", run.name)
+        assert runcontrol.next_action(root, dataclasses.replace(TINY, device="auto")) == ("continue", run.name)
+        assert runcontrol.next_action(root, dataclasses.replace(TINY, iterations_sam=61)) == ("start", None)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run = make_run(root, TINY, "running", pid=dead.pid)  # its process is gone: crashed
+    assert runcontrol.next_action(root, TINY) == ("continue", run.name)
+    run = make_run(root, TINY, "running", pid=os.getpid())
+    assert runcontrol.next_action(root, TINY) == ("busy", run.name)
+    with pytest.raises(Exception, match="still running"):
+        jobs.SFRJob(root, TINY).plan()
+    make_run(root, TINY, "done")
+    assert runcontrol.next_action(root, TINY) == ("start", None)
+    assert [st["run_id"] for st in runcontrol.finished_runs(root)] == [runcontrol.latest_status(root)["run_id"]]
+
+
+# --------------------------------------------------------------------------- real runs behind a launcher
+
+LAUNCHER = textwrap.dedent(
+    """\
+    #!{python}
+    # Like Slicer's PythonSlicer: start the real interpreter as a child with the same arguments,
+    # forward no signal to it, exit with its status.
+    import subprocess, sys
+    sys.exit(subprocess.call([{python!r}, *sys.argv[1:]]))
     """
 )
 
 
-def test_cancel_stops_a_job_that_does_not_stop_by_itself(tmp_path):
-    script = tmp_path / "slow.py"
-    script.write_text(SLOW)
-    job = jobs.SFRJob(tmp_path, args=[sys.executable, str(script)], python=sys.executable, cancel_grace_s=1.0, kill_grace_s=1.0)
-    job.start()
-    deadline = time.monotonic() + 30
-    while job.progress.step < 3 and time.monotonic() < deadline:
-        job.poll()
-        time.sleep(0.05)
-    assert job.progress.stage == "finetune" and job.progress.step >= 3
-    t0 = time.monotonic()
-    job.cancel()
-    assert job.state == "cancelling"
-    run_until_done(job, timeout=30)
-    assert job.state == "cancelled" and job.returncode != 0
-    assert time.monotonic() - t0 < 15
-    assert not job.runner.is_running()
+def make_launcher(folder: Path) -> str:
+    path = folder / "PythonSlicer"
+    path.write_text(LAUNCHER.format(python=sys.executable))
+    path.chmod(0o755)
+    return str(path)
 
 
-def test_shutdown_kills_a_job_that_ignores_terminate(tmp_path):
-    script = tmp_path / "slow.py"
-    script.write_text(SLOW)
-    job = jobs.SFRJob(tmp_path, args=[sys.executable, str(script), "--ignore-term"], python=sys.executable, cancel_grace_s=0.5, kill_grace_s=0.5)
+def wait_for(predicate, timeout=120, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def finetune_attempts(run):
+    """Fine-tuning progress steps per attempt of the run (events.jsonl)."""
+    attempts, current = [], None
+    for line in (run / "events.jsonl").read_text().splitlines():
+        e = json.loads(line)
+        if e["event"] == "stage" and e.get("pipeline") and e["status"] == "start":
+            current = e["stage"]
+            if current.startswith("finetune"):
+                attempts.append([])
+        elif e["event"] == "progress" and current and current.startswith("finetune") and attempts:
+            attempts[-1].append(e["step"])
+    return [a for a in attempts if a]
+
+
+def running_step(job, at_least):
+    job.poll()
+    return job.state == "running" and job.progress.stage.startswith("finetune") and job.progress.step >= at_least
+
+
+def alive(pid):
+    return engine_jobs.pid_alive(pid)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX launcher script and SIGSTOP")
+def test_stop_continue_and_follow_a_real_run_behind_a_launcher(tmp_path, sample_dir):
+    from test_run_pipeline import make_project
+
+    root = make_project(tmp_path / "proj", sample_dir, CASES, labeled=2, validation=0)
+    launcher = make_launcher(tmp_path)
+    job = jobs.SFRJob(root, TINY, python=launcher, stop_grace_s=300)
     job.start()
+    assert job.state == "launching" and job.args[0] == launcher
+    wait_for(lambda: running_step(job, 3), what="fine-tuning to start")
+    run_id, first_pid = job.run_id, job.status["pid"]
+    assert job.progress.run_id == run_id and 0 < job.progress.percent < 100
+    assert not job.runner.is_running()  # the launching command has returned; the run goes on
+    assert "SFRSegmenterLib" in " ".join(__import__("psutil").Process(first_pid).cmdline())
+
+    # Stop: the engine stops at its next safe point, with what it did saved
+    job.stop()
+    assert job.state == "stopping"
+    assert job.wait(300), job.progress.log[-20:]
+    assert job.state == "cancelled" and not alive(first_pid)
+
+    # Run again with the same settings, from a new job (as after a Slicer restart): it continues
+    again = jobs.SFRJob(root, TINY, python=launcher)
+    action, rid, args = again.plan()
+    assert (action, rid) == ("continue", run_id) and "--resume" in args
+    assert jobs.SFRJob(root, dataclasses.replace(TINY, ssl="supervised")).plan()[0] == "start"
+    again.start()
+    wait_for(lambda: running_step(again, 1), what="the continued run")
+    assert again.run_id == run_id
+
+    # The panel was closed and opened again: the running run is found and followed
+    follower = jobs.SFRJob.follow(root, stop_grace_s=1.0)
+    assert follower is not None and follower.run_id == run_id and follower.state == "running"
+    follower.poll()
+    engine = follower.status["pid"]
+    # the engine hangs (a stuck driver call): Stop ends its process after the grace period
+    os.kill(engine, signal.SIGSTOP)
+    follower.stop()
+    assert follower.wait(60), follower.progress.log[-20:]
+    assert follower.state == "crashed" and engine in follower.ended_pids and not alive(engine)
+
+    # a crashed run continues too, to the end, without redoing finished fine-tuning steps
+    final = jobs.SFRJob(root, TINY, python=launcher)
+    assert final.plan()[:2] == ("continue", run_id)
+    final.start()
+    assert final.wait(600), final.progress.log[-30:]
+    assert final.state == "done", (final.error, final.progress.log[-30:])
+    run = root / "runs" / run_id
+    assert (run / "review.json").exists()
+    attempts = finetune_attempts(run)
+    assert len(attempts) >= 2 and attempts[1][0] > 1, attempts  # continued, not restarted
+    assert [st["run_id"] for st in runcontrol.finished_runs(root)] == [run_id]
+    assert not (root / "runs" / ".lock").exists()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX launcher script and SIGSTOP")
+def test_stop_command_reaches_an_engine_whose_launcher_forwards_no_signals(tmp_path, sample_dir):
+    import psutil
+
+    from test_run_pipeline import make_project
+
+    root = make_project(tmp_path / "proj", sample_dir, CASES, labeled=2, validation=0)
+    launcher = make_launcher(tmp_path)
+    env = jobs.child_environment()
+    # a run in the foreground of its launcher (what QProcess would start without --detach)
+    args = jobs.sfr_command(*runcontrol.start_command(root, TINY, detach=False, progress="none"), python=launcher)
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    status = wait_for(lambda: (s := runcontrol.latest_status(root)) and s.get("substage", "").startswith("finetune")
+                      and (s.get("step") or 0) >= 2 and s, what="fine-tuning to start")
+    engine = status["pid"]
+    assert engine != proc.pid and psutil.Process(engine).ppid() == proc.pid
+    # what stopping the launcher alone does: the engine goes on
+    proc.kill()
+    proc.wait(10)
     time.sleep(0.5)
-    t0 = time.monotonic()
-    job.shutdown(timeout_s=0.5)
-    assert not job.runner.is_running()
-    assert time.monotonic() - t0 < 10
-    assert job.state == "cancelled" and job.returncode == -9
-
-
-def test_run_command_line_from_settings(tmp_path):
-    s = jobs.RunSettings(backbone="vit_b", checkpoint="/w/sam.pth", ssl="ua_mt", sfr_plus=True, device="cuda:0", resume=True)
-    job = jobs.SFRJob(tmp_path, settings=s, python="py")
-    assert job.args == [
-        "py", "-m", "SFRSegmenterLib", "--progress", "json", "run", str(tmp_path),
-        "--backbone", "vit_b", "--ssl", "ua_mt", "--device", "cuda:0", "--checkpoint", "/w/sam.pth",
-        "--sfr-plus", "--resume",
-    ]
-    plain = jobs.RunSettings(sfr_plus=False).run_options()
-    assert "--sfr-plus" not in plain and "--checkpoint" not in plain and "--resume" not in plain
-    env = jobs.child_environment({"PATH": "/bin"})
-    assert env["PYTHONPATH"].split(__import__("os").pathsep)[0] == str(REPO)
-    assert env["PYTHONUNBUFFERED"] == "1"
+    assert alive(engine)
+    os.kill(engine, signal.SIGSTOP)  # and now it hangs
+    stop = subprocess.run(jobs.sfr_command(*runcontrol.stop_command(root, timeout_s=2), python=launcher),
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert stop.returncode == 0, stop.stderr
+    assert "ended process" in stop.stdout and str(engine) in stop.stdout
+    assert not alive(engine)
+    assert runcontrol.latest_status(root)["state"] == "crashed"
+    # `--kill` without `--wait` is refused before anything is written
+    bad = subprocess.run(jobs.sfr_command("cancel", root, "--kill", python=sys.executable), env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--kill needs --wait" in bad.stderr

