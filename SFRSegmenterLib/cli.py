@@ -9,20 +9,24 @@ line naming the file, exit status 2, no traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
-from . import __version__, events
+from . import __version__, events, validate
 from .errors import SFRError
+
+#: OSErrors that describe the machine, not a bug: printed as one line, exit status 2.
+ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG,
+                      errno.ENAMETOOLONG, errno.ELOOP, errno.EISDIR, errno.ENOTDIR}
 
 #: Subcommand modules, in the order ``sfr --help`` lists them.
 COMMANDS = ["init", "info", "stitch", "evaluate", "finetune", "pseudolabel", "retrain", "predict", "review", "run", "status", "cancel", "demo", "report"]
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # usage errors: exit 2 with one line, as argparse does
-        self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n")
+    def error(self, message):  # usage errors: exit 2 with one line naming the option
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,10 +56,21 @@ def main(argv=None) -> int:
         return 2
     events.configure(args.progress)
     try:
+        validate.check_args(args)  # every numeric option's range, before any work
         return int(args.func(args) or 0)
     except SFRError as exc:
         sys.stderr.write(f"sfr {args.command}: error: {exc}\n")
         return exc.exit_code
+    except OSError as exc:  # the environment: permissions, a read-only or full disk
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        where = exc.filename or "a file"
+        sys.stderr.write(f"sfr {args.command}: error: {where}: cannot write or read ({exc.strerror})\n")
+        return SFRError.exit_code
+    except MemoryError:
+        sys.stderr.write(f"sfr {args.command}: error: not enough memory (a volume or model too large for "
+                         "this machine; see the voxel budget in README)\n")
+        return SFRError.exit_code
     except BrokenPipeError:  # e.g. `sfr info PROJECT | head`
         return 0
     except KeyboardInterrupt:

@@ -294,12 +294,17 @@ def finetune(
         state = None
         for p in (out_dir / STATE_FILE, out_dir / (STATE_FILE + PREV)):
             if p.exists():
-                st = torch.load(p, map_location="cpu", weights_only=True)
-                if int(st["iteration"]) == int(prev["iterations_done"]):
+                try:
+                    st = torch.load(p, map_location="cpu", weights_only=True)
+                    ok = int(st["iteration"]) == int(prev["iterations_done"])
+                except Exception:  # noqa: BLE001 - a damaged state file: try the previous save
+                    ok = False
+                if ok:
                     state = st
                     break
         if state is None:
-            raise SFRError("cannot resume: training state and metadata disagree", out_dir / STATE_FILE)
+            raise SFRError("cannot resume: the training state is damaged or does not match the metadata; "
+                           "start again without --resume", out_dir / STATE_FILE)
         start = int(prev["iterations_done"])
         keep = ("created", "loss_curve", "train_seconds", "iterations_done", "parts_file", "parts_sha256", "model_id", "updated")
         meta.update({k: prev[k] for k in keep if k in prev})

@@ -134,15 +134,64 @@ def sha256_file(path: "str | os.PathLike") -> str:
 # --------------------------------------------------------------------------- reading
 
 
-def _read_sitk(path: Path) -> sitk.Image:
+#: Largest volume the engine reads, in voxels (2 GiB as float32), checked from the header before
+#: any voxel is allocated; ``SFR_MAX_VOXELS`` raises or lowers it.
+VOXEL_BUDGET = 2**29
+
+
+def voxel_budget() -> int:
+    try:
+        return int(os.environ.get("SFR_MAX_VOXELS", VOXEL_BUDGET))
+    except ValueError:
+        return VOXEL_BUDGET
+
+
+def _check_file(path: Path) -> None:
+    """A readable, non-empty file (not a folder), else SFRError naming it."""
     if not path.exists():
         raise SFRError("file not found", path)
     if path.is_dir():
         raise SFRError("is a folder, expected a volume file", path)
+    if not os.access(path, os.R_OK):
+        raise SFRError("cannot read the file (no read permission)", path)
+    if path.stat().st_size == 0:
+        raise SFRError("the file is empty (0 bytes)", path)
+
+
+def _check_budget(path: Path) -> None:
+    """Refuse a volume whose header announces more voxels than :func:`voxel_budget`."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return  # unreadable: the full read says why
+    voxels = int(np.prod([int(s) for s in reader.GetSize()], dtype=np.float64)) * max(1, reader.GetNumberOfComponents())
+    if voxels > voxel_budget():
+        raise SFRError(
+            f"volume of {list(reader.GetSize())} voxels ({voxels / 1e6:.0f} M) is larger than the budget of "
+            f"{voxel_budget() / 1e6:.0f} M voxels (set SFR_MAX_VOXELS to raise it, or crop/resample the volume)",
+            path,
+        )
+
+
+def _check_direction(direction, path: Path) -> None:
+    d = np.asarray(direction, dtype=float).reshape(3, 3)
+    if not np.allclose(d @ d.T, np.eye(3), atol=1e-3):
+        raise SFRError(
+            "the direction matrix is not orthonormal (a sheared or scaled grid the engine cannot keep); "
+            "resample the volume onto an orthogonal grid",
+            path,
+        )
+
+
+def _read_sitk(path: Path) -> sitk.Image:
+    _check_file(path)
     if volume_suffix(path) is None:
         raise SFRError(
             "unsupported file type (expected " + ", ".join(VOLUME_SUFFIXES) + ")", path
         )
+    _check_budget(path)
     if volume_suffix(path) in (".nii", ".nii.gz"):
         _nifti_raw_check(path)
     try:
@@ -225,6 +274,7 @@ def _check_3d(image: sitk.Image, path: Path) -> None:
         )
     if min(image.GetSize()) < 1:
         raise SFRError(f"empty volume of size {image.GetSize()}", path)
+    _check_direction(image.GetDirection(), path)
 
 
 def read_image(path: "str | os.PathLike", dtype=np.float32) -> Volume:
@@ -277,6 +327,8 @@ def read_label(
         raise SFRError(
             f"label value {hi} is outside the declared classes 0..{num_classes - 1}", path
         )
+    if hi > np.iinfo(np.int16).max:
+        raise SFRError(f"label value {hi} is too large (at most {np.iinfo(np.int16).max} classes)", path)
     vol.array = arr.astype(np.uint8 if hi < 256 else np.int16, copy=False)
     if reference is not None:
         check_same_geometry(reference, vol, path)
@@ -319,8 +371,7 @@ def read_header(path: "str | os.PathLike") -> dict:
     if volume_suffix(path) == ".seg.nrrd":
         vol = read_segmentation(path)
         return vol.geometry()
-    if not path.exists():
-        raise SFRError("file not found", path)
+    _check_file(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -335,6 +386,7 @@ def read_header(path: "str | os.PathLike") -> dict:
             f"expected a scalar volume, got {reader.GetNumberOfComponents()} components per voxel",
             path,
         )
+    _check_direction(reader.GetDirection(), path)
     return {
         "size_xyz": list(reader.GetSize()),
         "spacing": list(reader.GetSpacing()),
@@ -355,8 +407,8 @@ def read_segmentation(path: "str | os.PathLike") -> Volume:
     import slicerio
 
     path = Path(path)
-    if not path.exists():
-        raise SFRError("file not found", path)
+    _check_file(path)
+    _check_budget(path)
     try:
         seg = slicerio.read_segmentation(str(path))
     except Exception as exc:  # slicerio raises plain exceptions on malformed headers
@@ -424,6 +476,149 @@ def write_segmentation(
     return path
 
 
+# --------------------------------------------------------------------------- output guard
+#
+# Inputs are sacred: no writer replaces a project's image or label, the project manifest, or a
+# file the running command reads.  Every writer of the engine (``atomic_path``, ``write_volume``,
+# ``write_json_atomic``) calls :func:`check_output` before it creates anything; commands add the
+# files they read with :func:`protect`, and a project's images and labels are protected wherever
+# the output lies (the manifest of the folder, or of any folder above it, is consulted).
+
+#: The manifest's file name (defined here so the guard needs no import of ``manifest``).
+MANIFEST_FILE = "sfr-project.json"
+_PROTECTED: dict = {}
+_MANIFEST_CACHE: dict = {}
+#: The file the engine's writers were last asked to write (a full disk's error names it).
+LAST_OUTPUT: "str | None" = None
+
+
+def _guard_keys(path: "str | os.PathLike") -> set:
+    """The path with its folder resolved, and fully resolved (a symlink and its target)."""
+    raw = os.path.abspath(os.fspath(path))
+    parent, name = os.path.split(raw)
+    return {os.path.normcase(os.path.join(os.path.realpath(parent), name)),
+            os.path.normcase(os.path.realpath(raw))}
+
+
+def protect(paths: "Iterable[str | os.PathLike | None]", why: str) -> None:
+    """Mark ``paths`` as inputs of this process: :func:`check_output` refuses to write them."""
+    for p in paths:
+        if p is not None:
+            for key in _guard_keys(p):
+                _PROTECTED.setdefault(key, why)
+
+
+class protecting:
+    """``with protecting(paths, why):`` protects ``paths`` only while the block runs (a step of a
+    longer process that reads files the process itself writes later, e.g. the report of a run)."""
+
+    def __init__(self, paths, why: str):
+        self.keys = {key: why for p in paths if p is not None for key in _guard_keys(p)}
+
+    def __enter__(self):
+        self.added = [k for k in self.keys if k not in _PROTECTED]
+        for k in self.added:
+            _PROTECTED[k] = self.keys[k]
+        return self
+
+    def __exit__(self, *exc):
+        for k in self.added:
+            _PROTECTED.pop(k, None)
+        return False
+
+
+def protect_folder(folder: "str | os.PathLike", why: str) -> None:
+    """Protect every volume file directly inside ``folder`` (a command's input folder)."""
+    folder = Path(folder)
+    if folder.is_dir():
+        protect((p for p in folder.iterdir() if volume_suffix(p)), why)
+    else:
+        protect([folder], why)
+
+
+def _project_inputs(manifest: Path) -> dict:
+    """{guard key: why} for the images and labels a manifest names (cached by mtime)."""
+    import json
+
+    try:
+        st = manifest.stat()
+    except OSError:
+        return {}
+    stamp = (st.st_mtime_ns, st.st_size)
+    cached = _MANIFEST_CACHE.get(str(manifest))
+    if cached and cached[0] == stamp:
+        return cached[1]
+    found: dict = {}
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+        for case in data.get("cases", []):
+            for field_name in ("image", "label"):
+                rel = case.get(field_name)
+                if isinstance(rel, str) and rel:
+                    p = Path(rel) if os.path.isabs(rel) else manifest.parent / rel
+                    what = "image" if field_name == "image" else "label"
+                    for key in _guard_keys(p):
+                        found.setdefault(key, f"the {what} of case {case.get('name')!r} of project {manifest.parent}")
+    except (OSError, ValueError, AttributeError, TypeError):
+        found = {}
+    for key in _guard_keys(manifest.parent / "runs" / "latest"):
+        found[key] = f"the latest-run pointer of project {manifest.parent}"
+    _MANIFEST_CACHE[str(manifest)] = (stamp, found)
+    return found
+
+
+def _enclosing_manifests(path: Path):
+    seen = set()
+    for start in (Path(os.path.abspath(path)).parent, Path(os.path.realpath(path)).parent):
+        for folder in (start, *start.parents):
+            candidate = folder / MANIFEST_FILE
+            if str(candidate) not in seen:
+                seen.add(str(candidate))
+                if candidate.is_file():
+                    yield candidate
+
+
+def check_output(path: "str | os.PathLike", manifest: bool = False) -> None:
+    """Raise :class:`SFRError` naming ``path`` when writing it would replace an input.
+
+    Inputs: files given to :func:`protect`, a project manifest (unless ``manifest``: the
+    manifest's own writer), and the images and labels of any project whose folder holds
+    ``path``.
+    """
+    global LAST_OUTPUT
+    LAST_OUTPUT = os.fspath(path)
+    keys = _guard_keys(path)
+    for key in keys:
+        if key in _PROTECTED:
+            raise SFRError(f"refusing to write over {_PROTECTED[key]}; choose another output", path)
+    if os.path.basename(os.fspath(path)) == MANIFEST_FILE and not manifest:
+        raise SFRError("refusing to write over a project manifest; choose another output", path)
+    for m in _enclosing_manifests(Path(path)):
+        inputs = _project_inputs(m)
+        for key in keys:
+            if key in inputs:
+                raise SFRError(f"refusing to write over {inputs[key]}; choose another output", path)
+
+
+def check_outputs(paths: "Iterable[str | os.PathLike]") -> None:
+    """:func:`check_output` for every planned output, before any work starts."""
+    for p in paths:
+        check_output(p)
+
+
+def inside(folder: "str | os.PathLike", name: str) -> Path:
+    """``folder / name``, refused unless it lies inside ``folder`` (no ``..``, no absolute name)."""
+    folder = Path(folder)
+    target = folder / name
+    base = os.path.normpath(os.path.abspath(folder))
+    full = os.path.normpath(os.path.abspath(target))
+    if os.path.dirname(full) != base and not full.startswith(base + os.sep):
+        raise SFRError(f"output name {name!r} would lie outside its folder {folder}", target)
+    if full == base:
+        raise SFRError(f"output name {name!r} is not a file name", target)
+    return target
+
+
 # --------------------------------------------------------------------------- writing
 
 
@@ -434,6 +629,7 @@ class _atomic_path:
         self.path = Path(path)
 
     def __enter__(self) -> Path:
+        check_output(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         suffix = volume_suffix(self.path) or self.path.suffix
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=self.path.parent)
@@ -471,6 +667,7 @@ def write_volume(vol: Volume, path: "str | os.PathLike", compress: bool = True) 
     if suffix == ".seg.nrrd":
         return write_segmentation(vol, path)
     if suffix in (".nhdr", ".mhd"):  # header + separate data file: write both in place
+        check_outputs([path] + [path.with_name(case_name(path) + ext) for ext in (".raw", ".raw.gz", ".zraw")])
         path.parent.mkdir(parents=True, exist_ok=True)
         sitk.WriteImage(vol.to_sitk(), str(path), compress)
         return path

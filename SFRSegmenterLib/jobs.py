@@ -189,7 +189,11 @@ class ProjectLock:
         self.path.unlink(missing_ok=True)
 
     def acquire(self) -> "ProjectLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SFRError(f"cannot create the runs folder ({exc.strerror or exc}; read-only or no "
+                           "permission?)", self.path.parent) from None
         info = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -201,8 +205,18 @@ class ProjectLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                self._judge(self.read(self.path) or {})
+                held = self.read(self.path) or {}
+                if held.get("run_id") == self.run_id and held.get("pid") in (os.getpid(), os.getppid()):
+                    # this process, or the ``sfr run`` that created this run and detached us, holds
+                    # it: the lock is handed over (only a lock holder creates or resumes a run)
+                    write_json_atomic(self.path, info)
+                    self.held = True
+                    return self
+                self._judge(held)
                 continue
+            except OSError as exc:
+                raise SFRError(f"cannot write into the project ({exc.strerror or exc}; read-only or no "
+                               "permission?)", self.path.parent) from None
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 json.dump(info, fh)
                 fh.flush()
@@ -247,7 +261,18 @@ class StatusWriter:
             try:
                 write_json_atomic(self.path, self.status)
             except OSError:
-                pass  # a full disk must not hide the real error
+                self._write_in_place()  # a full disk must not hide the real error
+
+    def _write_in_place(self) -> None:
+        """Overwrite status.json in its own blocks (a full disk has no room for a new file), so a
+        run stopped by a full disk reads ``failed``, not ``crashed``."""
+        try:
+            text = json.dumps(self.status)
+            with open(self.path, "r+", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.truncate()
+        except OSError:
+            pass
 
     def __call__(self, record: dict) -> None:
         kind = record.get("event")

@@ -36,7 +36,16 @@ from typing import Iterable
 
 
 from .errors import SFRError
-from .io import case_name, default_file_mode, is_volume_file, read_image, read_label, volume_suffix
+from .io import (
+    case_name,
+    check_output,
+    default_file_mode,
+    is_volume_file,
+    protect,
+    read_image,
+    read_label,
+    volume_suffix,
+)
 
 MANIFEST_NAME = "sfr-project.json"
 SCHEMA_VERSION = 1
@@ -113,7 +122,7 @@ class Project:
         return d
 
     def save(self) -> Path:
-        write_json_atomic(self.manifest_path, self.to_dict())
+        write_json_atomic(self.manifest_path, self.to_dict(), manifest=True)
         return self.manifest_path
 
     def summary(self) -> dict:
@@ -129,9 +138,14 @@ class Project:
         }
 
 
-def write_json_atomic(path: "str | os.PathLike", data) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename (all or nothing)."""
+def write_json_atomic(path: "str | os.PathLike", data, manifest: bool = False) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename (all or nothing).
+
+    Refused (:func:`~SFRSegmenterLib.io.check_output`) when ``path`` is an input: a project's
+    image or label, a file the command reads, or a manifest (``manifest=True``: its own writer).
+    """
     path = Path(path)
+    check_output(path, manifest=manifest)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
     os.chmod(tmp, default_file_mode())
@@ -147,47 +161,123 @@ def write_json_atomic(path: "str | os.PathLike", data) -> None:
         raise
 
 
+#: Longest case name accepted (output names add suffixes such as ``_confidence.nii.gz``).
+MAX_CASE_NAME = 200
+
+
+def case_name_problem(name) -> str | None:
+    """Why ``name`` cannot be a case name (it becomes a file name), or None when it is file-safe."""
+    if not isinstance(name, str) or not name:
+        return "must be a non-empty string"
+    if name in (".", ".."):
+        return f"{name!r} is not a file name"
+    if "/" in name or "\\" in name:
+        return f"{name!r} contains a path separator"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        return f"{name!r} contains a control character"
+    if name != name.strip():
+        return f"{name!r} starts or ends with a space"
+    if len(name) > MAX_CASE_NAME:
+        return f"is longer than {MAX_CASE_NAME} characters"
+    return None
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_manifest(data, path: Path) -> None:
+    """Check a parsed manifest as a whole; SFRError naming the manifest and the first bad field."""
+
+    def bad(field_name: str, problem: str):
+        raise SFRError(f"{field_name}: {problem}", path)
+
+    if not isinstance(data, dict):
+        bad("manifest", f"expected a JSON object, got {type(data).__name__}")
+    if "schema_version" not in data:
+        bad("schema_version", "missing")
+    version = data["schema_version"]
+    if not _is_int(version):
+        bad("schema_version", f"must be an integer, got {json.dumps(version)}")
+    if version > SCHEMA_VERSION:
+        bad("schema_version", f"version {version} is newer than this engine supports ({SCHEMA_VERSION}); "
+            "upgrade SFR Segmenter")
+    if version < 1:
+        bad("schema_version", f"must be >= 1, got {version}")
+    for key in ("name", "created"):
+        if key in data and data[key] is not None and not isinstance(data[key], str):
+            bad(key, f"must be a string, got {json.dumps(data[key])[:60]}")
+    classes = data.get("classes", ["background", "foreground"])
+    if not isinstance(classes, list) or len(classes) < 2:
+        bad("classes", "must be a list of at least 2 class names, background first")
+    for i, c in enumerate(classes):
+        if not isinstance(c, str) or not c.strip():
+            bad(f"classes[{i}]", f"must be a non-empty string, got {json.dumps(c)[:60]}")
+    if len(set(classes)) != len(classes):
+        bad("classes", "class names must be unique")
+    cases = data.get("cases", [])
+    if not isinstance(cases, list):
+        bad("cases", f"must be a list, got {type(cases).__name__}")
+    seen = set()
+    for i, c in enumerate(cases):
+        where = f"cases[{i}]"
+        if not isinstance(c, dict):
+            bad(where, f"must be an object, got {json.dumps(c)[:60]}")
+        problem = case_name_problem(c.get("name"))
+        if problem:
+            bad(f"{where}.name", problem)
+        where = f"cases[{i}] ({c['name']!r})"
+        for key in ("image", "label"):
+            value = c.get(key)
+            if key == "label" and value is None:
+                continue
+            if not isinstance(value, str) or not value.strip():
+                bad(f"{where}.{key}", f"must be a file path, got {json.dumps(value)[:60]}")
+            if "\x00" in value:
+                bad(f"{where}.{key}", "contains a NUL character")
+        role = c.get("role", "unlabeled")
+        if role not in ROLES:
+            bad(f"{where}.role", f"unknown role {json.dumps(role)[:60]} (one of {', '.join(ROLES)})")
+        if role == "labeled" and c.get("label") is None:
+            bad(f"{where}.label", "a labeled case needs a label file (or make its role unlabeled)")
+        if c["name"] in seen:
+            bad(f"{where}.name", "duplicate case name")
+        seen.add(c["name"])
+
+
 def load_project(root: "str | os.PathLike") -> Project:
-    """Load ``root/sfr-project.json`` (``root`` may also be the manifest file itself)."""
+    """Load and validate ``root/sfr-project.json`` (``root`` may also be the manifest file itself).
+
+    The project's images and labels become inputs of this process: no writer replaces them.
+    """
     root = Path(root)
     path = root if root.name == MANIFEST_NAME else root / MANIFEST_NAME
     if not path.exists():
         raise SFRError(f"not an SFR project (no {MANIFEST_NAME}; create one with 'sfr init')", path.parent)
+    if path.is_dir():
+        raise SFRError("is a folder, expected the project manifest file", path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SFRError(f"manifest is not valid JSON ({exc})", path) from None
-    if not isinstance(data, dict) or "schema_version" not in data:
-        raise SFRError("manifest has no schema_version", path)
-    version = data["schema_version"]
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
-        raise SFRError(
-            f"manifest schema version {version} is newer than this engine supports "
-            f"({SCHEMA_VERSION}); upgrade SFR Segmenter",
-            path,
-        )
-    cases = []
-    seen = set()
-    for i, c in enumerate(data.get("cases", [])):
-        try:
-            case = Case(c["name"], c["image"], c.get("label"), c.get("role", "unlabeled"))
-        except (KeyError, TypeError):
-            raise SFRError(f"case #{i + 1} lacks a name or image", path) from None
-        if case.role not in ROLES:
-            raise SFRError(f"case {case.name!r} has unknown role {case.role!r}", path)
-        if case.name in seen:
-            raise SFRError(f"duplicate case name {case.name!r}", path)
-        seen.add(case.name)
-        cases.append(case)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise SFRError(f"manifest is not valid JSON ({str(exc)[:120]})", path) from None
+    except OSError as exc:
+        raise SFRError(f"cannot read the manifest ({exc.strerror or exc})", path) from None
+    validate_manifest(data, path)
+    cases = [Case(c["name"], c["image"], c.get("label"), c.get("role", "unlabeled")) for c in data.get("cases", [])]
     known = {"schema_version", "name", "created", "classes", "cases"}
-    return Project(
+    project = Project(
         root=path.parent,
         cases=cases,
         classes=list(data.get("classes", ["background", "foreground"])),
-        name=data.get("name", ""),
-        created=data.get("created", ""),
+        name=data.get("name") or "",
+        created=data.get("created") or "",
         extra={k: v for k, v in data.items() if k not in known},
     )
+    for c in cases:
+        protect([project.image_path(c)], f"the image of case {c.name!r}")
+        if c.label:
+            protect([project.label_path(c)], f"the label of case {c.name!r}")
+    return project
 
 
 # --------------------------------------------------------------------------- sfr init
@@ -294,6 +384,10 @@ def init_project(
             )
     else:
         order = list(image_files)
+    for name in order:
+        problem = case_name_problem(name)
+        if problem:
+            raise SFRError(f"case name {problem}; rename the file", image_files.get(name, images))
     n = len(order)
     if validation < 0 or validation >= n:
         raise SFRError(f"--validation {validation} must leave at least one training case of {n}")
@@ -330,6 +424,12 @@ def init_project(
         if lab_path is not None:
             lab = read_label(lab_path, image, len(declared) if declared else None)
             max_label = max(max_label, int(lab.array.max()))
+            if case.role == "labeled" and not lab.array.any():
+                raise SFRError(
+                    f"the label of case {case.name!r} is empty (all background): a labeled case must "
+                    "show the structure; draw it, or leave the case unlabeled",
+                    lab_path,
+                )
         if progress:
             progress(i + 1, len(project.cases), case.name)
     project.classes = declared or parse_classes(None, [max_label])

@@ -113,10 +113,9 @@ def make_key(*parts) -> str:
 
 
 def _check_options(cls, options: dict, flag: str) -> None:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(options) - names)
-    if unknown:
-        raise SFRError(f"{flag}: unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+    from .validate import check_options
+
+    check_options(cls, options, flag)  # names, types and ranges
 
 
 def _filter_fields(cls, values: dict) -> dict:
@@ -821,7 +820,9 @@ def create_run(project: Project, cfg: RunConfig, run_id: str | None = None) -> P
     run_id = run_id or jobs.new_run_id()
     path = jobs.runs_dir(project.root) / run_id
     path.mkdir(parents=True, exist_ok=False)
-    write_json_atomic(path / "config.json", {"run_id": run_id, "project": str(project.root), **cfg.to_dict()})
+    # the project's absolute path: `sfr report` from any folder finds it, and refuses another one
+    write_json_atomic(path / "config.json", {"run_id": run_id, "project": str(Path(project.root).resolve()),
+                                             **cfg.to_dict()})
     write_json_atomic(path / jobs.STATUS_NAME, {"state": "starting", "run_id": run_id, "created": jobs.utcnow()})
     jobs.set_latest(project.root, run_id)
     return path
@@ -922,7 +923,9 @@ def execute(project_root, run_path: Path) -> int:
             raise
         except BaseException as exc:
             if isinstance(exc, Exception) and is_disk_full(exc, run_path):
-                where = getattr(exc, "filename", None) or "a file"
+                from . import io as sfr_io
+
+                where = getattr(exc, "filename", None) or sfr_io.LAST_OUTPUT or "a file"
                 msg = (f"disk full while writing {where}: the run stopped; files already written are "
                        "complete (all writes are atomic); free some space and continue with "
                        "'sfr run PROJECT --resume'")

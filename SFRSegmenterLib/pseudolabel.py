@@ -30,7 +30,7 @@ from . import events
 from .device import describe_device, resolve_device
 from .errors import Cancelled, SFRError
 from .finetune import MODEL_META, PARTS_FILE, load_parts, read_model_meta
-from .io import Volume, read_image, sha256_file, write_volume
+from .io import check_outputs, Volume, read_image, sha256_file, write_volume
 from .manifest import Project, write_json_atomic
 from .sam import checkpoints
 from .sam.layout import Layout, pad_to, window_starts
@@ -187,6 +187,7 @@ def pseudolabel(
     names = [c.name for c in project.by_role("unlabeled")] if cases is None else list(cases)
     selected = [project.case(n) for n in names]
     # inputs are sacred (io.check_output): no image or label of the project, before any work
+    check_outputs(out_dir / f"{c.name}{suffix}" for c in selected for suffix in (".nii.gz", "_confidence.nii.gz"))
     with sharded(device) as shard:
         sizes = voxel_counts({c.name: project.image_path(c) for c in selected}) if shard.world > 1 else {}
         mine = set(shard.mine(names, sizes))

@@ -9,7 +9,6 @@ per-stage times, SFR+ rounds and the metrics table when ground truth exists.
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 from pathlib import Path
@@ -48,11 +47,6 @@ def _fig_b64(fig) -> str:
 
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _img(b64: str, alt: str, width: int | None = None) -> str:
-    w = f' width="{width}"' if width else ""
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}"{w}>'
 
 
 def _upscale(rgb: np.ndarray, target: int = 180) -> np.ndarray:
@@ -139,12 +133,6 @@ def _collapse_warnings(events_path: Path) -> list:
     return out
 
 
-def _table(head: list, rows: list) -> str:
-    th = "".join(f"<th>{html.escape(str(h))}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
-
-
 def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.2f}"
 
@@ -153,14 +141,97 @@ def _num(v, fmt="{:.2f}") -> str:
     return "-" if v is None else fmt.format(v)
 
 
+#: The page.  Every value is escaped by Jinja2's autoescape (case names, class names, messages and
+#: paths come from the user's files), so no table can forget; pictures are base64 PNG strings.
+TEMPLATE = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>SFR run {{ run_name }}</title>
+<style>{{ css }}</style></head><body>
+{%- macro img(b64, alt, width=None) -%}
+<img alt="{{ alt }}" src="data:image/png;base64,{{ b64 }}"{% if width %} width="{{ width }}"{% endif %}>
+{%- endmacro %}
+{%- macro table(head, rows) -%}
+<table><thead><tr>{% for h in head %}<th>{{ h }}</th>{% endfor %}</tr></thead><tbody>
+{%- for row in rows %}<tr>{% for cell in row.cells %}<td>{% if loop.index0 in row.bold %}<b>{{ cell }}</b>{% else %}{{ cell }}{% endif %}</td>{% endfor %}</tr>{% endfor -%}
+</tbody></table>
+{%- endmacro %}
+<h1>SFR Segmenter run {{ run_name }}</h1>
+<p class=meta>Project <b>{{ project_name }}</b> ({{ n_labeled }} labeled, {{ n_unlabeled }} unlabeled,
+{{ n_validation }} validation) &middot; {{ mode }}, {{ resolved_rounds }} round(s), tau {{ tau }} &middot; state
+<b>{{ state }}</b> &middot; compute {{ "%.1f"|format(compute_min) }} min &middot; {{ n_trusted }}/{{ n_cases }} cases trusted</p>
+{% if pseudo_mean %}<p class=big>Pseudo-labels vs hidden ground truth: mean Dice <b>{{ pseudo_mean.dice }} %</b>, 95HD {{ pseudo_mean.hd95 }} mm</p>{% endif %}
+<h2>Cases to review</h2><p>Least confident first. <i>Flagged slices</i> are the slices (index along the volume's
+first array axis, as in review.json) with the largest expected number of wrong voxels near the structure; each
+with its mean confidence there.</p>
+{{ table(["case", "confidence", "trusted", "flagged slices", "low-conf. voxels", "Dice %"], review_rows) }}
+{% if mosaic %}<h2>What SAM sees: the stitched mosaic of {{ mosaic.name }}</h2>
+<p>All slices of the labeled volume, in order, row by row on the backbone's canvas; label outlined.</p>
+{{ img(mosaic.b64, "stitched mosaic", mosaic.width) }}{% endif %}
+<h2>Flagged slices</h2><p>Left of each pair: image with the pseudo-label outline (colour per class) and the ground
+truth in yellow when it is known. Right: confidence (black = {{ "%.0f"|format(chance_pct) }} % = chance, yellow =
+100 %), low-confidence voxels outlined in magenta. Up to {{ max_cases }} least confident cases.</p>
+{% for p in case_pictures %}
+{%- if p.error %}<p>{{ p.name }}: cannot show ({{ p.error }})</p>
+{%- else %}<h3>{{ p.name }} &middot; confidence {{ p.confidence }} % &middot; slices {{ p.slices }}</h3>{{ img(p.b64, p.name) }}{% endif %}
+{% endfor %}
+{% if slice_fig %}<h2>Per-slice confidence</h2><p>Dots: flagged slices.</p>{{ img(slice_fig, "per-slice confidence") }}{% endif %}
+{% if loss_fig %}<h2>Loss curves</h2>{{ img(loss_fig, "loss curves") }}{% endif %}
+{% if balance_fig %}<h2>Class balance during training</h2><p>Share of the training batch's voxels predicted as
+each class (solid) and the targets' share (dashed, mean). A class predicted nowhere for a long stretch has
+collapsed.</p>{{ img(balance_fig, "class balance") }}{% endif %}
+{% if warnings %}<h2>Warnings</h2><ul>{% for w in warnings %}<li><b>{{ w }}</b></li>{% endfor %}</ul>{% endif %}
+{% if stage_fig %}<h2>Time per stage</h2>{{ img(stage_fig, "stage times") }}
+{{ table(["stage", "status", "seconds", "reused from"], stage_rows) }}{% endif %}
+{% if round_rows %}<h2>SFR+ rounds</h2>
+{{ table(["round", "trusted", "mean conf. %", "structure / labeled", "V-Net Dice %", "SAM Dice %",
+          "moved to trusted", "moved out", "note"], round_rows) }}
+<p>Results shown and saved: round {{ final_round }}.</p>{% endif %}
+{% for m in metric_tables %}<h2>{{ m.title }}</h2>
+{{ table(["case", "class", "Dice %", "Jaccard %", "95HD mm", "ASD mm"], m.rows) }}{% endfor %}
+<h2>Configuration</h2><pre>{{ config_json }}</pre>
+</body></html>
+"""
+
+CSS = ("body{font-family:sans-serif;max-width:1100px;margin:20px auto;color:#222}"
+       "table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px solid #ccc;"
+       "padding:3px 7px;text-align:left}th{background:#eef}.meta{color:#555}.big{font-size:18px}"
+       "h3{font-size:14px;margin:14px 0 4px}pre{font-size:11px;background:#f6f6f6;padding:8px}")
+
+
+def _row(cells: list, bold=()) -> dict:
+    """A table row: plain values (escaped by the template), ``bold`` the indices shown bold."""
+    return {"cells": ["" if c is None else c for c in cells], "bold": set(bold)}
+
+
+def render(context: dict) -> str:
+    """The page for ``context`` (every string autoescaped)."""
+    import jinja2
+
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    return env.from_string(TEMPLATE).render(css=CSS, **context)
+
+
+def _project_of(run: Path, cfg: dict):
+    """The run's project, refused unless it is the project that holds the run folder."""
+    from .manifest import load_project
+
+    recorded = cfg.get("project")
+    holder = run.resolve().parent.parent  # PROJECT/runs/<id>
+    if not recorded:
+        raise SFRError("config.json does not name the run's project", run / "config.json")
+    recorded_path = Path(recorded)
+    if not recorded_path.is_absolute() and recorded_path.name == holder.name:
+        recorded_path = holder  # a run from before config.json held the absolute path
+    if recorded_path.resolve() != holder or not (holder / "sfr-project.json").is_file():
+        raise SFRError(f"the run belongs to project {recorded}, but lies in {holder}: moved or copied runs "
+                       "cannot be reported (their project's images are elsewhere)", run / "config.json")
+    return load_project(holder)
+
+
 def build_report(run_path: "str | Path") -> str:
     """The report of ``run_path`` as one HTML string."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .manifest import load_project
 
     run = Path(run_path)
     cfg = _json(run / "config.json")
@@ -174,34 +245,22 @@ def build_report(run_path: "str | Path") -> str:
     rounds = _json(run / "rounds.json", {}) or {}
     metrics = _json(run / "metrics.json", {}) or {}
     slices = _json(run / "slices.json", {}) or {}
-    project = load_project(cfg["project"])
-    parts = []
+    project = _project_of(run, cfg)
+    ctx: dict = {}
 
     # ---------------------------------------------------------------- summary
     cases = review["cases"]
-    n_trusted = sum(1 for c in cases if c["trusted"])
     total_s = sum(float(r.get("seconds") or 0) for r in stages.values())
-    mode = "SFR+" if cfg.get("sfr_plus") else "SFR"
-    parts.append(
-        f"<h1>SFR Segmenter run {html.escape(run.name)}</h1>"
-        f"<p class=meta>Project <b>{html.escape(project.name or project.root.name)}</b> "
-        f"({len(project.by_role('labeled'))} labeled, {len(project.by_role('unlabeled'))} unlabeled, "
-        f"{len(project.by_role('validation'))} validation) &middot; {mode}, "
-        f"{cfg.get('resolved_rounds', 0)} round(s), tau {cfg.get('tau')} &middot; state "
-        f"<b>{html.escape(str(status.get('state', '?')))}</b> &middot; compute {total_s / 60:.1f} min"
-        f" &middot; {n_trusted}/{len(cases)} cases trusted</p>"
-    )
+    ctx.update(run_name=run.name, project_name=project.name or project.root.name,
+               n_labeled=len(project.by_role("labeled")), n_unlabeled=len(project.by_role("unlabeled")),
+               n_validation=len(project.by_role("validation")), mode="SFR+" if cfg.get("sfr_plus") else "SFR",
+               resolved_rounds=cfg.get("resolved_rounds", 0), tau=cfg.get("tau"),
+               state=str(status.get("state", "?")), compute_min=total_s / 60,
+               n_trusted=sum(1 for c in cases if c["trusted"]), n_cases=len(cases))
     pm = (metrics.get("pseudo_labels") or {}).get("mean")
-    if pm:
-        parts.append(
-            f"<p class=big>Pseudo-labels vs hidden ground truth: mean Dice <b>{_pct(pm.get('dice'))} %</b>, "
-            f"95HD {_num(pm.get('hd95_mm'))} mm</p>"
-        )
+    ctx["pseudo_mean"] = {"dice": _pct(pm.get("dice")), "hd95": _num(pm.get("hd95_mm"))} if pm else None
 
     # ---------------------------------------------------------------- review table
-    parts.append("<h2>Cases to review</h2><p>Least confident first. <i>Flagged slices</i> are the slices "
-                 "(index along the volume's first array axis, as in review.json) with the largest expected "
-                 "number of wrong voxels near the structure; each with its mean confidence there.</p>")
     dice_by_case = {}
     for r in (metrics.get("pseudo_labels") or {}).get("cases", []):
         dice_by_case.setdefault(r["case"], []).append(r.get("dice"))
@@ -210,28 +269,24 @@ def build_report(run_path: "str | Path") -> str:
     for c in order:
         flagged = ", ".join(f"{f['index']} ({100 * f['confidence']:.0f}%)" for f in c["flagged_slices"])
         d = [v for v in dice_by_case.get(c["case"], []) if v is not None]
-        rows.append([html.escape(c["case"]), f"{100 * c['confidence']:.2f} %",
-                     "yes" if c["trusted"] else "<b>no</b>", flagged, c["low_confidence_voxels"],
-                     _pct(float(np.mean(d))) if d else "-"])
-    parts.append(_table(["case", "confidence", "trusted", "flagged slices", "low-conf. voxels", "Dice %"], rows))
+        rows.append(_row([c["case"], f"{100 * c['confidence']:.2f} %", "yes" if c["trusted"] else "no", flagged,
+                          c["low_confidence_voxels"], _pct(float(np.mean(d))) if d else "-"],
+                         bold=() if c["trusted"] else (2,)))
+    ctx["review_rows"] = rows
 
     # ---------------------------------------------------------------- mosaic
-    stitch_dir = run / "stages" / "stitch"
-    mosaics = sorted(stitch_dir.glob("*.png"))
+    mosaics = sorted((run / "stages" / "stitch").glob("*.png"))
+    ctx["mosaic"] = None
     if mosaics:
         from PIL import Image
 
         m = mosaics[0]
         arr = np.asarray(Image.open(m).convert("RGB"))
-        parts.append(f"<h2>What SAM sees: the stitched mosaic of {html.escape(m.stem)}</h2>"
-                     f"<p>All slices of the labeled volume, in order, row by row on the backbone's canvas; "
-                     f"label outlined.</p>{_img(_png_b64(arr), 'stitched mosaic', min(720, arr.shape[1] * 2))}")
+        ctx["mosaic"] = {"name": m.stem, "b64": _png_b64(arr), "width": min(720, arr.shape[1] * 2)}
 
     # ---------------------------------------------------------------- per-case pictures
-    parts.append(f"<h2>Flagged slices</h2><p>Left of each pair: image with the pseudo-label outline "
-                 f"(colour per class) and the ground truth in yellow when it is known. Right: confidence "
-                 f"(black = {100 / max(2, project.num_classes):.0f} % = chance, yellow = 100 %), low-confidence voxels outlined in magenta. Up to "
-                 f"{MAX_CASES} least confident cases.</p>")
+    ctx.update(chance_pct=100 / max(2, project.num_classes), max_cases=MAX_CASES)
+    pictures = []
     pseudo = run / "pseudo"
     for c in order[:MAX_CASES]:
         name = c["case"]
@@ -244,17 +299,19 @@ def build_report(run_path: "str | Path") -> str:
             gt_path = project.label_path(case) if case.label else None
             gt = read_label(gt_path).array if gt_path and gt_path.exists() else None
         except SFRError as exc:
-            parts.append(f"<p>{html.escape(name)}: cannot show ({html.escape(str(exc))})</p>")
+            pictures.append({"name": name, "error": str(exc)})
             continue
         idx = [f["index"] for f in c["flagged_slices"][:SLICES_PER_CASE]]
         if not idx:
             fg = np.flatnonzero(label.reshape(label.shape[0], -1).any(axis=1))
             idx = [int(fg[len(fg) // 2])] if fg.size else [label.shape[0] // 2]
         tiles = _slice_tiles(img, label, conf, low, gt, idx, lo=1.0 / max(2, project.num_classes))
-        parts.append(f"<h3>{html.escape(name)} &middot; confidence {100 * c['confidence']:.2f} % &middot; "
-                     f"slices {', '.join(map(str, idx))}</h3>{_img(_png_b64(tiles), name)}")
+        pictures.append({"name": name, "error": None, "confidence": f"{100 * c['confidence']:.2f}",
+                         "slices": ", ".join(map(str, idx)), "b64": _png_b64(tiles)})
+    ctx["case_pictures"] = pictures
 
     # ---------------------------------------------------------------- per-slice confidence
+    ctx["slice_fig"] = None
     if slices:
         fig, ax = plt.subplots(figsize=(8, 3))
         for c in order[:MAX_CASES]:
@@ -267,9 +324,10 @@ def build_report(run_path: "str | Path") -> str:
         ax.set_ylabel("mean confidence near structure")
         ax.legend(fontsize=6, ncol=3)
         ax.grid(alpha=0.3)
-        parts.append("<h2>Per-slice confidence</h2><p>Dots: flagged slices.</p>" + _img(_fig_b64(fig), "per-slice confidence"))
+        ctx["slice_fig"] = _fig_b64(fig)
 
     # ---------------------------------------------------------------- losses
+    ctx["loss_fig"] = None
     series = _loss_series(run / "events.jsonl")
     if series:
         kinds = [("finetune", "SAM fine-tuning"), ("retrain", "V-Net re-training")]
@@ -285,12 +343,12 @@ def build_report(run_path: "str | Path") -> str:
             ax.grid(alpha=0.3)
             if ax.lines:
                 ax.legend(fontsize=7)
-        parts.append("<h2>Loss curves</h2>" + _img(_fig_b64(fig), "loss curves"))
+        ctx["loss_fig"] = _fig_b64(fig)
 
     # ---------------------------------------------------------------- class balance
+    ctx["balance_fig"] = None
     pred_series = _progress_series(run / "events.jsonl", "fg_pred")
     true_series = _progress_series(run / "events.jsonl", "fg_true")
-    warnings = _collapse_warnings(run / "events.jsonl")
     if pred_series:
         names = [n for n in pred_series if n.startswith(("finetune", "retrain"))]
         fig, axes = plt.subplots(1, max(1, len(names)), figsize=(3.2 * max(1, len(names)), 2.8), squeeze=False)
@@ -309,13 +367,11 @@ def build_report(run_path: "str | Path") -> str:
             ax.set_ylabel("predicted foreground %")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-        parts.append("<h2>Class balance during training</h2><p>Share of the training batch's voxels predicted "
-                     "as each class (solid) and the targets' share (dashed, mean). A class predicted nowhere "
-                     "for a long stretch has collapsed.</p>" + _img(_fig_b64(fig), "class balance"))
-    if warnings:
-        parts.append("<h2>Warnings</h2><ul>" + "".join(f"<li><b>{html.escape(w)}</b></li>" for w in warnings) + "</ul>")
+        ctx["balance_fig"] = _fig_b64(fig)
+    ctx["warnings"] = _collapse_warnings(run / "events.jsonl")
 
     # ---------------------------------------------------------------- times
+    ctx["stage_fig"], ctx["stage_rows"] = None, []
     if stages:
         names = list(stages)
         secs = [float(stages[n].get("seconds") or 0) for n in names]
@@ -325,55 +381,59 @@ def build_report(run_path: "str | Path") -> str:
             if stages[n].get("reused_from"):
                 ax.text(0, i, " reused", va="center", fontsize=7)
         ax.set_xlabel("seconds")
-        parts.append("<h2>Time per stage</h2>" + _img(_fig_b64(fig), "stage times"))
-        rows = [[html.escape(n), stages[n].get("status"), f"{float(stages[n].get('seconds') or 0):.1f}",
-                 html.escape(stages[n].get("reused_from") or "")] for n in names]
-        parts.append(_table(["stage", "status", "seconds", "reused from"], rows))
+        ctx["stage_fig"] = _fig_b64(fig)
+        ctx["stage_rows"] = [_row([n, stages[n].get("status"), f"{float(stages[n].get('seconds') or 0):.1f}",
+                                   stages[n].get("reused_from") or ""]) for n in names]
 
     # ---------------------------------------------------------------- rounds
-    if rounds.get("rounds"):
-        rows = []
-        for r in rounds["rounds"]:
-            ratio = r.get("structure_ratio")
-            note = r.get("stopped", "")
-            if r.get("drift"):
-                note = "structure drift: not published"
-            rows.append([r["round"], len(r.get("trusted", [])), f"{100 * r['mean_confidence']:.3f}",
-                         "-" if ratio is None else f"{ratio:.2f}",
-                         _pct(r.get("mean_dice")), _pct(r.get("mean_sam_dice")),
-                         ", ".join(r.get("moved_to_trusted", [])) or "-",
-                         ", ".join(r.get("moved_to_untrusted", [])) or "-", note])
-        parts.append("<h2>SFR+ rounds</h2>" + _table(
-            ["round", "trusted", "mean conf. %", "structure / labeled", "V-Net Dice %", "SAM Dice %",
-             "moved to trusted", "moved out", "note"], rows)
-            + f"<p>Results shown and saved: round {html.escape(str(rounds.get('final_round', '-')))}.</p>")
+    ctx["round_rows"] = []
+    for r in rounds.get("rounds") or []:
+        ratio = r.get("structure_ratio")
+        note = r.get("stopped", "")
+        if r.get("drift"):
+            note = "structure drift: not published"
+        ctx["round_rows"].append(_row([
+            r["round"], len(r.get("trusted", [])), f"{100 * r['mean_confidence']:.3f}",
+            "-" if ratio is None else f"{ratio:.2f}", _pct(r.get("mean_dice")), _pct(r.get("mean_sam_dice")),
+            ", ".join(r.get("moved_to_trusted", [])) or "-", ", ".join(r.get("moved_to_untrusted", [])) or "-", note]))
+    ctx["final_round"] = rounds.get("final_round", "-")
 
     # ---------------------------------------------------------------- metrics
+    ctx["metric_tables"] = []
     for key, title in (("pseudo_labels", "Pseudo-labels (unlabeled cases, hidden ground truth)"),
                        ("validation", "Validation cases (held out, final V-Net)")):
         m = metrics.get(key)
         if not m:
             continue
-        rows = [[html.escape(r["case"]), r.get("class"), _pct(r.get("dice")), _pct(r.get("jaccard")),
-                 _num(r.get("hd95_mm")), _num(r.get("asd_mm"))] for r in m["cases"]]
+        rows = [_row([r["case"], r.get("class"), _pct(r.get("dice")), _pct(r.get("jaccard")),
+                      _num(r.get("hd95_mm")), _num(r.get("asd_mm"))]) for r in m["cases"]]
         mean = m.get("mean", {})
-        rows.append(["<b>mean</b>", "", f"<b>{_pct(mean.get('dice'))}</b>", _pct(mean.get("jaccard")),
-                     _num(mean.get("hd95_mm")), _num(mean.get("asd_mm"))])
-        parts.append(f"<h2>{title}</h2>" + _table(["case", "class", "Dice %", "Jaccard %", "95HD mm", "ASD mm"], rows))
+        rows.append(_row(["mean", "", _pct(mean.get("dice")), _pct(mean.get("jaccard")),
+                          _num(mean.get("hd95_mm")), _num(mean.get("asd_mm"))], bold=(0, 2)))
+        ctx["metric_tables"].append({"title": title, "rows": rows})
 
-    parts.append("<h2>Configuration</h2><pre>" + html.escape(json.dumps(cfg, indent=1)) + "</pre>")
-    css = ("body{font-family:sans-serif;max-width:1100px;margin:20px auto;color:#222}"
-           "table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px solid #ccc;"
-           "padding:3px 7px;text-align:left}th{background:#eef}.meta{color:#555}.big{font-size:18px}"
-           "h3{font-size:14px;margin:14px 0 4px}pre{font-size:11px;background:#f6f6f6;padding:8px}")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>SFR run {html.escape(run.name)}</title>"
-            f"<style>{css}</style></head><body>" + "\n".join(parts) + "</body></html>")
+    ctx["config_json"] = json.dumps(cfg, indent=1)
+    return render(ctx)
+
+
+def _inputs(run: Path) -> list:
+    """The files the report reads: no ``--out`` may name one of them."""
+    names = ("config.json", "review.json", "status.json", "stages.json", "rounds.json", "metrics.json",
+             "slices.json", "events.jsonl", "log.txt")
+    files = [run / n for n in names]
+    files += [p for p in (run / "pseudo").glob("*") if p.is_file()]
+    files += list((run / "stages" / "stitch").glob("*.png"))
+    return files
 
 
 def write_report(run_path: "str | Path", out: "str | Path | None" = None) -> Path:
+    from .io import check_output, protecting
+
     run = Path(run_path)
     out = Path(out) if out else run / "report.html"
-    text = build_report(run)
-    with atomic_path(out) as tmp:
-        Path(tmp).write_text(text, encoding="utf-8")
+    with protecting(_inputs(run), "a file of the run this report reads"):
+        check_output(out)  # before the work
+        text = build_report(run)
+        with atomic_path(out) as tmp:
+            Path(tmp).write_text(text, encoding="utf-8")
     return out

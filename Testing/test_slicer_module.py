@@ -384,7 +384,7 @@ def test_report_and_stop_dependencies_are_declared():
     from SFRSegmenterLogicLib import environment
 
     deps = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
-    for module, name in (("matplotlib", "matplotlib"), ("psutil", "psutil")):
+    for module, name in (("matplotlib", "matplotlib"), ("psutil", "psutil"), ("jinja2", "jinja2")):
         assert any(d.startswith(name) for d in deps), name
         assert module in dict(environment.REQUIREMENTS), module
     assert environment.import_problems() == []

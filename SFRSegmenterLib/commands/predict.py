@@ -38,6 +38,7 @@ def run(args) -> int:
     if args.window and any(w < 16 or w % 16 for w in args.window):
         raise SFRError(f"--window {args.window} must be multiples of 16")
     images = args.images[0] if len(args.images) == 1 else args.images
+    _check_outputs(images, args.out)
     res = predict_folder(args.model, images, args.out, stride=args.stride, device=args.device,
                          window=args.window, batch=args.batch)
     if not is_main_process():  # under torchrun only rank 0 reports (every rank has all results)
@@ -49,3 +50,16 @@ def run(args) -> int:
             print(f"{name}: {r['label']} (mean confidence {r['mean_confidence']:.3f}, {r['seconds']:.1f} s)")
     return 0
 
+
+def _check_outputs(images, out) -> None:
+    """Inputs are sacred: the images read and any project image or label are never an output."""
+    from pathlib import Path
+
+    from ..io import check_outputs, protect, protect_folder
+    from ..retrain.inference import case_paths
+
+    for item in images if isinstance(images, list) else [images]:
+        protect_folder(item, "an input image of this command")
+    protect([Path(out) / "model.pt"], "the model this command reads")
+    names = case_paths(images)
+    check_outputs(Path(out) / f"{name}{suffix}" for name in names for suffix in (".nii.gz", "_confidence.nii.gz"))

@@ -35,6 +35,6 @@ def resolve_run(path) -> Path:
 def run(args) -> int:
     from ..report import write_report
 
-    out = write_report(resolve_run(args.run), args.out)
+    out = write_report(resolve_run(args.run), args.out)  # its inputs are protected by the report
     print(out)
     return 0

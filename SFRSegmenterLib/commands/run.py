@@ -119,10 +119,8 @@ def run(args) -> int:
 
     project = load_project(args.project)
     root = project.root
-    if args.attach:  # we are the detached child: the run folder exists
+    if args.attach:  # we are the detached child: the run folder exists, the lock is handed to us
         return pipeline.execute(root, jobs.run_dir(root, args.attach))
-    lock = jobs.ProjectLock(root, "?")
-    lock.check_free()  # refuse early, before creating anything
     if args.resume:
         given = [n for n in CONFIG_OPTIONS if getattr(args, n, None) not in (None, False, [])]
         if given:
@@ -131,43 +129,69 @@ def run(args) -> int:
                 + ", ".join("--" + n.replace("_", "-") for n in given)
                 + " or start a new run (finished stages are reused anyway)"
             )
+        jobs.ProjectLock(root, "?").check_free()  # a live run is refused before anything is read
         path = jobs.run_dir(root)
-        status = jobs.read_status(path)
-        if status.get("state") == "done":
-            print(f"run {path.name} is already complete: {path}")
-            return 0
-        (path / jobs.CANCEL_NAME).unlink(missing_ok=True)
-        if args.device:
-            cfg = pipeline.load_run_config(path)
-            cfg.device = args.device
-            from ..manifest import write_json_atomic
-
-            data = json.loads((path / "config.json").read_text(encoding="utf-8"))
-            data["device"] = args.device
-            write_json_atomic(path / "config.json", data)
-        events.log(f"resuming run {path.name} (was {status.get('state')})")
+        run_id, cfg = path.name, None
     else:
         cfg = _config_from_args(args)
         pipeline.validate_config(cfg)
-        path = pipeline.create_run(project, cfg)
-    if args.detach:
-        child = jobs.spawn_detached(["--progress", "none", "run", str(root), "--attach", path.name],
-                                    path / "log.txt")
-        from ..manifest import write_json_atomic
+        from ..preflight import check_run
 
-        # the child writes status.json from now on; the launcher record lets `sfr status` tell a
-        # child that died before writing anything
-        write_json_atomic(path / "launcher.json", {"pid": child.pid, "host": __import__("socket").gethostname(),
-                                                   "proc_start": jobs._proc_start(child.pid),
-                                                   "time": jobs.utcnow()})
-        events.emit("result", run_id=path.name, pid=child.pid, run=str(path), detached=True)
-        if events.mode() != "json":
-            print(path.name)
-        return 0
-    code = pipeline.execute(root, path)
+        check_run(project, cfg)  # everything the run needs, before the first stage
+        run_id, path = jobs.new_run_id(), None
+    # the lock first: only its holder creates a run folder or moves runs/latest, so of two starts
+    # (a double click) the refused one leaves nothing behind
+    lock = jobs.ProjectLock(root, run_id).acquire()
+    try:
+        if args.resume:
+            status = jobs.read_status(path)
+            if status.get("state") == "done":
+                print(f"run {path.name} is already complete: {path}")
+                return 0
+            (path / jobs.CANCEL_NAME).unlink(missing_ok=True)
+            if args.device:
+                cfg = pipeline.load_run_config(path)
+                cfg.device = args.device
+                from ..manifest import write_json_atomic
+
+                data = json.loads((path / "config.json").read_text(encoding="utf-8"))
+                data["device"] = args.device
+                write_json_atomic(path / "config.json", data)
+            events.log(f"resuming run {path.name} (was {status.get('state')})")
+        else:
+            path = pipeline.create_run(project, cfg, run_id)
+        if args.detach:
+            return _detach(root, path, lock)
+        code = pipeline.execute(root, path)
+    finally:
+        lock.release()  # no-op once the run (or the detached child) took the lock over
     if code == 0 and events.mode() != "json":
         report = path / "report.html"
         print(f"run {path.name} finished: {path}" + (f"\nreport: {report}" if report.exists() else ""))
     elif code == jobs.EXIT_CANCELLED and events.mode() != "json":
         print(f"run {path.name} cancelled; continue with: sfr run {root} --resume")
     return code
+
+
+def _detach(root, path, lock) -> int:
+    """Start the run in a background child, wait until it holds the project lock, print its id."""
+    import time
+
+    child = jobs.spawn_detached(["--progress", "none", "run", str(root), "--attach", path.name],
+                                path / "log.txt")
+    from ..manifest import write_json_atomic
+
+    # the child writes status.json from now on; the launcher record lets `sfr status` tell a
+    # child that died before writing anything
+    write_json_atomic(path / "launcher.json", {"pid": child.pid, "host": __import__("socket").gethostname(),
+                                               "proc_start": jobs._proc_start(child.pid),
+                                               "time": jobs.utcnow()})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and child.poll() is None:
+        if (jobs.ProjectLock.read(lock.path) or {}).get("pid") == child.pid:
+            break  # handed over: this process may exit
+        time.sleep(0.05)
+    events.emit("result", run_id=path.name, pid=child.pid, run=str(path), detached=True)
+    if events.mode() != "json":
+        print(path.name)
+    return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from ..errors import SFRError
-from ..io import read_image, read_label
+from ..io import check_output, protect, read_image, read_label
 from ..stitching import IGNORE_INDEX, make_plan, stitch
 from ..visual import overlay_rgb, save_png, side_by_side, to_uint8
 
@@ -29,6 +29,9 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    protect([args.volume, args.label], "an input volume of this command")
+    if args.out:
+        check_output(args.out)  # before the work: an input named as output is refused at once
     image = read_image(args.volume)
     label = read_label(args.label, image) if args.label else None
     try:

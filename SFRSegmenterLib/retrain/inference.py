@@ -56,7 +56,8 @@ def load_model(model_dir: "str | os.PathLike", device="auto", network: str | Non
     try:
         rec = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise SFRError(f"cannot read model file ({str(exc).splitlines()[0][:120]})", path) from None
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]  # an empty file: no text
+        raise SFRError(f"cannot read model file ({reason})", path) from None
     if not isinstance(rec, dict) or rec.get("format") != FORMAT or "state_dict" not in rec:
         raise SFRError("not an SFR re-trained model file (no 'format: sfr-retrain-model')", path)
     if network is not None and rec["network"] != network:

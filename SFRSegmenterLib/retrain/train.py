@@ -230,7 +230,8 @@ def _retrain(project, cfg, pseudo_dir, out_dir, resume, should_stop, unlabeled_n
         try:
             state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise SFRError(f"cannot read checkpoint ({str(exc).splitlines()[0][:120]})", ckpt_path) from None
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]  # an empty file: no text
+            raise SFRError(f"cannot read checkpoint ({reason})", ckpt_path) from None
         saved = state.get("identity", {})
         diff = [k for k in identity if saved.get(k) != identity[k]]
         if diff:
