@@ -19,6 +19,10 @@ import SimpleITK as sitk
 
 from .errors import SFRError
 
+# ITK prints its own warnings (e.g. a NIfTI qform/sform note) on stderr: the engine reports
+# problems itself, one line each, so they are not shown
+sitk.ProcessObject.SetGlobalWarningDisplay(False)
+
 #: File name endings the engine reads, longest first so ``.seg.nrrd`` wins over ``.nrrd``.
 VOLUME_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 

@@ -291,6 +291,9 @@ def _scan(folder: Path, what: str) -> dict:
     found: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
         if not is_volume_file(p):
+            if volume_suffix(p) is not None and not p.name.startswith(".") and not p.is_file():
+                what = "a folder" if p.is_dir() else "a broken or looping link"
+                raise SFRError(f"named like a volume but is {what}; rename or remove it", p)
             continue
         name = case_name(p)
         if name in found:

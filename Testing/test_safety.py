@@ -402,3 +402,25 @@ def test_report_escapes_case_names_everywhere_and_checks_its_project(tmp_path):
     proc = run_sfr("report", other / "runs" / run.name, "--out", tmp_path / "r2.html")
     assert_one_line(proc, "config.json", "belongs to project")
     assert not (tmp_path / "r2.html").exists()
+
+
+def test_full_disk_names_the_file_and_marks_the_run_failed(tmp_path):
+    """RLIMIT_FSIZE makes writes past 48 KiB fail with EFBIG, as a full disk does: the one line
+    names the file being written (not 'a file'), and the run reads `failed`, not `crashed`."""
+    import resource
+    import signal
+
+    root = make_project(tmp_path)
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (48 * 1024, 48 * 1024))
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "SFRSegmenterLib", "run", str(root), *TINY], env=env,
+                          capture_output=True, text=True, preexec_fn=small_files, timeout=300)
+    assert_one_line(proc, "disk full while writing", str(root / "runs"))
+    assert "writing a file" not in proc.stderr
+    run = root / "runs" / (root / "runs" / "latest").read_text().strip()
+    status = run_sfr("status", root, "--json")
+    assert json.loads(status.stdout)["state"] == "failed", status.stdout
