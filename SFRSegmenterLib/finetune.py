@@ -38,6 +38,7 @@ from .sam.checkpoints import load_state_dict, sha256_file
 from .sam.layout import Layout, resolve_layout
 from .sam.loss import dice_ce_loss
 from .sam.model import set_grad_checkpointing, train_mode, trainable_parts
+from .sam.preprocess import METHODS as PREPROCESS_METHODS
 from .sam.preprocess import normalize
 from .sam.registry import build_segmenter, count_parameters, get_spec
 from .stitching import IGNORE_INDEX, stitch
@@ -76,6 +77,7 @@ class FinetuneConfig:
     # and anterior/posterior structures indistinguishable (bench/results/stage_f_hippocampus.md)
     orientation_augment: bool = False
     bezier_p: float = 0.5
+    preprocess: "str | None" = None  # intensity normalisation (sam.preprocess.METHODS); None: the backbone's
     threads: "int | None" = None  # torch CPU threads; None: leave as is
     # CPU-friendly mode: with lora_rank 0 the encoder is frozen, so the embeddings of
     # ``embedding_cache`` augmented mosaics are computed once and the decoder trains on them.
@@ -84,7 +86,7 @@ class FinetuneConfig:
 
 # Settings that must be the same to resume.
 _RESUME_KEYS = ("backbone", "iterations", "batch_size", "lora_rank", "lr", "weight_decay", "poly_power",
-                "seed", "augment", "orientation_augment", "bezier_p", "embedding_cache")
+                "seed", "augment", "orientation_augment", "bezier_p", "embedding_cache", "preprocess")
 
 
 @dataclass
@@ -229,6 +231,8 @@ def finetune(
         raise SFRError("iterations, batch size and save interval must be >= 1")
     if cfg.lora_rank < 0:
         raise SFRError(f"LoRA rank must be >= 0 (0: frozen encoder), got {cfg.lora_rank}")
+    if cfg.preprocess is not None and cfg.preprocess not in PREPROCESS_METHODS:
+        raise SFRError(f"unknown intensity preprocessing {cfg.preprocess!r} (choose from {', '.join(PREPROCESS_METHODS)})")
     if cfg.embedding_cache and cfg.lora_rank != 0:
         raise SFRError("cached embeddings need a frozen encoder: use LoRA rank 0 with the embedding cache")
     if cfg.threads:
@@ -238,7 +242,8 @@ def finetune(
     events.stage("finetune", "start", backbone=cfg.backbone, device=str(device))
     events.log(f"fine-tuning {spec.description} on {describe_device(device)}" + (" with bf16" if bf16 else ""))
 
-    cases = _load_cases(project, extra_labeled, spec.preprocess)
+    preprocess = cfg.preprocess or spec.preprocess
+    cases = _load_cases(project, extra_labeled, preprocess)
     if not cases:
         raise SFRError("no labeled case to fine-tune on (mark at least one case 'labeled')", project.manifest_path)
     layout = _layout(cfg, spec, [c.image.shape for c in cases])
@@ -257,7 +262,7 @@ def finetune(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         **model.meta,
-        "preprocess": spec.preprocess,
+        "preprocess": preprocess,
         "classes": list(project.classes),
         "layout": layout.to_dict(),
         "plan": plan.to_dict(),

@@ -119,3 +119,16 @@ def test_activation_checkpointing_gives_the_same_gradients():
     set_grad_checkpointing(model, False)
     assert plain.keys() == ckpt.keys() and any(".lora_a" in n for n in plain)
     assert all(torch.allclose(plain[n], ckpt[n], atol=1e-6) for n in plain)
+
+
+def test_rank_preprocessing_gives_every_volume_the_same_histogram():
+    from SFRSegmenterLib.sam.preprocess import normalize
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(6, 10, 10)).astype(np.float32)
+    bright = np.exp(base) * 50 + 7  # another contrast, same order of voxels
+    a, b = normalize(base, "rank"), normalize(bright, "rank")
+    assert np.allclose(a, b) and a.min() == 0.0 and a.max() == 1.0
+    ties = normalize(np.array([3, 1, 2, 2, 10], dtype=np.float32), "rank")
+    assert list(ties) == [0.75, 0.0, 0.375, 0.375, 1.0]
+    assert not normalize(np.full((2, 2, 2), 4.0, dtype=np.float32), "rank").any()

@@ -40,7 +40,9 @@ def add_parser(sub) -> None:
     p.add_argument("--lr-step", type=int, help="multiply lr by 0.1 every N iterations (default 2500, not scaled with --iterations)")
     p.add_argument("--norm", choices=NORM_NAMES, default="batchnorm", help="normalisation layers (default batchnorm)")
     p.add_argument("--dropout", type=float, default=0.5, help="dropout probability (default 0.5)")
-    p.add_argument("--augment", choices=("rotflip", "crop"), default="rotflip", help="spatial augmentation")
+    p.add_argument("--augment", choices=("auto", "rotflip", "crop"), default="auto",
+                   help="spatial augmentation: rotflip (the paper's 90-degree rotations and flips), crop "
+                   "(random crops only), auto (crop when the project has several structures, else rotflip)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (under torchrun: cuda uses LOCAL_RANK)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")

@@ -63,7 +63,10 @@ class RetrainConfig:
     ua_passes: int = 8
     self_training_threshold: float = 0.9
     self_training_weight: float = 1.0
-    augment: str = "rotflip"  # rotflip | crop
+    # rotflip (the paper's 90-degree in-plane rotations and flips) | crop | auto: crop for projects
+    # with several structures (rotations and flips make left/right and anterior/posterior
+    # structures look alike; bench/results/demo_quality.md), rotflip for one structure
+    augment: str = "auto"
     filters: int = 16
     norm: str = "batchnorm"
     dropout: float = 0.5
@@ -93,6 +96,11 @@ class RetrainConfig:
         if d["crop"] is not None:
             d["crop"] = [int(c) for c in d["crop"]]
         return d
+
+    def resolved_augment(self, num_classes: int) -> str:
+        if self.augment == "auto":
+            return "crop" if int(num_classes) > 2 else "rotflip"
+        return self.augment
 
     def network_options(self) -> dict:
         return {"filters": self.filters, "norm": self.norm, "dropout": self.dropout, "residual": self.residual}
@@ -252,6 +260,9 @@ def _retrain(project, cfg, pseudo_dir, out_dir, resume, should_stop, unlabeled_n
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
 
+    augment = cfg.resolved_augment(num_classes)
+    if augment not in ("rotflip", "crop"):
+        raise SFRError(f"unknown augmentation {cfg.augment!r} (choose from auto, rotflip, crop)")
     lr_step = cfg.resolved_lr_step()
     ramp_interval = cfg.resolved_ramp_interval()
     lb, ub = cfg.labeled_bs // world, (cfg.unlabeled_bs // world if need_u else 0)
@@ -302,10 +313,10 @@ def _retrain(project, cfg, pseudo_dir, out_dir, resume, should_stop, unlabeled_n
         lr = cfg.lr * cfg.lr_gamma ** (it // lr_step)
         for g in optimizer.param_groups:
             g["lr"] = lr
-        x_l, y_l = D.make_batch(labeled, l_slots, crop, cfg.seed, it, D.LABELED, cfg.augment)
+        x_l, y_l = D.make_batch(labeled, l_slots, crop, cfg.seed, it, D.LABELED, augment)
         x = torch.from_numpy(x_l)
         if ub:
-            x_u, y_u = D.make_batch(unlabeled, u_slots, crop, cfg.seed, it, D.UNLABELED, cfg.augment)
+            x_u, y_u = D.make_batch(unlabeled, u_slots, crop, cfg.seed, it, D.UNLABELED, augment)
             x = torch.cat([x, torch.from_numpy(x_u)])
         x = x.to(device)
         logits = model(x)

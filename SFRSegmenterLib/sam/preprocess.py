@@ -5,6 +5,8 @@
   common intensity scale (such as per-volume z-scored MRI) become comparable; measured on LA
   with LiteMedSAM this took mean Dice from 0.02 (raw z-scores) to 0.33 (SFR_METHOD.md sec. 8).
 * ``zscore`` (SAM ViT-B/L/H, as the SFR paper feeds it): zero mean, unit standard deviation.
+* ``rank`` (histogram equalisation): each voxel becomes its intensity's rank in the volume,
+  scaled to [0, 1], so every volume has the same (uniform) histogram whatever its contrast.
 
 The gray image is copied to 3 channels when the mosaic is built; no ImageNet mean/std.
 """
@@ -15,7 +17,7 @@ import numpy as np
 
 from ..intensity import zscore
 
-METHODS = ("percentile", "zscore")
+METHODS = ("percentile", "zscore", "rank")
 
 
 def normalize(array: np.ndarray, method: str) -> np.ndarray:
@@ -27,4 +29,13 @@ def normalize(array: np.ndarray, method: str) -> np.ndarray:
         return ((np.clip(a, lo, hi) - lo) / (hi - lo)).astype(np.float32)
     if method == "zscore":
         return zscore(a)
+    if method == "rank":
+        values, inverse = np.unique(a, return_inverse=True)
+        if values.size < 2:
+            return np.zeros_like(a)
+        # mid-rank of each distinct value: ties share one level, the result is in [0, 1]
+        counts = np.bincount(inverse.ravel(), minlength=values.size)
+        ends = np.cumsum(counts)
+        mid = (ends - (counts + 1) / 2.0) / max(1, a.size - 1)
+        return mid[inverse].reshape(a.shape).astype(np.float32)
     raise ValueError(f"unknown preprocessing {method!r} (choose from {METHODS})")
