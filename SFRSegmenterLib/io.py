@@ -594,14 +594,14 @@ def check_output(path: "str | os.PathLike", manifest: bool = False) -> None:
     keys = _guard_keys(path)
     for key in keys:
         if key in _PROTECTED:
-            raise SFRError(f"refusing to write over {_PROTECTED[key]}; choose another output", path)
+            raise SFRError(f"refusing to overwrite {_PROTECTED[key]}; choose another output", path)
     if os.path.basename(os.fspath(path)) == MANIFEST_FILE and not manifest:
-        raise SFRError("refusing to write over a project manifest; choose another output", path)
+        raise SFRError("refusing to overwrite a project manifest; choose another output", path)
     for m in _enclosing_manifests(Path(path)):
         inputs = _project_inputs(m)
         for key in keys:
             if key in inputs:
-                raise SFRError(f"refusing to write over {inputs[key]}; choose another output", path)
+                raise SFRError(f"refusing to overwrite {inputs[key]}; choose another output", path)
 
 
 def check_outputs(paths: "Iterable[str | os.PathLike]") -> None:

@@ -66,7 +66,7 @@ RULES = {
     # how long / how much
     "iterations": _positive_int(), "iterations_sam": _positive_int(), "iterations_vnet": _positive_int(),
     "batch_size": _positive_int(), "batch_size_sam": _positive_int(), "batch": _positive_int(),
-    "labeled_bs": _positive_int(), "unlabeled_bs": _count(), "save_every": _positive_int(),
+    "labeled_bs": _positive_int(), "unlabeled_bs": _count(), "save_every": _count(),
     "threads": _positive_int(), "rounds": _count(), "flag_k": _count(), "ua_passes": _positive_int(),
     "embedding_cache": _count(), "lr_step": _positive_int(),
     # seeds
@@ -109,7 +109,10 @@ def check_value(name: str, value, label: str | None = None) -> None:
 
 #: Options whose range differs in one command: ``sfr retrain --batch LABELED UNLABELED`` (an
 #: unlabeled batch of 0 trains supervised only).
-COMMAND_RULES = {"retrain": {"batch": _count()}}
+#: Stage F saves at least every N iterations (stage R takes 0 as "only at the end").
+COMMAND_RULES = {"retrain": {"batch": _count()}, "finetune": {"save_every": _positive_int()}}
+#: The same per stage option flag.
+STAGE_RULES = {"--sam-option": {"save_every": _positive_int()}}
 
 
 def check_args(args) -> None:
@@ -179,9 +182,10 @@ def check_options(cls, options: dict, flag: str) -> None:
             continue
         if kinds and not _type_ok(value, kinds):
             raise SFRError(f"{label}={_show(value)}: must be " + " or ".join(_KIND_WORDS.get(k, k) for k in kinds))
-        if name in RULES and not isinstance(value, (str, bool)):
+        rule = STAGE_RULES.get(flag, {}).get(name, RULES.get(name))
+        if rule is not None and not isinstance(value, (str, bool)):
             for v in value if isinstance(value, list) else [value]:
-                problem = RULES[name].problem(v)
+                problem = rule.problem(v)
                 if problem:
                     raise SFRError(f"{label}={_show(value)}: {problem}")
         if name == "crop" and isinstance(value, list) and len(value) != 3:

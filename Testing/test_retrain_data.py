@@ -123,7 +123,9 @@ def test_image_changed_since_pseudo_labels(project, tmp_path):
 
     img = read_image(path)
     img.array = img.array + 1
-    write_volume(img, path)
+    import SimpleITK as sitk  # the user changed the image with another tool (the engine never writes it)
+
+    sitk.WriteImage(img.to_sitk(), str(path))
     with pytest.raises(SFRError, match="sha256") as e:
         retrain(project, RetrainConfig(**SMALL), out_dir=tmp_path / "m")
     assert f"{case.name}.nii.gz" in str(e.value)

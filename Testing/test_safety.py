@@ -67,7 +67,7 @@ def test_pseudolabel_into_the_images_folder_is_refused_before_any_work(finished)
     before = digest_tree(root / "images")
     proc = run_sfr("pseudolabel", root, "--out", root / "images", "--model", run / "stages" / "finetune-r0",
                    "--device", "cpu")
-    assert_one_line(proc, "refusing to write over the image of case", root / "images")
+    assert_one_line(proc, "refusing to overwrite the image of case", root / "images")
     assert digest_tree(root / "images") == before
 
 
@@ -76,7 +76,7 @@ def test_predict_into_the_labels_folder_is_refused(finished):
     before = digest_tree(root / "labels")
     proc = run_sfr("predict", "--model", run / "vnet", "--images", root / "images", "--out", root / "labels",
                    "--device", "cpu")
-    assert_one_line(proc, "refusing to write over the label of case", root / "labels")
+    assert_one_line(proc, "refusing to overwrite the label of case", root / "labels")
     assert digest_tree(root / "labels") == before
 
 
@@ -106,7 +106,7 @@ def test_stitch_evaluate_report_never_write_over_an_input(finished, tmp_path):
     review = (run / "review.json").read_bytes()
     for args, named in checks:
         proc = run_sfr(*args)
-        assert_one_line(proc, "refusing to write over", named)
+        assert_one_line(proc, "refusing to overwrite", named)
         assert proc.stdout == "", args  # refused before the work (evaluate printed its table first)
     assert digest_tree(root / "images") | digest_tree(root / "labels") == project_before
     assert digest_tree(loose) == loose_before
@@ -127,7 +127,7 @@ def test_guard_is_one_function_every_writer_calls(tmp_path):
         for write in (lambda: write_volume(Volume(np.zeros((2, 2, 2), np.uint8)), target),
                       lambda: write_json_atomic(target, {}),
                       lambda: atomic_path(target).__enter__()):
-            with pytest.raises(SFRError, match="refusing to write over an input"):
+            with pytest.raises(SFRError, match="refusing to overwrite an input"):
                 write()
     assert target.read_bytes() == b"original"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["input.nii.gz"]

@@ -121,6 +121,7 @@ def run(args) -> int:
     root = project.root
     if args.attach:  # we are the detached child: the run folder exists, the lock is handed to us
         return pipeline.execute(root, jobs.run_dir(root, args.attach))
+    jobs.ProjectLock(root, "?").check_free()  # a busy project is refused at once (taken below)
     if args.resume:
         given = [n for n in CONFIG_OPTIONS if getattr(args, n, None) not in (None, False, [])]
         if given:
@@ -129,7 +130,6 @@ def run(args) -> int:
                 + ", ".join("--" + n.replace("_", "-") for n in given)
                 + " or start a new run (finished stages are reused anyway)"
             )
-        jobs.ProjectLock(root, "?").check_free()  # a live run is refused before anything is read
         path = jobs.run_dir(root)
         run_id, cfg = path.name, None
     else:
