@@ -156,5 +156,5 @@ def test_stage_f_contract_names_agree():
     from SFRSegmenterLib.retrain import data
 
     assert data.SAM_MODEL_META == finetune.MODEL_META
-    assert data.PSEUDO_INDEX in inspect.getsource(pseudolabel)
-    assert "model_metadata_mtime=" in inspect.getsource(pseudolabel.pseudolabel)
+    assert data.PSEUDO_INDEX == pseudolabel.PSEUDO_JSON
+    assert "model_metadata_mtime=" in inspect.getsource(pseudolabel)
