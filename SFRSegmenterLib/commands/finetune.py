@@ -8,6 +8,7 @@ from ..device import DEVICES
 from ..errors import SFRError
 from ..manifest import load_project
 from ..sam import BACKBONE_NAMES
+from ..sam.preprocess import METHODS as PREPROCESS_METHODS
 
 
 def add_parser(sub) -> None:
@@ -42,6 +43,12 @@ def add_parser(sub) -> None:
                    help="bf16 autocast (auto: on CUDA only)")
     p.add_argument("--grad-checkpointing", action="store_true",
                    help="recompute encoder activations in the backward pass (less GPU memory)")
+    p.add_argument("--orientation-augment", action="store_true",
+                   help="the paper's 90-degree rotations and flips of volume and mosaic (default off: the "
+                   "project's volumes share one orientation, and these make anterior/posterior or left/right "
+                   "structures look alike)")
+    p.add_argument("--preprocess", choices=PREPROCESS_METHODS, default=None,
+                   help="intensity normalisation (default: the backbone's; rank = histogram equalisation)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--device", choices=DEVICES, default="auto", help="auto picks cuda, then mps, then cpu")
     p.add_argument("--out", help="model folder (default PROJECT/models/sam)")
@@ -73,6 +80,8 @@ def run(args) -> int:
         grid="native" if args.native_grid else (tuple(args.grid) if args.grid else None),
         bf16={"auto": None, "on": True, "off": False}[args.bf16],
         grad_checkpointing=args.grad_checkpointing,
+        orientation_augment=args.orientation_augment,
+        preprocess=args.preprocess,
         threads=args.threads,
     )
     project = load_project(args.project)
