@@ -74,7 +74,7 @@ class FinetuneConfig:
     augment: bool = True
     # the paper's 90-degree rotations and flips (of the volume in-plane and of the whole mosaic):
     # off by default, since a project's volumes share one orientation and these make left/right
-    # and anterior/posterior structures indistinguishable (bench/results/stage_f_hippocampus.md)
+    # and anterior/posterior structures indistinguishable (bench/results/demo_ablation.md)
     orientation_augment: bool = False
     bezier_p: float = 0.5
     preprocess: "str | None" = None  # intensity normalisation (sam.preprocess.METHODS); None: the backbone's
