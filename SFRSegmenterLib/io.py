@@ -53,6 +53,20 @@ def is_volume_file(path: "str | os.PathLike") -> bool:
     return p.is_file() and volume_suffix(p) is not None and not p.name.startswith(".")
 
 
+def volume_entry(path: "str | os.PathLike") -> bool:
+    """Whether an entry of a scanned folder is a volume to read (other files are skipped).
+
+    An entry named like a volume that is a folder, or a broken or looping link, is refused with
+    one line naming it (it is surely meant as a volume: skipping it silently would drop a case)."""
+    p = Path(path)
+    if is_volume_file(p):
+        return True
+    if volume_suffix(p) is not None and not p.name.startswith("."):
+        what = "a folder" if p.is_dir() else "a broken or looping link" if p.is_symlink() else "not a regular file"
+        raise SFRError(f"named like a volume but is {what}; rename or remove it", p)
+    return False
+
+
 @dataclass
 class Volume:
     """A 3D array ``[z, y, x]`` with its physical geometry (ITK order ``(x, y, z)``)."""

@@ -40,10 +40,10 @@ from .io import (
     case_name,
     check_output,
     default_file_mode,
-    is_volume_file,
     protect,
     read_image,
     read_label,
+    volume_entry,
     volume_suffix,
 )
 
@@ -290,10 +290,7 @@ def _scan(folder: Path, what: str) -> dict:
         raise SFRError(f"{what} path is not a folder", folder)
     found: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
-        if not is_volume_file(p):
-            if volume_suffix(p) is not None and not p.name.startswith(".") and not p.is_file():
-                what = "a folder" if p.is_dir() else "a broken or looping link"
-                raise SFRError(f"named like a volume but is {what}; rename or remove it", p)
+        if not volume_entry(p):  # a folder or looping link named like a volume: one line
             continue
         name = case_name(p)
         if name in found:

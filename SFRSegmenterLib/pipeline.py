@@ -46,7 +46,7 @@ import numpy as np
 from . import confidence as conf_mod
 from . import events, jobs
 from .errors import Cancelled, SFRError
-from .io import read_image, read_label, sha256_file, write_volume
+from .io import inside, read_image, read_label, sha256_file, write_volume
 from .manifest import Project, load_project, write_json_atomic
 
 #: Default number of SFR+ rounds after the first SFR pass (see docs/run.md for the measurement).
@@ -409,7 +409,7 @@ class Pipeline:
                 mosaic = stitch(to_uint8(img.array), plan, fill=0)
                 labs = stitch(lab.array, plan, fill=IGNORE_INDEX, mode="nearest")
                 tiles = [overlay_rgb(mosaic[s], labs[s], ignore=IGNORE_INDEX) for s in range(plan.slabs)]
-                save_png(side_by_side(tiles), d / f"{c.name}.png")
+                save_png(side_by_side(tiles), inside(d, f"{c.name}.png"))
                 plans[c.name] = plan.to_dict()
             return {"plans": plans}
 
@@ -484,7 +484,7 @@ class Pipeline:
                 src = self._find_case_output("pseudolabel", case_keys[c], c)
                 if src is not None:
                     for suffix in (".nii.gz", "_confidence.nii.gz"):
-                        link_or_copy(src / f"{c}{suffix}", d / f"{c}{suffix}")
+                        link_or_copy(src / f"{c}{suffix}", inside(d, f"{c}{suffix}"))
                     self._copy_index_entry(src / "pseudo-labels.json", index_path, c)
                     done[c] = {"key": case_keys[c], "reused_from": str(src.relative_to(self.project.root))}
                     write_json_atomic(d / "cases.json", done)
@@ -575,6 +575,7 @@ class Pipeline:
             bar = events.Progress("confidence", len(names))
             for i, c in enumerate(names):
                 self.runner.check_cancel()
+                inside(d, f"{c}_lowconf.nii.gz")  # the case's files stay in the stage folder
                 case = self.project.case(c)
                 entry = done.get(c)
                 have = entry and entry.get("key") == case_keys[c] and (d / f"{c}_lowconf.nii.gz").exists()
@@ -754,7 +755,7 @@ class Pipeline:
         reviews = _read_json(cf / "cases.json", {})
         for c in reviews:
             for suffix in (".nii.gz", "_confidence.nii.gz", "_lowconf.nii.gz"):
-                link_or_copy(cf / f"{c}{suffix}", out / "pseudo" / f"{c}{suffix}")
+                link_or_copy(cf / f"{c}{suffix}", inside(out / "pseudo", f"{c}{suffix}"))
         copy_tree(rt, out / "vnet")
         if (md / "validation").is_dir():
             copy_tree(md / "validation", out / "validation")
@@ -788,7 +789,7 @@ class Pipeline:
             vpairs = []
             for c in val:
                 self.runner.check_cancel()
-                target = vdir / f"{c.name}.nii.gz"
+                target = inside(vdir, f"{c.name}.nii.gz")
                 if not target.exists():  # resumed: cases already predicted are kept
                     img = read_image(self.project.image_path(c))
                     prob = predict_volume(model, img.array)

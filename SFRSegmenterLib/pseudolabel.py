@@ -30,7 +30,7 @@ from . import events
 from .device import describe_device, resolve_device
 from .errors import Cancelled, SFRError
 from .finetune import MODEL_META, PARTS_FILE, load_parts, read_model_meta
-from .io import check_outputs, Volume, read_image, sha256_file, write_volume
+from .io import check_outputs, inside, Volume, read_image, sha256_file, write_volume
 from .manifest import Project, write_json_atomic
 from .sam import checkpoints
 from .sam.layout import Layout, pad_to, window_starts
@@ -186,8 +186,9 @@ def pseudolabel(
         raise SFRError(f"overlap must be in [0, 1), got {overlap}")
     names = [c.name for c in project.by_role("unlabeled")] if cases is None else list(cases)
     selected = [project.case(n) for n in names]
-    # inputs are sacred (io.check_output): no image or label of the project, before any work
-    check_outputs(out_dir / f"{c.name}{suffix}" for c in selected for suffix in (".nii.gz", "_confidence.nii.gz"))
+    # inputs are sacred (io.check_output): no image or label of the project, and no file outside
+    # out_dir (io.inside), before any work
+    check_outputs(inside(out_dir, f"{c.name}{suffix}") for c in selected for suffix in (".nii.gz", "_confidence.nii.gz"))
     with sharded(device) as shard:
         sizes = voxel_counts({c.name: project.image_path(c) for c in selected}) if shard.world > 1 else {}
         mine = set(shard.mine(names, sizes))
@@ -255,8 +256,8 @@ def _pseudolabel_case(project: Project, case, model, out_dir: Path, overlap: flo
     np.clip(confidence, 0.0, 1.0, out=confidence)
     label_file = f"{case.name}.nii.gz"
     conf_file = f"{case.name}_confidence.nii.gz"
-    write_volume(image.with_array(label), out_dir / label_file)
-    write_volume(image.with_array(confidence), out_dir / conf_file)
+    write_volume(image.with_array(label), inside(out_dir, label_file))
+    write_volume(image.with_array(confidence), inside(out_dir, conf_file))
     return {
         "image": str(image_path.resolve()),
         "image_sha256": sha256_file(image_path),

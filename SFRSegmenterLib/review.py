@@ -23,7 +23,7 @@ import numpy as np
 from . import confidence as conf_mod
 from . import events
 from .errors import SFRError
-from .io import Volume, read_image, write_volume
+from .io import Volume, inside, read_image, write_volume
 from .manifest import write_json_atomic
 
 REVIEW_JSON = "review.json"
@@ -66,7 +66,7 @@ def review_image(model, image: Volume, case: str, tau: float = conf_mod.TAU, k: 
 
 def write_case_maps(review: "conf_mod.CaseReview", image: Volume, out_dir: Path) -> None:
     """``<case>.nii.gz``, ``<case>_confidence.nii.gz``, ``<case>_lowconf.nii.gz`` in ``image``'s geometry."""
-    label, conf, low = (out_dir / f"{review.case}{s}" for s in CASE_SUFFIXES)
+    label, conf, low = (inside(out_dir, f"{review.case}{s}") for s in CASE_SUFFIXES)
     write_volume(image.with_array(review.label.astype(np.uint8)), label)
     write_volume(image.with_array(review.conf.astype(np.float32)), conf)
     write_volume(image.with_array(review.lowconf.astype(np.uint8)), low)

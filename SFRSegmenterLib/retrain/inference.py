@@ -19,7 +19,7 @@ import torch
 
 from ..device import resolve_device
 from ..errors import SFRError
-from ..io import Volume, case_name, is_volume_file, read_image, write_volume
+from ..io import Volume, case_name, inside, read_image, volume_entry, write_volume
 from .data import normalize
 from .networks import build_network
 from .train import FORMAT, MODEL_FILE
@@ -131,7 +131,7 @@ def _image_paths(images) -> list:
     if isinstance(images, (str, os.PathLike)):
         p = Path(images)
         if p.is_dir():
-            paths = sorted(q for q in p.iterdir() if is_volume_file(q))
+            paths = sorted(q for q in p.iterdir() if volume_entry(q))
             if not paths:
                 raise SFRError("no image volumes in folder", p)
             return paths
@@ -157,7 +157,7 @@ def refuse_overwriting_inputs(out_dir: Path, names, suffixes, inputs) -> None:
     resolved = {Path(p).resolve() for p in inputs}
     for name in names:
         for suffix in suffixes:
-            target = out_dir / f"{name}{suffix}"
+            target = inside(out_dir, f"{name}{suffix}")  # a case name never leads out of --out
             if target.resolve() in resolved:
                 raise SFRError("output would overwrite an input image; choose another --out", target)
 
@@ -184,8 +184,8 @@ def predict_folder(model_dir, images_dir_or_paths, out_dir, stride=None, device=
         results = {}
         bar = events.Progress("predict", len(own)) if shard.main else None
         for i, name in enumerate(own):
-            results[name] = _predict_case(model, paths[name], out_dir / f"{name}.nii.gz",
-                                          out_dir / f"{name}_confidence.nii.gz", window, stride, batch)
+            results[name] = _predict_case(model, paths[name], inside(out_dir, f"{name}.nii.gz"),
+                                          inside(out_dir, f"{name}_confidence.nii.gz"), window, stride, batch)
             if bar is not None:
                 bar.update(i + 1, case=name)
         shard.report("predict", own)
