@@ -32,6 +32,7 @@ class _ClassTrack:
     run_start: int = 0
     longest: int = 0
     warned: bool = False
+    recovered_at: "int | None" = None  # first iteration predicted again after the warning
     pred: list = field(default_factory=list)
     true: list = field(default_factory=list)
 
@@ -87,20 +88,30 @@ class ClassBalance:
                                 iteration=iteration + 1)
             elif pred[c] > 0:
                 track.run = 0
+                if track.warned and track.recovered_at is None:
+                    track.recovered_at = iteration + 1
+                    events.log(f"{self.stage}: class '{track.name}' recovered: predicted again from iteration "
+                               f"{iteration + 1}")
         self.last = {"fg_pred": [round(float(v), 5) for v in pred], "fg_true": [round(float(v), 5) for v in true]}
         return self.last
 
     def summary(self) -> dict:
         """What the stage saves with its model: per class the mean predicted and true fractions
-        over the last tenth of training, the longest unpredicted stretch, and the verdict."""
+        over the last tenth of training, the longest unpredicted stretch, whether it was warned
+        about, and the verdict: ``collapsed`` when it was and is still predicted nowhere in the
+        last tenth although the targets there contain it (a class that came back is
+        ``recovered_at`` that iteration, not collapsed)."""
         out = {"limit": self.limit, "classes": {}}
         for t in self.tracks:
             tail = max(1, len(t.pred) // 10)
+            pred, true = (float(np.mean(v[-tail:])) if v else 0.0 for v in (t.pred, t.true))
             out["classes"][t.name] = {
-                "pred_fraction": round(float(np.mean(t.pred[-tail:])) if t.pred else 0.0, 5),
-                "true_fraction": round(float(np.mean(t.true[-tail:])) if t.true else 0.0, 5),
+                "pred_fraction": round(pred, 5),
+                "true_fraction": round(true, 5),
                 "longest_unpredicted": t.longest,
-                "collapsed": t.warned,
+                "warned": t.warned,
+                "recovered_at": t.recovered_at,
+                "collapsed": t.warned and pred == 0.0 and true > 0.0,
             }
         out["collapsed"] = [n for n, v in out["classes"].items() if v["collapsed"]]
         return out

@@ -88,28 +88,33 @@ def _slice_tiles(image, label, conf, low, gt, indices, lo: float = 0.5) -> np.nd
     return side_by_side(tiles, gap=6, value=255)
 
 
+def _events(events_path: Path):
+    """The records of events.jsonl, in order (a line cut by a kill is skipped)."""
+    if not events_path.exists():
+        return
+    with open(events_path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+
 def _progress_series(events_path: Path, field: str = "loss") -> dict:
     """{pipeline stage: [(step, value of ``field``)]} from events.jsonl (the latest attempt of
     each step)."""
     series: dict = {}
     current = None
-    if not events_path.exists():
-        return series
-    with open(events_path, encoding="utf-8") as fh:
-        for line in fh:
+    for rec in _events(events_path):
+        if rec.get("event") == "stage" and rec.get("pipeline") and rec.get("status") == "start":
+            current = rec.get("stage")
+        elif rec.get("event") == "progress" and field in rec and current:
+            value = rec[field]
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill
-            if rec.get("event") == "stage" and rec.get("pipeline") and rec.get("status") == "start":
-                current = rec.get("stage")
-            elif rec.get("event") == "progress" and field in rec and current:
-                value = rec[field]
-                try:
-                    value = [float(v) for v in value] if isinstance(value, list) else float(value)
-                    series.setdefault(current, {})[int(rec["step"])] = value
-                except (TypeError, ValueError):
-                    pass
+                value = [float(v) for v in value] if isinstance(value, list) else float(value)
+                series.setdefault(current, {})[int(rec["step"])] = value
+            except (TypeError, ValueError):
+                pass
     return {k: sorted(v.items()) for k, v in series.items()}
 
 
@@ -118,19 +123,11 @@ def _loss_series(events_path: Path) -> dict:
 
 
 def _collapse_warnings(events_path: Path) -> list:
-    """The collapse warnings of the run's training stages, in order (messages as logged)."""
-    out = []
-    if not events_path.exists():
-        return out
-    with open(events_path, encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if rec.get("event") == "log" and rec.get("level") == "warning" and "collapsed" in str(rec.get("message")):
-                out.append(str(rec["message"]))
-    return out
+    """The collapse warnings of the run's training stages and the recoveries that followed, in
+    order (messages as logged)."""
+    return [str(rec["message"]) for rec in _events(events_path)
+            if rec.get("event") == "log" and ((rec.get("level") == "warning" and "collapsed" in str(rec.get("message")))
+                                              or "' recovered: " in str(rec.get("message")))]
 
 
 def _pct(v) -> str:

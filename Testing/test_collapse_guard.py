@@ -61,3 +61,24 @@ def test_a_slow_start_is_not_a_collapse_but_never_predicting_is():
         slow.update(it, _logits_predicting(target, 2, drop=1 if it < 90 else None), target)
         never.update(it, _logits_predicting(target, 2, drop=1), target)
     assert slow.summary()["collapsed"] == [] and never.summary()["collapsed"] == ["fg"]
+
+
+def test_a_class_that_comes_back_is_recorded_as_recovered_not_collapsed():
+    seen = []
+    events.add_sink(seen.append)
+    try:
+        n = 400
+        bal = ClassBalance("retrain", ["background", "anterior", "posterior"], n)
+        target = torch.zeros(1, 4, 4, 4, dtype=torch.long)
+        target[:, :2] = 1
+        target[:, 2:, 2:] = 2
+        for it in range(n):  # the demo V-Net's slow start: anterior predicted only from iteration 214
+            bal.update(it, _logits_predicting(target, 3, drop=1 if it < 213 else None), target)
+        summary = bal.summary()
+    finally:
+        events.remove_sink(seen.append)
+    messages = [r["message"] for r in seen if r["event"] == "log"]
+    assert any("'anterior' collapsed" in m for m in messages)
+    assert any("'anterior' recovered: predicted again from iteration 214" in m for m in messages)
+    assert summary["collapsed"] == [] and summary["classes"]["anterior"]["recovered_at"] == 214
+    assert summary["classes"]["anterior"]["warned"] is True

@@ -81,6 +81,14 @@ def test_run_folder_has_every_result(sfr_runs, sample_dir):
     evs = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     progress = [e for e in evs if e["event"] == "progress"]
     assert progress and all({"stage", "step", "total", "eta_s"} <= set(e) for e in progress)
+    # the collapse guard: per foreground class, predicted and target share in both training stages
+    for stage in ("finetune", "retrain"):
+        watched = [e for e in progress if e["stage"] == stage]
+        assert watched and all(len(e["fg_pred"]) == len(e["fg_true"]) == 2 for e in watched)
+    vnet_meta = json.loads((run / "stages" / "retrain-r0" / "meta.json").read_text())
+    sam_meta = json.loads((run / "stages" / "finetune-r0" / "sam-model.json").read_text())
+    for meta in (vnet_meta, sam_meta):
+        assert len(meta["class_balance"]["classes"]) == 2 and "collapsed" in meta["class_balance"]
     # --progress json printed the same kind of events on stdout, ending with the result
     out = [json.loads(line) for line in sfr_runs["stdout"][1].splitlines() if line.startswith("{")]
     assert out[-1]["event"] == "result" and out[-1]["run_id"] == run.name
@@ -88,6 +96,7 @@ def test_run_folder_has_every_result(sfr_runs, sample_dir):
     assert status["state"] == "done"
     html = (run / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4 and "Flagged slices" in html
+    assert "Class balance during training" in html
     rounds = json.loads((run / "rounds.json").read_text())
     assert "structure / labeled" in html and f"Results shown and saved: round {rounds['final_round']}." in html
 

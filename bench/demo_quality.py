@@ -113,11 +113,16 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1337, 1])
     ap.add_argument("--threads", type=int, default=None, help="recorded only; the demo uses torch's default")
     ap.add_argument("--work", default="/tmp/sfr-bench-demo")
+    ap.add_argument("--keep", action="store_true", help="keep the other seeds' rows of an earlier demo_quality.json")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = ap.parse_args(argv)
-    results = []
+    previous = Path(args.out) / "demo_quality.json"
+    # results of other seeds already measured stay (a seed run again replaces its row)
+    results = [r for r in (json.loads(previous.read_text())["results"] if previous.exists() and args.keep else [])
+               if r["seed"] not in args.seeds]
     for seed in args.seeds:
         results.append(run_seed(seed, Path(args.work), args.threads))
+        results.sort(key=lambda r: -r["seed"])
         write(results, args, Path(args.out))
         r = results[-1]
         print(f"seed {seed}: final per class {r['final']['dice_per_class']}, SAM {r['sam']['dice_per_class']}, "
