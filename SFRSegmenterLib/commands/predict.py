@@ -16,28 +16,39 @@ def add_parser(sub) -> None:
     p.add_argument("--model", required=True, help="model folder (with model.pt) or model.pt itself")
     p.add_argument("--images", required=True, nargs="+", help="folder of images, or image files")
     p.add_argument("--out", required=True, help="output folder")
+    add_window_arguments(p)
+    p.add_argument("--json", action="store_true", help="print the per-case results as JSON")
+    p.set_defaults(func=run)
+
+
+def add_window_arguments(p) -> None:
+    """The sliding-window options of every command that runs a re-trained network over volumes."""
     p.add_argument("--stride", type=int, nargs=3, metavar=("D", "H", "W"),
                    help="window stride in array order (default: the paper's 4 18 18 scaled to the window)")
     p.add_argument("--window", type=int, nargs=3, metavar=("D", "H", "W"), help="window (default: the training crop)")
     p.add_argument("--batch", type=int, default=4, help="windows per forward pass (default 4)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
-    p.add_argument("--json", action="store_true", help="print the per-case results as JSON")
-    p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def window_images(args):
+    """Apply ``--threads``, check ``--window``; the image folder or files to run on."""
     import torch
 
     from ..errors import SFRError
-    from ..retrain import predict_folder
-    from ..shard import is_main_process
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.window and any(w < 16 or w % 16 for w in args.window):
         raise SFRError(f"--window {args.window} must be multiples of 16")
-    images = args.images[0] if len(args.images) == 1 else args.images
+    return args.images[0] if len(args.images) == 1 else args.images
+
+
+def run(args) -> int:
+    from ..retrain import predict_folder
+    from ..shard import is_main_process
+
+    images = window_images(args)
     _check_outputs(images, args.out)
     res = predict_folder(args.model, images, args.out, stride=args.stride, device=args.device,
                          window=args.window, batch=args.batch)

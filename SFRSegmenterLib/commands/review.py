@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from ..shard import is_main_process
+from .predict import add_window_arguments, window_images
 
 
 def add_parser(sub) -> None:
@@ -27,27 +28,15 @@ def add_parser(sub) -> None:
     p.add_argument("--ranking", help="flagged-slice ranking: mass (expected wrong voxels) or mean")
     p.add_argument("--min-structure-mm3", type=float, metavar="MM3",
                    help="a case is trusted only if its predicted structure has at least this volume (default 0)")
-    p.add_argument("--stride", type=int, nargs=3, metavar=("D", "H", "W"),
-                   help="window stride in array order (default: the paper's 4 18 18 scaled to the window)")
-    p.add_argument("--window", type=int, nargs=3, metavar=("D", "H", "W"), help="window (default: the training crop)")
-    p.add_argument("--batch", type=int, default=4, help="windows per forward pass (default 4)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    add_window_arguments(p)
     p.add_argument("--json", action="store_true", help="print review.json")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    import torch
-
-    from ..errors import SFRError
     from ..review import review_folder
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.window and any(w < 16 or w % 16 for w in args.window):
-        raise SFRError(f"--window {args.window} must be multiples of 16")
-    images = args.images[0] if len(args.images) == 1 else args.images
+    images = window_images(args)
     given = {"tau": args.tau, "k": args.flag_k, "voxel_threshold": args.voxel_threshold,
              "ranking": args.ranking, "min_structure_mm3": args.min_structure_mm3}
     result = review_folder(args.model, images, args.out, device=args.device, window=args.window,
