@@ -62,6 +62,7 @@ class FinetuneConfig:
     lr: float = 1e-3
     weight_decay: float = 0.1
     poly_power: float = 0.9
+    warmup: int = 0  # iterations of linear learning-rate warm-up before the poly decay (0: none)
     seed: int = 1337
     device: str = "auto"
     save_every: int = 200
@@ -85,7 +86,7 @@ class FinetuneConfig:
 
 
 # Settings that must be the same to resume.
-_RESUME_KEYS = ("backbone", "iterations", "batch_size", "lora_rank", "lr", "weight_decay", "poly_power",
+_RESUME_KEYS = ("backbone", "iterations", "batch_size", "lora_rank", "lr", "weight_decay", "poly_power", "warmup",
                 "seed", "augment", "orientation_augment", "bezier_p", "embedding_cache", "preprocess")
 
 
@@ -229,6 +230,8 @@ def finetune(
     spec = get_spec(cfg.backbone)
     if cfg.iterations < 1 or cfg.batch_size < 1 or cfg.save_every < 1:
         raise SFRError("iterations, batch size and save interval must be >= 1")
+    if cfg.warmup < 0:
+        raise SFRError(f"warm-up must be >= 0 iterations, got {cfg.warmup}")
     if cfg.lora_rank < 0:
         raise SFRError(f"LoRA rank must be >= 0 (0: frozen encoder), got {cfg.lora_rank}")
     if cfg.preprocess is not None and cfg.preprocess not in PREPROCESS_METHODS:
@@ -370,6 +373,8 @@ def finetune(
             events.stage("finetune", "cancelled", iteration=it)
             raise Cancelled(f"fine-tuning stopped at iteration {it}; resume to continue")
         lr = cfg.lr * (1.0 - it / cfg.iterations) ** cfg.poly_power
+        if cfg.warmup > 0:
+            lr *= min(1.0, (it + 1) / cfg.warmup)
         for group in opt.param_groups:
             group["lr"] = lr
         if cache is None:

@@ -78,3 +78,25 @@ def test_user_labels_are_never_overwritten(trained):
     with pytest.raises(SFRError, match="refusing to overwrite"):
         pseudolabel(project, model_dir, out_dir=label_dir, cases=[labeled.name], device="cpu")
     assert project.label_path(labeled).read_bytes() == before
+
+
+def test_learning_rate_warm_up_ramps_then_decays(trained, tmp_path):
+    from SFRSegmenterLib import events
+
+    project = trained[0]
+    seen = []
+    events.add_sink(seen.append)
+    try:
+        finetune(project, FinetuneConfig(backbone="tiny_test", iterations=6, warmup=3, lr=0.003, device="cpu",
+                                         embedding_cache=2, lora_rank=0), out_dir=tmp_path / "m")
+    finally:
+        events.remove_sink(seen.append)
+    lrs = {e["step"]: e["lr"] for e in seen if e["event"] == "progress" and e["stage"] == "finetune"}
+    assert lrs and 6 in lrs  # progress is throttled: check every step that was reported
+    for step, lr in lrs.items():
+        assert lr == pytest.approx(0.003 * (1 - (step - 1) / 6) ** 0.9 * min(1.0, step / 3), abs=1e-6)  # events round to 6 digits
+    meta = json.loads((tmp_path / "m" / "sam-model.json").read_text())
+    assert meta["config"]["warmup"] == 3
+    with pytest.raises(SFRError, match="warm-up"):
+        finetune(project, FinetuneConfig(backbone="tiny_test", iterations=1, warmup=-1, device="cpu"),
+                 out_dir=tmp_path / "bad")
