@@ -47,7 +47,6 @@ class ClassBalance:
         self.warmup = int(iterations) // 4
         self.ignore_index = ignore_index
         self.tracks = [_ClassTrack(str(n)) for n in self.classes[1:]]
-        self.last: dict = {}
 
     def fractions(self, logits, target) -> tuple:
         """(predicted, true) fractions of each foreground class over the valid voxels."""
@@ -79,21 +78,22 @@ class ClassBalance:
                 allowed = self.limit * (2 if track.run_start < self.warmup else 1)
                 if track.run >= allowed and not track.warned:
                     track.warned = True
-                    events.log(
-                        f"{self.stage}: class '{track.name}' collapsed: predicted nowhere for {track.run} "
-                        f"iterations ({track.run_start + 1}-{iteration + 1}) although the targets contain it",
-                        "warning",
-                    )
-                    events.emit("collapse", stage=self.stage, cls=track.name, since=track.run_start + 1,
-                                iteration=iteration + 1)
+                    self._tell(track, "collapsed", iteration,
+                               f"predicted nowhere for {track.run} iterations ({track.run_start + 1}-"
+                               f"{iteration + 1}) although the targets contain it", "warning")
             elif pred[c] > 0:
                 track.run = 0
                 if track.warned and track.recovered_at is None:
                     track.recovered_at = iteration + 1
-                    events.log(f"{self.stage}: class '{track.name}' recovered: predicted again from iteration "
-                               f"{iteration + 1}")
-        self.last = {"fg_pred": [round(float(v), 5) for v in pred], "fg_true": [round(float(v), 5) for v in true]}
-        return self.last
+                    self._tell(track, "recovered", iteration, f"predicted again from iteration {iteration + 1}")
+        return {"fg_pred": [round(float(v), 5) for v in pred], "fg_true": [round(float(v), 5) for v in true]}
+
+    def _tell(self, track: _ClassTrack, state: str, iteration: int, detail: str, level: str = "info") -> None:
+        """A line in the log and a ``collapse`` event (what the report lists)."""
+        message = f"{self.stage}: class '{track.name}' {state}: {detail}"
+        events.log(message, level)
+        events.emit("collapse", stage=self.stage, cls=track.name, state=state, iteration=iteration + 1,
+                    message=message)
 
     def summary(self) -> dict:
         """What the stage saves with its model: per class the mean predicted and true fractions

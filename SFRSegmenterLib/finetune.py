@@ -350,6 +350,7 @@ def finetune(
             model_id="sam-" + content_digest(parts)[:16],
             train_seconds=round(seconds, 2),
             updated=_now(),
+            class_balance=balance.summary(),
         )
         write_json_atomic(out_dir / MODEL_META, meta)
         for name in (PARTS_FILE, STATE_FILE):
@@ -397,7 +398,6 @@ def finetune(
             raise RuntimeError(f"loss became {value} at iteration {it}")
         meta["loss_curve"].append(round(value, 6))
         progress.update(it + 1, loss=value, lr=lr, **balance.update(it, logits, y))
-        meta["class_balance"] = balance.summary()
         if (it + 1) % cfg.save_every == 0 or it + 1 == cfg.iterations:
             save(it + 1, time.monotonic() - t0)
             last_saved = it + 1

@@ -125,9 +125,7 @@ def _loss_series(events_path: Path) -> dict:
 def _collapse_warnings(events_path: Path) -> list:
     """The collapse warnings of the run's training stages and the recoveries that followed, in
     order (messages as logged)."""
-    return [str(rec["message"]) for rec in _events(events_path)
-            if rec.get("event") == "log" and ((rec.get("level") == "warning" and "collapsed" in str(rec.get("message")))
-                                              or "' recovered: " in str(rec.get("message")))]
+    return [str(rec.get("message")) for rec in _events(events_path) if rec.get("event") == "collapse"]
 
 
 def _pct(v) -> str:

@@ -82,3 +82,5 @@ def test_a_class_that_comes_back_is_recorded_as_recovered_not_collapsed():
     assert any("'anterior' recovered: predicted again from iteration 214" in m for m in messages)
     assert summary["collapsed"] == [] and summary["classes"]["anterior"]["recovered_at"] == 214
     assert summary["classes"]["anterior"]["warned"] is True
+    # the report lists the run's ``collapse`` events
+    assert [(r["state"], r["iteration"]) for r in seen if r["event"] == "collapse"] == [("collapsed", 160), ("recovered", 214)]
