@@ -68,7 +68,7 @@ RULES = {
     "batch_size": _positive_int(), "batch_size_sam": _positive_int(), "batch": _positive_int(),
     "labeled_bs": _positive_int(), "unlabeled_bs": _count(), "save_every": _count(),
     "threads": _positive_int(), "rounds": _count(), "flag_k": _count(), "ua_passes": _positive_int(),
-    "embedding_cache": _count(), "lr_step": _positive_int(),
+    "embedding_cache": _count(), "lr_step": _positive_int(), "warmup": _count(),
     # seeds
     "seed": Rule("int", 0, MAX_SEED),
     # geometry
@@ -188,8 +188,20 @@ def check_options(cls, options: dict, flag: str) -> None:
                 problem = rule.problem(v)
                 if problem:
                     raise SFRError(f"{label}={_show(value)}: {problem}")
+        choices = _choices().get(name)
+        if choices and isinstance(value, str) and value not in choices:
+            raise SFRError(f"{label}={_show(value)}: must be one of {', '.join(choices)}")
         if name == "crop" and isinstance(value, list) and len(value) != 3:
             raise SFRError(f"{label}={_show(value)}: must be three sizes [D,H,W]")
+
+
+def _choices() -> dict:
+    """Stage options whose value is one of a few names (checked before a run starts)."""
+    from .retrain.names import AUGMENT_NAMES, NETWORK_NAMES, NORM_NAMES, SSL_NAMES
+    from .sam.preprocess import METHODS as PREPROCESS_METHODS
+
+    return {"augment": AUGMENT_NAMES, "preprocess": PREPROCESS_METHODS, "norm": NORM_NAMES,
+            "network": NETWORK_NAMES, "ssl": SSL_NAMES}
 
 
 def _show(value) -> str:

@@ -424,3 +424,17 @@ def test_full_disk_names_the_file_and_marks_the_run_failed(tmp_path):
     run = root / "runs" / (root / "runs" / "latest").read_text().strip()
     status = run_sfr("status", root, "--json")
     assert json.loads(status.stdout)["state"] == "failed", status.stdout
+
+
+@pytest.mark.parametrize("option, message", [
+    (("--vnet-option", 'augment="flip"'), "must be one of auto, rotflip, crop"),
+    (("--sam-option", "warmup=-1"), "must be >= 0"),
+    (("--sam-option", 'preprocess="x"'), "must be one of percentile, zscore, rank"),
+])
+def test_stage_option_names_and_warm_up_are_checked_before_the_run(tmp_path, sample_dir, option, message):
+    root = tmp_path / "p"
+    run_sfr("init", root, "--images", sample_dir / "images", "--labels", sample_dir / "labels", "--labeled", 2, check=True)
+    proc = run_sfr("run", root, "--backbone", "tiny_test", *option)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+    assert not (root / "runs").exists() or not any((root / "runs").iterdir())

@@ -13,7 +13,7 @@ from ..manifest import load_project
 
 
 def add_parser(sub) -> None:
-    from ..retrain.names import NETWORK_NAMES, NORM_NAMES, SSL_NAMES
+    from ..retrain.names import AUGMENT_NAMES, NETWORK_NAMES, NORM_NAMES, SSL_NAMES
 
     p = sub.add_parser(
         "retrain",
@@ -40,7 +40,7 @@ def add_parser(sub) -> None:
     p.add_argument("--lr-step", type=int, help="multiply lr by 0.1 every N iterations (default 2500, not scaled with --iterations)")
     p.add_argument("--norm", choices=NORM_NAMES, default="batchnorm", help="normalisation layers (default batchnorm)")
     p.add_argument("--dropout", type=float, default=0.5, help="dropout probability (default 0.5)")
-    p.add_argument("--augment", choices=("auto", "rotflip", "crop"), default="auto",
+    p.add_argument("--augment", choices=AUGMENT_NAMES, default="auto",
                    help="spatial augmentation: rotflip (the paper's 90-degree rotations and flips), crop "
                    "(random crops only), auto (crop when the project has several structures, else rotflip)")
     p.add_argument("--seed", type=int, default=1337)

@@ -3,3 +3,5 @@
 NETWORK_NAMES = ("vnet", "unet3d")
 NORM_NAMES = ("batchnorm", "instancenorm", "groupnorm", "none")
 SSL_NAMES = ("supervised", "self_training", "mean_teacher", "ua_mt")
+#: Stage R's spatial augmentation: auto = crop for several structures, rotflip for one.
+AUGMENT_NAMES = ("auto", "rotflip", "crop")

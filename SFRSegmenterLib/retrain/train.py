@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from .. import events
 from ..collapse import ClassBalance
+from .names import AUGMENT_NAMES
 from ..device import describe_device, resolve_device
 from ..errors import Cancelled, SFRError
 from ..manifest import Project, write_json_atomic
@@ -261,8 +262,8 @@ def _retrain(project, cfg, pseudo_dir, out_dir, resume, should_stop, unlabeled_n
         )
 
     augment = cfg.resolved_augment(num_classes)
-    if augment not in ("rotflip", "crop"):
-        raise SFRError(f"unknown augmentation {cfg.augment!r} (choose from auto, rotflip, crop)")
+    if cfg.augment not in AUGMENT_NAMES:
+        raise SFRError(f"unknown augmentation {cfg.augment!r} (choose from {', '.join(AUGMENT_NAMES)})")
     lr_step = cfg.resolved_lr_step()
     ramp_interval = cfg.resolved_ramp_interval()
     lb, ub = cfg.labeled_bs // world, (cfg.unlabeled_bs // world if need_u else 0)
