@@ -142,7 +142,7 @@ def run_row(row: str, n: int, args, pseudo: dict) -> dict:
     project = make_project(Path(args.work), n, name, args.protocol)
     val = project.by_role("validation")[: args.max_val]
     entry = {"row": row, "labeled": n, "protocol": args.protocol, "validation_cases": len(val),
-             "threads": torch.get_num_threads(), "device": args.device}
+             "threads": torch.get_num_threads(), "device": args.device, "seed": args.seed, **({"tag": args.tag} if args.tag else {})}
     if row == "sam":
         if n not in args.sam_pred:
             return {**entry, "skipped": "no --sam-pred for this N"}
@@ -152,7 +152,7 @@ def run_row(row: str, n: int, args, pseudo: dict) -> dict:
     if row == "sfr_mt" and n not in pseudo:
         return {**entry, "skipped": "no --pseudo for this N (stage F pseudo-labels needed)"}
     cfg = row_config(row, args)
-    out = Path(args.work) / "models" / f"{row}_N{n}_{args.protocol}_{args.iterations}"
+    out = Path(args.work) / "models" / f"{row}_N{n}_{args.protocol}_{args.iterations}{'_' + args.tag if args.tag else ''}"
     t0 = time.monotonic()
     retrain(project, cfg, pseudo_dir=pseudo.get(n), out_dir=out, resume=True)
     train_s = time.monotonic() - t0
@@ -181,8 +181,9 @@ def write_outputs(results: list, protocol: str = "cpu-half") -> None:
              "**paper** = 6000 iterations on a GPU.", "",
              "| N | row | protocol | iterations | Dice | Jaccard | 95HD | ASD | train s | s/volume | paper Dice |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for e in sorted(results, key=lambda e: (e["labeled"], ROWS.index(e["row"]), e["protocol"])):
+    for e in sorted(results, key=lambda e: (e["labeled"], ROWS.index(e["row"]), e["protocol"], e.get("tag", ""))):
         paper = PAPER.get(e["labeled"], {}).get(e["row"], "")
+        e = {**e, "row": e["row"] + (f" ({e['tag']})" if e.get("tag") else "")}
         if "skipped" in e:
             lines.append(f"| {e['labeled']} | {e['row']} | {e['protocol']} | | skipped: {e['skipped']} | | | | | | {paper} |")
             continue
@@ -199,7 +200,7 @@ def write_outputs(results: list, protocol: str = "cpu-half") -> None:
     lines += ["", "What ran:"]
     for e in results:
         if "skipped" not in e:
-            lines.append(f"- N={e['labeled']} {e['row']}: protocol {e['protocol']}, "
+            lines.append(f"- N={e['labeled']} {e['row']}{' (' + e['tag'] + ')' if e.get('tag') else ''}: protocol {e['protocol']}, "
                          f"{e.get('config', {}).get('iterations', '-')} iterations, eval stride {e.get('eval_stride', '-')}, "
                          f"{e['validation_cases']} validation cases, {e['threads']} thread(s), device {e['device']}, "
                          f"finished {e.get('finished', '?')}")
@@ -249,6 +250,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=1337)
+    ap.add_argument("--tag", default="", help="names a variant (e.g. the SAM code or seed behind the pseudo-labels); "
+                    "entries with different tags are kept side by side")
     ap.add_argument("--work", default="/tmp/sfr_retrain_quality")
     ap.add_argument("--max-val", type=int, default=16, help="evaluate only the first K validation cases (smoke runs)")
     ap.add_argument("--results", default=str(REPO / "bench" / "results"), help="folder for the JSON, Markdown and plot")
@@ -276,7 +279,8 @@ def main(argv=None) -> int:
             entry = run_row(row, n, args, pseudo)
             entry["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             results = json.loads(path.read_text()) if path.exists() else []  # other runs may have written
-            results = [e for e in results if not (e["labeled"] == n and e["row"] == row and e["protocol"] == args.protocol)]
+            results = [e for e in results if not (e["labeled"] == n and e["row"] == row and e["protocol"] == args.protocol
+                                                  and e.get("tag", "") == args.tag)]
             results.append(entry)
             write_outputs(results, args.protocol)
             m = entry.get("metrics", {}).get("mean")
