@@ -527,7 +527,7 @@ class Pipeline:
                 return cases_json.parent
         return None
 
-    def stage_retrain(self, r: int, pseudo_dir: Path, cases: list) -> Path:
+    def stage_retrain(self, r: int, pseudo_dir: Path, cases: list, sam_model_dir: Path) -> Path:
         from .retrain import retrain
 
         rt_cfg = retrain_config(self.cfg)
@@ -539,7 +539,7 @@ class Pipeline:
             def call(stage_cfg, after_oom):
                 return retrain(self.project, stage_cfg, pseudo_dir=pseudo_dir, out_dir=d,
                                resume=resume and not after_oom, should_stop=self.runner.should_stop,
-                               unlabeled_cases=list(cases))
+                               unlabeled_cases=list(cases), sam_model_dir=sam_model_dir)
 
             with_oom_retry(call, rt_cfg, "V-Net re-training")
             return {"unlabeled_cases": list(cases)}
@@ -658,7 +658,7 @@ class Pipeline:
         self.stage_stitch()
         ft = self.stage_finetune(0, [])
         pl = self.stage_pseudolabel(0, ft, names)
-        rt = self.stage_retrain(0, pl, names)
+        rt = self.stage_retrain(0, pl, names, ft)
         cf = self.stage_confidence(0, rt, pl)
         history = [self._round_record(0, cf, None, names, [])]
         final_cf, final_rt = cf, rt
@@ -677,7 +677,7 @@ class Pipeline:
             extra = [(c, self.project.image_path(self.project.case(c)), cf / f"{c}.nii.gz") for c in trusted]
             ft = self.stage_finetune(r, extra)
             pl = self.stage_pseudolabel(r, ft, untrusted)
-            rt = self.stage_retrain(r, pl, untrusted)
+            rt = self.stage_retrain(r, pl, untrusted, ft)
             cf_new = self.stage_confidence(r, rt, pl)
             rec = self._round_record(r, cf_new, cf, untrusted, trusted)
             history.append(rec)

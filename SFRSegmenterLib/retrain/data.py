@@ -79,12 +79,16 @@ SAM_MODEL_META = "sam-model.json"
 
 
 def sam_meta_path(project: Project) -> Path:
+    """The project's default SAM model metadata (``PROJECT/models/sam``: what ``sfr finetune`` writes)."""
     return project.root / "models" / "sam" / SAM_MODEL_META
 
 
-def check_pseudo_index(project: Project, pseudo_dir: Path, case_names: Sequence[str]) -> dict:
+def check_pseudo_index(project: Project, pseudo_dir: Path, case_names: Sequence[str],
+                       sam_model_dir: "Path | None" = None) -> dict:
     """Validate ``pseudo-labels.json`` for ``case_names``; return {case: pseudo-label path}.
 
+    ``sam_model_dir`` is the SAM model the pseudo-labels must come from (its ``sam-model.json``
+    must exist); None: the project's default model folder, checked when it exists.
     Raises :class:`SFRError` naming the stale or missing file.
     """
     pseudo_dir = Path(pseudo_dir)
@@ -104,7 +108,14 @@ def check_pseudo_index(project: Project, pseudo_dir: Path, case_names: Sequence[
         raise SFRError(
             f"stale pseudo-labels: made for project {index.get('project')!r}, not {name!r}", index_path
         )
-    meta_path = sam_meta_path(project)
+    if sam_model_dir is None:
+        meta_path = sam_meta_path(project)
+        whose = "the project's SAM model"
+    else:
+        meta_path = Path(sam_model_dir) / SAM_MODEL_META
+        whose = "the expected SAM model"
+        if not meta_path.exists():
+            raise SFRError("the SAM model that should have made the pseudo-labels has no metadata", meta_path)
     meta_mtime = None
     if meta_path.exists():
         try:
@@ -114,7 +125,7 @@ def check_pseudo_index(project: Project, pseudo_dir: Path, case_names: Sequence[
         meta_mtime = meta_path.stat().st_mtime
         if meta.get("model_id") != index.get("model_id"):
             raise SFRError(
-                f"stale pseudo-labels: made by SAM model {index.get('model_id')!r}, the project's SAM model "
+                f"stale pseudo-labels: made by SAM model {index.get('model_id')!r}, {whose} "
                 f"is now {meta.get('model_id')!r}; run 'sfr pseudolabel' again",
                 index_path,
             )
@@ -143,10 +154,13 @@ def check_pseudo_index(project: Project, pseudo_dir: Path, case_names: Sequence[
 
 
 def load_unlabeled(
-    project: Project, cases: list, pseudo_dir: "Path | None", with_pseudo: bool
+    project: Project, cases: list, pseudo_dir: "Path | None", with_pseudo: bool,
+    sam_model_dir: "Path | None" = None,
 ) -> list:
-    """Unlabeled cases (normalised images) with their pseudo-labels when ``with_pseudo``."""
-    checked = check_pseudo_index(project, pseudo_dir, [c.name for c in cases]) if with_pseudo else {}
+    """Unlabeled cases (normalised images) with their pseudo-labels when ``with_pseudo``, checked
+    against the SAM model in ``sam_model_dir`` (:func:`check_pseudo_index`)."""
+    checked = (check_pseudo_index(project, pseudo_dir, [c.name for c in cases], sam_model_dir)
+               if with_pseudo else {})
     out = []
     for case in cases:
         image_path = project.image_path(case)

@@ -159,12 +159,15 @@ def retrain(
     resume: bool = False,
     should_stop: Callable[[], bool] | None = None,
     unlabeled_cases: list | None = None,
+    sam_model_dir: Path | None = None,
 ) -> Path:
     """Train ``cfg.network`` on ``project`` and write ``out_dir/model.pt`` (+ ``meta.json``).
 
     ``pseudo_dir`` (default ``PROJECT/pseudo``) holds stage F's pseudo-labels, used when
-    ``cfg.use_sam``.  ``unlabeled_cases`` restricts the unlabeled cases used.  ``should_stop()``
-    is polled before every iteration: when true the state is saved and :class:`Cancelled` raised;
+    ``cfg.use_sam``; they must come from the SAM model in ``sam_model_dir`` (default: the
+    project's ``PROJECT/models/sam``, when it exists).  ``unlabeled_cases`` restricts the
+    unlabeled cases used.  ``should_stop()`` is polled before every iteration: when true the
+    state is saved and :class:`Cancelled` raised;
     ``resume=True`` continues from ``out_dir/checkpoint.pt``.  Returns ``out_dir``.
     """
     if cfg.ssl not in SSL_METHODS:
@@ -178,13 +181,15 @@ def retrain(
 
     rank, world, local_rank, dist_here = _dist_info(resolve_device(cfg.device).type)
     try:
-        return _retrain(project, cfg, pseudo_dir, out_dir, resume, should_stop, unlabeled_cases, rank, world, local_rank)
+        return _retrain(project, cfg, pseudo_dir, out_dir, resume, should_stop, unlabeled_cases, rank, world, local_rank,
+                        sam_model_dir)
     finally:
         if dist_here and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _retrain(project, cfg, pseudo_dir, out_dir, resume, should_stop, unlabeled_names, rank, world, local_rank):
+def _retrain(project, cfg, pseudo_dir, out_dir, resume, should_stop, unlabeled_names, rank, world, local_rank,
+             sam_model_dir=None):
     method = build_method(cfg.ssl, cfg)
     need_u = method.needs_unlabeled or cfg.use_sam
     for what, n in (("labeled", cfg.labeled_bs), ("unlabeled", cfg.unlabeled_bs if need_u else 0)):
@@ -211,7 +216,7 @@ def _retrain(project, cfg, pseudo_dir, out_dir, resume, should_stop, unlabeled_n
                 "and an unlabeled batch of at least 1 (or use --ssl supervised --no-sam)",
                 project.manifest_path,
             )
-        unlabeled = D.load_unlabeled(project, cases, pseudo_dir, cfg.use_sam)
+        unlabeled = D.load_unlabeled(project, cases, pseudo_dir, cfg.use_sam, sam_model_dir)
     num_classes = project.num_classes
     multiple = required_multiple(cfg.network)
     if cfg.crop is None:
