@@ -65,7 +65,7 @@ def _fraction(hi_open=False):
 RULES = {
     # how long / how much
     "iterations": _positive_int(), "iterations_sam": _positive_int(), "iterations_vnet": _positive_int(),
-    "batch_size": _positive_int(), "batch_size_sam": _positive_int(), "batch": _positive_int(),
+    "batch_size": _positive_int(), "batch_size_sam": _positive_int(), "batch": _positive_int(), "window_batch": _positive_int(),
     "labeled_bs": _positive_int(), "unlabeled_bs": _count(), "save_every": _count(),
     "threads": _positive_int(), "rounds": _count(), "flag_k": _count(), "ua_passes": _positive_int(),
     "embedding_cache": _count(), "lr_step": _positive_int(), "warmup": _count(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 
 
 
@@ -15,22 +16,33 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--pred", required=True, help="folder of predicted label maps")
     p.add_argument("--gt", required=True, help="folder of ground-truth label maps")
-    p.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    p.add_argument("--out", metavar="FILE", help="write the report as JSON to FILE (the table is printed too)")
+    # --json prints, as in every command; '--json FILE' (its old meaning here) still writes FILE
+    p.add_argument("--json", nargs="?", const=True, default=False, metavar="FILE",
+                   help="print the report as JSON on stdout instead of the table ('--json FILE', the old "
+                   "form, writes FILE like --out)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from ..evaluation import evaluate_folders, format_table  # scipy: only when evaluating
+    from ..io import check_output, protect_folder
     from ..manifest import write_json_atomic
 
-    from ..io import check_output, protect_folder
+    out = args.out or (args.json if isinstance(args.json, str) else None)
+    if args.out and isinstance(args.json, str):
+        from ..errors import SFRError
 
+        raise SFRError("--json FILE is the old spelling of --out FILE; give one of them")
     protect_folder(args.pred, "a prediction this command reads")
     protect_folder(args.gt, "a ground-truth label this command reads")
-    if args.json:
-        check_output(args.json)  # before the work: an input named as output is refused at once
+    if out:
+        check_output(out)  # before the work: an input named as output is refused at once
     report = evaluate_folders(args.pred, args.gt)
-    print(format_table(report))
-    if args.json:
-        write_json_atomic(args.json, report)
+    if args.json is True:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_table(report))
+    if out:
+        write_json_atomic(out, report)
     return 0

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
-from ..device import DEVICES
 from ..errors import SFRError
 from ..manifest import load_project
 from ..sam import BACKBONE_NAMES
+from ..sam.config import FinetuneConfig as C
 from ..sam.preprocess import METHODS as PREPROCESS_METHODS
+from ._options import add_device, add_json, add_seed, add_threads, default, with_default
 
 
 def add_parser(sub) -> None:
@@ -27,12 +28,17 @@ def add_parser(sub) -> None:
     p.add_argument("--checkpoint", help="base checkpoint file of the backbone (.pth)")
     p.add_argument("--download", action="store_true",
                    help="download the official SAM ViT-B checkpoint once (needs internet; sha256 checked)")
-    p.add_argument("--iterations", type=int, default=6000, help="training iterations (default 6000)")
-    p.add_argument("--batch-size", type=int, default=2, help="crops per iteration (default 2)")
-    p.add_argument("--lora-rank", type=int, default=4, help="LoRA rank (default 4)")
-    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
-    p.add_argument("--seed", type=int, default=1337, help="random seed (default 1337)")
-    p.add_argument("--save-every", type=int, default=200, help="save every N iterations (default 200)")
+    p.add_argument("--iterations", type=int, default=default(C, "iterations"),
+                   help=with_default("training iterations", C, "iterations"))
+    p.add_argument("--batch-size", type=int, default=default(C, "batch_size"),
+                   help=with_default("training batch: volume crops per iteration (each stitched into mosaics)",
+                                     C, "batch_size"))
+    p.add_argument("--lora-rank", type=int, default=default(C, "lora_rank"),
+                   help=with_default("LoRA rank (0: frozen encoder)", C, "lora_rank"))
+    p.add_argument("--lr", type=float, default=default(C, "lr"), help=with_default("AdamW learning rate", C, "lr"))
+    add_seed(p, C)
+    p.add_argument("--save-every", type=int, default=default(C, "save_every"),
+                   help=with_default("save every N iterations", C, "save_every"))
     p.add_argument("--crop", type=int, nargs=3, metavar=("D", "H", "W"),
                    help="training crop = inference window in voxels (default per backbone)")
     p.add_argument("--grid", type=int, nargs=2, metavar=("ROWS", "COLS"),
@@ -49,11 +55,11 @@ def add_parser(sub) -> None:
                    "structures look alike)")
     p.add_argument("--preprocess", choices=PREPROCESS_METHODS, default=None,
                    help="intensity normalisation (default: the backbone's; rank = histogram equalisation)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
-    p.add_argument("--device", choices=DEVICES, default="auto", help="auto picks cuda, then mps, then cpu")
+    add_threads(p)
+    add_device(p)
     p.add_argument("--out", help="model folder (default PROJECT/models/sam)")
     p.add_argument("--resume", action="store_true", help="continue from the last save in the model folder")
-    p.add_argument("--json", action="store_true", help="print the model metadata summary as JSON")
+    add_json(p, "the model metadata summary")
     p.set_defaults(func=run)
 
 

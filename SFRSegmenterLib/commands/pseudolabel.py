@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from ..device import DEVICES
 from ..manifest import load_project
 from ..shard import is_main_process
+from ._options import add_device, add_json, add_threads, add_window_batch
 
 
 def add_parser(sub) -> None:
@@ -24,10 +24,10 @@ def add_parser(sub) -> None:
     p.add_argument("--model", help="fine-tuned model folder (default PROJECT/models/sam)")
     p.add_argument("--cases", nargs="+", metavar="CASE", help="only these cases (default: every unlabeled case)")
     p.add_argument("--overlap", type=float, default=0.25, help="window overlap fraction in [0, 1) (default 0.25)")
-    p.add_argument("--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
-    p.add_argument("--device", choices=DEVICES, default="auto", help="auto picks cuda, then mps, then cpu")
-    p.add_argument("--json", action="store_true", help="print the per-case records as JSON")
+    add_window_batch(p, 4)
+    add_threads(p)
+    add_device(p)
+    add_json(p, "the per-case records")
     p.set_defaults(func=run)
 
 
@@ -46,7 +46,7 @@ def run(args) -> int:
         cases=args.cases,
         device=args.device,
         overlap=args.overlap,
-        batch_size=args.batch_size,
+        batch_size=args.window_batch,
     )
     if not is_main_process():  # under torchrun only rank 0 reports (every rank has all records)
         return 0

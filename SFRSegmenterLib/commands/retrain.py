@@ -13,7 +13,10 @@ from ..manifest import load_project
 
 
 def add_parser(sub) -> None:
+    from ..retrain.config import LA_CROP, PAPER_LR_STEP
+    from ..retrain.config import RetrainConfig as C
     from ..retrain.names import AUGMENT_NAMES, NETWORK_NAMES, NORM_NAMES, SSL_NAMES
+    from ._options import DEVICE_HELP, add_crop, add_device, add_json, add_seed, add_threads, default, show, with_default
 
     p = sub.add_parser(
         "retrain",
@@ -24,32 +27,42 @@ def add_parser(sub) -> None:
         "the global batch, split over the processes).",
     )
     p.add_argument("project", help="project folder")
-    p.add_argument("--ssl", choices=SSL_NAMES, default="mean_teacher", help="SSL method (default mean_teacher)")
-    p.add_argument("--network", choices=NETWORK_NAMES, default="vnet", help="3D network (default vnet)")
+    p.add_argument("--ssl", choices=SSL_NAMES, default=default(C, "ssl"), help=with_default("SSL method", C, "ssl"))
+    p.add_argument("--network", choices=NETWORK_NAMES, default=default(C, "network"),
+                   help=with_default("3D network", C, "network"))
     p.add_argument("--no-sam", action="store_true", help="do not use SAM pseudo-labels (plain MT, lower bound, ...)")
-    p.add_argument("--sam-weight", type=float, default=1.0, help="weight of the pseudo-label loss (default 1)")
+    p.add_argument("--sam-weight", type=float, default=default(C, "sam_weight"),
+                   help=with_default("weight of the pseudo-label loss", C, "sam_weight"))
     p.add_argument("--pseudo", help="pseudo-label folder (default PROJECT/pseudo)")
     p.add_argument("--unlabeled-cases", nargs="+", metavar="CASE", help="use only these unlabeled cases")
-    p.add_argument("--iterations", type=int, default=6000, help="training iterations (default 6000; "
-                   "lr step and consistency ramp-up scale with it)")
-    p.add_argument("--crop", type=int, nargs=3, metavar=("D", "H", "W"),
-                   help="crop in array order, multiples of 16 (default 80 112 112, smaller for small volumes)")
-    p.add_argument("--batch", type=int, nargs=2, metavar=("LABELED", "UNLABELED"), default=(2, 2),
-                   help="global batch: labeled and unlabeled crops (default 2 2)")
-    p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01)")
-    p.add_argument("--lr-step", type=int, help="multiply lr by 0.1 every N iterations (default 2500, not scaled with --iterations)")
-    p.add_argument("--norm", choices=NORM_NAMES, default="batchnorm", help="normalisation layers (default batchnorm)")
-    p.add_argument("--dropout", type=float, default=0.5, help="dropout probability (default 0.5)")
-    p.add_argument("--augment", choices=AUGMENT_NAMES, default="auto",
-                   help="spatial augmentation: rotflip (the paper's 90-degree rotations and flips), crop "
-                   "(random crops only), auto (crop when the project has several structures, else rotflip)")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (under torchrun: cuda uses LOCAL_RANK)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
-    p.add_argument("--save-every", type=int, default=500, help="checkpoint every N iterations (default 500)")
+    p.add_argument("--iterations", type=int, default=default(C, "iterations"),
+                   help=with_default("training iterations; the consistency ramp-up scales with it, the "
+                                     "learning-rate step (--lr-step) does not", C, "iterations"))
+    add_crop(p, f"crop in array order, multiples of 16 (default {show(LA_CROP)}, smaller for small volumes)")
+    p.add_argument("--batch", type=int, nargs=2, metavar=("LABELED", "UNLABELED"),
+                   default=(default(C, "labeled_bs"), default(C, "unlabeled_bs")),
+                   help=f"training batch: labeled and unlabeled crops per iteration, global under torchrun "
+                   f"(default {default(C, 'labeled_bs')} {default(C, 'unlabeled_bs')})")
+    p.add_argument("--lr", type=float, default=default(C, "lr"), help=with_default("SGD learning rate", C, "lr"))
+    p.add_argument("--lr-step", type=int,
+                   help=f"multiply lr by {show(default(C, 'lr_gamma'))} every N iterations (default {PAPER_LR_STEP}, "
+                   "the paper's, not scaled with --iterations)")
+    p.add_argument("--norm", choices=NORM_NAMES, default=default(C, "norm"),
+                   help=with_default("normalisation layers", C, "norm"))
+    p.add_argument("--dropout", type=float, default=default(C, "dropout"),
+                   help=with_default("dropout probability", C, "dropout"))
+    p.add_argument("--augment", choices=AUGMENT_NAMES, default=default(C, "augment"),
+                   help=with_default("spatial augmentation: rotflip (the paper's 90-degree rotations and flips), "
+                                     "crop (random crops only), auto (crop when the project has several "
+                                     "structures, else rotflip)", C, "augment"))
+    add_seed(p, C)
+    add_device(p, help=DEVICE_HELP + " (under torchrun: cuda uses LOCAL_RANK)")
+    add_threads(p)
+    p.add_argument("--save-every", type=int, default=default(C, "save_every"),
+                   help=with_default("checkpoint every N iterations (0: only at the end)", C, "save_every"))
     p.add_argument("--out", help="output folder (default PROJECT/models/vnet)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_json(p, "the model folder and file")
     p.set_defaults(func=run)
 
 

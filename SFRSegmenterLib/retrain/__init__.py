@@ -21,7 +21,7 @@ _EXPORTS = {
     "SSL_METHODS": "ssl",
     "SSLMethod": "ssl",
     "register_method": "ssl",
-    "RetrainConfig": "train",
+    "RetrainConfig": "config",
     "retrain": "train",
 }
 
