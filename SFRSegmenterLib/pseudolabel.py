@@ -1,8 +1,8 @@
 """Stage F output: whole-volume pseudo-labels and confidence from the fine-tuned SAM.
 
-Each volume goes window by window (the training crop, overlapping by ``overlap``) through
-stitch -> model -> bilinear upsampling of the low-resolution logits to the canvas -> softmax
--> unstitch; overlapping windows are averaged.  For every case this writes, in the image's
+Each volume goes window by window (the training crop, overlapping by ``overlap`` of the window, the
+positions of :mod:`.sliding`, as the V-Net's) through stitch -> model -> bilinear upsampling of the
+low-resolution logits to the canvas -> softmax -> unstitch; overlapping windows are averaged.  For every case this writes, in the image's
 own geometry, ``<case>.nii.gz`` (uint8 argmax label) and ``<case>_confidence.nii.gz``
 (float32 max softmax probability in [0, 1]), and records in ``pseudo-labels.json``::
 
@@ -33,10 +33,11 @@ from .finetune import MODEL_META, PARTS_FILE, load_parts, read_model_meta
 from .io import check_outputs, inside, Volume, read_image, sha256_file, write_volume
 from .manifest import Project, write_json_atomic
 from .sam import checkpoints
-from .sam.layout import Layout, pad_to, window_starts
+from .sam.layout import Layout
 from .sam.preprocess import normalize
 from .sam.registry import build_segmenter, get_spec
 from .shard import sharded, voxel_counts
+from .sliding import DEFAULT_OVERLAP, check_overlap, overlap_stride, sliding_window
 from .stitching import stitch, unstitch
 
 PSEUDO_JSON = "pseudo-labels.json"
@@ -89,7 +90,7 @@ def load_sam_model(model_dir: "str | os.PathLike", device: "str | torch.device" 
 def predict_probabilities(
     model,
     volume: "Volume | np.ndarray",
-    overlap: float = 0.25,
+    overlap: float = DEFAULT_OVERLAP,
     batch_size: int = 4,
     should_stop: "Callable[[], bool] | None" = None,
     encoder_cache: "dict | None" = None,
@@ -105,50 +106,43 @@ def predict_probabilities(
         raise ValueError("encoder_cache needs a frozen-encoder model (LoRA rank 0)")
     array = volume.array if isinstance(volume, Volume) else np.asarray(volume)
     layout: Layout = model.layout
-    plan = layout.plan()
     image = normalize(array, model.meta["preprocess"])
-    D, H, W = image.shape
-    padded = pad_to(image, layout.crop, 0.0)
-    PD, PH, PW = padded.shape
-    cd, ch, cw = layout.crop
-    K = model.num_masks
-    acc = np.zeros((K, PD, PH, PW), dtype=np.float32)
-    count = np.zeros((PD, PH, PW), dtype=np.float32)
-    windows = [
-        (z, y, x)
-        for z in window_starts(PD, cd, overlap)
-        for y in window_starts(PH, ch, overlap)
-        for x in window_starts(PW, cw, overlap)
-    ]
-    device = next(model.parameters()).device
-    bf16 = device.type == "cuda"
-    S = plan.canvas
-    for i in range(0, len(windows), max(1, batch_size)):
-        if should_stop is not None and should_stop():
-            raise Cancelled("pseudo-labelling stopped")
-        chunk = windows[i : i + batch_size]
-        n = len(chunk)
-        keys = [(cache_key, w) for w in chunk]
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-            if encoder_cache is not None and all(k in encoder_cache for k in keys):
-                emb = torch.cat([encoder_cache[k] for k in keys]).to(device).float()
+    predictor = SamWindows(model, layout, encoder_cache, cache_key)
+    try:
+        return sliding_window(image, layout.crop, overlap_stride(layout.crop, overlap), predictor,
+                              batch=batch_size, pad="end", should_stop=should_stop)
+    except Cancelled:
+        raise Cancelled("pseudo-labelling stopped") from None
+
+
+class SamWindows:
+    """The SAM predictor of :func:`~.sliding.sliding_window`: windows -> stitch -> encoder ->
+    decoder -> softmax -> unstitch; encoder outputs kept in ``encoder_cache`` by
+    ``(cache_key, window corner)`` when one is given."""
+
+    def __init__(self, model, layout: Layout, encoder_cache: "dict | None" = None, cache_key=None):
+        self.model, self.plan = model, layout.plan()
+        self.encoder_cache, self.cache_key = encoder_cache, cache_key
+        self.device = next(model.parameters()).device
+
+    def __call__(self, tiles: np.ndarray, corners) -> torch.Tensor:
+        model, plan, cache, S = self.model, self.plan, self.encoder_cache, self.plan.canvas
+        n, K = len(corners), model.num_masks
+        keys = [(self.cache_key, tuple(c)) for c in corners]
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            if cache is not None and all(k in cache for k in keys):
+                emb = torch.cat([cache[k] for k in keys]).to(self.device).float()
             else:
-                crops = np.stack([padded[z : z + cd, y : y + ch, x : x + cw] for z, y, x in chunk])
-                canv = stitch(crops, plan, fill=0.0, mode="bilinear")  # [n, slabs, S, S]
+                canv = stitch(tiles, plan, fill=0.0, mode="bilinear")  # [n, slabs, S, S]
                 t = torch.from_numpy(np.ascontiguousarray(canv, dtype=np.float32)).reshape(-1, 1, S, S)
-                emb = model.image_encoder(t.expand(-1, 3, -1, -1).to(device))
-                if encoder_cache is not None:
+                emb = model.image_encoder(t.expand(-1, 3, -1, -1).to(self.device))
+                if cache is not None:
                     per = emb.float().cpu().to(torch.float16).reshape(n, plan.slabs, *emb.shape[1:])
                     for k, e in zip(keys, per):
-                        encoder_cache[k] = e
+                        cache[k] = e
             logits = model.upsample(model.decode(emb))
         probs = torch.softmax(logits.float(), dim=1).reshape(n, plan.slabs, K, S, S).transpose(1, 2)
-        vol = unstitch(probs.cpu(), plan, mode="bilinear").numpy()  # [n, K, cd, ch, cw]
-        for (z, y, x), p in zip(chunk, vol):
-            acc[:, z : z + cd, y : y + ch, x : x + cw] += p
-            count[z : z + cd, y : y + ch, x : x + cw] += 1.0
-    acc /= count[None]
-    return np.ascontiguousarray(acc[:, :D, :H, :W])
+        return unstitch(probs.cpu(), plan, mode="bilinear")  # [n, K, cd, ch, cw]
 
 
 def _now() -> str:
@@ -172,7 +166,7 @@ def pseudolabel(
     cases: "Sequence[str] | None" = None,
     device: str = "auto",
     should_stop: "Callable[[], bool] | None" = None,
-    overlap: float = 0.25,
+    overlap: float = DEFAULT_OVERLAP,
     batch_size: int = 4,
 ) -> dict:
     """Pseudo-label ``cases`` (default: every unlabeled case); returns the per-case records.
@@ -182,8 +176,7 @@ def pseudolabel(
     process returns all the records."""
     model_dir = Path(model_dir) if model_dir else project.root / "models" / "sam"
     out_dir = Path(out_dir) if out_dir else project.root / "pseudo"
-    if not 0.0 <= overlap < 1.0:
-        raise SFRError(f"overlap must be in [0, 1), got {overlap}")
+    overlap = check_overlap(overlap)
     names = [c.name for c in project.by_role("unlabeled")] if cases is None else list(cases)
     selected = [project.case(n) for n in names]
     # inputs are sacred (io.check_output): no image or label of the project, and no file outside

@@ -16,6 +16,7 @@ from SFRSegmenterLib.retrain import RetrainConfig, load_model, predict_folder, p
 from SFRSegmenterLib.retrain.data import normalize
 from SFRSegmenterLib.retrain.inference import default_stride, window_starts
 from SFRSegmenterLib.retrain.networks import build_network
+from SFRSegmenterLib.sliding import DEFAULT_OVERLAP, resolve_stride
 from SFRSegmenterLib.retrain.train import FORMAT
 
 
@@ -55,7 +56,8 @@ def test_window_positions_cover_and_default_stride():
     assert window_starts(88, 80, 4) == [0, 4, 8]
     assert window_starts(244, 112, 18)[-1] == 132 and len(window_starts(244, 112, 18)) == 9
     assert window_starts(50, 64, 8) == [0]
-    assert default_stride((80, 112, 112)) == (4, 18, 18)
+    assert resolve_stride((80, 112, 112), "paper") == (4, 18, 18)
+    assert default_stride((80, 112, 112)) == resolve_stride((80, 112, 112), None, DEFAULT_OVERLAP)
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +120,15 @@ def test_cli_predict_and_errors(trained, tmp_path, sfr, capsys):
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout)
     assert (tmp_path / "o" / f"{case.name}.nii.gz").exists() and case.name in res
+    # the paper's stride and an overlap, through the real parser: the same labels where windows agree
+    for option, value in (("--stride", ["paper"]), ("--overlap", ["0.5"])):
+        proc = sfr("predict", "--model", model_dir, "--images", project.image_path(case), "--out", tmp_path / option[2:],
+                   option, *value, "--device", "cpu", "--threads", "1", "--json")
+        assert proc.returncode == 0, proc.stderr
+        assert read_image(tmp_path / option[2:] / f"{case.name}_confidence.nii.gz").shape == read_image(project.image_path(case)).shape
+    proc = sfr("review", "--model", model_dir, "--images", project.image_path(case), "--out", tmp_path / "rev",
+               "--stride", "paper", "--window-batch", "8", "--device", "cpu", "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
     proc = sfr("predict", "--model", tmp_path / "nope", "--images", SAMPLE / "images", "--out", tmp_path / "o")
     assert proc.returncode == 2 and "model file not found" in proc.stderr and "Traceback" not in proc.stderr
     # the same one-line errors, through the CLI entry point in this process

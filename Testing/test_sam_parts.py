@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from SFRSegmenterLib.sam import augment
-from SFRSegmenterLib.sam.layout import Layout, pad_to, resolve_layout, window_starts
+from SFRSegmenterLib.sam.layout import Layout, pad_to, resolve_layout
 from SFRSegmenterLib.sam.loss import dice_ce_loss
 from SFRSegmenterLib.sam.preprocess import normalize
 from SFRSegmenterLib.stitching import IGNORE_INDEX
@@ -28,16 +28,6 @@ def test_loss_ignores_padding_label():
     assert dice_ce_loss(perfect, target) < 1e-3 < dice_ce_loss(logits, target)
     all_ignored = torch.full((1, 8, 8), IGNORE_INDEX)
     assert float(dice_ce_loss(torch.randn(1, 3, 8, 8, requires_grad=True), all_ignored)) == 0.0
-
-
-@pytest.mark.parametrize("length,size,overlap", [(88, 16, 0.0), (88, 16, 0.25), (147, 128, 0.5), (10, 16, 0.25)])
-def test_windows_cover_the_volume(length, size, overlap):
-    starts = window_starts(length, size, overlap)
-    covered = np.zeros(max(length, size), bool)
-    for s in starts:
-        covered[s:s + size] = True
-        assert s + size <= max(length, size)
-    assert covered[:length].all() and starts == sorted(set(starts))
 
 
 def test_augmentations_move_image_and_label_together():

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+
+from ._options import add_device, add_threads, add_window_batch
 
 
 def add_parser(sub) -> None:
@@ -23,24 +26,66 @@ def add_parser(sub) -> None:
 
 def add_window_arguments(p) -> None:
     """The sliding-window options of every command that runs a re-trained network over volumes."""
-    p.add_argument("--stride", type=int, nargs=3, metavar=("D", "H", "W"),
-                   help="window stride in array order (default: the paper's 4 18 18 scaled to the window)")
+    from ..sliding import DEFAULT_OVERLAP, MAX_OVERLAP, PAPER_STRIDE, PAPER_WINDOW
+
+    step = p.add_mutually_exclusive_group()
+    step.add_argument("--overlap", type=_overlap, metavar="F",
+                      help=f"windows overlap by this fraction of the window, 0..{MAX_OVERLAP} "
+                      f"(default {DEFAULT_OVERLAP:g}: see bench/results/inference_cost.md)")
+    # dest "stride_spec": three ints or a preset name, checked by _StrideAction (validate.RULES
+    # knows "stride" as integers only); window_images() puts the result in args.stride
+    step.add_argument("--stride", nargs="+", action=_StrideAction, metavar="STRIDE", dest="stride_spec",
+                      help="window stride D H W in array order, or paper: the paper's LA stride "
+                      f"{' '.join(map(str, PAPER_STRIDE))} for its {'x'.join(map(str, PAPER_WINDOW))} window, "
+                      "scaled to other windows (slow for small windows)")
     p.add_argument("--window", type=int, nargs=3, metavar=("D", "H", "W"), help="window (default: the training crop)")
-    p.add_argument("--batch", type=int, default=4, help="windows per forward pass (default 4)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    add_window_batch(p, 4)
+    add_device(p)
+    add_threads(p)
+
+
+def _overlap(text: str) -> float:
+    from ..errors import SFRError
+    from ..sliding import check_overlap
+
+    try:
+        return check_overlap(text, "value")
+    except SFRError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+class _StrideAction(argparse.Action):
+    """``--stride D H W`` (positive integers) or ``--stride paper``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from ..sliding import STRIDE_PRESETS
+
+        if len(values) == 1 and values[0] in STRIDE_PRESETS:
+            setattr(namespace, self.dest, values[0])
+            return
+        try:
+            stride = tuple(int(v) for v in values)
+        except ValueError:
+            stride = ()
+        if len(stride) != 3 or min(stride) < 1:
+            parser.error(f"argument --stride: three positive integers (D H W) or "
+                         f"{' or '.join(STRIDE_PRESETS)}, got {' '.join(values)!r}")
+        setattr(namespace, self.dest, stride)
 
 
 def window_images(args):
-    """Apply ``--threads``, check ``--window``; the image folder or files to run on."""
+    """Apply ``--threads``, check ``--window``, put ``--stride`` or ``--overlap`` into ``args.stride``
+    (three ints, ``"paper"`` or an :class:`~..sliding.Overlap`); the image folder or files to run on."""
     import torch
 
     from ..errors import SFRError
+    from ..sliding import Overlap
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.window and any(w < 16 or w % 16 for w in args.window):
         raise SFRError(f"--window {args.window} must be multiples of 16")
+    args.stride = Overlap(args.overlap) if args.overlap is not None else args.stride_spec
     return args.images[0] if len(args.images) == 1 else args.images
 
 
@@ -51,7 +96,7 @@ def run(args) -> int:
     images = window_images(args)
     _check_outputs(images, args.out)
     res = predict_folder(args.model, images, args.out, stride=args.stride, device=args.device,
-                         window=args.window, batch=args.batch)
+                         window=args.window, batch=args.window_batch)
     if not is_main_process():  # under torchrun only rank 0 reports (every rank has all results)
         return 0
     if args.json:

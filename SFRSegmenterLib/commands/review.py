@@ -40,7 +40,7 @@ def run(args) -> int:
     given = {"tau": args.tau, "k": args.flag_k, "voxel_threshold": args.voxel_threshold,
              "ranking": args.ranking, "min_structure_mm3": args.min_structure_mm3}
     result = review_folder(args.model, images, args.out, device=args.device, window=args.window,
-                           stride=args.stride, batch=args.batch,
+                           stride=args.stride, batch=args.window_batch,
                            **{k: v for k, v in given.items() if v is not None})  # else review's defaults
     if not is_main_process():  # under torchrun only rank 0 reports
         return 0

@@ -1,15 +1,15 @@
 """Sliding-window inference of a re-trained network, with softmax averaging.
 
-Windows of the training crop size are laid out along each axis at positions
-``min(i * stride, size - window)`` (so the last window touches the far border), run in batches of
-``batch`` windows, and their softmax probabilities averaged where they overlap.  A volume smaller
-than the window is padded with zeros (symmetrically) and the padding cut away afterwards.  Only one
-batch of windows is on the device at a time; the accumulator lives in host memory.
+The windows (the training crop by default) and their stride follow :mod:`..sliding`: by default
+they overlap by :data:`~..sliding.DEFAULT_OVERLAP` of the window; ``stride="paper"`` is the paper's
+LA stride (4, 18, 18) scaled to the window.  Windows run in batches of ``batch``, their softmax
+probabilities averaged where they overlap.  A volume smaller than the window is padded with zeros
+(symmetrically) and the padding cut away afterwards.  Only one batch of windows is on the device at
+a time; the accumulator lives in host memory.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Sequence
@@ -20,25 +20,15 @@ import torch
 from ..device import resolve_device
 from ..errors import SFRError
 from ..io import Volume, case_name, inside, read_image, volume_entry, write_volume
+from ..sliding import PAPER_STRIDE, PAPER_WINDOW, resolve_stride, sliding_window, window_starts  # noqa: F401
 from .data import normalize
 from .networks import build_network
 from .train import FORMAT, MODEL_FILE
 
-#: The paper's LA window and stride, array order (D, H, W).
-PAPER_WINDOW = (80, 112, 112)
-PAPER_STRIDE = (4, 18, 18)
-
 
 def default_stride(window: Sequence[int]) -> tuple:
-    """The paper's stride scaled to ``window``: (4, 18, 18) for (80, 112, 112)."""
-    return tuple(max(1, round(w * s / p)) for w, s, p in zip(window, PAPER_STRIDE, PAPER_WINDOW))
-
-
-def window_starts(size: int, window: int, stride: int) -> list:
-    if size <= window:
-        return [0]
-    n = math.ceil((size - window) / stride) + 1
-    return sorted({min(i * stride, size - window) for i in range(n)})
+    """The default stride for ``window``: windows overlapping by ``sliding.DEFAULT_OVERLAP``."""
+    return resolve_stride(window)
 
 
 def load_model(model_dir: "str | os.PathLike", device="auto", network: str | None = None, num_classes: int | None = None):
@@ -83,48 +73,32 @@ def load_model(model_dir: "str | os.PathLike", device="auto", network: str | Non
 
 
 @torch.no_grad()
-def predict_volume(model, volume, window=None, stride=None, batch: int = 4) -> np.ndarray:
+def predict_volume(model, volume, window=None, stride=None, batch: int = 4, overlap: "float | None" = None,
+                   blend: str = "constant") -> np.ndarray:
     """Softmax probabilities ``[K, D, H, W]`` (float32) of ``volume`` (a Volume or array).
 
-    ``window`` defaults to the model's training crop, ``stride`` to :func:`default_stride`.
+    ``window`` defaults to the model's training crop; ``stride`` (three ints or ``"paper"``) or
+    ``overlap`` (a fraction of the window) set the step, by default ``sliding.DEFAULT_OVERLAP``.
     The volume is z-scored as in training.
     """
     meta = getattr(model, "sfr_meta", {}) or {}
     window = tuple(int(w) for w in (window or meta.get("window") or PAPER_WINDOW))
-    stride = tuple(int(s) for s in (stride or default_stride(window)))
-    if any(s < 1 for s in stride):
-        raise SFRError(f"stride {list(stride)} must be positive")
+    stride = resolve_stride(window, stride, overlap)
     arr = volume.array if isinstance(volume, Volume) else np.asarray(volume)
     if meta.get("normalization", "zscore") == "zscore":
         arr = normalize(arr)
-    shape = arr.shape
-    pads = [(max(0, w - s) // 2, max(0, w - s) - max(0, w - s) // 2) for w, s in zip(window, shape)]
-    x = np.pad(arr, pads) if any(p != (0, 0) for p in pads) else arr
-    padded = x.shape
-    starts = [window_starts(s, w, st) for s, w, st in zip(padded, window, stride)]
-    corners = [(a, b, c) for a in starts[0] for b in starts[1] for c in starts[2]]
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    acc = None
-    count = np.zeros(padded, dtype=np.float32)
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    for i in range(0, len(corners), max(1, int(batch))):
-        group = corners[i : i + max(1, int(batch))]
-        tiles = torch.stack(
-            [xt[a : a + window[0], b : b + window[1], c : c + window[2]] for a, b, c in group]
-        )[:, None].to(device)
-        prob = torch.softmax(model(tiles).float(), dim=1).cpu().numpy()
-        if acc is None:
-            acc = np.zeros((prob.shape[1], *padded), dtype=np.float32)
-        for p, (a, b, c) in zip(prob, group):
-            acc[:, a : a + window[0], b : b + window[1], c : c + window[2]] += p
-            count[a : a + window[0], b : b + window[1], c : c + window[2]] += 1
-    if was_training:
-        model.train()
-    acc /= count[None]
-    sl = tuple(slice(p[0], p[0] + s) for p, s in zip(pads, shape))
-    return np.ascontiguousarray(acc[(slice(None), *sl)])
+
+    def softmax(tiles, corners):
+        return torch.softmax(model(torch.from_numpy(tiles)[:, None].to(device)).float(), dim=1)
+
+    try:
+        return sliding_window(arr, window, stride, softmax, batch=batch, blend=blend, pad="center")
+    finally:
+        if was_training:
+            model.train()
 
 
 def _image_paths(images) -> list:
@@ -162,7 +136,8 @@ def refuse_overwriting_inputs(out_dir: Path, names, suffixes, inputs) -> None:
                 raise SFRError("output would overwrite an input image; choose another --out", target)
 
 
-def predict_folder(model_dir, images_dir_or_paths, out_dir, stride=None, device="auto", window=None, batch: int = 4) -> dict:
+def predict_folder(model_dir, images_dir_or_paths, out_dir, stride=None, device="auto", window=None, batch: int = 4,
+                   overlap: "float | None" = None, blend: str = "constant") -> dict:
     """Predict every image; write ``<case>.nii.gz`` (uint8 argmax) and ``<case>_confidence.nii.gz``
     (float32 max softmax) into ``out_dir`` in each image's geometry.
 
@@ -175,6 +150,7 @@ def predict_folder(model_dir, images_dir_or_paths, out_dir, stride=None, device=
 
     paths = case_paths(images_dir_or_paths)
     out_dir = Path(out_dir)
+    resolve_stride(window or PAPER_WINDOW, stride, overlap)  # bad values fail before any work
     refuse_overwriting_inputs(out_dir, paths, (".nii.gz", "_confidence.nii.gz"), paths.values())
     with sharded(device) as shard:
         sizes = voxel_counts(paths) if shard.world > 1 else {}
@@ -185,7 +161,8 @@ def predict_folder(model_dir, images_dir_or_paths, out_dir, stride=None, device=
         bar = events.Progress("predict", len(own)) if shard.main else None
         for i, name in enumerate(own):
             results[name] = _predict_case(model, paths[name], inside(out_dir, f"{name}.nii.gz"),
-                                          inside(out_dir, f"{name}_confidence.nii.gz"), window, stride, batch)
+                                          inside(out_dir, f"{name}_confidence.nii.gz"), window, stride, batch,
+                                          overlap, blend)
             if bar is not None:
                 bar.update(i + 1, case=name)
         shard.report("predict", own)
@@ -194,13 +171,14 @@ def predict_folder(model_dir, images_dir_or_paths, out_dir, stride=None, device=
     return {name: results[name] for name in paths}
 
 
-def _predict_case(model, image_path: Path, label_path: Path, conf_path: Path, window, stride, batch) -> dict:
+def _predict_case(model, image_path: Path, label_path: Path, conf_path: Path, window, stride, batch,
+                  overlap=None, blend="constant") -> dict:
     """Predict one image and write its label and confidence map."""
     import time
 
     image = read_image(image_path)
     t0 = time.monotonic()
-    prob = predict_volume(model, image, window=window, stride=stride, batch=batch)
+    prob = predict_volume(model, image, window=window, stride=stride, batch=batch, overlap=overlap, blend=blend)
     seconds = time.monotonic() - t0
     label = prob.argmax(0).astype(np.uint8)
     conf = prob.max(0).astype(np.float32)

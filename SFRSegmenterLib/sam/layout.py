@@ -2,14 +2,13 @@
 
 Training samples crops of ``crop = (D, H, W)`` voxels and stitches each crop with one
 :class:`~SFRSegmenterLib.stitching.StitchPlan`; inference slides the same window over the
-whole volume.  A crop larger than the volumes is cut to the largest volume extent; volumes
+whole volume (window positions: :mod:`SFRSegmenterLib.sliding`, shared with the V-Net).  A crop larger than the volumes is cut to the largest volume extent; volumes
 smaller than the crop are padded (image 0, label IGNORE_INDEX).  A crop given explicitly is
 kept as given.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,11 +62,3 @@ def pad_to(array: np.ndarray, shape, value) -> np.ndarray:
     widths = [(0, 0)] * (array.ndim - 3) + [(0, e) for e in extra]
     return np.pad(array, widths, constant_values=value)
 
-
-def window_starts(length: int, size: int, overlap: float) -> list:
-    """Start positions of windows of ``size`` covering ``length``, overlapping >= ``overlap``."""
-    if length <= size:
-        return [0]
-    step = max(1, int(math.floor(size * (1.0 - overlap))))
-    n = int(math.ceil((length - size) / step)) + 1
-    return sorted({int(round(v)) for v in np.linspace(0, length - size, n)})
