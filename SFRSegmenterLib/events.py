@@ -18,13 +18,14 @@ silent, ``auto`` is ``bar`` on a terminal and ``none`` otherwise.  ``add_sink`` 
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import sys
 import threading
 import time
 from typing import IO, Callable
+
+from .clock import format_duration, utcnow
 
 _MODE = "auto"
 _SINKS: list = []
@@ -55,13 +56,9 @@ def remove_sink(sink) -> None:
         _SINKS.remove(sink)
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def emit(event: str, **fields) -> dict:
     """Emit one event to every configured destination and return it."""
-    record = {"event": event, **fields, "time": _now()}
+    record = {"event": event, **fields, "time": utcnow()}
     line = json.dumps(record, default=_jsonable)
     with _LOCK:
         if mode() == "json":
@@ -140,10 +137,10 @@ class Progress:
         width = 28
         filled = int(frac * width)
         extra = " ".join(f"{k}={_short(v)}" for k, v in metrics.items())
-        eta_s = "--" if eta is None else _hms(eta)
+        eta_s = format_duration(eta)
         text = (
             f"\r{self.stage:>11} [{'#' * filled}{'.' * (width - filled)}] {step}/{self.total} "
-            f"{_hms(elapsed)} eta {eta_s} {extra}"
+            f"{format_duration(elapsed)} eta {eta_s} {extra}"
         )
         pad = max(0, self._bar_width - len(text))
         self._bar_width = len(text)
@@ -157,13 +154,6 @@ def _short(value) -> str:
     if isinstance(value, (list, tuple)):
         return "/".join(_short(float(v)) for v in value)
     return str(value)
-
-
-def _hms(seconds: float) -> str:
-    seconds = int(seconds)
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
 def open_sink(path: "str | os.PathLike") -> IO[str]:

@@ -15,7 +15,6 @@ seeded with ``(seed, i)``, so a resumed run equals an uninterrupted one on CPU.
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import os
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from . import events
+from .clock import utcnow
 from .collapse import ClassBalance
 from .device import describe_device, resolve_device
 from .errors import Cancelled, SFRError
@@ -175,10 +175,6 @@ def content_digest(state: dict) -> str:
     return h.hexdigest()
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
 def finetune(
     project: Project,
     cfg: FinetuneConfig,
@@ -236,7 +232,7 @@ def finetune(
         "labeled_cases": [c.name for c in cases if c.source == "labeled"],
         "extra_labeled": [c.name for c in cases if c.source == "pseudo"],
         "project": project.name or project.root.name,
-        "created": _now(),
+        "created": utcnow(),
         "iterations": cfg.iterations,
         "iterations_done": 0,
         "loss_curve": [],
@@ -311,7 +307,7 @@ def finetune(
             parts_sha256=digest,
             model_id="sam-" + content_digest(parts)[:16],
             train_seconds=round(seconds, 2),
-            updated=_now(),
+            updated=utcnow(),
             class_balance=balance.summary(),
         )
         write_json_atomic(out_dir / MODEL_META, meta)

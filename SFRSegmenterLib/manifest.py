@@ -5,7 +5,7 @@ Format (schema version 1)::
     {
       "schema_version": 1,
       "name": "la16",
-      "created": "2026-11-27T00:00:00+00:00",
+      "created": "2026-11-27T00:00:00Z",
       "classes": ["background", "left_atrium"],      # index = label value
       "cases": [
         {"name": "case01", "image": "images/case01.nii.gz", "label": "labels/case01.nii.gz",
@@ -26,30 +26,19 @@ Format (schema version 1)::
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 
+from .clock import utcnow
 from .errors import SFRError
-from .io import (
-    case_name,
-    check_output,
-    default_file_mode,
-    protect,
-    read_image,
-    read_label,
-    volume_entry,
-    volume_suffix,
-)
+from .io import MANIFEST_FILE, case_name, protect, read_image, read_json, read_label, volume_entry, volume_suffix
+from .io import write_json_atomic  # noqa: F401 (the engine's JSON writer, long imported from here)
+from .manifest_schema import MAX_CASE_NAME, ROLES, SCHEMA_VERSION, case_name_problem, validate_manifest  # noqa: F401
 
-MANIFEST_NAME = "sfr-project.json"
-SCHEMA_VERSION = 1
-ROLES = ("labeled", "unlabeled", "validation")
+MANIFEST_NAME = MANIFEST_FILE
 
 
 @dataclass
@@ -138,113 +127,6 @@ class Project:
         }
 
 
-def write_json_atomic(path: "str | os.PathLike", data, manifest: bool = False) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename (all or nothing).
-
-    Refused (:func:`~SFRSegmenterLib.io.check_output`) when ``path`` is an input: a project's
-    image or label, a file the command reads, or a manifest (``manifest=True``: its own writer).
-    """
-    path = Path(path)
-    check_output(path, manifest=manifest)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    os.chmod(tmp, default_file_mode())
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-#: Longest case name accepted (output names add suffixes such as ``_confidence.nii.gz``).
-MAX_CASE_NAME = 200
-
-
-def case_name_problem(name) -> str | None:
-    """Why ``name`` cannot be a case name (it becomes a file name), or None when it is file-safe."""
-    if not isinstance(name, str) or not name:
-        return "must be a non-empty string"
-    if name in (".", ".."):
-        return f"{name!r} is not a file name"
-    if "/" in name or "\\" in name:
-        return f"{name!r} contains a path separator"
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
-        return f"{name!r} contains a control character"
-    if name != name.strip():
-        return f"{name!r} starts or ends with a space"
-    if len(name) > MAX_CASE_NAME:
-        return f"is longer than {MAX_CASE_NAME} characters"
-    return None
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def validate_manifest(data, path: Path) -> None:
-    """Check a parsed manifest as a whole; SFRError naming the manifest and the first bad field."""
-
-    def bad(field_name: str, problem: str):
-        raise SFRError(f"{field_name}: {problem}", path)
-
-    if not isinstance(data, dict):
-        bad("manifest", f"expected a JSON object, got {type(data).__name__}")
-    if "schema_version" not in data:
-        bad("schema_version", "missing")
-    version = data["schema_version"]
-    if not _is_int(version):
-        bad("schema_version", f"must be an integer, got {json.dumps(version)}")
-    if version > SCHEMA_VERSION:
-        bad("schema_version", f"version {version} is newer than this engine supports ({SCHEMA_VERSION}); "
-            "upgrade SFR Segmenter")
-    if version < 1:
-        bad("schema_version", f"must be >= 1, got {version}")
-    for key in ("name", "created"):
-        if key in data and data[key] is not None and not isinstance(data[key], str):
-            bad(key, f"must be a string, got {json.dumps(data[key])[:60]}")
-    classes = data.get("classes", ["background", "foreground"])
-    if not isinstance(classes, list) or len(classes) < 2:
-        bad("classes", "must be a list of at least 2 class names, background first")
-    for i, c in enumerate(classes):
-        if not isinstance(c, str) or not c.strip():
-            bad(f"classes[{i}]", f"must be a non-empty string, got {json.dumps(c)[:60]}")
-    if len(set(classes)) != len(classes):
-        bad("classes", "class names must be unique")
-    cases = data.get("cases", [])
-    if not isinstance(cases, list):
-        bad("cases", f"must be a list, got {type(cases).__name__}")
-    seen = set()
-    for i, c in enumerate(cases):
-        where = f"cases[{i}]"
-        if not isinstance(c, dict):
-            bad(where, f"must be an object, got {json.dumps(c)[:60]}")
-        problem = case_name_problem(c.get("name"))
-        if problem:
-            bad(f"{where}.name", problem)
-        where = f"cases[{i}] ({c['name']!r})"
-        for key in ("image", "label"):
-            value = c.get(key)
-            if key == "label" and value is None:
-                continue
-            if not isinstance(value, str) or not value.strip():
-                bad(f"{where}.{key}", f"must be a file path, got {json.dumps(value)[:60]}")
-            if "\x00" in value:
-                bad(f"{where}.{key}", "contains a NUL character")
-        role = c.get("role", "unlabeled")
-        if role not in ROLES:
-            bad(f"{where}.role", f"unknown role {json.dumps(role)[:60]} (one of {', '.join(ROLES)})")
-        if role == "labeled" and c.get("label") is None:
-            bad(f"{where}.label", "a labeled case needs a label file (or make its role unlabeled)")
-        if c["name"] in seen:
-            bad(f"{where}.name", "duplicate case name")
-        seen.add(c["name"])
-
-
 def load_project(root: "str | os.PathLike") -> Project:
     """Load and validate ``root/sfr-project.json`` (``root`` may also be the manifest file itself).
 
@@ -256,12 +138,7 @@ def load_project(root: "str | os.PathLike") -> Project:
         raise SFRError(f"not an SFR project (no {MANIFEST_NAME}; create one with 'sfr init')", path.parent)
     if path.is_dir():
         raise SFRError("is a folder, expected the project manifest file", path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise SFRError(f"manifest is not valid JSON ({str(exc)[:120]})", path) from None
-    except OSError as exc:
-        raise SFRError(f"cannot read the manifest ({exc.strerror or exc})", path) from None
+    data = read_json(path, "manifest")
     validate_manifest(data, path)
     cases = [Case(c["name"], c["image"], c.get("label"), c.get("role", "unlabeled")) for c in data.get("cases", [])]
     known = {"schema_version", "name", "created", "classes", "cases"}
@@ -394,7 +271,7 @@ def init_project(
     if labeled is not None and labeled < 0:
         raise SFRError(f"--labeled must be >= 0, got {labeled}")
 
-    project = Project(root=root, name=root.name, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    project = Project(root=root, name=root.name, created=utcnow())
     train = order[: n - validation]
     have_labels = [c for c in train if c in label_files]
     keep = set(have_labels if labeled is None else have_labels[:labeled])

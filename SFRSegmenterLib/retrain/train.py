@@ -9,7 +9,6 @@ networks whose normalisation does not mix samples; batch norm is synchronised on
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -23,7 +22,8 @@ from ..collapse import ClassBalance
 from .names import AUGMENT_NAMES
 from ..device import describe_device, resolve_device
 from ..errors import Cancelled, SFRError
-from ..manifest import Project, write_json_atomic
+from ..io import atomic_path, write_json_atomic
+from ..manifest import Project
 from ..shard import dist_info as _dist_info
 from . import data as D
 from .networks import build_network, count_parameters, required_multiple
@@ -44,15 +44,9 @@ def _seed_int(*parts) -> int:
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
+    """``torch.save`` through the engine's atomic writer (and its output guard)."""
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _unwrap(model):

@@ -16,7 +16,7 @@ import torch
 
 from .. import events
 from ..errors import SFRError
-from ..io import sha256_file
+from ..io import atomic_path, sha256_file
 
 #: Official checkpoints: file name -> (sha256, size in bytes or None, download URL or None).
 KNOWN_CHECKPOINTS = {
@@ -138,27 +138,23 @@ def download(name: str = DOWNLOADABLE, dest_dir: "Path | None" = None) -> Path:
     dest = dest_dir / name
     if dest.exists() and sha256_file(dest) == sha:
         return dest
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
     events.log(f"downloading {url} -> {dest}")
     digest = hashlib.sha256()
     try:
-        with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as fh:
-            total = int(resp.headers.get("Content-Length") or size or 0)
-            bar = events.Progress("download", max(total, 1))
-            done = 0
-            for block in iter(lambda: resp.read(1 << 20), b""):
-                fh.write(block)
-                digest.update(block)
-                done += len(block)
-                bar.update(min(done, max(total, 1)), mb=round(done / 2**20, 1))
+        with atomic_path(dest) as part:  # the file appears only once complete and checked
+            with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as fh:
+                total = int(resp.headers.get("Content-Length") or size or 0)
+                bar = events.Progress("download", max(total, 1))
+                done = 0
+                for block in iter(lambda: resp.read(1 << 20), b""):
+                    fh.write(block)
+                    digest.update(block)
+                    done += len(block)
+                    bar.update(min(done, max(total, 1)), mb=round(done / 2**20, 1))
+            if digest.hexdigest() != sha:
+                raise SFRError(f"downloaded file has sha256 {digest.hexdigest()}, expected {sha}", url)
     except OSError as exc:
-        part.unlink(missing_ok=True)
         raise SFRError(
             f"download failed ({exc}); {missing_checkpoint_message(name, 'vit_b')}", url
         ) from None
-    if digest.hexdigest() != sha:
-        part.unlink(missing_ok=True)
-        raise SFRError(f"downloaded file has sha256 {digest.hexdigest()}, expected {sha}", url)
-    os.replace(part, dest)
     return dest

@@ -1,0 +1,121 @@
+"""Files written all or nothing (one atomic writer for every file the engine writes), the one
+JSON reader, and content checksums."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from ..errors import SFRError
+from .guard import check_output
+from .volume import volume_suffix
+
+__all__ = ["atomic_path", "default_file_mode", "read_json", "sha256_file", "write_json_atomic", "write_text_atomic"]
+
+class _atomic_path:
+    """Context manager yielding a temporary sibling path, renamed onto ``path`` on success."""
+
+    def __init__(self, path: Path, manifest: bool = False):
+        self.path = Path(path)
+        self.manifest = manifest
+
+    def __enter__(self) -> Path:
+        check_output(self.path, manifest=self.manifest)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        suffix = volume_suffix(self.path) or self.path.suffix
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=self.path.parent)
+        os.close(fd)
+        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; keep the usual permissions
+        self.tmp = Path(tmp)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+        return False
+
+
+def default_file_mode() -> int:
+    """The mode a plain ``open(path, 'w')`` would give a new file (0666 less the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_path(path: "str | os.PathLike", manifest: bool = False) -> _atomic_path:
+    """``with atomic_path(p) as tmp: write(tmp)`` writes ``p`` all or nothing: the engine's one
+    atomic writer (``torch.save``, SimpleITK, slicerio, text and JSON all go through it).
+
+    Refused (:func:`~SFRSegmenterLib.io.guard.check_output`) when ``p`` is an input: a project's
+    image or label, a file the command reads, or a manifest (``manifest=True``: its own writer)."""
+    return _atomic_path(Path(path), manifest)
+
+
+def write_text_atomic(path: "str | os.PathLike", text: str, manifest: bool = False) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` all or nothing, flushed to disk before the rename."""
+    with atomic_path(path, manifest) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return Path(path)
+
+
+def write_json_atomic(path: "str | os.PathLike", data, manifest: bool = False) -> None:
+    """Write ``data`` as indented JSON (and a final newline) to ``path`` all or nothing."""
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n", manifest)
+
+
+_RAISE = object()
+
+
+def read_json(path: "str | os.PathLike", what: str = "file", missing=_RAISE, damaged=_RAISE):
+    """The parsed contents of the JSON file ``path``: the engine's one JSON reader.
+
+    A missing file returns ``missing`` when given, else raises :class:`SFRError` ("no <what>");
+    a file that is not valid JSON (or not UTF-8, or nested too deeply) returns ``damaged`` when
+    given, else raises "<what> is not valid JSON (...)"; an unreadable one raises, naming it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if missing is not _RAISE:
+            return missing
+        raise SFRError(f"no {what}", path) from None
+    except UnicodeDecodeError as exc:
+        if damaged is not _RAISE:
+            return damaged
+        raise SFRError(f"{what} is not valid JSON ({str(exc)[:120]})", path) from None
+    except IsADirectoryError:
+        raise SFRError(f"is a folder, expected the {what}", path) from None
+    except OSError as exc:
+        raise SFRError(f"cannot read the {what} ({exc.strerror or exc})", path) from None
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        if damaged is not _RAISE:
+            return damaged
+        raise SFRError(f"{what} is not valid JSON ({str(exc)[:120]})", path) from None
+
+
+_SHA_CACHE: dict = {}
+
+
+def sha256_file(path: "str | os.PathLike") -> str:
+    """sha256 of a file's contents (remembered per path, size and modification time)."""
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        import hashlib
+
+        digest = hashlib.sha256()
+        with open(p, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        _SHA_CACHE[key] = digest.hexdigest()
+    return _SHA_CACHE[key]
