@@ -16,7 +16,6 @@ seeded with ``(seed, i)``, so a resumed run equals an uninterrupted one on CPU.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -31,7 +30,7 @@ from .clock import utcnow
 from .collapse import ClassBalance
 from .device import describe_device, resolve_device
 from .errors import Cancelled, SFRError
-from .io import atomic_path, read_image, read_label
+from .io import atomic_path, read_image, read_json, read_label
 from .manifest import Project, write_json_atomic
 from .sam import augment
 from .sam.checkpoints import load_state_dict, sha256_file
@@ -140,10 +139,7 @@ def read_model_meta(model_dir: "str | Path") -> dict:
     path = Path(model_dir) / MODEL_META
     if not path.exists():
         raise SFRError("no fine-tuned SAM model here (run 'sfr finetune' first)", Path(model_dir))
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SFRError(f"model metadata is not valid JSON ({exc})", path) from None
+    meta = read_json(path, "model metadata")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise SFRError(f"not an SFR SAM model metadata file (format {FORMAT!r} expected)", path)
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:

@@ -64,7 +64,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..finetune import FinetuneConfig, finetune  # torch: imported only when used
+    from ..finetune import FinetuneConfig, finetune, read_model_meta  # torch: imported only when used
 
     if args.tiny_test and args.backbone not in (None, "tiny_test"):
         raise SFRError("--tiny-test conflicts with --backbone " + args.backbone)
@@ -92,7 +92,7 @@ def run(args) -> int:
     )
     project = load_project(args.project)
     out = finetune(project, cfg, out_dir=args.out, resume=args.resume)
-    meta = json.loads((out / "sam-model.json").read_text(encoding="utf-8"))
+    meta = read_model_meta(out)
     summary = {
         "model_dir": str(out),
         "model_id": meta["model_id"],

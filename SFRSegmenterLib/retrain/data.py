@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -22,7 +21,7 @@ import numpy as np
 
 from ..errors import SFRError
 from ..intensity import zscore
-from ..io import read_image, read_label, sha256_file  # noqa: F401 (sha256_file re-exported)
+from ..io import read_image, read_json, read_label, sha256_file  # noqa: F401 (sha256_file re-exported)
 from ..manifest import Project
 
 PSEUDO_INDEX = "pseudo-labels.json"
@@ -98,11 +97,10 @@ def check_pseudo_index(project: Project, pseudo_dir: Path, case_names: Sequence[
             f"no {PSEUDO_INDEX}: make SAM pseudo-labels first ('sfr pseudolabel') or train with --no-sam",
             pseudo_dir,
         )
-    try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-        entries = index["cases"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-        raise SFRError("not a valid pseudo-label index (expected JSON with 'cases')", index_path) from None
+    index = read_json(index_path, damaged=None)
+    entries = index.get("cases") if isinstance(index, dict) else None
+    if not isinstance(entries, dict):
+        raise SFRError("not a valid pseudo-label index (expected JSON with 'cases')", index_path)
     name = project_name(project)
     if index.get("project") != name:
         raise SFRError(
@@ -118,10 +116,7 @@ def check_pseudo_index(project: Project, pseudo_dir: Path, case_names: Sequence[
             raise SFRError("the SAM model that should have made the pseudo-labels has no metadata", meta_path)
     meta_mtime = None
     if meta_path.exists():
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise SFRError("SAM model metadata is not valid JSON", meta_path) from None
+        meta = read_json(meta_path, "SAM model metadata")
         meta_mtime = meta_path.stat().st_mtime
         if meta.get("model_id") != index.get("model_id"):
             raise SFRError(
