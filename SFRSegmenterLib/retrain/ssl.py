@@ -29,29 +29,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..losses import dice_ce
+
 
 # --------------------------------------------------------------------------- losses
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """1 - mean soft Dice over the foreground classes, computed per sample then averaged.
-
-    Per-sample Dice keeps the loss of a batch equal to the mean of its halves' losses, which is
-    what makes data-parallel training match one process.
-    """
-    k = logits.shape[1]
-    prob = torch.softmax(logits, dim=1)
-    onehot = F.one_hot(target.long(), k).movedim(-1, 1).to(prob.dtype)
-    dims = tuple(range(2, prob.ndim))
-    inter = (prob * onehot).sum(dims)[:, 1:]
-    denom = prob.sum(dims)[:, 1:] + onehot.sum(dims)[:, 1:]
-    dice = (2 * inter + smooth) / (denom + smooth)
-    return 1.0 - dice.mean()
-
-
 def seg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The paper's 0.5 * (cross-entropy + Dice)."""
-    return 0.5 * (F.cross_entropy(logits, target.long()) + soft_dice_loss(logits, target))
+    """The paper's 0.5 * (cross-entropy + Dice), Dice per sample over the foreground classes
+    (:func:`..losses.dice_ce`; per sample, so that data-parallel training matches one process)."""
+    return dice_ce(logits, target, batch_dice=False, include_background=False, smooth=1.0)
 
 
 def sigmoid_rampup(current: float, length: float) -> float:
