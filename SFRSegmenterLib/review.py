@@ -52,6 +52,15 @@ def review_entry(review: "conf_mod.CaseReview", image: Volume) -> dict:
             "structure_mm3": round(review.foreground_voxels * float(np.prod(image.spacing)), 3)}
 
 
+def case_measurements(review: "conf_mod.CaseReview", image: Volume) -> dict:
+    """What the review measured of one case, without the trust decision: :func:`review_entry`
+    less ``trusted``, plus the voxel volume (mm^3) a size rule needs (what ``sfr run`` caches)."""
+    entry = review_entry(review, image)
+    del entry["trusted"]
+    entry["voxel_mm3"] = float(np.prod(image.spacing))
+    return entry
+
+
 def review_image(model, image: Volume, case: str, tau: float = conf_mod.TAU, k: int = conf_mod.FLAG_K,
                  voxel_threshold: float = conf_mod.VOXEL_THRESHOLD, ranking: str = "mass",
                  min_structure_mm3: float = 0.0, window=None, stride=None, batch: int = 4) -> "conf_mod.CaseReview":

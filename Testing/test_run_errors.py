@@ -8,7 +8,7 @@ import errno
 import pytest
 import torch
 
-from SFRSegmenterLib import pipeline
+from SFRSegmenterLib.run import job
 from SFRSegmenterLib.errors import SFRError
 
 
@@ -26,26 +26,26 @@ def test_oom_is_retried_with_half_the_batch_then_explained():
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return "ok"
 
-    assert pipeline.with_oom_retry(train, _Cfg(), "SAM fine-tuning") == "ok"
+    assert job.with_oom_retry(train, _Cfg(), "SAM fine-tuning") == "ok"
     assert seen == [(8, False), (4, True), (2, True)]
 
     def always(cfg, resumed):
         raise RuntimeError("CUDA error: out of memory")
 
     with pytest.raises(SFRError, match="lite_medsam.*--device cpu"):
-        pipeline.with_oom_retry(always, _Cfg(batch_size=2), "SAM fine-tuning")
+        job.with_oom_retry(always, _Cfg(batch_size=2), "SAM fine-tuning")
 
     def other(cfg, resumed):
         raise RuntimeError("shape mismatch")
 
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        pipeline.with_oom_retry(other, _Cfg(), "x")
+        job.with_oom_retry(other, _Cfg(), "x")
 
 
 def test_disk_full_is_recognised_in_the_ways_libraries_report_it():
-    assert pipeline.is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
-    assert pipeline.is_disk_full(OSError(errno.EFBIG, "File too large"))
-    assert pipeline.is_disk_full(RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter "
+    assert job.is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert job.is_disk_full(OSError(errno.EFBIG, "File too large"))
+    assert job.is_disk_full(RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter "
                                               "failed writing file data/0: file write failed"))
     try:
         try:
@@ -53,8 +53,8 @@ def test_disk_full_is_recognised_in_the_ways_libraries_report_it():
         except OSError as inner:
             raise RuntimeError("Exception thrown in SimpleITK ImageFileWriter_Execute") from inner
     except RuntimeError as exc:
-        assert pipeline.is_disk_full(exc)
-    assert not pipeline.is_disk_full(RuntimeError("shape mismatch"))
+        assert job.is_disk_full(exc)
+    assert not job.is_disk_full(RuntimeError("shape mismatch"))
 
 
 def test_file_size_limit_mid_run_stops_cleanly_and_resume_finishes(tmp_path, sample_dir):

@@ -239,23 +239,24 @@ def test_demo_quick_runs_the_whole_pipeline_and_reports(tmp_path, sfr):
 
 def test_stage_keys_follow_their_inputs(tmp_path, sample_dir):
     """Keys (what decides reuse) change with exactly the inputs each stage depends on."""
-    from SFRSegmenterLib import pipeline
     from SFRSegmenterLib.manifest import load_project
+    from SFRSegmenterLib.run.cache import make_key
+    from SFRSegmenterLib.run.config import RunConfig, finetune_config, stage_settings
+    from SFRSegmenterLib.run.pipeline import Pipeline
 
     root = make_project(tmp_path / "proj", sample_dir)
-    cfg = pipeline.RunConfig(backbone="tiny_test", iterations_sam=3, iterations_vnet=3)
+    cfg = RunConfig(backbone="tiny_test", iterations_sam=3, iterations_vnet=3)
 
     def keys(project, cfg):
-        p = pipeline.Pipeline(project, tmp_path / "run", cfg)
-        return (pipeline.make_key("finetune", pipeline._config_dict(pipeline.finetune_config(cfg)),
-                                  project.classes, p.labeled_fingerprint(), []),
+        p = Pipeline(project, tmp_path / "run", cfg)
+        return (make_key("finetune", stage_settings(finetune_config(cfg)), project.classes, p.labeled_fingerprint(), []),
                 p.labeled_fingerprint())
 
     base = keys(load_project(root), cfg)
     assert keys(load_project(root), cfg) == base  # deterministic
-    assert keys(load_project(root), pipeline.RunConfig(backbone="tiny_test", iterations_sam=3, iterations_vnet=9,
-                                                       device="cpu"))[0] == base[0]  # V-Net/device: same SAM
-    assert keys(load_project(root), pipeline.RunConfig(backbone="tiny_test", iterations_sam=4))[0] != base[0]
+    assert keys(load_project(root), RunConfig(backbone="tiny_test", iterations_sam=3, iterations_vnet=9,
+                                              device="cpu"))[0] == base[0]  # V-Net/device: same SAM
+    assert keys(load_project(root), RunConfig(backbone="tiny_test", iterations_sam=4))[0] != base[0]
     project = load_project(root)
     project.case(CASES[2]).role = "labeled"  # one new label
     project.save()

@@ -85,9 +85,9 @@ def test_predict_and_review_output_names_stay_inside_out_dir(tmp_path):
 
 
 def _pipeline(project, run_path: Path):
-    from SFRSegmenterLib import pipeline
+    from SFRSegmenterLib.run import config, pipeline
 
-    cfg = pipeline.RunConfig(backbone="tiny_test", device="cpu", iterations_sam=2, iterations_vnet=2)
+    cfg = config.RunConfig(backbone="tiny_test", device="cpu", iterations_sam=2, iterations_vnet=2)
     return pipeline.Pipeline(project, run_path, cfg)
 
 

@@ -179,12 +179,12 @@ def test_menus_list_the_engine_names():
 
 def make_run(project, settings, state, pid=None):
     """A run folder as the engine makes it (``create_run``) with a given state."""
-    from SFRSegmenterLib import pipeline
     from SFRSegmenterLib.manifest import load_project
+    from SFRSegmenterLib.run.job import create_run
 
     cfg = config_from_args(engine_parse(runcontrol.start_command(project, settings)))
     number = len(list(engine_jobs.runs_dir(project).glob("2*")))
-    path = pipeline.create_run(load_project(project), cfg, run_id=f"20260101-0000{number:02d}-abcd")
+    path = create_run(load_project(project), cfg, run_id=f"20260101-0000{number:02d}-abcd")
     status = {"state": state, "run_id": path.name}
     if pid:
         status.update(pid=pid, host=__import__("socket").gethostname(), proc_start=engine_jobs._proc_start(pid))

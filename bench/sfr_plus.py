@@ -187,7 +187,8 @@ def cmd_compare(args) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from SFRSegmenterLib import events, pipeline
+    from SFRSegmenterLib import events
+    from SFRSegmenterLib.run import config, job
     from SFRSegmenterLib.manifest import Case, Project
 
     events.configure("none")
@@ -205,11 +206,11 @@ def cmd_compare(args) -> int:
                   iterations_vnet=args.iterations_vnet, report=False,
                   checkpoint=args.checkpoint)
     results = {}
-    for label, cfg in (("SFR", pipeline.RunConfig(sfr_plus=False, **common)),
-                       ("SFR+", pipeline.RunConfig(sfr_plus=True, rounds=args.rounds, tau=args.tau, **common))):
+    for label, cfg in (("SFR", config.RunConfig(sfr_plus=False, **common)),
+                       ("SFR+", config.RunConfig(sfr_plus=True, rounds=args.rounds, tau=args.tau, **common))):
         t0 = time.monotonic()
-        path = pipeline.create_run(project, cfg)
-        code = pipeline.execute(root, path)
+        path = job.create_run(project, cfg)
+        code = job.execute(root, path)
         if code != 0:
             print(f"{label} run failed ({code}); see {path / 'log.txt'}")
             return code

@@ -4,7 +4,7 @@
 
 Round 0 is plain SFR, taken from ``bench/retrain_quality.py --protocol cpu-half`` (its SFR_MT model
 for N = 1 and the stage-F pseudo-labels of ``bench/la_half.py``).  One SFR+ round then does what
-``sfr run --sfr-plus`` does (SFRSegmenterLib/pipeline.py), with the same library calls:
+``sfr run --sfr-plus`` does (SFRSegmenterLib/run/pipeline.py), with the same library calls:
 
 1. confidence-r0: the round-0 V-Net predicts every unlabeled case (63); case confidence C (Eq. 8);
    trusted = C >= tau.  Dice of every case against its (hidden) ground truth is recorded, so the
@@ -296,7 +296,7 @@ def structure_voxels(project, conf_dir: Path, cases) -> tuple:
 def trust_table(project, conf_dir: Path, conf0: dict) -> dict:
     """Trusted cases and their Dice for each (tau, min structure) pair, on the round-0 V-Net's labels.
 
-    The guard is the product's (pipeline.py): predicted structure >= F x the labeled structure, by
+    The guard is the product's (sfrplus.py): predicted structure >= F x the labeled structure, by
     physical volume; here every case shares one grid, so voxel counts compare directly."""
     labeled, fg = structure_voxels(project, conf_dir, conf0)
     rows = []

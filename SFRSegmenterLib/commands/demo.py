@@ -78,7 +78,7 @@ QUICK_SETTINGS = {"backbone": "tiny_test", "iterations_sam": 3, "iterations_vnet
 
 
 def demo_config(args):
-    from ..pipeline import RunConfig
+    from ..run.config import RunConfig
 
     s = dict(DEMO_SETTINGS)
     if getattr(args, "quick", False):
@@ -100,7 +100,7 @@ def demo_config(args):
 
 
 def run(args) -> int:
-    from .. import pipeline
+    from ..run import config, job
 
     out = Path(args.out).resolve()
     project = make_demo_project(out, DEMO_SETTINGS["labeled"], 2 if args.quick else None)
@@ -115,9 +115,9 @@ def run(args) -> int:
               "CC-BY-SA 4.0; see ATTRIBUTION.md", flush=True)
     jobs.ProjectLock(project.root, "?").check_free()
     cfg = demo_config(args)
-    pipeline.validate_config(cfg)
-    path = pipeline.create_run(project, cfg)
-    code = pipeline.execute(project.root, path)
+    config.validate_config(cfg)
+    path = job.create_run(project, cfg)
+    code = job.execute(project.root, path)
     if code != 0:
         return code
     report = path / "report.html"

@@ -77,7 +77,7 @@ def add_parser(sub) -> None:
 
 def config_from_args(args):
     """The run configuration the parsed options give (checked; the device is not probed)."""
-    from ..pipeline import RunConfig
+    from ..run.config import RunConfig
 
     cfg = RunConfig()
     for name in CONFIG_OPTIONS[:-2]:
@@ -115,12 +115,12 @@ def _config_from_args(args):
 
 
 def run(args) -> int:
-    from .. import pipeline
+    from ..run import config, job
 
     project = load_project(args.project)
     root = project.root
     if args.attach:  # we are the detached child: the run folder exists, the lock is handed to us
-        return pipeline.execute(root, jobs.run_dir(root, args.attach))
+        return job.execute(root, jobs.run_dir(root, args.attach))
     jobs.ProjectLock(root, "?").check_free()  # a busy project is refused at once (taken below)
     if args.resume:
         given = [n for n in CONFIG_OPTIONS if getattr(args, n, None) not in (None, False, [])]
@@ -134,7 +134,7 @@ def run(args) -> int:
         run_id, cfg = path.name, None
     else:
         cfg = _config_from_args(args)
-        pipeline.validate_config(cfg)
+        config.validate_config(cfg)
         from ..preflight import check_run
 
         check_run(project, cfg)  # everything the run needs, before the first stage
@@ -150,8 +150,6 @@ def run(args) -> int:
                 return 0
             (path / jobs.CANCEL_NAME).unlink(missing_ok=True)
             if args.device:
-                cfg = pipeline.load_run_config(path)
-                cfg.device = args.device
                 from ..manifest import write_json_atomic
 
                 data = json.loads((path / "config.json").read_text(encoding="utf-8"))
@@ -159,10 +157,10 @@ def run(args) -> int:
                 write_json_atomic(path / "config.json", data)
             events.log(f"resuming run {path.name} (was {status.get('state')})")
         else:
-            path = pipeline.create_run(project, cfg, run_id)
+            path = job.create_run(project, cfg, run_id)
         if args.detach:
             return _detach(root, path, lock)
-        code = pipeline.execute(root, path)
+        code = job.execute(root, path)
     finally:
         lock.release()  # no-op once the run (or the detached child) took the lock over
     if code == 0 and events.mode() != "json":

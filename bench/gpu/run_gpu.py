@@ -6,7 +6,7 @@
 1. SFR+ (1 round) on the bundled 12 hippocampus cases (2 labeled) with LiteMedSAM (LoRA) and the
    V-Net on the GPU (``--device cuda``), as a detached job watched through ``status.json``;
    per-stage seconds, pseudo-label Dice against the hidden ground truth, peak memory.
-2. Out of memory: ``pipeline.with_oom_retry`` around a real CUDA allocation whose size follows
+2. Out of memory: ``job.with_oom_retry`` around a real CUDA allocation whose size follows
    the batch size (batch 4096 x 64 MiB = 256 GiB); it must halve the batch until the allocation
    fits, then succeed; and with a batch that never fits, give the one-line advice.
 3. The same through the real fine-tuning stage: ``sfr run`` with ``--batch-size-sam`` far too large
@@ -85,7 +85,7 @@ class _Cfg:
 def oom_retry(smoke: bool) -> dict:
     import torch
 
-    from SFRSegmenterLib import pipeline
+    from SFRSegmenterLib.run import job
     from SFRSegmenterLib.errors import SFRError
 
     if smoke or not torch.cuda.is_available():
@@ -101,7 +101,7 @@ def oom_retry(smoke: bool) -> dict:
         return n
 
     out = {"free_gib": round(free / 2**30, 1), "total_gib": round(total / 2**30, 1)}
-    n = pipeline.with_oom_retry(alloc, _Cfg(4096), "allocation test")
+    n = job.with_oom_retry(alloc, _Cfg(4096), "allocation test")
     out["batches_tried"] = tried
     out["succeeded_with_bytes"] = n
     tried2 = []
@@ -111,7 +111,7 @@ def oom_retry(smoke: bool) -> dict:
         torch.empty(1 << 50, dtype=torch.uint8, device="cuda")  # 1 PiB: never fits
 
     try:
-        pipeline.with_oom_retry(never, _Cfg(4), "allocation test")
+        job.with_oom_retry(never, _Cfg(4), "allocation test")
         out["final_error"] = None
     except SFRError as exc:
         out["final_error"] = str(exc)

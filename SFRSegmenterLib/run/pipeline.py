@@ -1,0 +1,292 @@
+"""The stages of ``sfr run`` and how they feed each other (one folder ``runs/<id>/stages/<name>/`` each)::
+
+    stitch           mosaic pictures of the labeled cases (what SAM sees)
+    finetune-r0      stage F on the labeled cases
+    pseudolabel-r0   SAM pseudo-labels of every unlabeled case
+    retrain-r0       stage R: V-Net, semi-supervised with the pseudo-labels
+    confidence-r0    V-Net probabilities of every unlabeled case -> label, confidence map, measurements
+    (SFR+, rounds r = 1..K; who is trusted: ..sfrplus)
+    finetune-rR      stage F on the labeled cases + the trusted cases with their V-Net labels
+    pseudolabel-rR   SAM pseudo-labels of the cases that are not trusted
+    retrain-rR       V-Net re-trained with those cases only (selective re-training)
+    confidence-rR    confidence of every unlabeled case again; who moved is recorded
+    metrics          metrics of the final labels and of the validation cases
+    (published)      pseudo/, vnet/, review.json, slices.json, rounds.json, metrics.json
+
+Each stage method builds its key (:mod:`.cache`) and calls one library function with explicit
+inputs: the model folder, the pseudo-label folder, the SAM model the pseudo-labels must come
+from, the cases.  Reuse and resume are :class:`~.cache.StageCache`'s.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import events, sfrplus
+from ..errors import SFRError
+from ..io import inside, sha256_file
+from ..manifest import Project, write_json_atomic
+from . import stages
+from .cache import StageCache, copy_tree, link_or_copy, make_key, read_json
+from .config import RunConfig, finetune_config, retrain_config, review_settings, stage_settings
+from .job import with_oom_retry
+
+#: The files of a case in a confidence stage (the first says the case is complete).
+CONFIDENCE_SUFFIXES = ("_lowconf.nii.gz", ".nii.gz", "_confidence.nii.gz")
+PSEUDO_SUFFIXES = (".nii.gz", "_confidence.nii.gz")
+
+
+class Pipeline:
+    def __init__(self, project: Project, run_path: Path, cfg: RunConfig):
+        self.project = project
+        self.cfg = cfg
+        self.run_path = Path(run_path)
+        self.runner = StageCache(project.root, run_path)
+        self.labeled = project.by_role("labeled")
+        self.unlabeled = project.by_role("unlabeled")
+        self.validation = project.by_role("validation")
+        if not self.labeled:
+            raise SFRError("the project has no labeled case: label at least one", project.manifest_path)
+        if not self.unlabeled:
+            raise SFRError("the project has no unlabeled case to segment", project.manifest_path)
+        self.sha = {}
+        for c in project.cases:
+            img = project.image_path(c)
+            if not img.exists():
+                raise SFRError(f"image of case {c.name!r} not found", img)
+            self.sha[c.name] = sha256_file(img)
+        self.label_sha = {c.name: sha256_file(project.label_path(c)) for c in self.labeled}
+        self.policy = sfrplus.build_policy(cfg)
+        self._labeled_vols = None  # labeled structures' volumes (mm^3), read when a decision needs them
+
+    def labeled_fingerprint(self) -> list:
+        return [[c.name, self.sha[c.name], self.label_sha[c.name]] for c in self.labeled]
+
+    # ---------------------------------------------------------------- stages
+    def stage_stitch(self) -> Path:
+        backbone = stages.backbone_of(finetune_config, self.cfg)
+        key = make_key("stitch", self.labeled_fingerprint(), stages.canvas(backbone))
+
+        def fn(d: Path, resume: bool):
+            return {"plans": stages.stitch_pictures(self.project, self.labeled[:4], backbone, d)}
+
+        return self.runner.run_stage("stitch", key, fn)
+
+    def stage_finetune(self, r: int, extra_labeled: list) -> Path:
+        """Stage F on the labeled cases and ``extra_labeled``: [(case, image, label file)]."""
+        from ..finetune import MODEL_META, finetune
+
+        ft_cfg = finetune_config(self.cfg)
+        extra_fp = [[c, self.sha[c], sha256_file(p)] for c, _, p in extra_labeled]
+        key = make_key("finetune", stage_settings(ft_cfg), self.project.classes, self.labeled_fingerprint(), extra_fp)
+
+        def fn(d: Path, resume: bool):
+            def call(stage_cfg, after_oom):
+                # after an out-of-memory retry the batch differs: the stage starts again
+                return finetune(self.project, stage_cfg, out_dir=d, resume=resume and not after_oom,
+                                should_stop=self.runner.should_stop, extra_labeled=tuple(extra_labeled))
+
+            with_oom_retry(call, ft_cfg, "SAM fine-tuning")
+            meta = read_json(d / MODEL_META, {}) or {}
+            return {"model_id": meta.get("model_id"), "extra_labeled": [c for c, _, _ in extra_labeled]}
+
+        return self.runner.run_stage(f"finetune-r{r}", key, fn)
+
+    def stage_pseudolabel(self, r: int, model_dir: Path, cases: list) -> Path:
+        """SAM pseudo-labels of ``cases`` with the model in ``model_dir``, reused per case."""
+        from ..pseudolabel import PSEUDO_JSON, pseudolabel
+
+        model_key = self.runner.key_of(model_dir)
+        case_keys = {c: make_key("pseudo-case", model_key, c, self.sha[c], self.cfg.pseudo_overlap) for c in cases}
+        key = make_key("pseudolabel", model_key, sorted(case_keys.items()))
+
+        def fn(d: Path, resume: bool):
+            done = self.runner.cases(d)
+            for c in cases:  # the same SAM model and image in an earlier run
+                if c not in done.entries and (found := done.reuse(c, case_keys[c], PSEUDO_SUFFIXES)):
+                    stages.copy_index_entry(found[0] / PSEUDO_JSON, d / PSEUDO_JSON, c)
+                    done.record(c, {"key": case_keys[c], "reused_from": str(found[0].relative_to(self.project.root))})
+            index = read_json(d / PSEUDO_JSON, {}) or {}
+            todo = [c for c in cases if not (c in index.get("cases", {})
+                                              and all((d / f"{c}{s}").exists() for s in PSEUDO_SUFFIXES))]
+            if todo:  # written case by case; the cases done before a cancel are kept
+                extra = {} if self.cfg.pseudo_overlap is None else {"overlap": float(self.cfg.pseudo_overlap)}
+                pseudolabel(self.project, model_dir=model_dir, out_dir=d, cases=todo,
+                            device=self.cfg.device, should_stop=self.runner.should_stop, **extra)
+            for c in cases:
+                done.entries.setdefault(c, {})["key"] = case_keys[c]
+            done.save()
+            return {"cases": cases, "computed": todo}
+
+        return self.runner.run_stage(f"pseudolabel-r{r}", key, fn)
+
+    def stage_retrain(self, r: int, pseudo_dir: Path, cases: list, sam_model_dir: Path) -> Path:
+        """Stage R with the pseudo-labels of ``cases`` in ``pseudo_dir``, made by ``sam_model_dir``."""
+        from ..retrain import retrain
+
+        rt_cfg = retrain_config(self.cfg)
+        key = make_key("retrain", stage_settings(rt_cfg), self.project.classes, self.labeled_fingerprint(),
+                       self.runner.key_of(pseudo_dir), sorted(cases), [self.sha[c] for c in sorted(cases)])
+
+        def fn(d: Path, resume: bool):
+            def call(stage_cfg, after_oom):
+                return retrain(self.project, stage_cfg, pseudo_dir=pseudo_dir, out_dir=d,
+                               resume=resume and not after_oom, should_stop=self.runner.should_stop,
+                               unlabeled_cases=list(cases), sam_model_dir=sam_model_dir)
+
+            with_oom_retry(call, rt_cfg, "V-Net re-training")
+            return {"unlabeled_cases": list(cases)}
+
+        return self.runner.run_stage(f"retrain-r{r}", key, fn)
+
+    def stage_confidence(self, r: int, model_dir: Path, sam_dir: Path | None) -> Path:
+        """The V-Net's label, confidence map and measurements of every unlabeled case.
+
+        A case's prediction is keyed by the model and the image only; the review settings are
+        applied to the saved maps, so changing them re-predicts nothing; trust is decided later
+        (:mod:`..sfrplus`) and never stored here.
+        """
+        settings = review_settings(self.cfg)
+        names = [c.name for c in self.unlabeled]
+        model_key = self.runner.key_of(model_dir)
+        case_keys = {c: make_key("confidence-case", model_key, c, self.sha[c]) for c in names}
+        key = make_key("confidence", sorted(case_keys.items()), settings)
+
+        def fn(d: Path, resume: bool):
+            done = self.runner.cases(d)
+            model = None
+            bar = events.Progress("confidence", len(names))
+            for i, c in enumerate(names):
+                self.runner.check_cancel()
+                inside(d, f"{c}_lowconf.nii.gz")  # the case's files stay in the stage folder
+                entry = done.have(c, case_keys[c], CONFIDENCE_SUFFIXES[0])
+                if entry is None and (found := done.reuse(c, case_keys[c], CONFIDENCE_SUFFIXES)):
+                    entry = found[1]
+                case = self.project.case(c)
+                if entry is not None and entry.get("params") != settings:
+                    entry = stages.review_again(entry, case, self.project, d, settings)
+                elif entry is None:
+                    if model is None:
+                        from ..retrain.inference import load_model
+
+                        model = load_model(model_dir, self.cfg.device)
+                    entry = {"key": case_keys[c],
+                             **stages.review_new(model, case, self.project, d, settings, sam_dir)}
+                done.record(c, entry)
+                bar.update(i + 1, case=c)
+            return {"cases": names}
+
+        return self.runner.run_stage(f"confidence-r{r}", key, fn)
+
+    # ---------------------------------------------------------------- SFR+ decisions
+    def _labeled_mm3(self) -> list:
+        """Physical volume (mm^3) of the structure of every labeled case, read once."""
+        if self._labeled_vols is None:
+            self._labeled_vols = [stages.structure_mm3(self.project.label_path(c)) for c in self.labeled]
+        return self._labeled_vols
+
+    def measurements(self, cf: Path) -> dict:
+        return read_json(cf / "cases.json", {}) or {}
+
+    def trust(self, entries: dict) -> dict:
+        """``{case: trusted}`` by the run's trust policy (the decision is never cached)."""
+        return self.policy.decide(entries, sfrplus.TrustContext(tuple(self._labeled_mm3())))
+
+    def _record(self, r: int, cf: Path, before, retrained: list, sam_extra: list) -> "sfrplus.RoundRecord":
+        entries = self.measurements(cf)
+        rec = sfrplus.round_record(r, entries, self.trust(entries), before, self._labeled_mm3(), retrained, sam_extra)
+        events.log(rec.summary(self.policy))
+        return rec
+
+    # ---------------------------------------------------------------- the whole run
+    def run(self) -> dict:
+        rounds = self.cfg.resolved_rounds
+        self.runner.planned = 2 + 4 * (rounds + 1)
+        names = [c.name for c in self.unlabeled]
+        self.stage_stitch()
+        ft = self.stage_finetune(0, [])
+        pl = self.stage_pseudolabel(0, ft, names)
+        rt = self.stage_retrain(0, pl, names, ft)
+        cf = self.stage_confidence(0, rt, pl)
+        history = [self._record(0, cf, None, names, [])]
+        final_cf, final_rt = cf, rt
+        for r in range(1, rounds + 1):
+            trusted = {c: history[-1].cases[c].trusted for c in names}
+            stop = sfrplus.why_stop(trusted)
+            if stop:
+                events.log(f"SFR+ round {r}: " + ("no case is trusted (" + self.policy.describe() + ")"
+                                                  if stop == "no trusted case" else "every case is trusted")
+                           + "; stopping the rounds")
+                history[-1].stopped = stop
+                break
+            chosen = [c for c in names if trusted[c]]
+            untrusted = [c for c in names if not trusted[c]]
+            extra = [(c, self.project.image_path(self.project.case(c)), cf / f"{c}.nii.gz") for c in chosen]
+            ft = self.stage_finetune(r, extra)
+            pl = self.stage_pseudolabel(r, ft, untrusted)
+            rt = self.stage_retrain(r, pl, untrusted, ft)
+            cf_new = self.stage_confidence(r, rt, pl)
+            rec = self._record(r, cf_new, history[-1], untrusted, chosen)
+            history.append(rec)
+            kept = history[-2]  # a drifted round ends the loop, so the round before is the kept one
+            if sfrplus.drifted(kept, rec):
+                rec.drift, rec.stopped = True, "structure drift"
+                events.log(sfrplus.drift_warning(kept, rec))
+                break
+            cf, final_cf, final_rt = cf_new, cf_new, rt
+        self.runner.planned = self.runner.index + 1  # + metrics
+        return self.finalize(final_cf, final_rt, history)
+
+    def finalize(self, cf: Path, rt: Path, history: list) -> dict:
+        """Metrics (cached as a stage), then publish the final results into the run folder."""
+        val_fp = [[c.name, self.sha[c.name], sha256_file(self.project.label_path(c))]
+                  for c in self.validation if c.label and self.project.label_path(c).exists()]
+        unl_gt = [[c.name, sha256_file(self.project.label_path(c))]
+                  for c in self.unlabeled if c.label and self.project.label_path(c).exists()]
+        key = make_key("metrics", self.runner.key_of(cf), self.runner.key_of(rt), val_fp, unl_gt)
+
+        def fn(d: Path, resume: bool):
+            metrics = self._metrics(cf, rt, d)
+            write_json_atomic(d / "metrics.json", metrics)
+            return {"metrics": sorted(metrics)}
+
+        md = self.runner.run_stage("metrics", key, fn)
+        out = self.run_path
+        reviews = self.measurements(cf)
+        for c in reviews:
+            for suffix in (".nii.gz", "_confidence.nii.gz", "_lowconf.nii.gz"):
+                link_or_copy(cf / f"{c}{suffix}", inside(out / "pseudo", f"{c}{suffix}"))
+        copy_tree(rt, out / "vnet")
+        if (md / "validation").is_dir():
+            copy_tree(md / "validation", out / "validation")
+        trusted = self.trust(reviews)
+        write_json_atomic(out / "review.json", {"cases": [
+            {"case": reviews[c]["case"], "confidence": reviews[c]["confidence"], "trusted": trusted[c],
+             "flagged_slices": reviews[c]["flagged_slices"], "low_confidence_voxels": reviews[c]["low_confidence_voxels"]}
+            for c in reviews]})
+        write_json_atomic(out / "slices.json",
+                          {c: {"slice_confidence": reviews[c].get("slice_confidence")} for c in reviews})
+        write_json_atomic(out / "rounds.json", {"tau": self.cfg.tau, "final_round": int(cf.name.rsplit("-r", 1)[1]),
+                                                "rounds": [rec.to_json() for rec in history]})
+        metrics = read_json(md / "metrics.json", {}) or {}
+        if metrics:
+            write_json_atomic(out / "metrics.json", metrics)
+        events.log(f"results in {out}: pseudo/ ({len(reviews)} cases), vnet/, review.json"
+                   + (", metrics.json" if metrics else ""))
+        return {"review": str(out / "review.json")}
+
+    def _metrics(self, cf: Path, rt: Path, work: Path) -> dict:
+        from ..evaluation import evaluate_pairs
+
+        out = {}
+        pairs = [(c.name, cf / f"{c.name}.nii.gz", self.project.label_path(c))
+                 for c in self.unlabeled if c.label and self.project.label_path(c).exists()]
+        if pairs:
+            out["pseudo_labels"] = evaluate_pairs(pairs)
+        val = [c for c in self.validation if c.label and self.project.label_path(c).exists()]
+        if val:
+            vpairs = stages.predict_validation(rt, val, self.project, work / "validation", self.cfg.device,
+                                               self.runner.check_cancel)
+            out["validation"] = evaluate_pairs(vpairs)
+        return out
+

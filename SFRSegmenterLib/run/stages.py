@@ -1,0 +1,165 @@
+"""Stage bodies of ``sfr run`` that are not one library call: the stitch pictures, the confidence
+stage's per-case review (through :mod:`..review`, the library ``sfr review`` uses), the hidden-
+ground-truth scores and the validation predictions.  Every input is an argument."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .. import confidence as conf_mod
+from ..io import inside, read_image, read_label, write_volume
+from ..manifest import Project, write_json_atomic
+from .cache import read_json
+
+# --------------------------------------------------------------------------- stitch pictures
+
+
+def backbone_of(finetune_config, cfg) -> str:
+    try:
+        return finetune_config(cfg).backbone
+    except Exception:  # noqa: BLE001 - only a picture depends on it
+        return cfg.backbone or "vit_b"
+
+
+def canvas(backbone: str) -> int:
+    try:
+        from ..sam import get_spec
+
+        return int(get_spec(backbone).canvas)
+    except Exception:  # noqa: BLE001 - only a picture depends on it
+        return 256 if "lite" in str(backbone) else 1024
+
+
+def _plan(shape, backbone: str):
+    """The backbone's layout (its grid when it has one) applied to the whole volume."""
+    from ..stitching import make_plan
+
+    size = canvas(backbone)
+    grid = None
+    try:
+        from ..sam import get_spec
+
+        grid = get_spec(backbone).default_grid
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        return make_plan(shape, size, grid=grid)
+    except ValueError:
+        return make_plan(shape, size, scale=min(1.0, size / max(shape[1], shape[2])))
+
+
+def stitch_pictures(project: Project, cases: list, backbone: str, out_dir: Path) -> dict:
+    """``<case>.png``: each case's mosaics with its label, as SAM sees them; returns the plans."""
+    from ..stitching import IGNORE_INDEX, stitch
+    from ..visual import overlay_rgb, save_png, side_by_side, to_uint8
+
+    plans = {}
+    for c in cases:
+        img = read_image(project.image_path(c))
+        lab = read_label(project.label_path(c), img)
+        plan = _plan(img.shape, backbone)
+        mosaic = stitch(to_uint8(img.array), plan, fill=0)
+        labs = stitch(lab.array, plan, fill=IGNORE_INDEX, mode="nearest")
+        tiles = [overlay_rgb(mosaic[s], labs[s], ignore=IGNORE_INDEX) for s in range(plan.slabs)]
+        save_png(side_by_side(tiles), inside(out_dir, f"{c.name}.png"))
+        plans[c.name] = plan.to_dict()
+    return plans
+
+
+# --------------------------------------------------------------------------- pseudo-labels
+
+
+def copy_index_entry(src_index: Path, dst_index: Path, case: str) -> None:
+    """Carry one case's record (and the model fields) into a stage's ``pseudo-labels.json``."""
+    src = read_json(src_index, {}) or {}
+    dst = read_json(dst_index, None)
+    if dst is None:
+        dst = {k: v for k, v in src.items() if k != "cases"}
+        dst["cases"] = {}
+    if case in src.get("cases", {}):
+        dst.setdefault("cases", {})[case] = src["cases"][case]
+    write_json_atomic(dst_index, dst)
+
+
+# --------------------------------------------------------------------------- confidence
+
+
+def review_new(model, case, project: Project, out_dir: Path, settings: dict, sam_dir: "Path | None") -> dict:
+    """Predict ``case``, write its three maps into ``out_dir``; its measurements and scores."""
+    from ..review import case_measurements, review_image, write_case_maps
+
+    img = read_image(project.image_path(case))
+    review = review_image(model, img, case.name, **settings)
+    write_case_maps(review, img, out_dir)
+    return {**case_measurements(review, img), "params": settings, **score(project, case, review.label, sam_dir)}
+
+
+def review_again(entry: dict, case, project: Project, out_dir: Path, settings: dict) -> dict:
+    """Apply new review settings to the saved maps of ``case`` (nothing is predicted again)."""
+    from ..review import case_measurements
+
+    img = read_image(project.image_path(case))
+    review = conf_mod.review_from_maps(case.name, read_image(out_dir / f"{case.name}_confidence.nii.gz").array,
+                                       read_label(out_dir / f"{case.name}.nii.gz").array, **settings)
+    write_volume(img.with_array(review.lowconf.astype(np.uint8)), out_dir / f"{case.name}_lowconf.nii.gz")
+    entry = {**entry, **case_measurements(review, img), "params": settings}
+    entry.pop("trusted", None)  # a run before trust left the cache
+    return entry
+
+
+def structure_mm3(label_path: Path) -> float:
+    """Physical volume (mm^3) of the structure (label > 0) in a label file."""
+    lab = read_label(label_path)
+    return np.count_nonzero(lab.array > 0) * float(np.prod(lab.spacing))
+
+
+def _mean_dice(pred, gt, num_classes: int) -> float | None:
+    from ..metrics import dice
+
+    vals = [dice(pred == k, gt == k) for k in range(1, num_classes)]
+    vals = [v for v in vals if v is not None]
+    return round(float(np.mean(vals)), 6) if vals else None
+
+
+def score(project: Project, case, label: np.ndarray, sam_dir: "Path | None") -> dict:
+    """Dice of the V-Net label (and of SAM's pseudo-label) when hidden ground truth exists."""
+    if not case.label:
+        return {}
+    gt_path = project.label_path(case)
+    if not gt_path.exists():
+        return {}
+    gt = read_label(gt_path).array
+    out = {"dice": _mean_dice(label, gt, project.num_classes)}
+    if sam_dir is not None and (sam_dir / f"{case.name}.nii.gz").exists():
+        out["sam_dice"] = _mean_dice(read_label(sam_dir / f"{case.name}.nii.gz").array, gt, project.num_classes)
+    return out
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def predict_validation(model_dir: Path, cases: list, project: Project, out_dir: Path, device: str,
+                       check_cancel) -> list:
+    """The V-Net's label of every validation case in ``out_dir`` (kept when resumed): the pairs to score."""
+    from ..retrain.inference import load_model, predict_volume
+
+    model = load_model(model_dir, device)
+    pairs = []
+    for c in cases:
+        check_cancel()
+        target = inside(out_dir, f"{c.name}.nii.gz")
+        if not target.exists():  # resumed: cases already predicted are kept
+            img = read_image(project.image_path(c))
+            prob = np.asarray(_numpy(predict_volume(model, img.array)))
+            write_volume(img.with_array(prob.argmax(axis=0).astype(np.uint8)), target)
+        pairs.append((c.name, target, project.label_path(c)))
+    return pairs
+
+
+def _numpy(x):
+    try:
+        return x.detach().float().cpu().numpy()
+    except AttributeError:
+        return np.asarray(x)
