@@ -30,17 +30,16 @@ UI_FILE = MODULE_DIR / "Resources" / "UI" / "SFRSegmenter.ui"
 # Where each name is defined (paths in github.com/Slicer/Slicer, commontk/CTK, or the Qt 5 API
 # that PythonQt wraps).  Checked with the source search on 2026-11-27.
 SLICER_UTIL = "Base/Python/slicer/util.py"
+SEGMENT_EDITOR_WIDGET = "qMRMLSegmentEditorWidget.h"
 VERIFIED_ATTRIBUTES = {
     # slicer.util (Base/Python/slicer/util.py; also present in slicer-core's util.py)
     "slicer.util.WaitCursor": SLICER_UTIL,
     "slicer.util.childWidgetVariables": SLICER_UTIL,
     "slicer.util.confirmOkCancelDisplay": SLICER_UTIL,
+    "slicer.util.confirmYesNoDisplay": SLICER_UTIL,
     "slicer.util.errorDisplay": SLICER_UTIL,
     "slicer.util.getNodesByClass": SLICER_UTIL,
-    "slicer.util.loadLabelVolume": SLICER_UTIL,
     "slicer.util.loadUI": SLICER_UTIL,
-    "slicer.util.loadVolume": SLICER_UTIL,
-    "slicer.util.selectModule": SLICER_UTIL,
     "slicer.util.settingsValue": SLICER_UTIL,
     "slicer.util.tryWithErrorDisplay": SLICER_UTIL,
     "slicer.util.pip_install": SLICER_UTIL + " (delegates to slicer.packaging.pip_install)",
@@ -53,17 +52,15 @@ VERIFIED_ATTRIBUTES = {
     "slicer.app.processEvents": "QCoreApplication::processEvents",
     "slicer.app.connect": "QObject::connect (PythonQt)",
     # scene (Libs/MRML/Core/vtkMRMLScene.h)
-    "slicer.mrmlScene.AddNewNodeByClass": "Libs/MRML/Core/vtkMRMLScene.h",
     "slicer.mrmlScene.Clear": "Libs/MRML/Core/vtkMRMLScene.h",
     "slicer.mrmlScene.GetNodeByID": "Libs/MRML/Core/vtkMRMLScene.h",
-    "slicer.mrmlScene.RemoveNode": "Libs/MRML/Core/vtkMRMLScene.h",
     "slicer.mrmlScene.StartCloseEvent": "Libs/MRML/Core/vtkMRMLScene.h (SceneEventType)",
     "slicer.mrmlScene.EndCloseEvent": "Libs/MRML/Core/vtkMRMLScene.h (SceneEventType)",
     # modules
-    "slicer.modules.segmentations.logic": "Modules/Loadable/Segmentations (qSlicerSegmentationsModule::logic)",
-    "slicer.modules.SegmentEditorWidget.editor": "Modules/Scripted/SegmentEditor/SegmentEditor.py (self.editor)",
     "slicer.vtkSlicerSegmentationsModuleLogic": "Modules/Loadable/Segmentations/Logic/vtkSlicerSegmentationsModuleLogic.h",
     "slicer.vtkOrientedImageData": "Libs/vtkSegmentationCore/vtkOrientedImageData.h",
+    "slicer.vtkMRMLSegmentEditorNode": "Modules/Loadable/Segmentations/MRML/vtkMRMLSegmentEditorNode.h",
+    "slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName": "Libs/vtkSegmentationCore/vtkSegmentationConverter.h",
     "slicer.vtkSegmentationConverter.DeserializeImageGeometry": "Libs/vtkSegmentationCore/vtkSegmentationConverter.h",
     "slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName": "Libs/vtkSegmentationCore/vtkSegmentationConverter.h",
     # slicer.ScriptedLoadableModule (Base/Python/slicer/ScriptedLoadableModule.py)
@@ -97,13 +94,31 @@ VERIFIED_SIGNALS = {
     "errorOccurred(QProcess::ProcessError)": "QProcess (Qt >= 5.6)",
     "currentPathChanged(QString)": "ctkPathLineEdit (Libs/Widgets/ctkPathLineEdit.h)",
     "contentsCollapsed(bool)": "ctkCollapsibleButton (Libs/Widgets/ctkCollapsibleButton.h)",
+    "currentCellChanged(int,int,int,int)": "QTableWidget",
+    "valueChanged(double)": "ctkSliderWidget (Libs/Widgets/ctkSliderWidget.h)",
+    "startupCompleted()": "qSlicerApplication (as in Utilities/Templates/Modules/Scripted/TemplateKey.py)",
 }
 
 #: Methods called on objects held in variables (not reachable as module attribute chains).
 VERIFIED_METHODS = {
-    "setSegmentationNode": "qMRMLSegmentEditorWidget.h",
-    "setSourceVolumeNode": "qMRMLSegmentEditorWidget.h (Slicer >= 5.4)",
-    "setMasterVolumeNode": "qMRMLSegmentEditorWidget.h (Slicer < 5.4, deprecated after)",
+    # the embedded editor: Modules/Loadable/Segmentations/Widgets/qMRMLSegmentEditorWidget.h (public slots and
+    # Q_INVOKABLE), called as Modules/Scripted/SegmentEditor/SegmentEditor.py calls them in enter/exit
+    "setMRMLSegmentEditorNode": SEGMENT_EDITOR_WIDGET,
+    "setMRMLScene": SEGMENT_EDITOR_WIDGET,
+    "setSegmentationNode": SEGMENT_EDITOR_WIDGET,
+    "setSourceVolumeNode": SEGMENT_EDITOR_WIDGET + " (Slicer >= 5.4)",
+    "setSegmentationNodeSelectorVisible": SEGMENT_EDITOR_WIDGET,
+    "setSourceVolumeNodeSelectorVisible": SEGMENT_EDITOR_WIDGET,
+    "setAutoShowSourceVolumeNode": SEGMENT_EDITOR_WIDGET,
+    "setCurrentSegmentID": SEGMENT_EDITOR_WIDGET,
+    "setActiveEffect": SEGMENT_EDITOR_WIDGET,
+    "installKeyboardShortcuts": SEGMENT_EDITOR_WIDGET,
+    "uninstallKeyboardShortcuts": SEGMENT_EDITOR_WIDGET,
+    "removeViewObservations": SEGMENT_EDITOR_WIDGET,
+    # Sample Data: Modules/Scripted/SampleData/SampleData.py (SampleDataLogic)
+    "registerCustomSampleDataSource": "SampleData.SampleDataLogic (staticmethod; loadFileTypes, checksums)",
+    "downloadFileIntoCache": "SampleData.SampleDataLogic (uri, name, checksum)",
+    "setCurrentCell": "QTableWidget",
     "setProcessChannelMode": "QProcess",
     "setProcessEnvironment": "QProcess",
     "setWorkingDirectory": "QProcess",
@@ -192,6 +207,9 @@ def test_signals_and_object_methods_are_verified():
             continue
         assert method in called, f"{method} listed but not used"
     assert "installTorch" in (LOGIC_DIR / "environment.py").read_text(encoding="utf-8")
+    # every method called on the embedded Segment Editor widget is one of the verified ones
+    editor_calls = set(re.findall(r"(?:editor|self\.ui\.segmentEditorWidget)\.([A-Za-z_]+)\(", text))
+    assert editor_calls and not sorted(editor_calls - set(VERIFIED_METHODS)), sorted(editor_calls - set(VERIFIED_METHODS))
 
 
 def ui_widgets() -> dict:
@@ -278,9 +296,13 @@ def test_cmake_lists_every_python_file_and_resource():
     resources = [r.replace("${MODULE_NAME}", "SFRSegmenter") for r in cmake_list(text, "MODULE_PYTHON_RESOURCES")]
     for r in resources:
         assert (MODULE_DIR / r).is_file(), r
-    engine = set(cmake_list(text, "ENGINE_PYTHON_SCRIPTS"))
-    engine_disk = {p.relative_to(REPO).as_posix() for p in (REPO / "SFRSegmenterLib").rglob("*.py") if "__pycache__" not in p.parts}
-    assert engine == engine_disk, f"engine files to add to SFRSegmenter/CMakeLists.txt: {sorted(engine_disk - engine)}, to remove: {sorted(engine - engine_disk)}"
+    # the engine's Python files are globbed at configure time, recursively, from the repository root
+    glob = re.search(r"file\(GLOB_RECURSE ENGINE_PYTHON_SCRIPTS RELATIVE \$\{ENGINE_SOURCE_DIR\} CONFIGURE_DEPENDS\s+"
+                     r"\$\{ENGINE_SOURCE_DIR\}/(\S+)/\*\.py\)", text)
+    assert glob and glob.group(1) == "SFRSegmenterLib", "the engine's files are no longer globbed"
+    engine = {p.relative_to(REPO).as_posix() for p in (REPO / glob.group(1)).rglob("*.py") if "__pycache__" not in p.parts}
+    assert {"SFRSegmenterLib/__init__.py", "SFRSegmenterLib/__main__.py", "SFRSegmenterLib/runfolder.py"} <= engine
+    assert 'list(FILTER ENGINE_PYTHON_SCRIPTS EXCLUDE REGEX "__pycache__")' in text
     engine_res = cmake_list(text, "ENGINE_PYTHON_RESOURCES")
     for r in engine_res:
         assert (REPO / r).is_file(), r

@@ -17,6 +17,7 @@ import pytest
 
 slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
+import vtk.util.numpy_support  # noqa: E402
 if not hasattr(slicer, "vtkMRMLScene"):
     pytest.skip("slicer-core (MRML) is not installed", allow_module_level=True)
 
@@ -26,7 +27,12 @@ sys.path.insert(0, str(REPO / "SFRSegmenter"))
 from SFRSegmenterLib.errors import SFRError  # noqa: E402
 from SFRSegmenterLib.io import Volume, read_image, read_label, write_volume  # noqa: E402
 from SFRSegmenterLib.manifest import load_project  # noqa: E402
-from SFRSegmenterLogicLib import scene as ss  # noqa: E402
+from SFRSegmenterLib import runfolder  # noqa: E402
+from SFRSegmenterLogicLib import cases as case_discovery  # noqa: E402
+from SFRSegmenterLogicLib import export as project_export  # noqa: E402
+from SFRSegmenterLogicLib import nodes as mrml_nodes  # noqa: E402
+from SFRSegmenterLogicLib import provenance, review  # noqa: E402
+from SFRSegmenterLogicLib import results as result_loading  # noqa: E402
 
 SAMPLE = REPO / "SFRSegmenterLib" / "sample_data" / "hippocampus"
 CLASS_NAMES = ["anterior", "posterior"]
@@ -46,12 +52,12 @@ def new_scene():
 
 
 def matrix(node):
-    return ss.ijk_to_ras(node)
+    return mrml_nodes.ijk_to_ras(node)
 
 
 def load_volume(scene, path, name):
     """Load a file as a user would (through a storage node)."""
-    return ss.read_node(scene, path, "vtkMRMLScalarVolumeNode", name)
+    return mrml_nodes.read_node(scene, path, "vtkMRMLScalarVolumeNode", name)
 
 
 def oblique_volume(scene, name="oblique scan"):
@@ -65,14 +71,14 @@ def oblique_volume(scene, name="oblique scan"):
     m = np.eye(4)
     m[:3, :3] = rot * np.array([0.7, 1.3, 2.5])[None, :]
     m[:3, 3] = [12.5, -40.25, 7.0]
-    node.SetIJKToRASMatrix(ss._vtk_matrix(m))
+    node.SetIJKToRASMatrix(mrml_nodes.vtk_matrix(m))
     return node
 
 
 def add_segmentation(scene, volume, label: np.ndarray, names, name="user segmentation"):
     """A user's segmentation on ``volume``: segment ``names[v-1]`` = voxels where label == v."""
     lm = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__test_lm__")
-    lm.SetIJKToRASMatrix(ss._vtk_matrix(matrix(volume)))
+    lm.SetIJKToRASMatrix(mrml_nodes.vtk_matrix(matrix(volume)))
     slicer.util.updateVolumeFromArray(lm, label.astype(np.uint8))
     seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
     seg.SetReferenceImageGeometryParameterFromVolumeNode(volume)
@@ -139,7 +145,7 @@ def user_scene(scene):
 
 def test_scene_cases_pair_volumes_with_their_segmentations(user_scene):
     scene, nodes, segs, _ = user_scene
-    cases = {c.name: c for c in ss.scene_cases(scene)}
+    cases = {c.name: c for c in case_discovery.scene_cases(scene)}
     assert set(cases) == set(nodes)
     for name, entry in cases.items():
         assert entry.volume is nodes[name]
@@ -151,7 +157,7 @@ def test_export_keeps_geometry_and_labels_exactly(user_scene, tmp_path):
     scene, nodes, segs, extra_labels = user_scene
     project_dir = tmp_path / "proj"
     before = fingerprint(scene)
-    project = ss.export_project(scene, project_dir, ss.scene_cases(scene))
+    project = project_export.export_project(scene, project_dir, case_discovery.scene_cases(scene))
     assert fingerprint(scene) == before  # export changes nothing in the scene
 
     assert project.classes == ["background", *CLASS_NAMES]
@@ -187,7 +193,7 @@ def test_export_keeps_geometry_and_labels_exactly(user_scene, tmp_path):
 def test_export_rewrites_only_what_changed(user_scene, tmp_path):
     scene, nodes, segs, _ = user_scene
     project_dir = tmp_path / "proj"
-    ss.export_project(scene, project_dir, ss.scene_cases(scene))
+    project_export.export_project(scene, project_dir, case_discovery.scene_cases(scene))
     files = sorted((project_dir / "images").glob("*.nii.gz")) + sorted((project_dir / "labels").glob("*.nii.gz"))
     stamps = {p: p.stat().st_mtime_ns for p in files}
     os.utime(files[0], ns=(1, 1))  # a marker: an untouched file keeps it
@@ -198,7 +204,7 @@ def test_export_rewrites_only_what_changed(user_scene, tmp_path):
     lab[k, j, i] = 1
     scene.RemoveNode(segs["hippocampus_003"])
     add_segmentation(scene, nodes["hippocampus_003"], lab, CLASS_NAMES, "edited")
-    ss.export_project(scene, project_dir, ss.scene_cases(scene))
+    project_export.export_project(scene, project_dir, case_discovery.scene_cases(scene))
     changed = {p.relative_to(project_dir).as_posix() for p in files if p.stat().st_mtime_ns != stamps[p]}
     assert changed == {"labels/hippocampus_003.nii.gz"}
     np.testing.assert_array_equal(read_label(project_dir / "labels" / "hippocampus_003.nii.gz").array, lab)
@@ -209,19 +215,19 @@ def test_export_refuses_transformed_volume_and_duplicate_names(scene, tmp_path):
     t = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
     vol.SetAndObserveTransformNodeID(t.GetID())
     with pytest.raises(SFRError, match="transform"):
-        ss.export_project(scene, tmp_path / "p", ss.scene_cases(scene))
+        project_export.export_project(scene, tmp_path / "p", case_discovery.scene_cases(scene))
     vol.SetAndObserveTransformNodeID(None)
     other = load_volume(scene, SAMPLE / "images" / "hippocampus_003.nii.gz", "b")
     other.SetName("a")
-    cases = [ss.CaseEntry(vol), ss.CaseEntry(other)]
+    cases = [case_discovery.CaseEntry(vol), case_discovery.CaseEntry(other)]
     with pytest.raises(SFRError, match="same case name"):
-        ss.export_project(scene, tmp_path / "p", cases)
+        project_export.export_project(scene, tmp_path / "p", cases)
 
 
 def test_export_refuses_labeled_role_without_segmentation(scene, tmp_path):
     vol = load_volume(scene, SAMPLE / "images" / "hippocampus_001.nii.gz", "a")
     with pytest.raises(SFRError, match="no segmentation"):
-        ss.export_project(scene, tmp_path / "p", [ss.CaseEntry(vol, None, "labeled")])
+        project_export.export_project(scene, tmp_path / "p", [case_discovery.CaseEntry(vol, None, "labeled")])
 
 
 # --------------------------------------------------------------------------- results -> scene
@@ -267,7 +273,7 @@ def make_run(project_dir, run_id="20261127-000000", trusted=None, with_lowconf=T
 def exported(user_scene, tmp_path):
     scene, nodes, segs, extra = user_scene
     project_dir = tmp_path / "proj"
-    ss.export_project(scene, project_dir, ss.scene_cases(scene))
+    project_export.export_project(scene, project_dir, case_discovery.scene_cases(scene))
     run, truth = make_run(project_dir)
     return scene, nodes, segs, project_dir, run, truth
 
@@ -275,7 +281,7 @@ def exported(user_scene, tmp_path):
 def test_results_load_into_new_nodes_on_the_source_geometry(exported):
     scene, nodes, segs, project_dir, run, truth = exported
     before = fingerprint(scene)
-    results = ss.load_results(scene, project_dir)
+    results = result_loading.load_results(scene, project_dir)
     after = fingerprint(scene)
     for node_id, entry in before.items():  # nothing that existed was changed or removed
         assert after[node_id] == entry
@@ -295,28 +301,28 @@ def test_results_load_into_new_nodes_on_the_source_geometry(exported):
         # segments: one per class, named and coloured by class, tagged, exact voxels
         segmentation = r.segmentation.GetSegmentation()
         names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
-        assert names == [*CLASS_NAMES, ss.LOWCONF_NAME]
+        assert names == [*CLASS_NAMES, result_loading.LOWCONF_NAME]
         for value, cname in enumerate(CLASS_NAMES, start=1):
             sid = segmentation.GetSegmentIdBySegmentName(cname)
             segment = segmentation.GetSegment(sid)
-            assert segment.GetColor() == pytest.approx(ss.class_color(value))
-            assert ss._tag(segment, ss.TAG_CLASS) == str(value)
-            assert ss._tag(segment, ss.TAG_KIND) == ss.KIND_PSEUDO
-            assert ss._tag(segment, ss.TAG_RUN) == run.name
-            mask = ss.segment_mask(scene, r.segmentation, sid, source)
+            assert segment.GetColor() == pytest.approx(mrml_nodes.class_color(value))
+            assert mrml_nodes.tag(segment, mrml_nodes.TAG_CLASS) == str(value)
+            assert mrml_nodes.tag(segment, mrml_nodes.TAG_KIND) == mrml_nodes.KIND_PSEUDO
+            assert mrml_nodes.tag(segment, mrml_nodes.TAG_RUN) == run.name
+            mask = mrml_nodes.segment_mask(scene, r.segmentation, sid, source)
             np.testing.assert_array_equal(mask, label == value)
-        low_id = segmentation.GetSegmentIdBySegmentName(ss.LOWCONF_NAME)
+        low_id = segmentation.GetSegmentIdBySegmentName(result_loading.LOWCONF_NAME)
         assert low_id == r.low_confidence_segment
-        assert ss._tag(segmentation.GetSegment(low_id), ss.TAG_KIND) == ss.KIND_LOWCONF
-        np.testing.assert_array_equal(ss.segment_mask(scene, r.segmentation, low_id, source), low > 0)
+        assert mrml_nodes.tag(segmentation.GetSegment(low_id), mrml_nodes.TAG_KIND) == mrml_nodes.KIND_LOWCONF
+        np.testing.assert_array_equal(mrml_nodes.segment_mask(scene, r.segmentation, low_id, source), low > 0)
         # confidence display: colour table, fixed window
         display = r.confidence.GetDisplayNode()
-        assert display.GetColorNodeID() == ss.CONFIDENCE_COLOR_NODE_ID
-        assert scene.GetNodeByID(ss.CONFIDENCE_COLOR_NODE_ID) is not None
+        assert display.GetColorNodeID() == result_loading.CONFIDENCE_COLOR_NODE_ID
+        assert scene.GetNodeByID(result_loading.CONFIDENCE_COLOR_NODE_ID) is not None
         assert display.GetWindowLevelMin() == pytest.approx(1 / 3) and display.GetWindowLevelMax() == pytest.approx(1.0)
     # a user's segmentation of the same name is not touched, and loading twice adds nothing
     count = scene.GetNumberOfNodes()
-    again = ss.load_results(scene, project_dir)
+    again = result_loading.load_results(scene, project_dir)
     assert scene.GetNumberOfNodes() == count
     assert [a.segmentation.GetID() for a in again] == [r.segmentation.GetID() for r in results]
 
@@ -325,7 +331,7 @@ def test_results_never_reuse_a_user_node_with_the_result_name(exported):
     scene, nodes, segs, project_dir, run, truth = exported
     users = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "hippocampus_004 pseudo-label")
     users.GetSegmentation().AddEmptySegment("mine", "mine")
-    results = {r.case: r for r in ss.load_results(scene, project_dir)}
+    results = {r.case: r for r in result_loading.load_results(scene, project_dir)}
     assert results["hippocampus_004"].segmentation is not users
     assert results["hippocampus_004"].segmentation.GetName() != users.GetName()
     assert users.GetSegmentation().GetNumberOfSegments() == 1
@@ -334,14 +340,14 @@ def test_results_never_reuse_a_user_node_with_the_result_name(exported):
 def test_results_without_the_source_volume_load_the_project_image(exported, tmp_path):
     _, _, _, project_dir, run, truth = exported
     scene = new_scene()
-    results = ss.load_results(scene, project_dir)
+    results = result_loading.load_results(scene, project_dir)
     for r in results:
         image = read_image(project_dir / "images" / f"{r.case}.nii.gz")
         lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ matrix(r.reference)
         np.testing.assert_allclose(lps, image.ijk_to_world(), atol=2e-5)
         np.testing.assert_allclose(matrix(r.confidence), matrix(r.reference), atol=1e-9)
     count = scene.GetNumberOfNodes()
-    again = ss.load_results(scene, project_dir)  # the loaded images are reused, not loaded twice
+    again = result_loading.load_results(scene, project_dir)  # the loaded images are reused, not loaded twice
     assert scene.GetNumberOfNodes() == count
     assert [a.reference.GetID() for a in again] == [r.reference.GetID() for r in results]
 
@@ -352,12 +358,12 @@ def test_results_on_the_wrong_grid_are_refused(exported):
     shifted = Volume(truth["hippocampus_004"][0], image.spacing, tuple(o + 5 for o in image.origin), image.direction)
     write_volume(shifted, run / "pseudo" / "hippocampus_004.nii.gz")
     with pytest.raises(SFRError, match="voxel grid"):
-        ss.load_results(scene, project_dir)
+        result_loading.load_results(scene, project_dir)
 
 
 def test_flagged_slices_and_jump(exported):
     scene, nodes, segs, project_dir, run, truth = exported
-    rows = ss.flagged_slices(ss.read_review(run))
+    rows = review.flagged_slices(runfolder.read_review(run))
     assert [r["confidence"] for r in rows] == sorted(r["confidence"] for r in rows)
     assert {r["case"] for r in rows} == {"hippocampus_004", "hippocampus_006"}
     red = scene.AddNewNodeByClass("vtkMRMLSliceNode")
@@ -365,7 +371,7 @@ def test_flagged_slices_and_jump(exported):
     red.SetOrientationToAxial()
     vol = nodes["hippocampus_004"]
     k = rows[0]["index"]
-    r, a, s = ss.jump_to_slice(scene, vol, k)
+    r, a, s = review.jump_to_slice(scene, vol, k)
     # the slice plane now passes through voxel plane k: its centre maps back to IJK k
     ras_to_ijk = np.linalg.inv(matrix(vol))
     center = np.array([red.GetSliceToRAS().GetElement(i, 3) for i in range(3)] + [1.0])
@@ -374,18 +380,44 @@ def test_flagged_slices_and_jump(exported):
     ijk = ras_to_ijk @ np.array([r, a, s, 1.0])
     np.testing.assert_allclose(ijk[:3], [(dims[0] - 1) / 2, (dims[1] - 1) / 2, k], atol=1e-6)
     with pytest.raises(SFRError, match="outside"):
-        ss.jump_to_slice(scene, vol, dims[2])
+        review.jump_to_slice(scene, vol, dims[2])
 
 
-def test_confidence_overlay_sets_every_slice_view(exported):
+def test_low_confidence_overlay_colours_only_low_voxels_and_restores_the_layers(exported):
     scene, nodes, segs, project_dir, run, truth = exported
+    user_fg = nodes["hippocampus_001"]
     comps = [scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode") for _ in range(3)]
-    result = ss.load_results(scene, project_dir)[0]
-    assert ss.show_confidence_overlay(scene, result.reference, result.confidence, 0.4) == 3
+    for comp in comps:
+        comp.SetForegroundVolumeID(user_fg.GetID())  # the user's own foreground layer
+        comp.SetForegroundOpacity(0.3)
+    result = result_loading.load_results(scene, project_dir)[0]
+    threshold = 0.7
+    assert review.show_low_confidence(scene, result.reference, result.confidence, threshold, 0.45) == 3
     for comp in comps:
         assert comp.GetBackgroundVolumeID() == result.reference.GetID()
         assert comp.GetForegroundVolumeID() == result.confidence.GetID()
-        assert comp.GetForegroundOpacity() == pytest.approx(0.4)
+        assert comp.GetForegroundOpacity() == pytest.approx(0.45)
+    # what Slicer's own display pipeline draws: opaque exactly where confidence <= threshold
+    display = result.confidence.GetDisplayNode()
+    display.SetInputImageDataConnection(result.confidence.GetImageDataConnection())
+    display.UpdateImageDataPipeline()
+    port = display.GetOutputImageDataConnection()
+    port.GetProducer().Update()
+    rgba = port.GetProducer().GetOutputDataObject(port.GetIndex())
+    alpha = vtk.util.numpy_support.vtk_to_numpy(rgba.GetPointData().GetScalars())[:, -1]
+    conf = slicer.util.arrayFromVolume(result.confidence).ravel()
+    np.testing.assert_array_equal(alpha > 0, conf <= threshold)
+    assert 0 < (alpha > 0).sum() < conf.size  # not the whole view
+    # a second overlay (another case) keeps the first remembered layers; hiding restores them
+    other = result_loading.load_results(scene, project_dir)[1]
+    review.show_low_confidence(scene, other.reference, other.confidence)
+    assert review.hide_low_confidence(scene) == 3
+    for comp in comps:
+        assert comp.GetForegroundVolumeID() == user_fg.GetID()
+        assert comp.GetForegroundOpacity() == pytest.approx(0.3)
+        assert comp.GetAttribute(review.ATTR_SAVED_LAYERS) is None
+    with pytest.raises(SFRError, match="threshold"):
+        review.show_low_confidence(scene, result.reference, result.confidence, 1.5)
 
 
 # --------------------------------------------------------------------------- accept / correct
@@ -393,14 +425,14 @@ def test_confidence_overlay_sets_every_slice_view(exported):
 
 def test_accept_makes_the_pseudo_label_the_case_label_with_provenance(exported):
     scene, nodes, segs, project_dir, run, truth = exported
-    assert ss.case_states(project_dir) == {
+    assert provenance.case_states(project_dir) == {
         "hippocampus_001": "labeled",
         "hippocampus_003": "labeled",
         "hippocampus_004": "pseudo-labeled",
         "hippocampus_006": "flagged",
         "oblique_scan": "labeled",
     }
-    record = ss.accept_case(scene, project_dir, "hippocampus_004")
+    record = provenance.accept_case(scene, project_dir, "hippocampus_004")
     project = load_project(project_dir)
     case = project.case("hippocampus_004")
     assert (case.role, case.label) == ("labeled", "labels/hippocampus_004.nii.gz")
@@ -409,25 +441,25 @@ def test_accept_makes_the_pseudo_label_the_case_label_with_provenance(exported):
     assert kept.exists() and kept.read_bytes() == (run / "pseudo" / "hippocampus_004.nii.gz").read_bytes()
     prov = json.loads((project_dir / "sfr-project.json").read_text())["slicer"]["provenance"]["hippocampus_004"]
     assert prov["source"] == "accepted" and prov["run"] == run.name
-    assert ss.case_states(project_dir)["hippocampus_004"] == "accepted"
+    assert provenance.case_states(project_dir)["hippocampus_004"] == "accepted"
     # a later export (the case has no segmentation of its own in the table) keeps it labeled
-    ss.export_project(scene, project_dir, ss.scene_cases(scene))
+    project_export.export_project(scene, project_dir, case_discovery.scene_cases(scene))
     case = load_project(project_dir).case("hippocampus_004")
     assert (case.role, case.label) == ("labeled", "labels/hippocampus_004.nii.gz")
     # the user then draws their own segmentation: it labels the case, the acceptance is history
     own = sample_label("hippocampus_004")
     add_segmentation(scene, nodes["hippocampus_004"], own, CLASS_NAMES, "my own")
-    ss.export_project(scene, project_dir, ss.scene_cases(scene))
+    project_export.export_project(scene, project_dir, case_discovery.scene_cases(scene))
     np.testing.assert_array_equal(read_label(project_dir / "labels" / "hippocampus_004.nii.gz").array, own)
     state = json.loads((project_dir / "sfr-project.json").read_text())["slicer"]
     assert "hippocampus_004" not in state["provenance"]
     assert state["superseded"]["hippocampus_004"][0]["source"] == "accepted"
-    assert ss.case_states(project_dir)["hippocampus_004"] == "labeled"
+    assert provenance.case_states(project_dir)["hippocampus_004"] == "labeled"
 
 
 def test_correction_saves_the_edited_segmentation(exported):
     scene, nodes, segs, project_dir, run, truth = exported
-    result = {r.case: r for r in ss.load_results(scene, project_dir)}["hippocampus_006"]
+    result = {r.case: r for r in result_loading.load_results(scene, project_dir)}["hippocampus_006"]
     source = nodes["hippocampus_006"]
     # "edit in the Segment Editor": erase the first class-2 slab, add voxels to class 1
     label = truth["hippocampus_006"][0].copy()
@@ -437,21 +469,21 @@ def test_correction_saves_the_edited_segmentation(exported):
     segmentation = result.segmentation.GetSegmentation()
     for value, name in enumerate(CLASS_NAMES, start=1):
         sid = segmentation.GetSegmentIdBySegmentName(name)
-        lm = ss._labelmap_like(scene, source, (edited == value).astype(np.uint8))
-        seg_logic = ss.segmentation_logic(scene)
+        lm = mrml_nodes.labelmap_like(scene, source, (edited == value).astype(np.uint8))
+        seg_logic = mrml_nodes.segmentation_logic(scene)
         oriented = seg_logic.CreateOrientedImageDataFromVolumeNode(lm)
         assert seg_logic.SetBinaryLabelmapToSegment(
             oriented, result.segmentation, sid, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE
         )
         scene.RemoveNode(lm)
-    record = ss.accept_case(scene, project_dir, "hippocampus_006", segmentation_node=result.segmentation, reference=source)
+    record = provenance.accept_case(scene, project_dir, "hippocampus_006", segmentation_node=result.segmentation, reference=source)
     assert record["source"] == "corrected"
     saved = read_label(project_dir / "labels" / "hippocampus_006.nii.gz", reference=read_image(project_dir / "images" / "hippocampus_006.nii.gz"))
     np.testing.assert_array_equal(saved.array, edited)  # the low-confidence segment is not a class
     assert (project_dir / record["pseudo_label"]).read_bytes() == (run / "pseudo" / "hippocampus_006.nii.gz").read_bytes()
-    assert ss.case_states(project_dir)["hippocampus_006"] == "corrected"
+    assert provenance.case_states(project_dir)["hippocampus_006"] == "corrected"
     # correcting again keeps the history
-    again = ss.accept_case(scene, project_dir, "hippocampus_006")
+    again = provenance.accept_case(scene, project_dir, "hippocampus_006")
     assert again["source"] == "accepted" and again["history"][0]["source"] == "corrected"
 
 
@@ -460,13 +492,13 @@ def test_accept_never_overwrites_a_user_label(exported):
     (run / "pseudo").joinpath("hippocampus_001.nii.gz").write_bytes((run / "pseudo" / "hippocampus_004.nii.gz").read_bytes())
     before = (project_dir / "labels" / "hippocampus_001.nii.gz").read_bytes()
     with pytest.raises(SFRError, match="user's label"):
-        ss.accept_case(scene, project_dir, "hippocampus_001")
+        provenance.accept_case(scene, project_dir, "hippocampus_001")
     assert (project_dir / "labels" / "hippocampus_001.nii.gz").read_bytes() == before
-    with pytest.raises(SFRError, match="run folder not found"):
-        ss.accept_case(scene, project_dir, "hippocampus_004", run_id="nope")
+    with pytest.raises(SFRError, match="not found"):
+        provenance.accept_case(scene, project_dir, "hippocampus_004", run_id="nope")
     (run / "pseudo" / "hippocampus_004.nii.gz").unlink()
     with pytest.raises(SFRError, match="no pseudo-label"):
-        ss.accept_case(scene, project_dir, "hippocampus_004")
+        provenance.accept_case(scene, project_dir, "hippocampus_004")
 
 
 def test_accept_refuses_hidden_ground_truth(exported):
@@ -476,7 +508,7 @@ def test_accept_refuses_hidden_ground_truth(exported):
     case.label = str(SAMPLE / "labels" / "hippocampus_004.nii.gz")  # evaluation-only label
     project.save()
     with pytest.raises(SFRError, match="ground-truth"):
-        ss.accept_case(scene, project_dir, "hippocampus_004")
+        provenance.accept_case(scene, project_dir, "hippocampus_004")
     assert load_project(project_dir).case("hippocampus_004").role == "unlabeled"
 
 
@@ -491,8 +523,8 @@ def test_end_to_end_with_the_engine(user_scene, tmp_path):
 
     scene, nodes, segs, _ = user_scene
     project_dir = tmp_path / "proj"
-    project = ss.export_project(scene, project_dir, ss.scene_cases(scene))
-    ss.check_ready_to_run(project)
+    project = project_export.export_project(scene, project_dir, case_discovery.scene_cases(scene))
+    project_export.check_ready_to_run(project)
     settings = runcontrol.RunSettings(
         backbone=os.environ.get("SFR_SLICER_E2E_BACKBONE", "tiny_test"), device="cpu",
         iterations_sam=3, iterations_vnet=3, report=False,
@@ -505,7 +537,7 @@ def test_end_to_end_with_the_engine(user_scene, tmp_path):
     assert job.state == "done", (job.error, job.progress.log[-40:])
     assert job.progress.stages_done
     before = fingerprint(scene)
-    results = ss.load_results(scene, project_dir, run_id=job.run_id)
+    results = result_loading.load_results(scene, project_dir, run_id=job.run_id)
     assert {r.case for r in results} == {"hippocampus_004", "hippocampus_006"}
     after = fingerprint(scene)
     assert all(after[k] == v for k, v in before.items())
@@ -513,7 +545,7 @@ def test_end_to_end_with_the_engine(user_scene, tmp_path):
         assert r.reference is nodes[r.case]
         if r.confidence is not None:
             np.testing.assert_allclose(matrix(r.confidence), matrix(nodes[r.case]), atol=2e-5)
-    record = ss.accept_case(scene, project_dir, results[0].case, run_id=ss.run_of(results[0].segmentation))
+    record = provenance.accept_case(scene, project_dir, results[0].case, run_id=result_loading.run_of(results[0].segmentation))
     assert load_project(project_dir).case(results[0].case).role == "labeled" and record["source"] == "accepted"
     assert record["run"] == job.run_id
 
@@ -553,12 +585,12 @@ def test_segmentations_read_from_seg_nrrd_files_pair_with_their_volume(tmp_path)
             for c in ("hippocampus_001", "hippocampus_003", "hippocampus_004")}
     by_name = read_segmentation(scene, tmp_path / "hippocampus_001.seg.nrrd", "hippocampus_001")
     by_grid = read_segmentation(scene, tmp_path / "my drawing.seg.nrrd", "my drawing")
-    assert ss._reference_volume(by_name) is None
-    cases = {c.name: c for c in ss.scene_cases(scene)}
+    assert case_discovery.reference_volume(by_name) is None
+    cases = {c.name: c for c in case_discovery.scene_cases(scene)}
     assert cases["hippocampus_001"].segmentation is by_name  # its name and grid
     assert cases["hippocampus_003"].segmentation is by_grid  # the only one on its grid
     assert cases["hippocampus_004"].segmentation is None  # no segmentation on this grid
-    project = ss.export_project(scene, tmp_path / "proj", list(cases.values()))
+    project = project_export.export_project(scene, tmp_path / "proj", list(cases.values()))
     assert [c.name for c in project.by_role("labeled")] == ["hippocampus_001", "hippocampus_003"]
     np.testing.assert_array_equal(read_label(tmp_path / "proj" / "labels" / "hippocampus_001.nii.gz").array,
                                   sample_label("hippocampus_001"))
@@ -572,9 +604,9 @@ def test_colour_volumes_are_skipped_with_a_note(user_scene):
     image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 3)
     rgb.SetAndObserveImageData(image)
     empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "no data")
-    names = {c.name for c in ss.scene_cases(scene)}
+    names = {c.name for c in case_discovery.scene_cases(scene)}
     assert "photo" not in names and "no_data" not in names and set(nodes) <= names
-    notes = ss.skipped_volumes(scene)
+    notes = case_discovery.skipped_volumes(scene)
     assert any("'photo'" in n and "3 components" in n for n in notes)
     assert any("'no data'" in n and "no voxel data" in n for n in notes)
     assert empty.GetImageData() is None
@@ -585,13 +617,13 @@ def test_different_segment_names_are_one_message_and_nothing_is_written(user_sce
     seg = segs["hippocampus_003"].GetSegmentation()
     seg.GetNthSegment(1).SetName("Posterior hippocampus")
     with pytest.raises(SFRError) as err:
-        ss.export_project(scene, tmp_path / "proj", ss.scene_cases(scene))
+        project_export.export_project(scene, tmp_path / "proj", case_discovery.scene_cases(scene))
     text = str(err.value)
     assert "hippocampus_001: anterior, posterior" in text
     assert "hippocampus_003: anterior, Posterior hippocampus" in text
     assert not (tmp_path / "proj").exists()
     seg.GetNthSegment(1).SetName("POSTERIOR")  # the same name in another case: same class
-    project = ss.export_project(scene, tmp_path / "proj", ss.scene_cases(scene))
+    project = project_export.export_project(scene, tmp_path / "proj", case_discovery.scene_cases(scene))
     assert project.classes == ["background", *CLASS_NAMES]
 
 
@@ -600,28 +632,28 @@ def test_different_segment_names_are_one_message_and_nothing_is_written(user_sce
 
 def test_accept_and_correction_use_the_run_of_the_node_not_the_latest(exported):
     scene, nodes, segs, project_dir, first, truth = exported
-    shown = {r.case: r for r in ss.load_results(scene, project_dir, run_id=first.name)}
+    shown = {r.case: r for r in result_loading.load_results(scene, project_dir, run_id=first.name)}
     # a later run (cancelled, failed, or another setting) becomes runs/latest with other labels
     later, _ = make_run(project_dir, run_id="20261128-000000")
     for p in (later / "pseudo").glob("*.nii.gz"):
         if not p.name.endswith(("_confidence.nii.gz", "_lowconf.nii.gz")):
             img = read_label(p)
             write_volume(img.with_array(np.zeros_like(img.array)), p)
-    assert ss.latest_run(project_dir) == later.name
+    assert runfolder.latest_run_id(project_dir) == later.name
     result = shown["hippocampus_004"]
-    assert ss.run_of(result.segmentation) == first.name and ss.run_of(nodes["hippocampus_004"]) is None
-    record = ss.accept_case(scene, project_dir, "hippocampus_004", run_id=ss.run_of(result.segmentation))
+    assert result_loading.run_of(result.segmentation) == first.name and result_loading.run_of(nodes["hippocampus_004"]) is None
+    record = provenance.accept_case(scene, project_dir, "hippocampus_004", run_id=result_loading.run_of(result.segmentation))
     assert record["run"] == first.name
     np.testing.assert_array_equal(read_label(project_dir / "labels" / "hippocampus_004.nii.gz").array,
                                   truth["hippocampus_004"][0])
     corrected = shown["hippocampus_006"]
-    record = ss.accept_case(scene, project_dir, "hippocampus_006", run_id=ss.run_of(corrected.segmentation),
+    record = provenance.accept_case(scene, project_dir, "hippocampus_006", run_id=result_loading.run_of(corrected.segmentation),
                             segmentation_node=corrected.segmentation, reference=corrected.reference)
     assert record["run"] == first.name and record["pseudo_label"] == f"provenance/hippocampus_006/{first.name}_pseudo.nii.gz"
     # loading the later run hides the nodes of the first one
-    ss.load_results(scene, project_dir, run_id=later.name)
+    result_loading.load_results(scene, project_dir, run_id=later.name)
     assert not result.segmentation.GetDisplayNode().GetVisibility()
-    links = ss.links_html(project_dir, first.name)
+    links = provenance.links_html(project_dir, first.name)
     assert 'project folder</a>' in links and f"run {first.name}</a>" in links and "file://" in links
 
 
@@ -631,6 +663,6 @@ def test_a_deleted_run_folder_is_one_clear_message(exported):
     scene, nodes, segs, project_dir, run, truth = exported
     shutil.rmtree(run)
     before = fingerprint(scene)
-    with pytest.raises(SFRError, match="run folder not found"):
-        ss.load_results(scene, project_dir, run_id=run.name)
+    with pytest.raises(SFRError, match="not found"):
+        result_loading.load_results(scene, project_dir, run_id=run.name)
     assert fingerprint(scene) == before

@@ -1,0 +1,161 @@
+"""Case discovery: which volumes in the scene are cases, which segmentation labels each, and the
+role the user gave it.
+
+A case is a single-component scalar volume the user loaded (not a label map, not one of this
+module's results).  Its segmentation is the one drawn on it, or, for a segmentation read from a
+file (``.seg.nrrd``, no node reference), the one named like the volume or the only one saved on
+its voxel grid.  Roles: automatic (labeled when it has a segmentation), labeled, unlabeled,
+validation, or excluded (left out of the project).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import slicer
+import vtk
+
+from SFRSegmenterLib.errors import SFRError
+
+from .nodes import ijk_to_ras, is_ours, nodes_of_class, segment_names
+
+#: Roles a case can have in the panel; the first three are the engine's, "excluded" is the module's.
+ROLES = ("labeled", "unlabeled", "validation", "excluded")
+EXCLUDED = "excluded"
+
+
+def safe_case_name(name: str) -> str:
+    """A node name -> a case name usable as a file name (``"CT chest #2"`` -> ``"CT_chest_2"``)."""
+    text = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._-")
+    return text or "case"
+
+
+@dataclass
+class CaseEntry:
+    """One row of the cases table: a volume, its segmentation (if labeled) and its role."""
+
+    volume: object
+    segmentation: object = None
+    role: str = ""  # "" = automatic: labeled when it has a segmentation, else unlabeled
+    name: str = ""
+
+    def __post_init__(self):
+        if not self.name:
+            self.name = safe_case_name(self.volume.GetName())
+
+    @property
+    def effective_role(self) -> str:
+        if self.role:
+            return self.role
+        return "labeled" if self.segmentation is not None else "unlabeled"
+
+    @property
+    def excluded(self) -> bool:
+        return self.role == EXCLUDED
+
+
+def reference_volume(seg):
+    """The volume a segmentation was drawn on (None for one read from a file)."""
+    return seg.GetNodeReference(seg.GetReferenceImageGeometryReferenceRole())
+
+
+def _base_name(name: str) -> str:
+    """``"case01.seg"``, ``"case01 segmentation"``, ``"case01-label"`` -> ``"case01"``."""
+    text = str(name)
+    for suffix in (".seg.nrrd", ".seg", " segmentation", "_segmentation", "-segmentation", "-label", "_label"):
+        if text.lower().endswith(suffix):
+            text = text[: -len(suffix)]
+    return text
+
+
+def _geometry_matches(seg, volume) -> bool:
+    """A segmentation read from a file (no volume node reference) whose saved reference
+    geometry is ``volume``'s voxel grid."""
+    saved = seg.GetSegmentation().GetConversionParameter(
+        slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName())
+    if not saved or volume.GetImageData() is None:
+        return False
+    grid = slicer.vtkOrientedImageData()
+    slicer.vtkSegmentationConverter.DeserializeImageGeometry(saved, grid, False)
+    if tuple(grid.GetDimensions()) != tuple(volume.GetImageData().GetDimensions()):
+        return False
+    matrix = vtk.vtkMatrix4x4()
+    grid.GetImageToWorldMatrix(matrix)
+    theirs = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+    return bool(np.allclose(theirs, ijk_to_ras(volume), atol=1e-4, rtol=1e-5))
+
+
+def find_segmentation_for(scene, volume):
+    """The user's segmentation of ``volume``, or None.
+
+    Drawn on it (its reference volume is ``volume``); else, for a segmentation read from a file
+    (``.seg.nrrd``, no reference volume), the one named like the volume (``case01.seg.nrrd``
+    for ``case01``) or, when no name matches, the only one saved on ``volume``'s voxel grid.
+    """
+    drawn, named, on_grid = None, None, []
+    for seg in nodes_of_class(scene, "vtkMRMLSegmentationNode"):
+        if is_ours(seg) or not seg.GetSegmentation().GetNumberOfSegments():
+            continue  # results are not the user's labels (accepted ones live in the project)
+        ref = reference_volume(seg)
+        if ref is not None:
+            if ref.GetID() == volume.GetID():
+                drawn = seg
+            continue
+        if _base_name(seg.GetName()) == volume.GetName() and _geometry_matches(seg, volume):
+            named = seg
+        elif _geometry_matches(seg, volume):
+            on_grid.append(seg)
+    return drawn or named or (on_grid[0] if len(on_grid) == 1 else None)
+
+
+def _skip_reason(vol) -> str | None:
+    """Why a scalar-volume node is not a case (None: it is one; "": not the user's image)."""
+    if vol.IsA("vtkMRMLLabelMapVolumeNode") or is_ours(vol) or vol.GetName().startswith("__"):
+        return ""
+    image = vol.GetImageData()
+    if image is None:
+        return "it has no voxel data"
+    if vol.IsA("vtkMRMLVectorVolumeNode") or image.GetNumberOfScalarComponents() != 1:
+        return f"it has {image.GetNumberOfScalarComponents()} components per voxel (colour or vector); SFR needs one"
+    return None
+
+
+def skipped_volumes(scene) -> list:
+    """A note per volume in the scene that is not a case, saying why."""
+    notes = []
+    for vol in nodes_of_class(scene, "vtkMRMLScalarVolumeNode"):
+        reason = _skip_reason(vol)
+        if reason:
+            notes.append(f"volume {vol.GetName()!r} is not a case: {reason}")
+    return notes
+
+
+def scene_cases(scene) -> list:
+    """A case per single-component scalar volume the user loaded (not label maps, not our
+    results; colour/vector volumes are listed by :func:`skipped_volumes`)."""
+    cases = []
+    names = set()
+    for vol in nodes_of_class(scene, "vtkMRMLScalarVolumeNode"):
+        if _skip_reason(vol) is not None:
+            continue
+        entry = CaseEntry(vol, find_segmentation_for(scene, vol))
+        base, i = entry.name, 2
+        while entry.name in names:
+            entry.name = f"{base}_{i}"
+            i += 1
+        names.add(entry.name)
+        cases.append(entry)
+    return cases
+
+
+def check_segment_names(cases: list) -> None:
+    """Every labeled case names its segments alike (ignoring case), so that one name is one
+    class; otherwise one message lists each case's names (nothing is written)."""
+    named = {e.name: segment_names(e.segmentation) for e in cases
+             if e.segmentation is not None and e.effective_role in ("labeled", "validation")}
+    if len({frozenset(n.lower() for n in names) for names in named.values()}) > 1:
+        listing = "; ".join(f"{case}: {', '.join(names) or '(none)'}" for case, names in named.items())
+        raise SFRError("the labeled cases name their segments differently (" + listing + "). Rename the "
+                       "segments so that every labeled case uses the same names: each name is one class.")

@@ -1,0 +1,107 @@
+"""The bundled hippocampus sample as a Sample Data entry, and the quick self-test that uses it.
+
+:func:`sample_source` gives the keyword arguments of Slicer's
+``SampleData.SampleDataLogic.registerCustomSampleDataSource``: the engine's bundled files as
+``file://`` URIs (Sample Data copies them into its cache with ``urllib``, as it downloads any
+URI), with their SHA-256, two segmentations (the labeled cases) and three volumes.  A
+segmentation is named ``"<case> segmentation"``, so the module pairs it with its volume.
+
+:func:`quick_check` is the self-test a Slicer build runs (``runTest``): it needs neither a GPU
+nor the engine's extra packages.  It loads the sample the way Sample Data does, finds the cases,
+exports the project and checks it is ready to run; the full workflow (a real ``sfr run``) is the
+module test's on-demand part.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from SFRSegmenterLib.errors import SFRError
+
+CATEGORY = "SFR Segmenter"
+SAMPLE_NAME = "SFRHippocampus"
+#: The sample's cases: the first ones labeled, the rest unlabeled (as in the module test).
+LABELED = ("hippocampus_001", "hippocampus_003")
+UNLABELED = ("hippocampus_004", "hippocampus_006", "hippocampus_007")
+
+
+def sample_folder() -> Path:
+    """The engine's bundled hippocampus sample (``SFRSegmenterLib/sample_data/hippocampus``)."""
+    import SFRSegmenterLib
+
+    return Path(SFRSegmenterLib.__file__).resolve().parent / "sample_data" / "hippocampus"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def sample_files(folder: "str | os.PathLike | None" = None) -> list:
+    """``(path, node name, load file type)`` for each file of the sample, labels first."""
+    folder = Path(folder) if folder else sample_folder()
+    files = [(folder / "labels" / f"{case}.nii.gz", f"{case} segmentation", "SegmentationFile") for case in LABELED]
+    files += [(folder / "images" / f"{case}.nii.gz", case, "VolumeFile") for case in (*LABELED, *UNLABELED)]
+    missing = [str(path) for path, _, _ in files if not path.is_file()]
+    if missing:
+        raise SFRError("the bundled sample is incomplete: " + ", ".join(missing))
+    return files
+
+
+def sample_source(folder: "str | os.PathLike | None" = None, thumbnail: str | None = None) -> dict:
+    """Keyword arguments of ``SampleDataLogic.registerCustomSampleDataSource`` for the sample."""
+    files = sample_files(folder)
+    return {
+        "category": CATEGORY,
+        "sampleName": SAMPLE_NAME,
+        "uris": [path.as_uri() for path, _, _ in files],
+        # the cache is shared by every extension: prefixed names, unique per file
+        "fileNames": [f"SFR-{path.parent.name}-{path.name}" for path, _, _ in files],
+        "nodeNames": [name for _, name, _ in files],
+        "loadFileTypes": [kind for _, _, kind in files],
+        "checksums": [f"SHA256:{_sha256(path)}" for path, _, _ in files],
+        "thumbnailFileName": thumbnail,
+    }
+
+
+def load_like_sample_data(scene, paths: list, source: dict) -> dict:
+    """Load files (Sample Data's copies of ``source``'s URIs) as Slicer's readers do: volumes
+    through a storage node, segmentations through the Segmentations logic; ``{node name: node}``."""
+    from .nodes import read_node, segmentation_logic
+
+    loaded = {}
+    for path, name, kind in zip(paths, source["nodeNames"], source["loadFileTypes"]):
+        if kind == "SegmentationFile":
+            node = segmentation_logic(scene).LoadSegmentationFromFile(str(path), True, name)
+            if node is None:
+                raise SFRError("Slicer could not read this segmentation", path)
+        else:
+            node = read_node(scene, path, "vtkMRMLScalarVolumeNode", name)
+        loaded[name] = node
+    return loaded
+
+
+def quick_check(scene, project_dir: "str | os.PathLike", paths: list | None = None) -> dict:
+    """The self-test without GPU or extra packages: sample -> cases -> project ready to run.
+
+    ``paths`` are the files Sample Data fetched (default: the bundled files themselves).
+    Returns what it checked; raises ``AssertionError`` (or ``SFRError``) on a failure.
+    """
+    from .cases import scene_cases
+    from .export import check_ready_to_run, export_project
+
+    source = sample_source()
+    paths = paths or [path for path, _, _ in sample_files()]
+    loaded = load_like_sample_data(scene, paths, source)
+    cases = {entry.name: entry for entry in scene_cases(scene)}
+    assert set(cases) == {*LABELED, *UNLABELED}, sorted(cases)
+    for case in LABELED:
+        assert cases[case].segmentation is loaded[f"{case} segmentation"], f"{case} is not paired with its segmentation"
+    for case in UNLABELED:
+        assert cases[case].segmentation is None, f"{case} should be unlabeled"
+    project = export_project(scene, project_dir, list(cases.values()))
+    check_ready_to_run(project)
+    labeled = [c.name for c in project.by_role("labeled")]
+    assert labeled == list(LABELED), labeled
+    return {"cases": sorted(cases), "labeled": labeled, "classes": list(project.classes)}
