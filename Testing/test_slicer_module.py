@@ -116,7 +116,7 @@ VERIFIED_METHODS = {
     "uninstallKeyboardShortcuts": SEGMENT_EDITOR_WIDGET,
     "removeViewObservations": SEGMENT_EDITOR_WIDGET,
     # Sample Data: Modules/Scripted/SampleData/SampleData.py (SampleDataLogic)
-    "registerCustomSampleDataSource": "SampleData.SampleDataLogic (staticmethod; loadFileTypes, checksums)",
+    "registerCustomSampleDataSource": "SampleData.SampleDataLogic (staticmethod; loadFileType list, checksums)",
     "downloadFileIntoCache": "SampleData.SampleDataLogic (uri, name, checksum)",
     "setCurrentCell": "QTableWidget",
     "setProcessChannelMode": "QProcess",

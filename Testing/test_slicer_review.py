@@ -167,6 +167,34 @@ def test_an_excluded_case_leaves_the_project_and_comes_back_as_it_was(exported):
         project_export.export_project(scene, project_dir, everything)
 
 
+def test_pseudo_labels_keep_the_users_colours_and_terminology(user_scene, tmp_path):
+    scene, nodes, segs, _ = user_scene
+    term = "Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical Structure~SCT^5001^Hippocampus~^^~~^^~^^"
+    colors = {"anterior": (0.9, 0.1, 0.2), "posterior": (0.1, 0.3, 0.95)}
+    for seg in segs.values():
+        segmentation = seg.GetSegmentation()
+        for name, color in colors.items():
+            segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(name))
+            segment.SetColor(*color)
+            if name == "anterior":
+                segment.SetTag(segment.GetTerminologyEntryTagName(), term)
+    user_seg = segs["oblique_scan"].GetSegmentation()  # the last labeled case exported
+    user_posterior = user_seg.GetSegment(user_seg.GetSegmentIdBySegmentName("posterior"))
+    user_posterior_term = mrml_nodes.tag(user_posterior, user_posterior.GetTerminologyEntryTagName())
+    project_dir = tmp_path / "proj"
+    project_export.export_project(scene, project_dir, case_discovery.scene_cases(scene))
+    make_run(project_dir)
+    for result in result_loading.load_results(scene, project_dir):
+        segmentation = result.segmentation.GetSegmentation()
+        for name, color in colors.items():
+            segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(name))
+            assert segment.GetColor() == pytest.approx(color, abs=1e-4)
+        anterior = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName("anterior"))
+        assert mrml_nodes.tag(anterior, anterior.GetTerminologyEntryTagName()) == term
+        posterior = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName("posterior"))
+        assert mrml_nodes.tag(posterior, posterior.GetTerminologyEntryTagName()) == user_posterior_term
+
+
 # --------------------------------------------------------------------------- Segment Editor
 
 
@@ -188,7 +216,7 @@ def test_sample_data_entry_fetches_like_sample_data_and_passes_the_quick_self_te
     source = sampledata.sample_source()
     assert source["category"] == sampledata.CATEGORY and source["sampleName"] == sampledata.SAMPLE_NAME
     n = len(source["uris"])
-    assert n == 7 and all(len(source[k]) == n for k in ("fileNames", "nodeNames", "loadFileTypes", "checksums"))
+    assert n == 7 and all(len(source[k]) == n for k in ("fileNames", "nodeNames", "loadFileType", "checksums"))
     assert len(set(source["fileNames"])) == n and all(name.startswith("SFR-") for name in source["fileNames"])
     fetched = []
     for uri, name, checksum in zip(source["uris"], source["fileNames"], source["checksums"]):

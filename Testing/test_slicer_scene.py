@@ -298,14 +298,15 @@ def test_results_load_into_new_nodes_on_the_source_geometry(exported):
         seg_geom = r.segmentation.GetSegmentation().GetConversionParameter("Reference image geometry")
         assert seg_geom  # segmentation bound to the source's grid
         np.testing.assert_allclose(slicer.util.arrayFromVolume(r.confidence), conf, atol=1e-7)
-        # segments: one per class, named and coloured by class, tagged, exact voxels
+        # segments: one per class, named and coloured as the user's, tagged, exact voxels
         segmentation = r.segmentation.GetSegmentation()
         names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
         assert names == [*CLASS_NAMES, result_loading.LOWCONF_NAME]
         for value, cname in enumerate(CLASS_NAMES, start=1):
             sid = segmentation.GetSegmentIdBySegmentName(cname)
             segment = segmentation.GetSegment(sid)
-            assert segment.GetColor() == pytest.approx(mrml_nodes.class_color(value))
+            user_color = load_project(project_dir).extra["slicer"]["class_styles"][cname]["color"]
+            assert segment.GetColor() == pytest.approx(user_color, abs=1e-4)  # the user's colour of the class
             assert mrml_nodes.tag(segment, mrml_nodes.TAG_CLASS) == str(value)
             assert mrml_nodes.tag(segment, mrml_nodes.TAG_KIND) == mrml_nodes.KIND_PSEUDO
             assert mrml_nodes.tag(segment, mrml_nodes.TAG_RUN) == run.name

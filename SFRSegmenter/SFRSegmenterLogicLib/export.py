@@ -17,8 +17,8 @@ from SFRSegmenterLib.jobs import utcnow
 from SFRSegmenterLib.manifest import MANIFEST_NAME, Case, Project, load_project
 
 from .cases import EXCLUDED, check_segment_names
-from .nodes import (content_sha, ijk_to_ras, labelmap_like, remove_node, segmentation_to_label,
-                    volume_array, write_node)
+from .nodes import (content_sha, ijk_to_ras, is_low_confidence_segment, labelmap_like, remove_node, segment_ids,
+                    segmentation_to_label, tag, volume_array, write_node)
 
 #: Manifest top-level key where the module records its exports, provenance and excluded cases.
 MANIFEST_KEY = "slicer"
@@ -32,9 +32,10 @@ def open_or_create_project(project_dir: "str | os.PathLike") -> Project:
 
 
 def slicer_state(project: Project) -> dict:
-    """The module's records in the manifest: ``exports``, ``provenance``, ``excluded``."""
+    """The module's records in the manifest: ``exports``, ``provenance``, ``excluded`` and
+    ``class_styles`` (the colour and terminology the user gave each class)."""
     state = project.extra.setdefault(MANIFEST_KEY, {})
-    for key in ("exports", "provenance", "excluded"):
+    for key in ("exports", "provenance", "excluded", "class_styles"):
         state.setdefault(key, {})
     return state
 
@@ -89,6 +90,21 @@ def _write_label(scene, root: Path, entry, record: dict, classes: list) -> str:
     return label_rel
 
 
+def _record_styles(segmentation_node, styles: dict) -> None:
+    """Keep the colour and terminology of each class segment, by class name (lower case), so
+    that pseudo-labels show the classes as the user drew them."""
+    segmentation = segmentation_node.GetSegmentation()
+    for sid in segment_ids(segmentation_node):
+        segment = segmentation.GetSegment(sid)
+        if is_low_confidence_segment(segment):
+            continue
+        style = {"color": [round(float(c), 4) for c in segment.GetColor()]}
+        terminology = tag(segment, segment.GetTerminologyEntryTagName())
+        if terminology:
+            style["terminology"] = terminology
+        styles[segment.GetName().lower()] = style
+
+
 def _check_entries(cases: list, provenance: dict) -> None:
     seen = set()
     for entry in cases:
@@ -137,6 +153,7 @@ def export_project(scene, project_dir: "str | os.PathLike", cases: list, name: s
             if entry.name in provenance:  # the user's own segmentation now labels the case
                 state.setdefault("superseded", {}).setdefault(entry.name, []).append(provenance.pop(entry.name))
             label_rel = _write_label(scene, root, entry, record, classes)
+            _record_styles(entry.segmentation, state["class_styles"])
         elif entry.name in provenance and entry.name in by_name:
             label_rel = by_name[entry.name].label  # accepted/corrected in this module
         role = entry.effective_role

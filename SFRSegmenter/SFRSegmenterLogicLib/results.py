@@ -21,6 +21,7 @@ from SFRSegmenterLib.manifest import Project, load_project
 
 from .cases import scene_cases
 from .edits import mark_saved
+from .export import MANIFEST_KEY
 from .nodes import (ATTR_CASE, ATTR_KIND, ATTR_PROJECT, ATTR_RUN, KIND_CONFIDENCE, KIND_IMAGE, KIND_LOWCONF,
                     KIND_PSEUDO, TAG_CASE, TAG_CLASS, TAG_KIND, TAG_RUN, class_color, node_ids, nodes_of_class,
                     read_node, remove_new_nodes, remove_node, same_geometry, segment_ids, segmentation_logic, set_tags,
@@ -179,6 +180,7 @@ def _load_classes(scene, project: Project, path: Path, case: str, reference):
         remove_node(scene, label_node)
     segmentation = seg_node.GetSegmentation()
     by_value = dict(zip(values, new_ids))
+    styles = project.extra.get(MANIFEST_KEY, {}).get("class_styles", {})
     for value in range(1, max([project.num_classes - 1, *values]) + 1):
         name = project.classes[value] if value < project.num_classes else f"class_{value}"
         sid = by_value.get(value)
@@ -186,7 +188,10 @@ def _load_classes(scene, project: Project, path: Path, case: str, reference):
             sid = segmentation.AddEmptySegment(f"sfr_class_{value}", name)
         segment = segmentation.GetSegment(sid)
         segment.SetName(name)
-        segment.SetColor(*class_color(value))
+        style = styles.get(name.lower(), {})  # the user's colour and terminology for the class
+        segment.SetColor(*(style.get("color") or class_color(value)))
+        if style.get("terminology"):
+            segment.SetTag(segment.GetTerminologyEntryTagName(), style["terminology"])
         set_tags(segment, {TAG_KIND: KIND_PSEUDO, TAG_CLASS: str(value), TAG_RUN: run_id, TAG_CASE: case})
         segmentation.SetSegmentIndex(sid, value - 1)  # segments in class order
     return seg_node

@@ -59,7 +59,8 @@ def sample_source(folder: "str | os.PathLike | None" = None, thumbnail: str | No
         # the cache is shared by every extension: prefixed names, unique per file
         "fileNames": [f"SFR-{path.parent.name}-{path.name}" for path, _, _ in files],
         "nodeNames": [name for _, name, _ in files],
-        "loadFileTypes": [kind for _, _, kind in files],
+        # "loadFileType" takes a list in every Slicer >= 5.0; newer ones also call it "loadFileTypes"
+        "loadFileType": [kind for _, _, kind in files],
         "checksums": [f"SHA256:{_sha256(path)}" for path, _, _ in files],
         "thumbnailFileName": thumbnail,
     }
@@ -71,7 +72,7 @@ def load_like_sample_data(scene, paths: list, source: dict) -> dict:
     from .nodes import read_node, segmentation_logic
 
     loaded = {}
-    for path, name, kind in zip(paths, source["nodeNames"], source["loadFileTypes"]):
+    for path, name, kind in zip(paths, source["nodeNames"], source["loadFileType"]):
         if kind == "SegmentationFile":
             node = segmentation_logic(scene).LoadSegmentationFromFile(str(path), True, name)
             if node is None:
