@@ -254,6 +254,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._cases = []
         self._flagged = []
         self._flaggedPosition = -1
+        self._notes = set()
         self._devicesProbed = False
         self._roles = {}  # case name -> role chosen in the table, kept across refreshes
         self._picks = {}  # case name -> segmentation node ID chosen in the table, kept likewise
@@ -303,6 +304,14 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.timer = qt.QTimer()
         self.timer.setInterval(250)
         self.timer.connect("timeout()", self._onTimer)
+        # the cases table follows the scene: volumes and segmentations added or removed (once the
+        # burst of nodes a load adds is over)
+        self.sceneChangedTimer = qt.QTimer()
+        self.sceneChangedTimer.setSingleShot(True)
+        self.sceneChangedTimer.setInterval(500)
+        self.sceneChangedTimer.connect("timeout()", self._onSceneChanged)
+        for event in (slicer.mrmlScene.NodeAddedEvent, slicer.mrmlScene.NodeRemovedEvent):
+            self.addObserver(slicer.mrmlScene, event, lambda _caller, _event: self.sceneChangedTimer.start())
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         slicer.app.connect("aboutToQuit()", self._onAboutToQuit)
@@ -315,6 +324,8 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self):
         # a running run goes on without the panel (it is detached); only stop following it
         self.removeObservers()
+        if getattr(self, "sceneChangedTimer", None) is not None:
+            self.sceneChangedTimer.stop()
         if getattr(self, "timer", None) is not None:
             self.timer.stop()
 
@@ -339,6 +350,10 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         editor.setAutoShowSourceVolumeNode(False)  # keeps the low-confidence overlay layer
 
     # ---------------------------------------------------------------- scene events
+    def _onSceneChanged(self):
+        if self.parent.isEntered:
+            self.refreshCases()
+
     def onSceneStartClose(self, caller, event):
         # the run goes on (it works on the project folder, not on the scene); its nodes leave
         unsaved = self.logic.unsavedEdits()
@@ -385,7 +400,9 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._cases = self.logic.sceneCases()
         for note in cases.skipped_volumes(slicer.mrmlScene):
-            self._log(note)
+            if note not in self._notes:  # each once, not at every refresh
+                self._notes.add(note)
+                self._log(note)
         try:
             states = self.logic.caseStates(self.projectFolder())
         except SFRError as exc:
@@ -601,6 +618,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _fillRuns(self):
         """The finished runs of the project, newest first, in the results combo box."""
         combo = self.ui.resultsRunComboBox
+        chosen = combo.currentData  # kept when it is still listed
         combo.clear()
         try:
             runs = self.logic.finishedRuns(self.projectFolder())
@@ -609,6 +627,8 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._log(f"error: {exc}")
         for status in runs:
             combo.addItem(f"{status['run_id']} ({status.get('finished') or 'finished'})", status["run_id"])
+        if chosen and combo.findData(chosen) >= 0:
+            combo.setCurrentIndex(combo.findData(chosen))
         self._updateButtons()
 
     def onLoadResults(self, *_):

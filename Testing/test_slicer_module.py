@@ -56,6 +56,8 @@ VERIFIED_ATTRIBUTES = {
     "slicer.mrmlScene.GetNodeByID": "Libs/MRML/Core/vtkMRMLScene.h",
     "slicer.mrmlScene.StartCloseEvent": "Libs/MRML/Core/vtkMRMLScene.h (SceneEventType)",
     "slicer.mrmlScene.EndCloseEvent": "Libs/MRML/Core/vtkMRMLScene.h (SceneEventType)",
+    "slicer.mrmlScene.NodeAddedEvent": "Libs/MRML/Core/vtkMRMLScene.h (SceneEventType)",
+    "slicer.mrmlScene.NodeRemovedEvent": "Libs/MRML/Core/vtkMRMLScene.h (SceneEventType)",
     # modules
     "slicer.vtkSlicerSegmentationsModuleLogic": "Modules/Loadable/Segmentations/Logic/vtkSlicerSegmentationsModuleLogic.h",
     "slicer.vtkOrientedImageData": "Libs/vtkSegmentationCore/vtkOrientedImageData.h",
@@ -132,6 +134,7 @@ VERIFIED_METHODS = {
     "appendPlainText": "QPlainTextEdit",
     "findData": "QComboBox",
     "isActive": "QTimer",
+    "setSingleShot": "QTimer",
     "setValue": "QSettings / QProgressBar",
     "installTorch": "PyTorchUtils.PyTorchUtilsLogic (SlicerPyTorch extension)",
 }
