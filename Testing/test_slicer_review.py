@@ -195,6 +195,17 @@ def test_pseudo_labels_keep_the_users_colours_and_terminology(user_scene, tmp_pa
         assert mrml_nodes.tag(posterior, posterior.GetTerminologyEntryTagName()) == user_posterior_term
 
 
+def test_a_project_folder_that_cannot_be_written_is_one_message(user_scene, tmp_path):
+    scene, nodes, segs, _ = user_scene
+    blocker = tmp_path / "a file"
+    blocker.write_text("not a folder")
+    before = fingerprint(scene)
+    with pytest.raises(SFRError, match="cannot be written") as err:
+        project_export.export_project(scene, blocker / "proj", case_discovery.scene_cases(scene))
+    assert str(err.value).startswith(str(blocker / "proj"))  # names the folder
+    assert fingerprint(scene) == before and blocker.read_text() == "not a folder"
+
+
 # --------------------------------------------------------------------------- Segment Editor
 
 

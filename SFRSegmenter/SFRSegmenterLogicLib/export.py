@@ -10,6 +10,7 @@ when it rewrites the manifest): what it exported, and where accepted labels came
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from SFRSegmenterLib.errors import SFRError
@@ -38,6 +39,17 @@ def slicer_state(project: Project) -> dict:
     for key in ("exports", "provenance", "excluded", "class_styles"):
         state.setdefault(key, {})
     return state
+
+
+def check_writable(root: Path) -> None:
+    """The project folder exists (or can be made) and takes a new file; else one line naming it."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".sfr-write-test-"):
+            pass
+    except OSError as exc:
+        raise SFRError(f"the project folder cannot be written ({exc.strerror or exc}); choose another folder",
+                       root) from None
 
 
 def _check_no_transform(node) -> None:
@@ -138,6 +150,7 @@ def export_project(scene, project_dir: "str | os.PathLike", cases: list, name: s
     exports, provenance = state["exports"], state["provenance"]
     check_segment_names(included)
     _check_entries(included, provenance)
+    check_writable(root)
     for entry in cases:
         if entry.role == EXCLUDED:
             _exclude(project, state, entry.name)

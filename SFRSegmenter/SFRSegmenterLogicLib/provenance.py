@@ -20,7 +20,7 @@ from SFRSegmenterLib.jobs import utcnow
 from SFRSegmenterLib.manifest import MANIFEST_NAME, load_project
 
 from .edits import mark_saved
-from .export import MANIFEST_KEY, slicer_state
+from .export import MANIFEST_KEY, check_writable, slicer_state
 from .nodes import (ATTR_ACCEPTED, content_sha, ijk_to_ras, labelmap_like, remove_node, segmentation_to_label,
                     write_node)
 
@@ -66,6 +66,7 @@ def accept_case(scene, project_dir: "str | os.PathLike", case: str, run_id: str 
     """
     root = Path(project_dir)
     project = load_project(root)
+    check_writable(root)
     path = runfolder.run_dir(root, run_id)
     run_id = path.name
     entry = project.case(case)
