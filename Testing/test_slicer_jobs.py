@@ -84,7 +84,8 @@ def test_job_progress_sequence():
     assert p.stages_done == ["stitch"]
     assert p.errors == ["out of memory"] and p.run_id == "r1"
     assert p.log[-1] == "Traceback (most recent call last):"
-    assert jobs.format_eta(65) == "01:05" and jobs.format_eta(None) == "--" and jobs.format_eta("x") == "--"
+    assert "ETA 01:05" in jobs.JobProgress(stage="x", step=1, total=2, eta_s=65).status_text()
+    assert "ETA --" in jobs.JobProgress(stage="x", step=1, total=2, eta_s=None).status_text()
 
 
 def test_event_tail_reads_complete_lines_only(tmp_path):

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from SFRSegmenterLib.errors import SFRError
-from SFRSegmenterLib.jobs import utcnow
+from SFRSegmenterLib.clock import utcnow
 from SFRSegmenterLib.manifest import MANIFEST_NAME, Case, Project, load_project
 
 from .cases import EXCLUDED, check_segment_names

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 from SFRSegmenterLib import jobs as engine_jobs
+from SFRSegmenterLib.clock import format_duration
 from SFRSegmenterLib import runcontrol
 from SFRSegmenterLib.errors import SFRError
 from SFRSegmenterLib.runcontrol import RunSettings  # noqa: F401 - the engine owns the settings
@@ -86,21 +87,6 @@ def parse_event_line(line: "str | bytes") -> dict | None:
     return record
 
 
-def format_eta(seconds) -> str:
-    """``3725`` -> ``"1:02:05"``, ``65`` -> ``"01:05"``; unknown -> ``"--"``."""
-    if seconds is None:
-        return "--"
-    try:
-        seconds = int(round(float(seconds)))
-    except (TypeError, ValueError):
-        return "--"
-    if seconds < 0:
-        return "--"
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
-
-
 @dataclass
 class JobProgress:
     """What the panel shows, updated line by line from the engine's output."""
@@ -139,7 +125,7 @@ class JobProgress:
             return "Starting..."
         where = f"stage {self.stage_index}/{self.stages_total} " if self.stages_total and self.stage_index else ""
         if self.total:
-            return f"{where}{self.stage}: {self.step}/{self.total}, ETA {format_eta(self.eta_s)}"
+            return f"{where}{self.stage}: {self.step}/{self.total}, ETA {format_duration(self.eta_s)}"
         return f"{where}{self.stage}"
 
     def feed(self, line: str) -> dict | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from SFRSegmenterLib import runfolder
 from SFRSegmenterLib.errors import SFRError
 from SFRSegmenterLib.io import sha256_file
-from SFRSegmenterLib.jobs import utcnow
+from SFRSegmenterLib.clock import utcnow
 from SFRSegmenterLib.manifest import MANIFEST_NAME, load_project
 
 from .edits import mark_saved
