@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 slicer = pytest.importorskip("slicer")
+vtk = pytest.importorskip("vtk")
 if not hasattr(slicer, "vtkMRMLScene"):
     pytest.skip("slicer-core (MRML) is not installed", allow_module_level=True)
 
@@ -108,7 +109,28 @@ def test_unsaved_edits_are_found_and_cleared_by_save_correction(exported):
     # painting the original back ("undo") is no edit any more
     paint(scene, result, "posterior", label == 2)
     assert edits.unsaved_results(scene) == []
+    # a labelmap padded to a larger extent, same voxels: no edit
+    segmentation = result.segmentation.GetSegmentation()
+    posterior = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName("posterior"))
+    representation = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    before = posterior.GetRepresentation(representation)
+    padded = slicer.vtkOrientedImageData()
+    pad = vtk.vtkImageConstantPad()
+    pad.SetInputData(before)
+    e = before.GetExtent()
+    pad.SetOutputWholeExtent(e[0] - 2, e[1] + 3, e[2] - 1, e[3] + 1, e[4], e[5] + 2)
+    pad.SetConstant(0)
+    pad.Update()
+    padded.ShallowCopy(pad.GetOutput())
+    padded.CopyDirections(before)
+    posterior.AddRepresentation(representation, padded)
+    assert posterior.GetRepresentation(representation).GetExtent() != e
+    assert edits.unsaved_results(scene) == []
     # a renamed segment is an edit; the low-confidence guide is not content
+    posterior.SetName("Posterior")
+    assert [case for case, _ in edits.unsaved_results(scene)] == ["hippocampus_006"]
+    posterior.SetName("posterior")
+    assert edits.unsaved_results(scene) == []
     paint(scene, result, "posterior", edited)
     guide = result.low_confidence_segment
     assert guide is not None

@@ -1,9 +1,9 @@
 """Unsaved edits to the pseudo-labels: found before a run, an Accept or a reload drops them.
 
 A pseudo-label node records a digest of its content when it is loaded and when its correction is
-saved (:func:`mark_saved`).  The content is each class segment's name and voxels (its binary
-labelmap: extent, geometry and the voxels holding its label value); colours, opacity and the
-``low confidence`` segment are not content.  Painting and then undoing leaves the digest as it
+saved (:func:`mark_saved`).  The content is each class segment's name and voxels (where its
+binary labelmap holds its label value, and the grid's geometry); colours, opacity, the labelmap's
+extent and the ``low confidence`` segment are not content.  Painting and then undoing leaves the digest as it
 was, so only real changes count.
 """
 
@@ -22,18 +22,20 @@ ATTR_SAVED = "SFR.SavedContent"
 
 
 def _labelmap_digest(h, image, label_value: int) -> None:
-    if image is None:
-        h.update(b"none")
+    """Where the segment is: the IJK positions of its voxels (in the labelmap's whole-grid
+    indices, so a labelmap padded, cropped or shared with other segments digests the same) and
+    the grid's geometry."""
+    if image is None or image.GetPointData().GetScalars() is None:
         return
-    extent = image.GetExtent()
-    h.update(np.asarray(extent, dtype=np.int64).tobytes())
-    if extent[1] < extent[0] or extent[3] < extent[2] or extent[5] < extent[4] or image.GetPointData().GetScalars() is None:
+    e = image.GetExtent()
+    if e[1] < e[0] or e[3] < e[2] or e[5] < e[4]:
         return  # an empty segment
     matrix = vtk.vtkMatrix4x4()
     image.GetImageToWorldMatrix(matrix)
     h.update(np.round([matrix.GetElement(r, c) for r in range(4) for c in range(4)], 6).tobytes())
-    voxels = vtk_to_numpy(image.GetPointData().GetScalars())
-    h.update(np.packbits(voxels == label_value).tobytes())
+    voxels = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(e[5] - e[4] + 1, e[3] - e[2] + 1, e[1] - e[0] + 1)
+    positions = np.argwhere(voxels == label_value) + np.array([e[4], e[2], e[0]])
+    h.update(positions.astype(np.int64).tobytes())
 
 
 def content_digest(segmentation_node) -> str:
