@@ -22,8 +22,8 @@ ATTR_SAVED = "SFR.SavedContent"
 
 
 def _labelmap_digest(h, image, label_value: int) -> None:
-    """Where the segment is: the IJK positions of its voxels (in the labelmap's whole-grid
-    indices, so a labelmap padded, cropped or shared with other segments digests the same) and
+    """Where the segment is: its voxels inside their bounding box, placed by whole-grid IJK
+    indices (so a labelmap padded, cropped or shared with other segments digests the same), and
     the grid's geometry."""
     if image is None or image.GetPointData().GetScalars() is None:
         return
@@ -34,8 +34,17 @@ def _labelmap_digest(h, image, label_value: int) -> None:
     image.GetImageToWorldMatrix(matrix)
     h.update(np.round([matrix.GetElement(r, c) for r in range(4) for c in range(4)], 6).tobytes())
     voxels = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(e[5] - e[4] + 1, e[3] - e[2] + 1, e[1] - e[0] + 1)
-    positions = np.argwhere(voxels == label_value) + np.array([e[4], e[2], e[0]])
-    h.update(positions.astype(np.int64).tobytes())
+    mask = voxels == label_value
+    box = []
+    for axis in range(3):  # the mask's bounding box: the same voxels digest alike in any extent
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        if hits.size == 0:
+            return
+        box.append((int(hits[0]), int(hits[-1]) + 1))
+    origin = np.array([box[0][0] + e[4], box[1][0] + e[2], box[2][0] + e[0]], dtype=np.int64)
+    cropped = mask[box[0][0]:box[0][1], box[1][0]:box[1][1], box[2][0]:box[2][1]]
+    h.update(origin.tobytes() + np.asarray(cropped.shape, dtype=np.int64).tobytes())
+    h.update(np.packbits(cropped).tobytes())
 
 
 def content_digest(segmentation_node) -> str:
