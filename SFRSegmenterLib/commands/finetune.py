@@ -6,7 +6,7 @@ import json
 
 from ..errors import SFRError
 from ..manifest import load_project
-from ..sam import BACKBONE_NAMES
+from ..sam import BACKBONE_NAMES, BACKBONES
 from ..sam.config import FinetuneConfig as C
 from ..sam.preprocess import METHODS as PREPROCESS_METHODS
 from ._options import add_device, add_json, add_seed, add_threads, default, with_default
@@ -21,9 +21,7 @@ def add_parser(sub) -> None:
         "Saves the trained parts and metadata into PROJECT/models/sam/ (or --out).",
     )
     p.add_argument("project", help="project folder (with sfr-project.json)")
-    p.add_argument("--backbone", choices=list(BACKBONE_NAMES), default=None,
-                   help="lite_medsam (default; bundled LiteMedSAM weights), vit_b, vit_l, vit_h, "
-                   "medsam_vit_b (need --checkpoint or a cached official file), tiny_test (tests only)")
+    p.add_argument("--backbone", choices=list(BACKBONE_NAMES), default=None, help=backbone_help())
     p.add_argument("--tiny-test", action="store_true", help="same as --backbone tiny_test (tests only)")
     p.add_argument("--checkpoint", help="base checkpoint file of the backbone (.pth)")
     p.add_argument("--download", action="store_true",
@@ -63,6 +61,21 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def backbone_help() -> str:
+    """The backbones and where each one's weights come from, from the registry."""
+    default_name = default(C, "backbone")
+
+    def where(spec) -> str:
+        if spec.test_only:
+            return "tests only"
+        if spec.bundled:
+            return f"bundled weights, pip extra [{spec.install}]"
+        return "needs --checkpoint or a cached official file" + ("; --download fetches it" if spec.downloadable else "")
+
+    return "; ".join(f"{name}{' (default)' if name == default_name else ''}: {spec.description} ({where(spec)})"
+                     for name, spec in BACKBONES.items())
+
+
 def run(args) -> int:
     from ..finetune import FinetuneConfig, finetune, read_model_meta  # torch: imported only when used
 
@@ -70,7 +83,7 @@ def run(args) -> int:
         raise SFRError("--tiny-test conflicts with --backbone " + args.backbone)
     if args.grid and args.native_grid:
         raise SFRError("--grid conflicts with --native-grid")
-    backbone = "tiny_test" if args.tiny_test else (args.backbone or "lite_medsam")
+    backbone = "tiny_test" if args.tiny_test else (args.backbone or default(C, "backbone"))
     cfg = FinetuneConfig(
         backbone=backbone,
         checkpoint=args.checkpoint,

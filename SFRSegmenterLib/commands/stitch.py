@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from ..errors import SFRError
+from ..sam import BACKBONES
 from ..io import check_output, protect, read_image, read_label
 from ..stitching import IGNORE_INDEX, make_plan, stitch
 from ..visual import overlay_rgb, save_png, side_by_side, to_uint8
@@ -19,7 +20,9 @@ def add_parser(sub) -> None:
     )
     p.add_argument("volume", help="image volume")
     p.add_argument("--label", help="label volume: outlined in colour on the mosaic")
-    p.add_argument("--canvas", type=int, default=1024, help="canvas side in pixels (SAM 1024, LiteMedSAM 256)")
+    canvases = ", ".join(f"{name} {spec.canvas}" for name, spec in BACKBONES.items() if not spec.test_only)
+    p.add_argument("--canvas", type=int, default=BACKBONES["vit_b"].canvas,
+                   help=f"canvas side in pixels (default {BACKBONES['vit_b'].canvas}; per backbone: {canvases})")
     p.add_argument("--grid", type=int, nargs=2, metavar=("ROWS", "COLS"), help="fix the grid (slices are scaled to fit)")
     p.add_argument("--scale", type=float, help="in-plane scale of the slices (e.g. 0.5)")
     p.add_argument("--pad", type=int, help="padding per side of each slice in its cell")

@@ -18,32 +18,8 @@ from .. import events
 from ..errors import SFRError
 from ..io import atomic_path, sha256_file
 
-#: Official checkpoints: file name -> (sha256, size in bytes or None, download URL or None).
-KNOWN_CHECKPOINTS = {
-    "sam_vit_b_01ec64.pth": (
-        "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
-        375042383,
-        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
-    ),
-    "sam_vit_l_0b3195.pth": (
-        "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
-        None,
-        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
-    ),
-    "sam_vit_h_4b8939.pth": (
-        "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
-        None,
-        "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
-    ),
-    "lite_medsam.pth": (
-        "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",
-        39370479,
-        None,
-    ),
-}
-
-#: The checkpoint ``--download`` fetches (official SAM ViT-B).
-DOWNLOADABLE = "sam_vit_b_01ec64.pth"
+# what is known about each official file lives in the backbone registry
+from .registry import DOWNLOADABLE, KNOWN_CHECKPOINTS  # noqa: E402,F401
 
 
 def cache_dir() -> Path:

@@ -61,8 +61,13 @@ def tinyvit_qv_index(num_heads: int, key_dim: int, v_dim: int) -> tuple:
     return q, v
 
 
-def add_lora(encoder: nn.Module, rank: int) -> int:
-    """Freeze ``encoder`` and put LoRA on every attention block's qkv; returns the block count."""
+def add_lora(encoder: nn.Module, rank: int, attention: str = "vit") -> int:
+    """Freeze ``encoder`` and put LoRA on every attention block's qkv; returns the block count.
+
+    ``attention`` is the backbone's layout of the fused qkv output (its registry entry's
+    ``lora_attention``): ``vit`` (q, k, v of ``dim`` each) or ``tinyvit`` (per head)."""
+    if attention not in ("vit", "tinyvit"):
+        raise ValueError(f"unknown attention layout {attention!r}")
     for p in encoder.parameters():
         p.requires_grad_(False)
     count = 0
@@ -70,7 +75,10 @@ def add_lora(encoder: nn.Module, rank: int) -> int:
         qkv = getattr(module, "qkv", None)
         if not isinstance(qkv, nn.Linear):
             continue
-        if hasattr(module, "key_dim") and hasattr(module, "d"):  # TinyViT attention
+        tinyvit = hasattr(module, "key_dim") and hasattr(module, "d")
+        if tinyvit != (attention == "tinyvit"):
+            raise ValueError(f"attention block {type(module).__name__} is not of the {attention} layout")
+        if tinyvit:
             q, v = tinyvit_qv_index(module.num_heads, module.key_dim, module.d)
         else:  # SAM ViT attention: out = 3 * dim
             q, v = vit_qv_index(qkv.out_features // 3)
