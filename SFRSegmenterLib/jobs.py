@@ -27,7 +27,8 @@ from pathlib import Path
 
 from . import events
 from .errors import SFRError
-from .manifest import write_json_atomic
+from .clock import utcnow  # noqa: F401 (jobs.utcnow: the run files' timestamps)
+from .io import write_json_atomic
 
 LOCK_NAME = ".lock"
 CANCEL_NAME = "cancel-request"
@@ -35,10 +36,6 @@ STATUS_NAME = "status.json"
 STATES = ("starting", "running", "done", "cancelled", "failed")
 #: Exit status of ``sfr run`` when it stopped because cancellation was requested.
 EXIT_CANCELLED = 3
-
-
-def utcnow() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def runs_dir(project_root: "str | os.PathLike") -> Path:
@@ -321,16 +318,6 @@ def read_status(run_path: Path) -> dict:
     if (Path(run_path) / CANCEL_NAME).exists() and status.get("state") in ("starting", "running"):
         status["cancel_requested"] = True
     return status
-
-
-def _age_s(stamp: str | None) -> float:
-    if not stamp:
-        return 1e9
-    try:
-        t = _dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_dt.timezone.utc)
-    except ValueError:
-        return 1e9
-    return (_dt.datetime.now(_dt.timezone.utc) - t).total_seconds()
 
 
 def request_cancel(run_path: Path) -> Path:

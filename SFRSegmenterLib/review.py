@@ -23,8 +23,7 @@ import numpy as np
 from . import confidence as conf_mod
 from . import events
 from .errors import SFRError
-from .io import Volume, inside, read_image, write_volume
-from .manifest import write_json_atomic
+from .io import Volume, inside, read_image, write_json_atomic, write_volume
 
 REVIEW_JSON = "review.json"
 #: The files written per case, after the case name.

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .. import events, jobs
 from ..errors import SFRError
+from ._options import DEVICE_HELP, add_device
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "hippocampus"
 
@@ -44,7 +45,7 @@ def add_parser(sub) -> None:
     p.add_argument("--iterations-vnet", type=int, help=f"default {DEMO_SETTINGS['iterations_vnet']}")
     p.add_argument("--rounds", type=int, help=f"SFR+ rounds (default {DEMO_SETTINGS['rounds']})")
     p.add_argument("--backbone", help=f"default {DEMO_SETTINGS['backbone']} (tiny_test: seconds, meaningless)")
-    p.add_argument("--device", help="default cpu")
+    add_device(p, default=None, help=DEVICE_HELP + " (default cpu)")
     p.add_argument("--seed", type=int, help="random seed of every stage (default 1337)")
     p.add_argument("--quick", action="store_true",
                    help="CI-sized smoke run: tiny random SAM, a few iterations, 2 unlabeled cases "

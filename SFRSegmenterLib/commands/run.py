@@ -7,7 +7,9 @@ import json
 
 from .. import events, jobs
 from ..errors import SFRError
+from ..io import read_json, write_json_atomic
 from ..manifest import load_project
+from ._options import DEVICE_HELP, add_device
 
 #: Options that define a run's configuration (refused together with --resume).
 CONFIG_OPTIONS = ("sfr_plus", "rounds", "tau", "min_structure", "backbone", "checkpoint", "ssl", "network", "iterations_sam",
@@ -52,7 +54,7 @@ def add_parser(sub) -> None:
     p.add_argument("--checkpoint", help="SAM checkpoint file (needed for vit_b/vit_l/vit_h/medsam)")
     p.add_argument("--ssl", help="semi-supervised method of stage R (default: stage R's, Mean Teacher)")
     p.add_argument("--network", help="3D network of stage R (default vnet)")
-    p.add_argument("--device", default=None, help="auto (default), cpu, cuda or mps")
+    add_device(p, default=None, help=DEVICE_HELP + " (default auto)")  # None: --resume keeps the saved one
     p.add_argument("--iterations-sam", type=int, metavar="N", help="SAM fine-tuning iterations")
     p.add_argument("--iterations-vnet", type=int, metavar="N", help="V-Net re-training iterations")
     p.add_argument("--batch-size-sam", type=int, metavar="N", help="SAM fine-tuning batch size")
@@ -150,9 +152,7 @@ def run(args) -> int:
                 return 0
             (path / jobs.CANCEL_NAME).unlink(missing_ok=True)
             if args.device:
-                from ..manifest import write_json_atomic
-
-                data = json.loads((path / "config.json").read_text(encoding="utf-8"))
+                data = read_json(path / "config.json", "run configuration")
                 data["device"] = args.device
                 write_json_atomic(path / "config.json", data)
             events.log(f"resuming run {path.name} (was {status.get('state')})")
@@ -177,8 +177,6 @@ def _detach(root, path, lock) -> int:
 
     child = jobs.spawn_detached(["--progress", "none", "run", str(root), "--attach", path.name],
                                 path / "log.txt")
-    from ..manifest import write_json_atomic
-
     # the child writes status.json from now on; the launcher record lets `sfr status` tell a
     # child that died before writing anything
     write_json_atomic(path / "launcher.json", {"pid": child.pid, "host": __import__("socket").gethostname(),

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 
 from .. import jobs
+from ..clock import format_duration
 from ..errors import SFRError
+from ..io import read_json
 from ..manifest import load_project
+from ._options import add_json
 
 
 def add_parser(sub) -> None:
@@ -18,17 +21,8 @@ def add_parser(sub) -> None:
     )
     p.add_argument("project", help="project folder")
     p.add_argument("--run", metavar="RUN_ID", help="a run other than the latest")
-    p.add_argument("--json", action="store_true", help="print the status as one JSON object")
+    add_json(p, "the status")
     p.set_defaults(func=run)
-
-
-def _fmt_s(s) -> str:
-    if s is None:
-        return "--"
-    s = int(s)
-    h, rest = divmod(s, 3600)
-    m, sec = divmod(rest, 60)
-    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m:02d}:{sec:02d}"
 
 
 def run(args) -> int:
@@ -42,11 +36,7 @@ def run(args) -> int:
         raise
     st = jobs.read_status(path)
     st["run"] = str(path)
-    stages = {}
-    try:
-        stages = json.loads((path / "stages.json").read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        pass
+    stages = read_json(path / "stages.json", "run's stage records", missing={}, damaged={})
     st["stages"] = {k: {"status": v.get("status"), "seconds": v.get("seconds"),
                         **({"reused_from": v["reused_from"]} if v.get("reused_from") else {})}
                     for k, v in stages.items()}
@@ -62,7 +52,7 @@ def run(args) -> int:
         if st.get("stage_index"):
             line += f" ({st.get('stage_index')}/{st.get('stages_total')})"
         if st.get("total"):
-            line += f", step {st.get('step')}/{st.get('total')}, eta {_fmt_s(st.get('eta_s'))}"
+            line += f", step {st.get('step')}/{st.get('total')}, eta {format_duration(st.get('eta_s'))}"
     print(line)
     for name, rec in st["stages"].items():
         extra = f" (reused from {rec['reused_from']})" if rec.get("reused_from") else ""

@@ -22,8 +22,7 @@ from pathlib import Path
 
 from .. import events, jobs
 from ..errors import Cancelled
-from ..io import inside
-from ..manifest import write_json_atomic
+from ..io import inside, read_json, write_json_atomic
 
 STAGES_JSON = "stages.json"
 STAGE_JSON = "stage.json"
@@ -34,14 +33,6 @@ def make_key(*parts) -> str:
     """A short sha256 of ``parts`` (JSON, keys sorted)."""
     blob = json.dumps(parts, sort_keys=True, default=str).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()[:20]
-
-
-def read_json(path: Path, default=None):
-    """The JSON in ``path``, or ``default`` when the file does not exist."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return default
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -81,7 +72,7 @@ class StageCache:
         self.project_root = Path(project_root)
         self.run_path = Path(run_path)
         self.stages_path = self.run_path / STAGES_JSON
-        self.records = read_json(self.stages_path, {}) or {}
+        self.records = read_json(self.stages_path, "run's stage records", missing={})
         self.should_stop = jobs.stop_checker(self.run_path)
         self.index = 0  # stages started so far
         self.planned = 0  # stages the run expects (for progress)
@@ -111,7 +102,8 @@ class StageCache:
         for rec_path in jobs.runs_dir(self.project_root).glob(f"*/{STAGES_JSON}"):
             if rec_path.parent == self.run_path:
                 continue
-            for other_name, rec in (read_json(rec_path, {}) or {}).items():
+            # another run's damaged records only mean that run offers nothing to reuse
+            for other_name, rec in read_json(rec_path, missing={}, damaged={}).items():
                 if rec.get("key") == key and rec.get("status") == "done":
                     d = rec_path.parent / "stages" / other_name
                     if (d / STAGE_JSON).exists():
@@ -189,7 +181,7 @@ class CaseCache:
         self.stages = stages
         self.folder = folder
         self.kind = folder.name.rsplit("-r", 1)[0]  # finished stages of this kind in any round
-        self.entries = read_json(folder / CASES_JSON, {}) or {}
+        self.entries = read_json(folder / CASES_JSON, "stage's case records", missing={})
 
     def save(self) -> None:
         write_json_atomic(self.folder / CASES_JSON, self.entries)
@@ -212,7 +204,7 @@ class CaseCache:
         for cases_json in found:
             if cases_json.parent.parent.parent == self.stages.run_path:
                 continue
-            entry = (read_json(cases_json, {}) or {}).get(case)
+            entry = read_json(cases_json, missing={}, damaged={}).get(case)
             if entry and entry.get("key") == key and (cases_json.parent / f"{case}.nii.gz").exists():
                 return cases_json.parent
         return None
@@ -224,4 +216,4 @@ class CaseCache:
             return None
         for suffix in suffixes:
             link_or_copy(src / f"{case}{suffix}", inside(self.folder, f"{case}{suffix}"))
-        return src, (read_json(src / CASES_JSON, {}) or {})[case]
+        return src, read_json(src / CASES_JSON, "stage's case records")[case]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .. import confidence as conf_mod
 from ..errors import SFRError
-from .cache import read_json
+from ..io import read_json
 
 #: Default number of SFR+ rounds after the first SFR pass (see docs/run.md for the measurement).
 DEFAULT_ROUNDS = 1
@@ -68,7 +68,7 @@ class RunConfig:
 
 
 def load_run_config(run_path: Path) -> RunConfig:
-    data = read_json(Path(run_path) / CONFIG_JSON)
+    data = read_json(Path(run_path) / CONFIG_JSON, "run configuration", missing=None)
     if data is None:
         raise SFRError("run has no config.json (not a run folder)", run_path)
     return RunConfig.from_dict(data)

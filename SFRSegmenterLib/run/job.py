@@ -15,7 +15,8 @@ from pathlib import Path
 
 from .. import events, jobs
 from ..errors import Cancelled, SFRError
-from ..manifest import Project, load_project, write_json_atomic
+from ..io import write_json_atomic
+from ..manifest import Project, load_project
 from .config import CONFIG_JSON, RunConfig, load_run_config
 
 # --------------------------------------------------------------------------- failures

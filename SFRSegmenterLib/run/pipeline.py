@@ -24,10 +24,10 @@ from pathlib import Path
 
 from .. import events, sfrplus
 from ..errors import SFRError
-from ..io import inside, sha256_file
-from ..manifest import Project, write_json_atomic
+from ..io import inside, read_json, sha256_file, write_json_atomic
+from ..manifest import Project
 from . import stages
-from .cache import StageCache, copy_tree, link_or_copy, make_key, read_json
+from .cache import StageCache, copy_tree, link_or_copy, make_key
 from .config import RunConfig, finetune_config, retrain_config, review_settings, stage_settings
 from .job import with_oom_retry
 
@@ -87,7 +87,7 @@ class Pipeline:
                                 should_stop=self.runner.should_stop, extra_labeled=tuple(extra_labeled))
 
             with_oom_retry(call, ft_cfg, "SAM fine-tuning")
-            meta = read_json(d / MODEL_META, {}) or {}
+            meta = read_json(d / MODEL_META, "SAM model metadata", missing={})
             return {"model_id": meta.get("model_id"), "extra_labeled": [c for c, _, _ in extra_labeled]}
 
         return self.runner.run_stage(f"finetune-r{r}", key, fn)
@@ -106,7 +106,7 @@ class Pipeline:
                 if c not in done.entries and (found := done.reuse(c, case_keys[c], PSEUDO_SUFFIXES)):
                     stages.copy_index_entry(found[0] / PSEUDO_JSON, d / PSEUDO_JSON, c)
                     done.record(c, {"key": case_keys[c], "reused_from": str(found[0].relative_to(self.project.root))})
-            index = read_json(d / PSEUDO_JSON, {}) or {}
+            index = read_json(d / PSEUDO_JSON, "pseudo-label index", missing={})
             todo = [c for c in cases if not (c in index.get("cases", {})
                                               and all((d / f"{c}{s}").exists() for s in PSEUDO_SUFFIXES))]
             if todo:  # written case by case; the cases done before a cancel are kept
@@ -186,7 +186,7 @@ class Pipeline:
         return self._labeled_vols
 
     def measurements(self, cf: Path) -> dict:
-        return read_json(cf / "cases.json", {}) or {}
+        return read_json(cf / "cases.json", "stage's case records", missing={})
 
     def trust(self, entries: dict) -> dict:
         """``{case: trusted}`` by the run's trust policy (the decision is never cached)."""
@@ -268,7 +268,7 @@ class Pipeline:
                           {c: {"slice_confidence": reviews[c].get("slice_confidence")} for c in reviews})
         write_json_atomic(out / "rounds.json", {"tau": self.cfg.tau, "final_round": int(cf.name.rsplit("-r", 1)[1]),
                                                 "rounds": [rec.to_json() for rec in history]})
-        metrics = read_json(md / "metrics.json", {}) or {}
+        metrics = read_json(md / "metrics.json", "metrics", missing={})
         if metrics:
             write_json_atomic(out / "metrics.json", metrics)
         events.log(f"results in {out}: pseudo/ ({len(reviews)} cases), vnet/, review.json"

@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import confidence as conf_mod
-from ..io import inside, read_image, read_label, write_volume
-from ..manifest import Project, write_json_atomic
-from .cache import read_json
+from ..io import inside, read_image, read_label, read_json, write_json_atomic, write_volume
+from ..manifest import Project
 
 # --------------------------------------------------------------------------- stitch pictures
 
@@ -73,8 +72,8 @@ def stitch_pictures(project: Project, cases: list, backbone: str, out_dir: Path)
 
 def copy_index_entry(src_index: Path, dst_index: Path, case: str) -> None:
     """Carry one case's record (and the model fields) into a stage's ``pseudo-labels.json``."""
-    src = read_json(src_index, {}) or {}
-    dst = read_json(dst_index, None)
+    src = read_json(src_index, "pseudo-label index", missing={})
+    dst = read_json(dst_index, "pseudo-label index", missing=None)
     if dst is None:
         dst = {k: v for k, v in src.items() if k != "cases"}
         dst["cases"] = {}
