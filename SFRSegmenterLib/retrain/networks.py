@@ -18,7 +18,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .names import NORM_NAMES as NORMS  # noqa: E402  (one list, shared with the CLI)
+from .names import NETWORK_NAMES  # noqa: E402  (one list, shared with the CLI)
+from .names import NORM_NAMES as NORMS  # noqa: E402
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -146,7 +147,8 @@ class UNet3D(nn.Module):
 
 
 #: name -> constructor(in_channels, num_classes, **options)
-NETWORKS: dict[str, Callable[..., nn.Module]] = {"vnet": VNet, "unet3d": UNet3D}
+#: The built-in networks, in the order of ``names.NETWORK_NAMES`` (the list the command line offers).
+NETWORKS: dict[str, Callable[..., nn.Module]] = dict(zip(NETWORK_NAMES, (VNet, UNet3D), strict=True))
 
 
 def register_network(name: str, factory: Callable[..., nn.Module]) -> None:

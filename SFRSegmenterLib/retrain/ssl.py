@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..losses import dice_ce
+from .names import SSL_NAMES
 
 
 # --------------------------------------------------------------------------- losses
@@ -198,12 +199,11 @@ class UAMeanTeacher(MeanTeacher):
         return w * cons, {"consistency": cons.item(), "cons_weight": w, "certain": float(mask.mean())}
 
 
-SSL_METHODS: dict[str, Callable] = {
-    "supervised": Supervised,
-    "self_training": SelfTraining,
-    "mean_teacher": MeanTeacher,
-    "ua_mt": UAMeanTeacher,
-}
+#: The built-in methods, under the names ``retrain/names.py`` lists once for the command line
+#: (adding a method: its class here, its ``name`` in ``SSL_NAMES``).
+SSL_METHODS: dict[str, Callable] = {cls.name: cls for cls in (Supervised, SelfTraining, MeanTeacher, UAMeanTeacher)}
+if tuple(SSL_METHODS) != SSL_NAMES:  # pragma: no cover (a contributor's slip, caught at import)
+    raise ImportError(f"retrain/names.py SSL_NAMES {SSL_NAMES} != the built-in methods {tuple(SSL_METHODS)}")
 
 
 def register_method(name: str, cls) -> None:
