@@ -28,15 +28,11 @@ Everything starts from the softmax probabilities ``prob`` of one case, shape ``[
 * **Low-confidence mask**: region-of-interest voxels with ``conf < voxel_threshold`` (0.9).
 * **Empty-prediction guard** (ours, not in the paper): a case is trusted only when its predicted
   structure has at least ``min_foreground`` voxels.  A model that misses the structure predicts
-  almost only background, confidently, and Eq. 8 then rates the case among the *most* confident:
-  measured on LA (bench/results/sfr_plus_la.md), 2 of the 6 cases above tau 0.985 were such
-  failures (about 200 predicted voxels instead of 17 000-21 000, Dice 0.00-0.01); the others had
-  Dice 0.80-0.85.  ``sfr run`` sets ``min_foreground`` to ``min_structure`` (0.25) times the
-  smallest labeled structure, in mm^3.  Why 0.25 (bench/results/sfr_plus_trust_la.md): on LA the
-  correct cases above tau 0.97 predict at least 0.5x the labeled structure, and one partial miss
-  (Dice 0.12) predicts 0.11x; 0.25 removes it and keeps every case with Dice >= 0.66.  Distrusting
-  a good case costs little (it is re-trained with SAM's label, as in plain SFR); trusting a bad one
-  teaches SAM its mistake.
+  almost only background, confidently, and Eq. 8 then rates the case among the *most* confident
+  (bench/results/sfr_plus_la.md).  ``sfr run`` sets ``min_foreground`` to ``min_structure``
+  (0.25) times the smallest labeled structure, in mm^3; why 0.25: bench/results/sfr_plus_trust_la.md.
+  Distrusting a good case costs little (it is re-trained with SAM's label, as in plain SFR);
+  trusting a bad one teaches SAM its mistake.
 """
 
 from __future__ import annotations
@@ -100,9 +96,8 @@ def structure_drift(kept_ratio: "float | None", new_ratio: "float | None", facto
     A ratio is the median predicted structure volume over the unlabeled cases divided by the median
     labeled structure volume (1 = the same size as what the user labeled).  The new round has
     drifted when its ratio is more than ``factor`` times farther from 1 (on a log scale) than the
-    kept round's: round 0 at 1.06 and round 1 at 0.24 (measured on LA, 1 labeled case: round 1's
-    V-Net under-segmented every case, validation Dice 68 -> 31, while its confidence *rose*) is
-    drift; a round that brings 2.0 back to 1.0 is not.  Unknown ratios are never drift.
+    kept round's: 1.06 -> 0.24 is drift, 2.0 -> 1.0 is not (the LA round that led to this rule:
+    docs/run.md, "SFR+ rounds").  Unknown ratios are never drift.
     """
     if kept_ratio is None or new_ratio is None or kept_ratio <= 0:
         return False

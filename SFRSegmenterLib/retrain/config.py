@@ -51,9 +51,8 @@ class RetrainConfig:
     def resolved_lr_step(self) -> int:
         """lr x ``lr_gamma`` every this many iterations.  Default: the paper's 2500 as an absolute
         count (the reference code's ``0.1 ** (iteration // 2500)``), not scaled with ``iterations``:
-        a scaled step decays the rate before a short run has learnt anything (measured: a 400-
-        iteration demo V-Net stepping at 167 predicted background only, Dice 0.00; with no step
-        0.18; docs/stage-r.md)."""
+        a scaled step decays the rate before a short run has learnt anything (the demo's
+        measurement: docs/run.md, "sfr demo")."""
         if self.lr_step:
             return int(self.lr_step)
         return PAPER_LR_STEP

@@ -2,8 +2,8 @@
 
 * ``percentile`` (LiteMedSAM, MedSAM, the test model): clip to the volume's 0.5-99.5
   percentiles and scale to [0, 1], as MedSAM prepares MR images.  Volumes that are not on a
-  common intensity scale (such as per-volume z-scored MRI) become comparable; measured on LA
-  with LiteMedSAM this took mean Dice from 0.02 (raw z-scores) to 0.33 (SFR_METHOD.md sec. 8).
+  common intensity scale (such as per-volume z-scored MRI) become comparable (the measurement:
+  docs/stage-f.md, "Backbones").
 * ``zscore`` (SAM ViT-B/L/H, as the SFR paper feeds it): zero mean, unit standard deviation.
 * ``rank`` (histogram equalisation): each voxel becomes its intensity's rank in the volume,
   scaled to [0, 1], so every volume has the same (uniform) histogram whatever its contrast.
