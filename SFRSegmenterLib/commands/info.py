@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 from ..manifest import load_project
+from ._options import add_json
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("info", help="summarise a project")
     p.add_argument("project", help="project folder")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json(p, "the summary and every case")
     p.set_defaults(func=run)
 
 

@@ -6,6 +6,7 @@ import json
 
 from .. import events
 from ..manifest import init_project
+from ._options import add_json
 
 
 def add_parser(sub) -> None:
@@ -27,7 +28,7 @@ def add_parser(sub) -> None:
         "(e.g. background,left_atrium); default: from the labels",
     )
     p.add_argument("--force", action="store_true", help="replace an existing manifest")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_json(p, "the summary")
     p.set_defaults(func=run)
 
 

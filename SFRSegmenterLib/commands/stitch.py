@@ -9,6 +9,7 @@ from ..sam import BACKBONES
 from ..io import check_output, protect, read_image, read_label
 from ..stitching import IGNORE_INDEX, make_plan, stitch
 from ..visual import overlay_rgb, save_png, side_by_side, to_uint8
+from ._options import add_json
 
 
 def add_parser(sub) -> None:
@@ -27,7 +28,7 @@ def add_parser(sub) -> None:
     p.add_argument("--scale", type=float, help="in-plane scale of the slices (e.g. 0.5)")
     p.add_argument("--pad", type=int, help="padding per side of each slice in its cell")
     p.add_argument("--out", help="PNG file to write")
-    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    add_json(p, "the stitching plan")
     p.set_defaults(func=run)
 
 
