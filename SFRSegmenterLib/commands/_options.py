@@ -83,6 +83,23 @@ def add_json(parser, what: str) -> None:
     parser.add_argument("--json", action="store_true", help=f"print {what} as JSON on stdout")
 
 
+def print_result(args, data, text) -> int:
+    """What a command prints: ``data`` as JSON with ``--json``, else ``text`` (a string or a
+    callable giving one: built only when shown).  Under torchrun only rank 0 prints (every rank
+    has the whole result).  Returns 0, the command's exit status."""
+    import json
+
+    from ..shard import is_main_process
+
+    if not is_main_process():
+        return 0
+    if getattr(args, "json", False) is True:
+        print(json.dumps(data, indent=2))
+    else:
+        print(text() if callable(text) else text)
+    return 0
+
+
 def add_seed(parser, config, name: str = "seed") -> None:
     parser.add_argument("--seed", type=int, default=default(config, name),
                         help=with_default("random seed", config, name))

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 from ..errors import SFRError
 from ..manifest import load_project
 from ..sam import BACKBONE_NAMES, BACKBONES
 from ..sam.config import FinetuneConfig as C
 from ..sam.preprocess import METHODS as PREPROCESS_METHODS
-from ._options import add_device, add_json, add_seed, add_threads, default, with_default
+from ._options import add_device, add_json, add_seed, add_threads, default, print_result, with_default
 
 
 def add_parser(sub) -> None:
@@ -114,11 +112,5 @@ def run(args) -> int:
         "final_loss": meta["loss_curve"][-1] if meta["loss_curve"] else None,
         "layout": meta["layout"],
     }
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print(
-            f"fine-tuned {meta['backbone']} for {meta['iterations_done']} iterations "
-            f"(final loss {summary['final_loss']}); model {meta['model_id']} in {out}"
-        )
-    return 0
+    return print_result(args, summary, f"fine-tuned {meta['backbone']} for {meta['iterations_done']} iterations "
+                        f"(final loss {summary['final_loss']}); model {meta['model_id']} in {out}")

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 from .. import events
 from ..manifest import init_project
-from ._options import add_json
+from ._options import add_json, print_result
 
 
 def add_parser(sub) -> None:
@@ -53,12 +51,6 @@ def run(args) -> int:
         progress=progress,
     )
     summary = project.summary()
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print(
-            f"created {project.manifest_path}: {summary['cases']} cases "
-            f"({summary['labeled']} labeled, {summary['unlabeled']} unlabeled, "
-            f"{summary['validation']} validation), classes {', '.join(project.classes)}"
-        )
-    return 0
+    return print_result(args, summary, f"created {project.manifest_path}: {summary['cases']} cases "
+                        f"({summary['labeled']} labeled, {summary['unlabeled']} unlabeled, "
+                        f"{summary['validation']} validation), classes {', '.join(project.classes)}")

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
 from ..manifest import load_project
-from ..shard import is_main_process
-from ._options import add_device, add_json, add_threads, add_window_batch
+from ._options import add_device, add_json, add_threads, add_window_batch, print_result
 
 
 def add_parser(sub) -> None:
@@ -48,12 +45,6 @@ def run(args) -> int:
         overlap=args.overlap,
         batch_size=args.window_batch,
     )
-    if not is_main_process():  # under torchrun only rank 0 reports (every rank has all records)
-        return 0
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        for name, rec in results.items():
-            print(f"{name}: mean confidence {rec['mean_confidence']:.4f} -> {rec['label']}, {rec['confidence']}")
-        print(f"wrote {len(results)} pseudo-label(s)")
-    return 0
+    return print_result(args, results, lambda: "\n".join(
+        [f"{name}: mean confidence {rec['mean_confidence']:.4f} -> {rec['label']}, {rec['confidence']}"
+         for name, rec in results.items()] + [f"wrote {len(results)} pseudo-label(s)"]))

@@ -5,7 +5,6 @@ Also runs data-parallel: ``torchrun --nproc_per_node N -m SFRSegmenterLib retrai
 
 from __future__ import annotations
 
-import json
 import os
 
 from .. import events
@@ -68,6 +67,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..retrain import RetrainConfig, retrain
+    from ._options import print_result
 
     if int(os.environ.get("RANK", "0")) > 0:
         events.configure("none")
@@ -95,9 +95,4 @@ def run(args) -> int:
         project, cfg, pseudo_dir=args.pseudo, out_dir=args.out, resume=args.resume,
         unlabeled_cases=args.unlabeled_cases,
     )
-    if int(os.environ.get("RANK", "0")) == 0:
-        if args.json:
-            print(json.dumps({"model_dir": str(out), "model": str(out / "model.pt")}, indent=2))
-        else:
-            print(f"wrote {out / 'model.pt'}")
-    return 0
+    return print_result(args, {"model_dir": str(out), "model": str(out / "model.pt")}, f"wrote {out / 'model.pt'}")

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 from ..errors import SFRError
 from ..sam import BACKBONES
 from ..io import check_output, protect, read_image, read_label
 from ..stitching import IGNORE_INDEX, make_plan, stitch
 from ..visual import overlay_rgb, save_png, side_by_side, to_uint8
-from ._options import add_json
+from ._options import add_json, print_result
 
 
 def add_parser(sub) -> None:
@@ -51,12 +49,7 @@ def run(args) -> int:
             for s in range(plan.slabs)
         ]
         save_png(side_by_side(tiles), args.out)
-    if args.json:
-        print(json.dumps(plan.to_dict(), indent=2))
-    else:
-        print(
-            f"{image.shape[0]} slices of {image.shape[1]}x{image.shape[2]} -> {plan.slabs} canvas(es) "
-            f"of {plan.canvas}px, grid {plan.rows}x{plan.cols}, cell {plan.cell[0]}x{plan.cell[1]}, "
-            f"pad {plan.pad[0]},{plan.pad[1]}" + (f"; wrote {args.out}" if args.out else "")
-        )
-    return 0
+    return print_result(args, plan.to_dict(), lambda: (
+        f"{image.shape[0]} slices of {image.shape[1]}x{image.shape[2]} -> {plan.slabs} canvas(es) "
+        f"of {plan.canvas}px, grid {plan.rows}x{plan.cols}, cell {plan.cell[0]}x{plan.cell[1]}, "
+        f"pad {plan.pad[0]},{plan.pad[1]}" + (f"; wrote {args.out}" if args.out else "")))
