@@ -60,16 +60,26 @@ def case_measurements(review: "conf_mod.CaseReview", image: Volume) -> dict:
     return entry
 
 
-def review_image(model, image: Volume, case: str, tau: float = conf_mod.TAU, k: int = conf_mod.FLAG_K,
+def review_image(model, image: Volume, case: str, k: int = conf_mod.FLAG_K,
                  voxel_threshold: float = conf_mod.VOXEL_THRESHOLD, ranking: str = "mass",
-                 min_structure_mm3: float = 0.0, window=None, stride=None, batch: int = 4) -> "conf_mod.CaseReview":
-    """The review of one image from ``model``'s sliding-window probabilities; a case is trusted
-    only when its predicted structure has at least ``min_structure_mm3`` (physical volume)."""
+                 window=None, stride=None, batch: int = 4) -> "conf_mod.CaseReview":
+    """The review of one image from ``model``'s sliding-window probabilities: label, maps,
+    confidence, flagged slices (whether the case is trusted is :mod:`.sfrplus`'s decision)."""
     from .retrain.inference import predict_volume
 
     prob = predict_volume(model, image.array, window=window, stride=stride, batch=batch)
-    return conf_mod.review_case(case, prob, tau=tau, k=k, voxel_threshold=voxel_threshold, ranking=ranking,
-                                min_foreground=min_structure_mm3 / float(np.prod(image.spacing)))
+    return conf_mod.review_case(case, prob, k=k, voxel_threshold=voxel_threshold, ranking=ranking)
+
+
+def judged_entry(review: "conf_mod.CaseReview", image: Volume, tau: float, min_structure_mm3: float) -> dict:
+    """:func:`review_entry` with ``trusted`` decided by the trust policy of :mod:`.sfrplus`: confidence
+    >= ``tau`` and a predicted structure of at least ``min_structure_mm3`` (physical volume)."""
+    from .sfrplus import ConfidenceAndSize, TrustContext
+
+    policy = ConfidenceAndSize(tau, 1.0)  # 1.0 x the one reference volume below
+    entry = review_entry(review, image)
+    entry["trusted"] = policy.trusted(case_measurements(review, image), TrustContext((min_structure_mm3,)))
+    return entry
 
 
 def write_case_maps(review: "conf_mod.CaseReview", image: Volume, out_dir: Path) -> None:
@@ -104,10 +114,10 @@ def review_folder(model_dir: "str | os.PathLike", images, out_dir: "str | os.Pat
         bar = events.Progress("confidence", len(own)) if shard.main else None
         for i, name in enumerate(own):
             image = read_image(paths[name])
-            review = review_image(model, image, name, window=window, stride=stride, batch=batch, **{
-                key: params[key] for key in ("tau", "k", "voxel_threshold", "ranking", "min_structure_mm3")})
+            review = review_image(model, image, name, k=k, voxel_threshold=voxel_threshold, ranking=ranking,
+                                  window=window, stride=stride, batch=batch)
             write_case_maps(review, image, out_dir)
-            entries[name] = review_entry(review, image)
+            entries[name] = judged_entry(review, image, tau, min_structure_mm3)
             if bar is not None:
                 bar.update(i + 1, case=name, confidence=round(review.confidence, 6))
         shard.report("confidence", own)

@@ -33,13 +33,16 @@ class TrustContext:
 
 
 class TrustPolicy:
-    """Decides from a case's measurements (a ``cases.json`` entry of the confidence stage)
-    whether its V-Net label is trusted.  Subclasses set ``name`` and implement :meth:`trusted`."""
+    """Decides from a case's measurements (a ``cases.json`` entry of the confidence stage, or an
+    entry of ``sfr review``) whether its V-Net label is trusted.  Subclasses set ``name`` and
+    implement :meth:`from_config` (the settings it takes from a run's ``RunConfig``) and
+    :meth:`trusted`."""
 
     name = ""
 
-    def __init__(self, cfg):
-        self.cfg = cfg
+    @classmethod
+    def from_config(cls, cfg) -> "TrustPolicy":
+        raise NotImplementedError
 
     def trusted(self, entry: dict, context: TrustContext) -> bool:
         raise NotImplementedError
@@ -59,16 +62,24 @@ class ConfidenceAndSize(TrustPolicy):
 
     name = "confidence"
 
+    def __init__(self, tau: float = conf_mod.TAU, min_structure: float = conf_mod.MIN_STRUCTURE_FRACTION):
+        self.tau = tau
+        self.min_structure = min_structure
+
+    @classmethod
+    def from_config(cls, cfg) -> "ConfidenceAndSize":
+        return cls(cfg.tau, cfg.min_structure)
+
     def trusted(self, entry: dict, context: TrustContext) -> bool:
-        if not conf_mod.is_trusted(entry["confidence"], self.cfg.tau):
+        if not conf_mod.is_trusted(entry["confidence"], self.tau):
             return False
-        if not self.cfg.min_structure:
+        if not self.min_structure:
             return True
-        min_voxels = self.cfg.min_structure * min(context.labeled_mm3) / float(entry["voxel_mm3"])
+        min_voxels = self.min_structure * min(context.labeled_mm3) / float(entry["voxel_mm3"])
         return entry["foreground_voxels"] >= min_voxels
 
     def describe(self) -> str:
-        return f"tau {self.cfg.tau}"
+        return f"tau {self.tau}"
 
 
 TRUST_POLICIES: dict[str, Callable] = {ConfidenceAndSize.name: ConfidenceAndSize}
@@ -80,9 +91,10 @@ def register_policy(cls) -> None:
 
 
 def build_policy(cfg, name: str = DEFAULT_POLICY) -> TrustPolicy:
+    """The policy ``name`` with its settings from a run's configuration."""
     if name not in TRUST_POLICIES:
         raise ValueError(f"unknown trust policy {name!r} (choose from {', '.join(TRUST_POLICIES)})")
-    return TRUST_POLICIES[name](cfg)
+    return TRUST_POLICIES[name].from_config(cfg)
 
 
 # --------------------------------------------------------------------------- rounds

@@ -181,6 +181,9 @@ def test_a_case_with_a_too_small_structure_is_never_trusted(sfr_runs, sfr, tmp_p
     for name, entry in cases.items():
         label = read_label(run / "stages" / "confidence-r0" / f"{name}.nii.gz").array
         assert entry["foreground_voxels"] == int(np.count_nonzero(label))
+        assert "trusted" not in entry  # the cache keeps measurements; trust is decided from them
+    # other trust settings change no stage: the confidence stage of the earlier run is reused whole
+    assert stages(run)["confidence-r0"]["reused_from"].startswith("runs/")
     rounds = json.loads((run / "rounds.json").read_text())
     assert rounds["rounds"][0]["stopped"] == "no trusted case"
     # the same maps with the guard off: every case trusted
@@ -261,3 +264,73 @@ def test_stage_keys_follow_their_inputs(tmp_path, sample_dir):
     project.case(CASES[2]).role = "labeled"  # one new label
     project.save()
     assert keys(load_project(root), cfg)[0] != base[0]
+
+
+def test_the_trust_policy_decides_as_the_confidence_review_did(sfr_runs):
+    """sfrplus' rule on the cached measurements = confidence.review_from_maps' rule on the maps."""
+    from SFRSegmenterLib import sfrplus
+    from SFRSegmenterLib.manifest import load_project
+
+    run = sfr_runs["sfr"]
+    folder = run / "stages" / "confidence-r0"
+    entries = json.loads((folder / "cases.json").read_text())
+    project = load_project(sfr_runs["root"])
+    labeled = []
+    for c in project.by_role("labeled"):
+        lab = read_label(project.label_path(c))
+        labeled.append(np.count_nonzero(lab.array) * float(np.prod(lab.spacing)))
+    context = sfrplus.TrustContext(tuple(labeled))
+    confs = sorted(e["confidence"] for e in entries.values())
+    # thresholds away from every confidence (the cache keeps them rounded to 1e-6)
+    between = [(a + b) / 2 for a, b in zip(confs, confs[1:]) if b - a > 1e-5]
+    for tau in (confs[0] - 1e-4, *between, 1.0):
+        for fraction in (0.0, 0.25, 1.0, 1000.0):
+            policy = sfrplus.ConfidenceAndSize(tau, fraction)
+            for name, entry in entries.items():
+                image = read_image(folder / f"{name}_confidence.nii.gz")
+                label = read_label(folder / f"{name}.nii.gz").array
+                min_fg = fraction * min(labeled) / float(np.prod(image.spacing))
+                expect = C.review_from_maps(name, image.array, label, tau=tau, min_foreground=min_fg).trusted
+                assert policy.trusted(entry, context) == expect, (name, tau, fraction)
+
+
+def test_a_trust_rule_is_one_registered_class(sfr_runs):
+    from SFRSegmenterLib import sfrplus
+    from SFRSegmenterLib.run.config import RunConfig
+
+    class LargestHalf(sfrplus.TrustPolicy):
+        name = "test-largest-half"
+
+        @classmethod
+        def from_config(cls, cfg):
+            return cls()
+
+        def trusted(self, entry, context):
+            return entry["structure_mm3"] >= self.median
+
+    entries = json.loads((sfr_runs["sfr"] / "stages" / "confidence-r0" / "cases.json").read_text())
+    LargestHalf.median = statistics.median(e["structure_mm3"] for e in entries.values())
+    sfrplus.register_policy(LargestHalf)
+    try:
+        policy = sfrplus.build_policy(RunConfig(), "test-largest-half")
+        decided = policy.decide(entries, sfrplus.TrustContext(()))
+        assert decided == {c: e["structure_mm3"] >= LargestHalf.median for c, e in entries.items()}
+        record = sfrplus.round_record(0, entries, decided, None, [1.0], sorted(entries), [])
+        assert record.trusted == sorted(c for c, t in decided.items() if t)
+        assert record.to_json()["cases"][next(iter(entries))]["trusted"] == decided[next(iter(entries))]
+    finally:
+        del sfrplus.TRUST_POLICIES["test-largest-half"]
+
+
+def test_drift_stop_on_round_records():
+    from SFRSegmenterLib import sfrplus
+
+    def rec(r, ratio):
+        return sfrplus.RoundRecord(r, [], [], [], [], [], 0.9, {}, structure_ratio=ratio)
+
+    assert sfrplus.drifted(rec(0, 1.06), rec(1, 0.24))  # LA: round 1 shrank every structure
+    assert not sfrplus.drifted(rec(0, 2.0), rec(1, 1.0))  # back towards the labeled size
+    assert not sfrplus.drifted(rec(0, None), rec(1, 0.1))  # unknown is never drift
+    assert sfrplus.why_stop({"a": False, "b": False}) == "no trusted case"
+    assert sfrplus.why_stop({"a": True, "b": True}) == "all cases trusted"
+    assert sfrplus.why_stop({"a": True, "b": False}) is None
