@@ -42,6 +42,7 @@ from .sam.preprocess import METHODS as PREPROCESS_METHODS
 from .sam.preprocess import normalize
 from .sam.registry import build_segmenter, count_parameters, get_spec
 from .stitching import IGNORE_INDEX, stitch
+from .training import check_same_run, differences, read_state, save_due
 
 MODEL_META = "sam-model.json"
 PARTS_FILE = "sam_parts.pt"
@@ -237,16 +238,9 @@ def finetune(
     start = 0
     state = None
     if prev is not None:
-        diffs = [k for k in _RESUME_KEYS if prev.get("config", {}).get(k) != meta["config"][k]]
-        for k in ("layout", "classes", "checkpoint_sha256", "labeled_cases", "extra_labeled"):
-            if prev.get(k) != meta[k]:
-                diffs.append(k)
-        if diffs:
-            raise SFRError(
-                "cannot resume: the saved run used other settings (" + ", ".join(diffs)
-                + "); start again without --resume or use another --out",
-                out_dir / MODEL_META,
-            )
+        diffs = differences(prev.get("config", {}), meta["config"], _RESUME_KEYS)
+        diffs += differences(prev, meta, ("layout", "classes", "checkpoint_sha256", "labeled_cases", "extra_labeled"))
+        check_same_run(diffs, out_dir / MODEL_META)
         # a save interrupted before the metadata was written leaves the files it points at in *.prev
         parts_path = next((p for p in (out_dir / PARTS_FILE, out_dir / (PARTS_FILE + PREV))
                            if p.exists() and sha256_file(p) == prev.get("parts_sha256")), None)
@@ -257,9 +251,9 @@ def finetune(
         for p in (out_dir / STATE_FILE, out_dir / (STATE_FILE + PREV)):
             if p.exists():
                 try:
-                    st = torch.load(p, map_location="cpu", weights_only=True)
+                    st = read_state(p, "training state")
                     ok = int(st["iteration"]) == int(prev["iterations_done"])
-                except Exception:  # noqa: BLE001 - a damaged state file: try the previous save
+                except (SFRError, LookupError, TypeError, ValueError, AttributeError):  # damaged: try the previous save
                     ok = False
                 if ok:
                     state = st
@@ -352,7 +346,7 @@ def finetune(
             raise RuntimeError(f"loss became {value} at iteration {it}")
         meta["loss_curve"].append(round(value, 6))
         progress.update(it + 1, loss=value, lr=lr, **balance.update(it, logits, y))
-        if (it + 1) % cfg.save_every == 0 or it + 1 == cfg.iterations:
+        if save_due(it + 1, cfg.save_every, cfg.iterations):
             save(it + 1, time.monotonic() - t0)
             last_saved = it + 1
     if last_saved != cfg.iterations or not (out_dir / MODEL_META).exists():

@@ -25,6 +25,7 @@ from ..errors import Cancelled, SFRError
 from ..io import atomic_path, write_json_atomic
 from ..manifest import Project
 from ..shard import dist_info as _dist_info
+from ..training import check_same_run, differences, read_state, save_due
 from . import data as D
 from .networks import build_network, count_parameters, required_multiple
 from .ssl import SSL_METHODS, StepContext, build_method, seg_loss
@@ -164,19 +165,8 @@ def _retrain(project, cfg, pseudo_dir, out_dir, resume, should_stop, unlabeled_n
         "labeled_bs": cfg.labeled_bs, "unlabeled_bs": cfg.unlabeled_bs,
     }
     if resume and ckpt_path.exists():
-        try:
-            state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]  # an empty file: no text
-            raise SFRError(f"cannot read checkpoint ({reason})", ckpt_path) from None
-        saved = state.get("identity", {})
-        diff = [k for k in identity if saved.get(k) != identity[k]]
-        if diff:
-            raise SFRError(
-                "checkpoint is from a different run (" + ", ".join(f"{k} {saved.get(k)} vs {identity[k]}" for k in diff)
-                + "); start without --resume or use another --out",
-                ckpt_path,
-            )
+        state = read_state(ckpt_path)
+        check_same_run(differences(state.get("identity", {}), identity), ckpt_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         method.load_state_dict(state["method"])
@@ -277,7 +267,7 @@ def _retrain(project, cfg, pseudo_dir, out_dir, resume, should_stop, unlabeled_n
         logs.update(balance.update(it, watched, targets.to(watched.device)))
         if bar is not None:
             bar.update(done, loss=loss.item(), lr=lr, **logs)
-        if cfg.save_every and done % cfg.save_every == 0 and done < cfg.iterations:
+        if save_due(done, cfg.save_every, cfg.iterations) and done < cfg.iterations:  # the last one below
             save_checkpoint(done)
     save_checkpoint(cfg.iterations)
     if rank == 0:
