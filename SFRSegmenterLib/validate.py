@@ -94,19 +94,6 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def check_value(name: str, value, label: str | None = None) -> None:
-    """SFRError when ``value`` (a number or a list of numbers) breaks the rule of ``name``."""
-    rule = RULES.get(name)
-    if rule is None or value is None:
-        return
-    label = label or _flag(name)
-    for v in value if isinstance(value, (list, tuple)) else [value]:
-        problem = rule.problem(v)
-        if problem:
-            shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
-            raise SFRError(f"{label} {shown}: {problem}")
-
-
 #: Options whose range differs in one command: ``sfr retrain --batch LABELED UNLABELED`` (an
 #: unlabeled batch of 0 trains supervised only).
 #: Stage F saves at least every N iterations (stage R takes 0 as "only at the end").

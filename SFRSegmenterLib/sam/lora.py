@@ -87,7 +87,3 @@ def add_lora(encoder: nn.Module, rank: int, attention: str = "vit") -> int:
     if count == 0:
         raise ValueError("no attention block with a qkv linear layer found")
     return count
-
-
-def lora_state(model: nn.Module) -> dict:
-    return {k: v for k, v in model.state_dict().items() if ".lora_" in k}
