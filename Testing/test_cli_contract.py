@@ -140,3 +140,18 @@ def test_the_command_line_loads_without_torch():
 def test_bad_device_is_one_line(sfr, command):
     proc = sfr(command, "P", "--device", "gpu")
     assert proc.returncode == 2 and "--device" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_stage_f_doc_tables_name_real_flags():
+    commands = _commands()
+    section = None
+    checked = 0
+    for line in (ROOT / "docs" / "stage-f.md").read_text(encoding="utf-8").splitlines():
+        heading = re.match(r"^## `sfr ([a-z]+)", line)
+        if heading or line.startswith("## "):
+            section = heading.group(1) if heading else None
+        elif section and line.startswith("| `--") and "(run)" not in line:
+            flag = re.match(r"\| `(--[a-z0-9-]+)", line).group(1)
+            assert flag in _options(commands[section]), f"docs/stage-f.md: sfr {section} has no {flag}"
+            checked += 1
+    assert checked > 20
