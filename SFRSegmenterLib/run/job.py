@@ -17,6 +17,7 @@ from .. import events, jobs
 from ..errors import Cancelled, SFRError
 from ..io import write_json_atomic
 from ..manifest import Project, load_project
+from ..runfolder import REVIEW_JSON
 from .config import CONFIG_JSON, RunConfig, load_run_config
 
 # --------------------------------------------------------------------------- failures
@@ -247,5 +248,5 @@ def _publish(run_path: Path, cfg: RunConfig, status) -> None:
         except Exception as exc:  # noqa: BLE001 - the results are complete without the report
             events.log(f"could not write the report: {type(exc).__name__}: {exc}", "warning")
     events.log(f"run {run_id} finished: {run_path}")
-    events.emit("result", run_id=run_id, run=str(run_path), review=str(run_path / "review.json"),
+    events.emit("result", run_id=run_id, run=str(run_path), review=str(run_path / REVIEW_JSON),
                 report=str(report_path) if report_path else None)

@@ -26,14 +26,17 @@ from .. import events, sfrplus
 from ..errors import SFRError
 from ..io import inside, read_json, sha256_file, write_json_atomic
 from ..manifest import Project
+from ..review import CASE_SUFFIXES
+from ..runfolder import PSEUDO_FOLDER, REVIEW_JSON
 from . import stages
 from .cache import StageCache, copy_tree, link_or_copy, make_key
 from .config import RunConfig, finetune_config, retrain_config, review_settings, stage_settings
 from .job import with_oom_retry
 
-#: The files of a case in a confidence stage (the first says the case is complete).
-CONFIDENCE_SUFFIXES = ("_lowconf.nii.gz", ".nii.gz", "_confidence.nii.gz")
+#: The files of a case in a pseudo-label stage (stage F's pseudo-labels and their confidence).
 PSEUDO_SUFFIXES = (".nii.gz", "_confidence.nii.gz")
+#: The file of a confidence stage's case written last (the case is complete when it exists).
+LAST_MAP = CASE_SUFFIXES[-1]
 
 
 class Pipeline:
@@ -158,9 +161,9 @@ class Pipeline:
             bar = events.Progress("confidence", len(names))
             for i, c in enumerate(names):
                 self.runner.check_cancel()
-                inside(d, f"{c}_lowconf.nii.gz")  # the case's files stay in the stage folder
-                entry = done.have(c, case_keys[c], CONFIDENCE_SUFFIXES[0])
-                if entry is None and (found := done.reuse(c, case_keys[c], CONFIDENCE_SUFFIXES)):
+                inside(d, f"{c}{LAST_MAP}")  # the case's files stay in the stage folder
+                entry = done.have(c, case_keys[c], LAST_MAP)
+                if entry is None and (found := done.reuse(c, case_keys[c], CASE_SUFFIXES)):
                     entry = found[1]
                 case = self.project.case(c)
                 if entry is not None and entry.get("params") != settings:
@@ -254,13 +257,13 @@ class Pipeline:
         out = self.run_path
         reviews = self.measurements(cf)
         for c in reviews:
-            for suffix in (".nii.gz", "_confidence.nii.gz", "_lowconf.nii.gz"):
-                link_or_copy(cf / f"{c}{suffix}", inside(out / "pseudo", f"{c}{suffix}"))
+            for suffix in CASE_SUFFIXES:
+                link_or_copy(cf / f"{c}{suffix}", inside(out / PSEUDO_FOLDER, f"{c}{suffix}"))
         copy_tree(rt, out / "vnet")
         if (md / "validation").is_dir():
             copy_tree(md / "validation", out / "validation")
         trusted = self.trust(reviews)
-        write_json_atomic(out / "review.json", {"cases": [
+        write_json_atomic(out / REVIEW_JSON, {"cases": [
             {"case": reviews[c]["case"], "confidence": reviews[c]["confidence"], "trusted": trusted[c],
              "flagged_slices": reviews[c]["flagged_slices"], "low_confidence_voxels": reviews[c]["low_confidence_voxels"]}
             for c in reviews]})
@@ -273,7 +276,7 @@ class Pipeline:
             write_json_atomic(out / "metrics.json", metrics)
         events.log(f"results in {out}: pseudo/ ({len(reviews)} cases), vnet/, review.json"
                    + (", metrics.json" if metrics else ""))
-        return {"review": str(out / "review.json")}
+        return {"review": str(out / REVIEW_JSON)}
 
     def _metrics(self, cf: Path, rt: Path, work: Path) -> dict:
         from ..evaluation import evaluate_pairs
