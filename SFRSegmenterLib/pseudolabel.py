@@ -37,7 +37,7 @@ from .sam.layout import Layout
 from .sam.preprocess import normalize
 from .sam.registry import build_segmenter, get_spec
 from .shard import sharded, voxel_counts
-from .sliding import DEFAULT_OVERLAP, check_overlap, overlap_stride, sliding_window
+from .sliding import SAM_OVERLAP, check_overlap, overlap_stride, sliding_window
 from .stitching import stitch, unstitch
 
 PSEUDO_JSON = "pseudo-labels.json"
@@ -90,7 +90,7 @@ def load_sam_model(model_dir: "str | os.PathLike", device: "str | torch.device" 
 def predict_probabilities(
     model,
     volume: "Volume | np.ndarray",
-    overlap: float = DEFAULT_OVERLAP,
+    overlap: float = SAM_OVERLAP,
     batch_size: int = 4,
     should_stop: "Callable[[], bool] | None" = None,
     encoder_cache: "dict | None" = None,
@@ -166,7 +166,7 @@ def pseudolabel(
     cases: "Sequence[str] | None" = None,
     device: str = "auto",
     should_stop: "Callable[[], bool] | None" = None,
-    overlap: float = DEFAULT_OVERLAP,
+    overlap: float = SAM_OVERLAP,
     batch_size: int = 4,
 ) -> dict:
     """Pseudo-label ``cases`` (default: every unlabeled case); returns the per-case records.
