@@ -70,7 +70,7 @@ def protect_folder(folder: "str | os.PathLike", why: str) -> None:
 
 def _project_inputs(manifest: Path) -> dict:
     """{guard key: why} for the images and labels a manifest names (cached by mtime)."""
-    import json
+    from .files import read_json  # (files imports this module)
 
     try:
         st = manifest.stat()
@@ -82,7 +82,7 @@ def _project_inputs(manifest: Path) -> dict:
         return cached[1]
     found: dict = {}
     try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
+        data = read_json(manifest, "manifest", missing={}, damaged={})  # a bad manifest guards nothing here
         for case in data.get("cases", []):
             for field_name in ("image", "label"):
                 rel = case.get(field_name)
@@ -91,7 +91,7 @@ def _project_inputs(manifest: Path) -> dict:
                     what = "image" if field_name == "image" else "label"
                     for key in _guard_keys(p):
                         found.setdefault(key, f"the {what} of case {case.get('name')!r} of project {manifest.parent}")
-    except (OSError, ValueError, AttributeError, TypeError):
+    except (SFRError, AttributeError, TypeError):
         found = {}
     for key in _guard_keys(manifest.parent / "runs" / "latest"):
         found[key] = f"the latest-run pointer of project {manifest.parent}"
