@@ -65,7 +65,7 @@ def test_the_default_overlap_and_the_paper_preset():
     # the default is an overlap: the 16^3 model on a 35x51x35 hippocampus volume
     assert resolve_stride((16, 16, 16)) == overlap_stride((16, 16, 16), DEFAULT_OVERLAP)
     assert count_windows((35, 51, 35), (16, 16, 16), resolve_stride((16, 16, 16), "paper")) == 2080
-    assert count_windows((35, 51, 35), (16, 16, 16), resolve_stride((16, 16, 16))) <= 96
+    assert count_windows((35, 51, 35), (16, 16, 16), resolve_stride((16, 16, 16))) < 2080 / 5
     assert resolve_stride((80, 112, 112), None, 0.0) == (80, 112, 112)
     assert resolve_stride((16, 32, 32), Overlap(0.5)) == (8, 16, 16)
     assert resolve_stride((16, 32, 32), (3, 5, 7)) == (3, 5, 7)
