@@ -75,7 +75,7 @@ def registerSampleData():
 
 
 #
-# Process runner on QProcess (the plain-Python one is jobs.SubprocessRunner)
+# Process runner on QProcess (the plain-Python one is runner.SubprocessRunner)
 #
 
 

@@ -29,6 +29,8 @@ from SFRSegmenterLib import jobs as engine_jobs  # noqa: E402
 from SFRSegmenterLib.cli import build_parser  # noqa: E402
 from SFRSegmenterLib.commands.run import CONFIG_OPTIONS, config_from_args  # noqa: E402
 from SFRSegmenterLogicLib import jobs  # noqa: E402
+from SFRSegmenterLogicLib import runner as process_runner  # noqa: E402
+from SFRSegmenterLogicLib import progress as progress_view  # noqa: E402
 
 CASES = ["hippocampus_001", "hippocampus_003", "hippocampus_004", "hippocampus_006"]
 #: Long enough fine-tuning (tiny model) to be caught mid-stage, short enough for CI.
@@ -41,13 +43,13 @@ TINY = runcontrol.RunSettings(backbone="tiny_test", device="cpu", sfr_plus=False
 
 def test_parse_event_line():
     line = json.dumps({"event": "progress", "stage": "finetune", "step": 3, "total": 10, "eta_s": 12.5, "new_key": 1})
-    assert jobs.parse_event_line(line + "\n")["new_key"] == 1
-    assert jobs.parse_event_line(line.encode())["stage"] == "finetune"
-    assert jobs.parse_event_line("Warning: something from a library") is None
-    assert jobs.parse_event_line("{not json") is None
-    assert jobs.parse_event_line("[1, 2]") is None
-    assert jobs.parse_event_line('{"stage": "x"}') is None  # no event kind
-    assert jobs.parse_event_line("   ") is None
+    assert progress_view.parse_event_line(line + "\n")["new_key"] == 1
+    assert progress_view.parse_event_line(line.encode())["stage"] == "finetune"
+    assert progress_view.parse_event_line("Warning: something from a library") is None
+    assert progress_view.parse_event_line("{not json") is None
+    assert progress_view.parse_event_line("[1, 2]") is None
+    assert progress_view.parse_event_line('{"stage": "x"}') is None  # no event kind
+    assert progress_view.parse_event_line("   ") is None
 
 
 def test_parse_accepts_what_the_engine_emits(capsys):
@@ -58,7 +60,7 @@ def test_parse_accepts_what_the_engine_emits(capsys):
         events.log("hello", level="warning")
     finally:
         events.configure("auto")
-    progress = jobs.JobProgress()
+    progress = progress_view.JobProgress()
     for line in capsys.readouterr().out.splitlines():
         assert progress.feed(line) is not None
     assert (progress.stage, progress.step, progress.total) == ("pseudolabel", 2, 4)
@@ -68,7 +70,7 @@ def test_parse_accepts_what_the_engine_emits(capsys):
 
 
 def test_job_progress_sequence():
-    p = jobs.JobProgress()
+    p = progress_view.JobProgress()
     assert p.status_text() == "Starting..."
     p.feed('{"event": "stage", "stage": "stitch", "status": "start"}')
     p.feed('{"event": "progress", "stage": "stitch", "step": 5, "total": 20, "eta_s": 3725}')
@@ -84,8 +86,8 @@ def test_job_progress_sequence():
     assert p.stages_done == ["stitch"]
     assert p.errors == ["out of memory"] and p.run_id == "r1"
     assert p.log[-1] == "Traceback (most recent call last):"
-    assert "ETA 01:05" in jobs.JobProgress(stage="x", step=1, total=2, eta_s=65).status_text()
-    assert "ETA --" in jobs.JobProgress(stage="x", step=1, total=2, eta_s=None).status_text()
+    assert "ETA 01:05" in progress_view.JobProgress(stage="x", step=1, total=2, eta_s=65).status_text()
+    assert "ETA --" in progress_view.JobProgress(stage="x", step=1, total=2, eta_s=None).status_text()
 
 
 def test_event_tail_reads_complete_lines_only(tmp_path):
@@ -102,13 +104,13 @@ def test_event_tail_reads_complete_lines_only(tmp_path):
 
 def test_runner_runs_a_real_engine_command(tmp_path, sample_dir):
     project = tmp_path / "proj"
-    runner, lines, ended = jobs.SubprocessRunner(), [], []
+    runner, lines, ended = process_runner.SubprocessRunner(), [], []
     runner.on_line, runner.on_finished = lines.append, ended.append
-    runner.start(jobs.sfr_command("--progress", "json", "init", project, "--images", sample_dir / "images",
+    runner.start(process_runner.sfr_command("--progress", "json", "init", project, "--images", sample_dir / "images",
                                   "--labels", sample_dir / "labels", "--labeled", "2", python=sys.executable),
-                 env=jobs.child_environment())
+                 env=process_runner.child_environment())
     assert runner.wait(120) and ended == [0]
-    progress = jobs.JobProgress()
+    progress = progress_view.JobProgress()
     for line in lines:
         progress.feed(line)
     assert (progress.stage, progress.step, progress.total) == ("check", 12, 12)
@@ -332,9 +334,9 @@ def test_stop_command_reaches_an_engine_whose_launcher_forwards_no_signals(tmp_p
 
     root = make_project(tmp_path / "proj", sample_dir, CASES, labeled=2, validation=0)
     launcher = make_launcher(tmp_path)
-    env = jobs.child_environment()
+    env = process_runner.child_environment()
     # a run in the foreground of its launcher (what QProcess would start without --detach)
-    args = jobs.sfr_command(*runcontrol.start_command(root, TINY, detach=False, progress="none"), python=launcher)
+    args = process_runner.sfr_command(*runcontrol.start_command(root, TINY, detach=False, progress="none"), python=launcher)
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     status = wait_for(lambda: (s := runcontrol.latest_status(root)) and s.get("substage", "").startswith("finetune")
@@ -347,13 +349,13 @@ def test_stop_command_reaches_an_engine_whose_launcher_forwards_no_signals(tmp_p
     time.sleep(0.5)
     assert alive(engine)
     os.kill(engine, signal.SIGSTOP)  # and now it hangs
-    stop = subprocess.run(jobs.sfr_command(*runcontrol.stop_command(root, timeout_s=2), python=launcher),
+    stop = subprocess.run(process_runner.sfr_command(*runcontrol.stop_command(root, timeout_s=2), python=launcher),
                           env=env, capture_output=True, text=True, timeout=120)
     assert stop.returncode == 0, stop.stderr
     assert "ended process" in stop.stdout and str(engine) in stop.stdout
     assert not alive(engine)
     assert runcontrol.latest_status(root)["state"] == "crashed"
     # `--kill` without `--wait` is refused before anything is written
-    bad = subprocess.run(jobs.sfr_command("cancel", root, "--kill", python=sys.executable), env=env,
+    bad = subprocess.run(process_runner.sfr_command("cancel", root, "--kill", python=sys.executable), env=env,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--kill needs --wait" in bad.stderr

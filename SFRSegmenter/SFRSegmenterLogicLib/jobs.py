@@ -1,279 +1,31 @@
 """Starting, following and stopping ``sfr run`` from the Slicer module.
 
-* :func:`parse_event_line` / :class:`JobProgress` turn the engine's JSON-line events
-  (``SFRSegmenterLib.events``) into what the panel shows: stage, overall fraction, ETA, log.
-* A *runner* starts one short process and reports its output lines and its end.  The Slicer
-  widget uses a ``QProcess`` runner (``SFRSegmenter.py``); :class:`SubprocessRunner` here is the
-  plain Python one.  Both have ``start(args, env, cwd)``, ``poll()``, ``is_running()``,
-  ``terminate()``, ``kill()``, ``wait(timeout)`` and call ``on_line(str)`` / ``on_finished(int)``.
-* :class:`SFRJob` is one run.  The command lines come from the engine's run contract
-  (``SFRSegmenterLib.runcontrol``); the run always starts detached, so closing the scene or
-  Slicer does not stop it.  The job follows the run through its folder (``events.jsonl`` and
-  ``status.json``), so a run started in an earlier session is followed again the same way
-  (:meth:`SFRJob.follow`).  Stop asks the engine to stop at its next safe point and, after a
-  grace period, ends the engine process recorded in ``status.json`` and everything below it
-  (never only the ``PythonSlicer`` launcher, which forwards no signals).
+:class:`SFRJob` is one run.  The command lines come from the engine's run contract
+(``SFRSegmenterLib.runcontrol``); the run always starts detached, so closing the scene or Slicer
+does not stop it.  The job follows the run through its folder (``events.jsonl`` and
+``status.json``), so a run started in an earlier session is followed again the same way
+(:meth:`SFRJob.follow`).  Stop asks the engine to stop at its next safe point and, after a grace
+period, ends the engine process recorded in ``status.json`` and everything below it (never only
+the ``PythonSlicer`` launcher, which forwards no signals).  What the panel shows comes from
+:mod:`.progress`; the short launching process runs through a runner (:mod:`.runner`).
 
 Nothing here imports Qt, so everything runs under plain Python and pytest.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import queue
-import shutil
-import subprocess
-import sys
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from SFRSegmenterLib import jobs as engine_jobs
-from SFRSegmenterLib.clock import format_duration
 from SFRSegmenterLib import runcontrol
 from SFRSegmenterLib.errors import SFRError
 from SFRSegmenterLib.runcontrol import RunSettings  # noqa: F401 - the engine owns the settings
 
-#: Where the engine package lives: next to this module's package in an installed extension
-#: (both are copied into Slicer's qt-scripted-modules folder), or the repository root.
-_HERE = Path(__file__).resolve().parent
-
-
-def engine_search_path() -> str | None:
-    """The folder holding ``SFRSegmenterLib`` (to put on the child's ``PYTHONPATH``)."""
-    for candidate in (_HERE.parent, _HERE.parent.parent):
-        if (candidate / "SFRSegmenterLib" / "__init__.py").exists():
-            return str(candidate)
-    return None
-
-
-def python_executable() -> str:
-    """Slicer's own Python (``PythonSlicer``) when running inside Slicer, else this Python."""
-    exe_dir = Path(sys.executable).resolve().parent
-    for folder in (exe_dir, exe_dir.parent / "bin"):
-        for name in ("PythonSlicer", "PythonSlicer.exe"):
-            candidate = folder / name
-            if candidate.exists():
-                return str(candidate)
-    found = shutil.which("PythonSlicer")
-    if found and "Slicer" in Path(sys.executable).name:
-        return found
-    return sys.executable
-
-
-# --------------------------------------------------------------------------- events
-
-
-def parse_event_line(line: "str | bytes") -> dict | None:
-    """One engine output line -> its event dict, or None when it is not an event.
-
-    Non-JSON lines (warnings a library prints, a traceback) are not events; the caller shows
-    them as plain log text.  Unknown keys and unknown event kinds are kept as they are.
-    """
-    if isinstance(line, bytes):
-        line = line.decode("utf-8", errors="replace")
-    text = line.strip()
-    if not text.startswith("{"):
-        return None
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(record, dict) or not isinstance(record.get("event"), str):
-        return None
-    return record
-
-
-@dataclass
-class JobProgress:
-    """What the panel shows, updated line by line from the engine's output."""
-
-    stage: str = ""
-    step: int = 0
-    total: int = 0
-    eta_s: float | None = None
-    stages_done: list = field(default_factory=list)
-    log: list = field(default_factory=list)
-    errors: list = field(default_factory=list)
-    result: dict | None = None
-    run_id: str | None = None
-    #: The pipeline stage being run, 1-based, and how many the run plans (0 when unknown).
-    stage_index: int = 0
-    stages_total: int = 0
-
-    @property
-    def stage_fraction(self) -> float:
-        return max(0.0, min(1.0, self.step / self.total)) if self.total else 0.0
-
-    @property
-    def overall(self) -> float:
-        """Fraction of the whole run done: finished stages plus the current one's steps."""
-        if not self.stages_total or not self.stage_index:
-            return self.stage_fraction
-        done = self.stage_index - 1 + self.stage_fraction
-        return max(0.0, min(1.0, done / self.stages_total))
-
-    @property
-    def percent(self) -> int:
-        return int(round(100.0 * self.overall))
-
-    def status_text(self) -> str:
-        if not self.stage:
-            return "Starting..."
-        where = f"stage {self.stage_index}/{self.stages_total} " if self.stages_total and self.stage_index else ""
-        if self.total:
-            return f"{where}{self.stage}: {self.step}/{self.total}, ETA {format_duration(self.eta_s)}"
-        return f"{where}{self.stage}"
-
-    def feed(self, line: str) -> dict | None:
-        """Take one output line; returns the event it held (or None for plain text)."""
-        event = parse_event_line(line)
-        if event is None:
-            text = line.rstrip("\n")
-            if text.strip():
-                self.log.append(text)
-            return None
-        kind = event["event"]
-        if kind == "progress":
-            self.stage = str(event.get("stage", self.stage))
-            self.step = _int(event.get("step"), self.step)
-            self.total = _int(event.get("total"), self.total)
-            self.eta_s = event.get("eta_s")
-        elif kind == "stage":
-            name = str(event.get("stage", ""))
-            status = event.get("status", "")
-            if status == "start":
-                self.stage, self.step, self.total, self.eta_s = name, 0, 0, None
-                if event.get("pipeline"):
-                    self.stage_index = _int(event.get("index"), self.stage_index)
-                    self.stages_total = _int(event.get("of"), self.stages_total)
-            elif status in ("done", "skipped") and name not in self.stages_done:
-                self.stages_done.append(name)
-            self.log.append(f"[{name}] {status}")
-        elif kind == "log":
-            level = event.get("level", "info")
-            message = str(event.get("message", ""))
-            self.log.append(message if level == "info" else f"{level}: {message}")
-            if level == "error":
-                self.errors.append(message)
-        elif kind == "result":
-            self.result = event
-        for key in ("run_id", "run"):
-            if isinstance(event.get(key), str):
-                self.run_id = event[key]
-                break
-        return event
-
-
-def _int(value, default: int) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return default
-
-
-# --------------------------------------------------------------------------- runners
-
-
-class SubprocessRunner:
-    """Run one process with ``subprocess``; its output is read by a thread.
-
-    ``poll()`` (call it from a timer; it never blocks) delivers the lines read so far to
-    ``on_line`` and, once the process has ended and its output is drained, calls
-    ``on_finished(returncode)`` exactly once.
-    """
-
-    def __init__(self):
-        self.on_line: Callable[[str], None] | None = None
-        self.on_finished: Callable[[int], None] | None = None
-        self._proc: subprocess.Popen | None = None
-        self._lines: "queue.Queue[str | None]" = queue.Queue()
-        self._reader: threading.Thread | None = None
-        self._eof = False
-        self._finished = False
-        self.returncode: int | None = None
-
-    def start(self, args, env=None, cwd=None) -> None:
-        if self.is_running():
-            raise RuntimeError("a process is already running")
-        kwargs = {}
-        if os.name == "nt":  # no console window on Windows
-            kwargs["creationflags"] = getattr(subprocess, "CREATE_NO_WINDOW", 0)
-        else:  # own process group, so Ctrl-C in Slicer's terminal does not hit the job
-            kwargs["start_new_session"] = True
-        self._proc = subprocess.Popen(
-            [str(a) for a in args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=cwd,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-            bufsize=1,
-            **kwargs,
-        )
-        self._eof = self._finished = False
-        self.returncode = None
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
-        for line in self._proc.stdout:
-            self._lines.put(line)
-        self._lines.put(None)
-
-    def poll(self) -> None:
-        while True:
-            try:
-                item = self._lines.get_nowait()
-            except queue.Empty:
-                break
-            if item is None:
-                self._eof = True
-            elif self.on_line:
-                self.on_line(item)
-        if self._proc is not None and self._eof and not self._finished:
-            rc = self._proc.poll()
-            if rc is not None:
-                self._finished = True
-                self.returncode = rc
-                if self.on_finished:
-                    self.on_finished(rc)
-
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    def terminate(self) -> None:
-        if self.is_running():
-            self._proc.terminate()
-
-    def kill(self) -> None:
-        if self.is_running():
-            self._proc.kill()
-
-    def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for the process to end (delivering its output); True if ended."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.poll()
-            if self._finished:
-                return True
-            time.sleep(0.02)
-        self.poll()
-        return self._finished
-
-
-# --------------------------------------------------------------------------- settings
-
+from .progress import JobProgress
+from .runner import SubprocessRunner, child_environment, sfr_command
 
 #: Menu labels of the engine's backbones and methods (the names come from the engine).
 BACKBONE_LABELS = {
@@ -298,22 +50,6 @@ def _menu(names, labels, default) -> list:
 
 BACKBONES = _menu(runcontrol.USER_BACKBONES, BACKBONE_LABELS, RunSettings().backbone)
 SSL_METHODS = _menu(runcontrol.SSL_METHODS, SSL_LABELS, RunSettings().ssl)
-
-
-def sfr_command(*args, python: str | None = None) -> list:
-    """``[python, -m, SFRSegmenterLib, *args]``."""
-    return [python or python_executable(), "-m", "SFRSegmenterLib", *[str(a) for a in args]]
-
-
-def child_environment(base: dict | None = None) -> dict:
-    """Environment for the engine process: the engine importable, output unbuffered."""
-    env = dict(os.environ if base is None else base)
-    engine = engine_search_path()
-    if engine:
-        env["PYTHONPATH"] = engine + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env["PYTHONUNBUFFERED"] = "1"
-    env.setdefault("PYTHONIOENCODING", "utf-8")
-    return env
 
 
 # --------------------------------------------------------------------------- following a run
