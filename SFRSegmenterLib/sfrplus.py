@@ -212,5 +212,12 @@ def why_stop(trusted: dict) -> str | None:
     return None
 
 
+def stop_message(reason: str, policy: TrustPolicy) -> str:
+    """:func:`why_stop`'s reason as the log says it."""
+    if reason == "no trusted case":
+        return f"no case is trusted ({policy.describe()})"
+    return "every case is trusted" if reason == "all cases trusted" else reason
+
+
 __all__ = ["TrustPolicy", "ConfidenceAndSize", "TRUST_POLICIES", "register_policy", "build_policy", "TrustContext",
-           "CaseRound", "RoundRecord", "round_record", "drifted", "drift_warning", "why_stop"]
+           "CaseRound", "RoundRecord", "round_record", "drifted", "drift_warning", "why_stop", "stop_message"]

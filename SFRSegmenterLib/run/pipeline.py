@@ -217,9 +217,7 @@ class Pipeline:
             trusted = {c: history[-1].cases[c].trusted for c in names}
             stop = sfrplus.why_stop(trusted)
             if stop:
-                events.log(f"SFR+ round {r}: " + ("no case is trusted (" + self.policy.describe() + ")"
-                                                  if stop == "no trusted case" else "every case is trusted")
-                           + "; stopping the rounds")
+                events.log(f"SFR+ round {r}: {sfrplus.stop_message(stop, self.policy)}; stopping the rounds")
                 history[-1].stopped = stop
                 break
             chosen = [c for c in names if trusted[c]]
