@@ -106,11 +106,14 @@ def test_one_meaning_per_flag_name():
             assert "print" in action.help, name
         if "--batch-size" in options and options["--batch-size"].help != argparse.SUPPRESS:
             assert name == "finetune", f"sfr {name} --batch-size"
+        if "--cases" in options and options["--cases"].help != argparse.SUPPRESS:
+            assert options["--cases"].nargs == "+", f"sfr {name} --cases takes case names"
 
 
 def test_old_spellings_still_work(tmp_path):
     parser = build_parser()
     assert parser.parse_args(["pseudolabel", "P", "--batch-size", "3"]).window_batch == 3
+    assert parser.parse_args(["init", "P", "--images", "I", "--cases", "order.txt"]).case_list == "order.txt"
     args = parser.parse_args(["evaluate", "--pred", "a", "--gt", "b", "--json", "x.json"])
     assert args.json == "x.json"  # still written to x.json (the command reads it as --out)
     assert parser.parse_args(["evaluate", "--pred", "a", "--gt", "b", "--json"]).json is True

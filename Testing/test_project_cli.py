@@ -44,7 +44,7 @@ def test_init_info_with_order_labeled_and_validation(sfr, data, sample_cases):
     (data / "order.txt").write_text("\n".join(order) + "\n")
     proj = data / "proj"
     proc = sfr("init", proj, "--images", data / "images", "--labels", data / "labels",
-               "--cases", data / "order.txt", "--labeled", 2, "--validation", 1, check=True)
+               "--case-list", data / "order.txt", "--labeled", 2, "--validation", 1, check=True)
     assert "6 cases (2 labeled, 3 unlabeled, 1 validation)" in proc.stdout
     manifest = json.loads((proj / MANIFEST_NAME).read_text())
     assert manifest["schema_version"] == SCHEMA_VERSION

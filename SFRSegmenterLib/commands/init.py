@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from .. import events
 from ..manifest import init_project
 from ._options import add_json, print_result
@@ -17,7 +19,9 @@ def add_parser(sub) -> None:
     p.add_argument("project", help="project folder (created if missing)")
     p.add_argument("--images", required=True, help="folder of image volumes")
     p.add_argument("--labels", help="folder of label volumes named like the images")
-    p.add_argument("--cases", help="text file, one case name per line: order and selection")
+    p.add_argument("--case-list", metavar="FILE", help="text file, one case name per line: order and selection")
+    # '--cases CASE ...' names cases in other commands; here it was the file (kept, hidden)
+    p.add_argument("--cases", dest="case_list", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     p.add_argument("--labeled", type=int, help="keep only the first N labeled; the rest unlabeled")
     p.add_argument("--validation", type=int, default=0, help="the last N cases are validation cases")
     p.add_argument(
@@ -43,7 +47,7 @@ def run(args) -> int:
         args.project,
         args.images,
         labels=args.labels,
-        cases=args.cases,
+        cases=args.case_list,
         labeled=args.labeled,
         validation=args.validation,
         classes=args.classes,
