@@ -36,7 +36,7 @@ from .clock import utcnow
 from .errors import SFRError
 from .io import MANIFEST_FILE, case_name, protect, read_image, read_json, read_label, volume_entry, volume_suffix
 from .io import write_json_atomic  # noqa: F401 (the engine's JSON writer, long imported from here)
-from .manifest_schema import MAX_CASE_NAME, ROLES, SCHEMA_VERSION, case_name_problem, validate_manifest  # noqa: F401
+from .manifest_schema import ROLES, SCHEMA_VERSION, case_name_problem, validate_manifest  # noqa: F401
 
 MANIFEST_NAME = MANIFEST_FILE
 

@@ -34,7 +34,7 @@ MODEL_FILE = "model.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
 META_FILE = "meta.json"
 FORMAT = "sfr-retrain-model"
-from .config import LA_CROP, PAPER_ITERATIONS, RetrainConfig  # noqa: F401 (public here too)
+from .config import LA_CROP, RetrainConfig  # noqa: F401 (RetrainConfig: public here too)
 
 
 # --------------------------------------------------------------------------- helpers
