@@ -41,38 +41,53 @@ def add_parser(sub) -> None:
         "inputs did not change are reused. Exit status: 0 done, 2 bad input or error, "
         "3 cancelled (continue with --resume).",
     )
+    from ..retrain.names import NETWORK_NAMES, SSL_NAMES
+    from ..run.config import RunConfig as R
+    from ..sam.registry import BACKBONE_NAMES
+    from ._options import with_default
+
+    # help texts name the defaults RunConfig gives; the options themselves default to None, so
+    # --resume can tell an option that was given from one that was not
     p.add_argument("project", help="project folder (with sfr-project.json)")
-    p.add_argument("--sfr-plus", action="store_true", default=None,
-                   help="SFR+: confidence-selected rounds of SAM fine-tuning / re-training")
-    p.add_argument("--rounds", type=int, metavar="K",
-                   help="SFR+ rounds after the first SFR pass (default: 1 with --sfr-plus; 0 = plain SFR)")
-    p.add_argument("--tau", type=float, help="case confidence threshold for trusted cases (default 0.985)")
-    p.add_argument("--min-structure", type=float, metavar="F",
-                   help="a case is trusted only if its predicted structure is at least F x the smallest "
-                   "labeled structure, by volume (default 0.25; 0 = the paper's rule, confidence only)")
-    p.add_argument("--backbone", help="SAM backbone for stage F (e.g. vit_b, lite_medsam; default: stage F's)")
-    p.add_argument("--checkpoint", help="SAM checkpoint file (needed for vit_b/vit_l/vit_h/medsam)")
-    p.add_argument("--ssl", help="semi-supervised method of stage R (default: stage R's, Mean Teacher)")
-    p.add_argument("--network", help="3D network of stage R (default vnet)")
-    add_device(p, default=None, help=DEVICE_HELP + " (default auto)")  # None: --resume keeps the saved one
-    p.add_argument("--iterations-sam", type=int, metavar="N", help="SAM fine-tuning iterations")
-    p.add_argument("--iterations-vnet", type=int, metavar="N", help="V-Net re-training iterations")
-    p.add_argument("--batch-size-sam", type=int, metavar="N", help="SAM fine-tuning batch size")
-    p.add_argument("--pseudo-overlap", type=float, metavar="F",
-                   help="overlap of SAM's sliding windows when pseudo-labeling, 0..0.9 (default: stage F's 0.25)")
-    p.add_argument("--crop", type=int, nargs=3, metavar=("D", "H", "W"), help="V-Net training crop (array order)")
-    p.add_argument("--seed", type=int, help="random seed (default 1337)")
-    p.add_argument("--flag-k", type=int, metavar="K", help="flagged slices per case in review.json (default 5)")
-    p.add_argument("--sam-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other field of stage F's FinetuneConfig (repeatable; VALUE parsed as JSON)")
-    p.add_argument("--vnet-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other field of stage R's RetrainConfig, e.g. filters=8 (repeatable)")
-    p.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
-    p.add_argument("--detach", action="store_true",
-                   help="start the run in the background, print its id and return at once")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the latest run (cancelled, failed, crashed or killed) with its saved "
-                   "configuration, without redoing finished steps")
+    method = p.add_argument_group("method (SFR / SFR+)")
+    method.add_argument("--sfr-plus", action="store_true", default=None,
+                        help="SFR+: confidence-selected rounds of SAM fine-tuning / re-training")
+    method.add_argument("--rounds", type=int, metavar="K",
+                        help="SFR+ rounds after the first SFR pass (default: 1 with --sfr-plus; 0 = plain SFR)")
+    method.add_argument("--tau", type=float, help=with_default("case confidence threshold for trusted cases", R, "tau"))
+    method.add_argument("--min-structure", type=float, metavar="F",
+                        help=with_default("a case is trusted only if its predicted structure is at least F x the "
+                                          "smallest labeled structure, by volume (0 = the paper's rule, confidence "
+                                          "only)", R, "min_structure"))
+    method.add_argument("--flag-k", type=int, metavar="K",
+                        help=with_default("flagged slices per case in review.json", R, "flag_k"))
+    method.add_argument("--seed", type=int, help=with_default("random seed of every stage", R, "seed"))
+    sam = p.add_argument_group("stage F (SAM fine-tuning and pseudo-labels)")
+    sam.add_argument("--backbone", choices=BACKBONE_NAMES, metavar="NAME",
+                     help="SAM backbone: " + ", ".join(BACKBONE_NAMES) + " (default: stage F's)")
+    sam.add_argument("--checkpoint", help="SAM checkpoint file (needed for vit_b/vit_l/vit_h/medsam)")
+    sam.add_argument("--iterations-sam", type=int, metavar="N", help="SAM fine-tuning iterations (default: stage F's)")
+    sam.add_argument("--batch-size-sam", type=int, metavar="N",
+                     help="stage F training batch: volume crops per iteration (default: stage F's)")
+    sam.add_argument("--pseudo-overlap", type=float, metavar="F",
+                     help="overlap of SAM's sliding windows when pseudo-labeling, 0..0.9 (default: stage F's)")
+    sam.add_argument("--sam-option", action="append", default=[], metavar="KEY=VALUE",
+                     help="any other field of stage F's FinetuneConfig (repeatable; VALUE parsed as JSON)")
+    vnet = p.add_argument_group("stage R (3D network re-training)")
+    vnet.add_argument("--ssl", choices=SSL_NAMES, help="semi-supervised method (default: stage R's, mean_teacher)")
+    vnet.add_argument("--network", choices=NETWORK_NAMES, help="3D network (default: stage R's, vnet)")
+    vnet.add_argument("--iterations-vnet", type=int, metavar="N", help="re-training iterations (default: stage R's)")
+    vnet.add_argument("--crop", type=int, nargs=3, metavar=("D", "H", "W"), help="training crop, array order")
+    vnet.add_argument("--vnet-option", action="append", default=[], metavar="KEY=VALUE",
+                      help="any other field of stage R's RetrainConfig, e.g. filters=8 (repeatable)")
+    job = p.add_argument_group("the run")
+    add_device(job, default=None, help=DEVICE_HELP + " (default auto)")  # None: --resume keeps the saved one
+    job.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
+    job.add_argument("--detach", action="store_true",
+                     help="start the run in the background, print its id and return at once")
+    job.add_argument("--resume", action="store_true",
+                     help="continue the latest run (cancelled, failed, crashed or killed) with its saved "
+                     "configuration, without redoing finished steps")
     p.add_argument("--attach", metavar="RUN_ID", help=argparse.SUPPRESS)  # the detached child
     p.set_defaults(func=run)
 
