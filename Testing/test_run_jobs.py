@@ -16,7 +16,7 @@ from test_run_pipeline import make_project, latest, stages
 
 COMMON = ["--backbone", "tiny_test", "--device", "cpu", "--vnet-option", "filters=4", "--no-report"]
 #: SAM fine-tuning (tiny model) long enough to be caught mid-stage, short enough for CI.
-JOB = ["--iterations-sam", "60", "--iterations-vnet", "4", *COMMON]
+JOB = ["--iterations-sam", "400", "--iterations-vnet", "4", *COMMON]
 #: The same for V-Net re-training.
 JOB_KILL = ["--iterations-sam", "3", "--iterations-vnet", "12", *COMMON]
 CASES = ["hippocampus_001", "hippocampus_003", "hippocampus_004", "hippocampus_006"]
