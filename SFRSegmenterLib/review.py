@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 
 from . import confidence as conf_mod
-from . import events
 from .errors import SFRError
 from .io import Volume, inside, read_image, write_json_atomic, write_volume
 
@@ -97,7 +96,7 @@ def review_folder(model_dir: "str | os.PathLike", images, out_dir: "str | os.Pat
                   batch: int = 4) -> dict:
     """Review every image (a folder or a list of files); returns ``review.json``'s content."""
     from .retrain.inference import case_paths, load_model, refuse_overwriting_inputs
-    from .shard import sharded, voxel_counts
+    from .shard import each_case
 
     check_params(tau, k, voxel_threshold, ranking, min_structure_mm3)
     params = {"tau": tau, "k": k, "voxel_threshold": voxel_threshold, "ranking": ranking,
@@ -105,25 +104,24 @@ def review_folder(model_dir: "str | os.PathLike", images, out_dir: "str | os.Pat
     paths = case_paths(images)
     out_dir = Path(out_dir)
     refuse_overwriting_inputs(out_dir, paths, CASE_SUFFIXES, paths.values())
-    with sharded(device) as shard:
-        sizes = voxel_counts(paths) if shard.world > 1 else {}
-        own = shard.mine(list(paths), sizes)
-        model = load_model(model_dir, shard.device)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        entries = {}
-        bar = events.Progress("confidence", len(own)) if shard.main else None
-        for i, name in enumerate(own):
-            image = read_image(paths[name])
-            review = review_image(model, image, name, k=k, voxel_threshold=voxel_threshold, ranking=ranking,
-                                  window=window, stride=stride, batch=batch)
-            write_case_maps(review, image, out_dir)
-            entries[name] = judged_entry(review, image, tau, min_structure_mm3)
-            if bar is not None:
-                bar.update(i + 1, case=name, confidence=round(review.confidence, 6))
-        shard.report("confidence", own)
-        for part in shard.gather(entries):
-            entries.update(part)
-        result = {"model": str(Path(model.sfr_meta["path"]).resolve()), "params": params, "cases": [entries[n] for n in paths]}
+    loaded = {}
+
+    def load(dev):
+        loaded["model"] = load_model(model_dir, dev)
+        out_dir.mkdir(parents=True, exist_ok=True)  # after the model loaded: a bad one leaves nothing
+        return loaded["model"]
+
+    def work(model, name):
+        image = read_image(paths[name])
+        review = review_image(model, image, name, k=k, voxel_threshold=voxel_threshold, ranking=ranking,
+                              window=window, stride=stride, batch=batch)
+        write_case_maps(review, image, out_dir)
+        return judged_entry(review, image, tau, min_structure_mm3)
+
+    with each_case(paths, device, "confidence", load, work,
+                   note=lambda e: {"confidence": e["confidence"]}) as (shard, entries):
+        result = {"model": str(Path(loaded["model"].sfr_meta["path"]).resolve()), "params": params,
+                  "cases": list(entries.values())}
         if shard.main:
             write_json_atomic(out_dir / REVIEW_JSON, result)
         shard.gather(None)  # nobody returns before review.json is written

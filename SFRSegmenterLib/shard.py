@@ -134,3 +134,30 @@ def voxel_counts(paths: Mapping[str, "str | os.PathLike"]) -> dict:
         x, y, z = read_header(path)["size_xyz"]
         counts[name] = int(x) * int(y) * int(z)
     return counts
+
+
+@contextmanager
+def each_case(paths: Mapping[str, "str | os.PathLike"], device: str, what: str, load, work, note=None):
+    """The per-case loop of ``predict`` and ``review``: ``load(device)`` gives the model once, then
+    ``work(model, name)`` runs on this process's share of ``paths`` under a progress bar named
+    ``what`` (``note(result)``: extra fields for its updates).
+
+    Yields ``(shard, results)``: every process's results, in the order of ``paths``; whatever the
+    caller does inside the ``with`` (the main process writing an index) happens before the
+    process group is left."""
+    from . import events
+
+    with sharded(device) as shard:
+        sizes = voxel_counts(paths) if shard.world > 1 else {}
+        own = shard.mine(list(paths), sizes)
+        model = load(shard.device)
+        results = {}
+        bar = events.Progress(what, len(own)) if shard.main else None
+        for i, name in enumerate(own):
+            results[name] = work(model, name)
+            if bar is not None:
+                bar.update(i + 1, case=name, **(note(results[name]) if note else {}))
+        shard.report(what, own)
+        for part in shard.gather(results):
+            results.update(part)
+        yield shard, {name: results[name] for name in paths}

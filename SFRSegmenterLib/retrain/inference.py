@@ -145,30 +145,24 @@ def predict_folder(model_dir, images_dir_or_paths, out_dir, stride=None, device=
     own cases' files; every process returns the results of all.
     Returns ``{case: {"label": path, "confidence": path, "mean_confidence": float, "seconds": float}}``.
     """
-    from .. import events
-    from ..shard import sharded, voxel_counts
+    from ..shard import each_case
 
     paths = case_paths(images_dir_or_paths)
     out_dir = Path(out_dir)
     resolve_stride(window or PAPER_WINDOW, stride, overlap)  # bad values fail before any work
     refuse_overwriting_inputs(out_dir, paths, (".nii.gz", "_confidence.nii.gz"), paths.values())
-    with sharded(device) as shard:
-        sizes = voxel_counts(paths) if shard.world > 1 else {}
-        own = shard.mine(list(paths), sizes)
-        model = load_model(model_dir, shard.device)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        results = {}
-        bar = events.Progress("predict", len(own)) if shard.main else None
-        for i, name in enumerate(own):
-            results[name] = _predict_case(model, paths[name], inside(out_dir, f"{name}.nii.gz"),
-                                          inside(out_dir, f"{name}_confidence.nii.gz"), window, stride, batch,
-                                          overlap, blend)
-            if bar is not None:
-                bar.update(i + 1, case=name)
-        shard.report("predict", own)
-        for part in shard.gather(results):
-            results.update(part)
-    return {name: results[name] for name in paths}
+
+    def load(dev):
+        model = load_model(model_dir, dev)
+        out_dir.mkdir(parents=True, exist_ok=True)  # after the model loaded: a bad one leaves nothing
+        return model
+
+    def work(model, name):
+        return _predict_case(model, paths[name], inside(out_dir, f"{name}.nii.gz"),
+                             inside(out_dir, f"{name}_confidence.nii.gz"), window, stride, batch, overlap, blend)
+
+    with each_case(paths, device, "predict", load, work) as (_, results):
+        return results
 
 
 def _predict_case(model, image_path: Path, label_path: Path, conf_path: Path, window, stride, batch,
