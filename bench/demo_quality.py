@@ -121,10 +121,10 @@ def main(argv=None) -> int:
     results = [r for r in (json.loads(previous.read_text())["results"] if previous.exists() and args.keep else [])
                if r["seed"] not in args.seeds]
     for seed in args.seeds:
-        results.append(run_seed(seed, Path(args.work), args.threads))
+        r = run_seed(seed, Path(args.work), args.threads)
+        results.append(r)
         results.sort(key=lambda r: -r["seed"])
         write(results, args, Path(args.out))
-        r = results[-1]
         print(f"seed {seed}: final per class {r['final']['dice_per_class']}, SAM {r['sam']['dice_per_class']}, "
               f"{r['wall_s'] / 60:.1f} min", flush=True)
     return 0

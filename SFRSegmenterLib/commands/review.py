@@ -18,14 +18,20 @@ def add_parser(sub) -> None:
         "(torchrun --nproc_per_node N -m SFRSegmenterLib review ...) the images are split over the "
         "processes, one GPU each.",
     )
+    from ..confidence import RANKINGS
+    from ..run.config import RunConfig as R
+    from ._options import with_default
+
     p.add_argument("--model", required=True, help="model folder (with model.pt) or model.pt itself")
     p.add_argument("--images", required=True, nargs="+", help="folder of images, or image files")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--tau", type=float, help="case confidence threshold for trusted cases (default 0.985)")
-    p.add_argument("--flag-k", type=int, metavar="K", help="flagged slices per case (default 5)")
+    p.add_argument("--tau", type=float, help=with_default("case confidence threshold for trusted cases", R, "tau"))
+    p.add_argument("--flag-k", type=int, metavar="K", help=with_default("flagged slices per case", R, "flag_k"))
     p.add_argument("--voxel-threshold", type=float,
-                   help="voxels near the structure below this confidence form the low-confidence mask (default 0.9)")
-    p.add_argument("--ranking", help="flagged-slice ranking: mass (expected wrong voxels) or mean")
+                   help=with_default("voxels near the structure below this confidence form the low-confidence mask", R,
+                                     "voxel_threshold"))
+    p.add_argument("--ranking", choices=RANKINGS,
+                   help=with_default("flagged-slice ranking: mass (expected wrong voxels) or mean", R, "ranking"))
     p.add_argument("--min-structure-mm3", type=float, metavar="MM3",
                    help="a case is trusted only if its predicted structure has at least this volume (default 0)")
     add_window_arguments(p)
