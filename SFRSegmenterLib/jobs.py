@@ -28,7 +28,7 @@ from pathlib import Path
 from . import events
 from .errors import SFRError
 from .clock import utcnow  # noqa: F401 (jobs.utcnow: the run files' timestamps)
-from .io import write_json_atomic
+from .io import read_json, write_json_atomic
 
 LOCK_NAME = ".lock"
 CANCEL_NAME = "cancel-request"
@@ -131,12 +131,7 @@ class ProjectLock:
 
     @staticmethod
     def read(path: Path) -> dict | None:
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
-            return {}
+        return read_json(path, "project lock", missing=None, damaged={})
 
     @staticmethod
     def holder_alive(info: dict) -> bool | None:
@@ -292,18 +287,13 @@ class StatusWriter:
 def read_status(run_path: Path) -> dict:
     """``status.json`` of a run, with ``state`` corrected to ``crashed`` when its process is gone."""
     path = Path(run_path) / STATUS_NAME
-    try:
-        status = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    status = read_json(path, "run status file", missing=None)
+    if status is None:
         status = {"state": "unknown", "run_id": Path(run_path).name}
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise SFRError("run status file is damaged", path) from None
     if status.get("state") == "starting" and not status.get("pid"):
-        try:
-            launcher = json.loads((Path(run_path) / "launcher.json").read_text(encoding="utf-8"))
+        launcher = read_json(Path(run_path) / "launcher.json", "launcher record", missing=None, damaged=None)
+        if launcher:
             status.update({k: launcher.get(k) for k in ("pid", "host", "proc_start")})
-        except (FileNotFoundError, json.JSONDecodeError):
-            pass
     if status.get("state") in ("starting", "running"):
         host_ok = status.get("host") in (None, socket.gethostname())
         pid = status.get("pid")

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from . import jobs
 from .errors import SFRError
+from .io import read_json
 from .retrain.names import SSL_NAMES
 from .sam import BACKBONE_NAMES
 
@@ -115,10 +116,7 @@ def _comparable(config: dict) -> dict:
 def run_config(run_path) -> dict:
     """The saved configuration of a run (``config.json``), as :func:`config_of` gives it."""
     path = Path(run_path) / "config.json"
-    try:
-        return _comparable(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        raise SFRError("run configuration missing or damaged", path) from None
+    return _comparable(read_json(path, "run configuration"))
 
 
 def latest_status(project_root) -> dict | None:
@@ -188,9 +186,11 @@ def engine_pids(run_path) -> list:
     records = []
     for name in (jobs.STATUS_NAME, "launcher.json"):
         try:
-            records.append(json.loads((run_path / name).read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-            continue
+            record = read_json(run_path / name, name, missing=None, damaged=None)
+        except SFRError:  # unreadable: this record names no process
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
     pids = []
     for rec in records:
         pid = rec.get("pid")

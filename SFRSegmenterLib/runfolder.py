@@ -13,11 +13,10 @@ import it before the engine's dependencies are installed.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-from .errors import SFRError
+from .io import read_json
 from .jobs import latest_run_id, run_dir  # noqa: F401 - the run-folder helpers a reader needs
 
 REVIEW_JSON = "review.json"
@@ -34,12 +33,7 @@ def case_file(run_path: "str | os.PathLike", case: str, kind: str = "label") -> 
 def read_review(run_path: "str | os.PathLike") -> dict:
     """``review.json`` of a run as ``{case: entry}`` (no file: empty)."""
     path = Path(run_path) / REVIEW_JSON
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SFRError(f"review.json is not valid JSON ({exc})", path) from None
+    data = read_json(path, "review.json", missing={})
     out = {}
     for entry in data.get("cases", []) if isinstance(data, dict) else []:
         if isinstance(entry, dict) and "case" in entry:
