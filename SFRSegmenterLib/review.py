@@ -104,12 +104,10 @@ def review_folder(model_dir: "str | os.PathLike", images, out_dir: "str | os.Pat
     paths = case_paths(images)
     out_dir = Path(out_dir)
     refuse_overwriting_inputs(out_dir, paths, CASE_SUFFIXES, paths.values())
-    loaded = {}
-
     def load(dev):
-        loaded["model"] = load_model(model_dir, dev)
+        model = load_model(model_dir, dev)
         out_dir.mkdir(parents=True, exist_ok=True)  # after the model loaded: a bad one leaves nothing
-        return loaded["model"]
+        return model
 
     def work(model, name):
         image = read_image(paths[name])
@@ -119,8 +117,8 @@ def review_folder(model_dir: "str | os.PathLike", images, out_dir: "str | os.Pat
         return judged_entry(review, image, tau, min_structure_mm3)
 
     with each_case(paths, device, "confidence", load, work,
-                   note=lambda e: {"confidence": e["confidence"]}) as (shard, entries):
-        result = {"model": str(Path(loaded["model"].sfr_meta["path"]).resolve()), "params": params,
+                   note=lambda e: {"confidence": e["confidence"]}) as (shard, model, entries):
+        result = {"model": str(Path(model.sfr_meta["path"]).resolve()), "params": params,
                   "cases": list(entries.values())}
         if shard.main:
             write_json_atomic(out_dir / REVIEW_JSON, result)

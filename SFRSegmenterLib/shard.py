@@ -142,9 +142,9 @@ def each_case(paths: Mapping[str, "str | os.PathLike"], device: str, what: str, 
     ``work(model, name)`` runs on this process's share of ``paths`` under a progress bar named
     ``what`` (``note(result)``: extra fields for its updates).
 
-    Yields ``(shard, results)``: every process's results, in the order of ``paths``; whatever the
-    caller does inside the ``with`` (the main process writing an index) happens before the
-    process group is left."""
+    Yields ``(shard, model, results)``: every process's results, in the order of ``paths``;
+    whatever the caller does inside the ``with`` (the main process writing an index) happens
+    before the process group is left."""
     from . import events
 
     with sharded(device) as shard:
@@ -160,4 +160,4 @@ def each_case(paths: Mapping[str, "str | os.PathLike"], device: str, what: str, 
         shard.report(what, own)
         for part in shard.gather(results):
             results.update(part)
-        yield shard, {name: results[name] for name in paths}
+        yield shard, model, {name: results[name] for name in paths}

@@ -161,7 +161,7 @@ def predict_folder(model_dir, images_dir_or_paths, out_dir, stride=None, device=
         return _predict_case(model, paths[name], inside(out_dir, f"{name}.nii.gz"),
                              inside(out_dir, f"{name}_confidence.nii.gz"), window, stride, batch, overlap, blend)
 
-    with each_case(paths, device, "predict", load, work) as (_, results):
+    with each_case(paths, device, "predict", load, work) as (_, _, results):
         return results
 
 
