@@ -131,7 +131,12 @@ def main(argv=None) -> int:
     ap.add_argument("--results", default=str(RESULTS))
     ap.add_argument("--sam-iterations", type=int, help="override stage F's iterations (smoke runs)")
     ap.add_argument("--sam-cache", type=int, help="override the cached augmented mosaics (smoke runs)")
-    ap.add_argument("--sam-seed", type=int, default=1337, help="stage F's seed in round 1 (round 0: 1337)")
+    ap.add_argument("--seed", type=int, default=1337,
+                    help="the round-0 run's seed (its V-Net, SAM and pseudo-labels); round 1 uses it too")
+    ap.add_argument("--tag", default="", help="retrain_quality.py's --tag of the round-0 V-Net (e.g. fixed-s1337)")
+    ap.add_argument("--sam-quality", default="sam_quality.json",
+                    help="the bench/results file of the round-0 SAM (stage F settings for round 1)")
+    ap.add_argument("--sam-seed", type=int, help="stage F's seed in round 1 (default: --seed)")
     ap.add_argument("--min-structure", type=float, default=0.0,
                     help="trust guard of sfr run: predicted structure >= F x the labeled one (default 0: "
                     "the paper's rule, confidence only)")
@@ -163,7 +168,7 @@ def main(argv=None) -> int:
     events.configure("none")
     work, qwork, hwork = Path(args.work), Path(args.quality_work), Path(args.half_work)
     rq.HALF_DATA = hwork / "data"
-    vnet0 = qwork / "models" / f"sfr_mt_N1_cpu-half_{args.iterations}"
+    vnet0 = qwork / "models" / f"sfr_mt_N1_cpu-half_{args.iterations}{'_' + args.tag if args.tag else ''}"
     if not (vnet0 / "model.pt").exists():
         raise SystemExit(f"{vnet0}: run bench/retrain_quality.py --protocol cpu-half --labeled 1 --rows sfr_mt first")
     sam0_pseudo = hwork / "pseudo_N1"
@@ -198,8 +203,8 @@ def main(argv=None) -> int:
         # finetune-r1: SAM on the labeled case + trusted cases with their V-Net labels
         from SFRSegmenterLib.finetune import FinetuneConfig, finetune
 
-        sam_q = json.loads((REPO / "bench" / "results" / "sam_quality.json").read_text())
-        r1 = next(r for r in sam_q["results"] if r["labeled"] == 1)
+        sam_q = json.loads((REPO / "bench" / "results" / args.sam_quality).read_text())
+        r1 = next(r for r in sam_q["results"] if r["labeled"] == 1 and r.get("seed", args.seed) == args.seed)
         t0 = time.monotonic()
         full = Project(root=work / "sam_project", classes=["background", "left_atrium"], name="la_full_N1")
         names = (rq.DATA / "train.list").read_text().split()
@@ -216,7 +221,7 @@ def main(argv=None) -> int:
         cfg = FinetuneConfig(backbone=sam_q["backbone"], iterations=args.sam_iterations or r1["iterations"], batch_size=2, lora_rank=0,
                              embedding_cache=args.sam_cache or max(r1["embedding_cache"], 64), crop=tuple(sam_q["crop"]),
                              grid=tuple(sam_q["grid"]), device="cpu", save_every=100, threads=args.threads,
-                             seed=args.sam_seed)
+                             seed=args.seed if args.sam_seed is None else args.sam_seed)
         sam1 = work / "sam-r1"
         log(f"finetune-r1 on 1 labeled + {len(extra)} trusted cases (embedding cache {cfg.embedding_cache})")
         finetune(full, cfg, out_dir=sam1, resume=True, extra_labeled=extra)  # a finished model is kept
@@ -247,7 +252,7 @@ def main(argv=None) -> int:
 
         t0 = time.monotonic()
         log("retrain-r1")
-        ns = argparse.Namespace(iterations=args.iterations, seed=1337, device="cpu", threads=args.threads,
+        ns = argparse.Namespace(iterations=args.iterations, seed=args.seed, device="cpu", threads=args.threads,
                                 protocol="cpu-half")
         rcfg = rq.row_config("sfr_mt", ns)
         vnet1 = work / "vnet-r1"
@@ -272,9 +277,11 @@ def main(argv=None) -> int:
                        stride=rq.PROTOCOLS["cpu-half"]["eval_stride"], device="cpu")
         result["validation_sfr_plus"] = rq.evaluate(project, work / "pred-r1", val, full_resolution=True)["mean"]
     quality = json.loads((RESULTS / "retrain_quality.json").read_text()) if (RESULTS / "retrain_quality.json").exists() else []
-    sfr = next((e for e in quality if e["labeled"] == 1 and e["row"] == "sfr_mt" and e["protocol"] == "cpu-half"), None)
+    sfr = next((e for e in quality if e["labeled"] == 1 and e["row"] == "sfr_mt" and e["protocol"] == "cpu-half"
+                and e.get("tag", "") == args.tag and e.get("seed", 1337) == args.seed), None)
     result["validation_sfr"] = sfr["metrics"]["mean"] if sfr else None
     result["timings"] = timings
+    result["seed"], result["tag"] = args.seed, args.tag
     result["protocol"] = ("cpu-half (bench/retrain_quality.py): LA at 1.25 mm, crop 32x64x64, "
                           f"{args.iterations} V-Net iterations, SGD 0.01 constant; stage F: frozen LiteMedSAM "
                           "encoder, 450 decoder iterations on cached embeddings; 1 SFR+ round")
