@@ -36,6 +36,7 @@ from .sam import augment
 from .sam.checkpoints import load_state_dict, sha256_file
 from .sam.config import _RESUME_KEYS, FinetuneConfig  # noqa: F401 (FinetuneConfig: public here too)
 from .sam.layout import Layout, resolve_layout
+from .project_folders import SAM_MODEL_META
 from .sam.loss import dice_ce_loss
 from .sam.model import set_grad_checkpointing, train_mode, trainable_parts
 from .sam.preprocess import METHODS as PREPROCESS_METHODS
@@ -44,7 +45,7 @@ from .sam.registry import build_segmenter, count_parameters, get_spec
 from .stitching import IGNORE_INDEX, stitch
 from .training import check_same_run, differences, read_state, save_due
 
-MODEL_META = "sam-model.json"
+MODEL_META = SAM_MODEL_META  # one name, in project_folders.py
 PARTS_FILE = "sam_parts.pt"
 STATE_FILE = "train_state.pt"
 PREV = ".prev"  # suffix of the previous save's files while a save is in progress
@@ -175,13 +176,16 @@ def content_digest(state: dict) -> str:
 def finetune(
     project: Project,
     cfg: FinetuneConfig,
-    out_dir: "Path | None" = None,
+    out_dir: "str | os.PathLike",
     resume: bool = False,
     should_stop: "Callable[[], bool] | None" = None,
     extra_labeled: "Sequence[tuple[str, Path, Path]]" = (),
 ) -> Path:
-    """Fine-tune ``cfg.backbone`` on the project's labeled cases; returns the model folder."""
-    out_dir = Path(out_dir) if out_dir else project.root / "models" / "sam"
+    """Fine-tune ``cfg.backbone`` on the project's labeled cases into ``out_dir``; returns it.
+
+    ``out_dir`` is required: only ``sfr finetune`` knows the default ``PROJECT/models/sam``
+    (:mod:`.project_folders`)."""
+    out_dir = Path(out_dir)
     spec = get_spec(cfg.backbone)
     if cfg.iterations < 1 or cfg.batch_size < 1 or cfg.save_every < 1:
         raise SFRError("iterations, batch size and save interval must be >= 1")

@@ -150,8 +150,8 @@ def read_pseudo_index(out_dir: "str | os.PathLike") -> dict:
 
 def pseudolabel(
     project: Project,
-    model_dir: "str | os.PathLike | None" = None,
-    out_dir: "str | os.PathLike | None" = None,
+    model_dir: "str | os.PathLike",
+    out_dir: "str | os.PathLike",
     cases: "Sequence[str] | None" = None,
     device: str = "auto",
     should_stop: "Callable[[], bool] | None" = None,
@@ -163,8 +163,7 @@ def pseudolabel(
     Under ``torchrun`` the cases are split over the processes (:mod:`.shard`): each writes its
     cases' files, and the main process writes ``pseudo-labels.json`` once all are done; every
     process returns all the records."""
-    model_dir = Path(model_dir) if model_dir else project.root / "models" / "sam"
-    out_dir = Path(out_dir) if out_dir else project.root / "pseudo"
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
     overlap = check_overlap(overlap)
     names = [c.name for c in project.by_role("unlabeled")] if cases is None else list(cases)
     selected = [project.case(n) for n in names]

@@ -76,15 +76,15 @@ def project(tmp_path):
 
 
 def test_crop_larger_than_volume_is_padded(project, tmp_path):
-    out = retrain(project, RetrainConfig(ssl="supervised", **dict(SMALL, crop=(48, 32, 32))), out_dir=tmp_path / "m")
+    out = retrain(project, RetrainConfig(ssl="supervised", **dict(SMALL, crop=(48, 32, 32))), pseudo_dir=project.root / "pseudo", out_dir=tmp_path / "m")
     assert (out / "model.pt").exists()
 
 
 def test_missing_pseudo_labels(project, tmp_path):
     (project.root / "pseudo" / "pseudo-labels.json").unlink()
     with pytest.raises(SFRError, match="pseudo-labels.json.*--no-sam"):
-        retrain(project, RetrainConfig(**SMALL), out_dir=tmp_path / "m")
-    retrain(project, RetrainConfig(use_sam=False, **SMALL), out_dir=tmp_path / "m")  # --no-sam works
+        retrain(project, RetrainConfig(**SMALL), pseudo_dir=project.root / "pseudo", out_dir=tmp_path / "m")
+    retrain(project, RetrainConfig(use_sam=False, **SMALL), pseudo_dir=project.root / "pseudo", out_dir=tmp_path / "m")  # --no-sam works
 
 
 def test_pseudo_labels_older_than_sam_model(project, tmp_path):
@@ -93,7 +93,8 @@ def test_pseudo_labels_older_than_sam_model(project, tmp_path):
     later = time.time() + 5
     os.utime(meta, (later, later))  # the SAM model was saved again after the pseudo-labels
     with pytest.raises(SFRError, match="stale pseudo-labels") as e:
-        retrain(project, RetrainConfig(**SMALL), out_dir=tmp_path / "m")
+        retrain(project, RetrainConfig(**SMALL), pseudo_dir=project.root / "pseudo", out_dir=tmp_path / "m",
+                sam_model_dir=meta.parent)
     assert "pseudo-labels.json" in str(e.value)
 
 
@@ -103,7 +104,16 @@ def test_pseudo_labels_of_another_sam_model(project, tmp_path):
     write_json_atomic(meta, {"model_id": "sam-test-2"})
     os.utime(meta, (st_.st_atime, st_.st_mtime))
     with pytest.raises(SFRError, match="sam-test-2"):
+        retrain(project, RetrainConfig(**SMALL), pseudo_dir=project.root / "pseudo", out_dir=tmp_path / "m",
+                sam_model_dir=meta.parent)
+    # the check follows the model the caller names: none named, only the project and the files are checked
+    retrain(project, RetrainConfig(**SMALL), pseudo_dir=project.root / "pseudo", out_dir=tmp_path / "m2")
+
+
+def test_training_with_sam_needs_the_pseudo_label_folder(project, tmp_path):
+    with pytest.raises(SFRError, match="pseudo_dir"):
         retrain(project, RetrainConfig(**SMALL), out_dir=tmp_path / "m")
+    assert not (tmp_path / "m").exists()
 
 
 def test_pseudo_labels_of_another_project(project, tmp_path):
@@ -112,7 +122,7 @@ def test_pseudo_labels_of_another_project(project, tmp_path):
     data["project"] = "someone-else"
     idx.write_text(json.dumps(data))
     with pytest.raises(SFRError, match="someone-else") as e:
-        retrain(project, RetrainConfig(**SMALL), out_dir=tmp_path / "m")
+        retrain(project, RetrainConfig(**SMALL), pseudo_dir=project.root / "pseudo", out_dir=tmp_path / "m")
     assert str(idx) in str(e.value)
 
 
@@ -127,7 +137,7 @@ def test_image_changed_since_pseudo_labels(project, tmp_path):
 
     sitk.WriteImage(img.to_sitk(), str(path))
     with pytest.raises(SFRError, match="sha256") as e:
-        retrain(project, RetrainConfig(**SMALL), out_dir=tmp_path / "m")
+        retrain(project, RetrainConfig(**SMALL), pseudo_dir=project.root / "pseudo", out_dir=tmp_path / "m")
     assert f"{case.name}.nii.gz" in str(e.value)
 
 

@@ -65,7 +65,8 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("inf")
     p = make_project(root / "proj", n_labeled=1, n_unlabeled=1, n_validation=1)
     make_pseudo(p)
-    out = retrain(p, RetrainConfig(ssl="supervised", iterations=2, crop=(32, 32, 32), device="cpu", threads=1, save_every=0))
+    out = retrain(p, RetrainConfig(ssl="supervised", iterations=2, crop=(32, 32, 32), device="cpu", threads=1, save_every=0),
+                  out_dir=p.root / "models" / "vnet", pseudo_dir=p.root / "pseudo")
     return p, out
 
 

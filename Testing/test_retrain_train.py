@@ -81,7 +81,7 @@ def test_one_training_step_per_method(project, tmp_path, ssl, use_sam):
     cfg = RetrainConfig(ssl=ssl, use_sam=use_sam, iterations=1, ua_passes=2, **dict(SMALL, crop=(16, 32, 32)))
     torch.manual_seed(cfg.seed)
     init = {k: v.clone() for k, v in build_network("vnet", 1, 2).state_dict().items()}
-    out = retrain(project, cfg, out_dir=tmp_path / "m")
+    out = retrain(project, cfg, pseudo_dir=project.root / "pseudo", out_dir=tmp_path / "m")
     state = _state(out)
     changed = [k for k in init if k.endswith("weight") and not torch.equal(init[k], state[k])]
     assert len(changed) > 10  # the step moved the network
@@ -89,9 +89,9 @@ def test_one_training_step_per_method(project, tmp_path, ssl, use_sam):
 
 
 def test_sam_weight_changes_training(project, tmp_path):
-    a = _state(retrain(project, RetrainConfig(ssl="supervised", use_sam=True, sam_weight=1.0, iterations=1, **SMALL), out_dir=tmp_path / "a"))
-    b = _state(retrain(project, RetrainConfig(ssl="supervised", use_sam=True, sam_weight=0.0, iterations=1, **SMALL), out_dir=tmp_path / "b"))
-    c = _state(retrain(project, RetrainConfig(ssl="supervised", use_sam=True, sam_weight=0.0, iterations=1, **SMALL), out_dir=tmp_path / "c"))
+    a = _state(retrain(project, RetrainConfig(ssl="supervised", use_sam=True, sam_weight=1.0, iterations=1, **SMALL), pseudo_dir=project.root / "pseudo", out_dir=tmp_path / "a"))
+    b = _state(retrain(project, RetrainConfig(ssl="supervised", use_sam=True, sam_weight=0.0, iterations=1, **SMALL), pseudo_dir=project.root / "pseudo", out_dir=tmp_path / "b"))
+    c = _state(retrain(project, RetrainConfig(ssl="supervised", use_sam=True, sam_weight=0.0, iterations=1, **SMALL), pseudo_dir=project.root / "pseudo", out_dir=tmp_path / "c"))
     assert not torch.equal(a["out.weight"], b["out.weight"])
     assert torch.equal(b["out.weight"], c["out.weight"])  # deterministic on CPU
 
@@ -104,8 +104,8 @@ def test_unlabeled_cases_restricts_pseudo_labels(project, tmp_path):
     src.rename(project.root / "pseudo" / "moved" / src.name)
     try:
         with pytest.raises(SFRError, match=other):
-            retrain(project, RetrainConfig(ssl="supervised", iterations=1, **SMALL), out_dir=tmp_path / "x")
-        out = retrain(project, RetrainConfig(ssl="supervised", iterations=1, **SMALL), out_dir=tmp_path / "y",
+            retrain(project, RetrainConfig(ssl="supervised", iterations=1, **SMALL), pseudo_dir=project.root / "pseudo", out_dir=tmp_path / "x")
+        out = retrain(project, RetrainConfig(ssl="supervised", iterations=1, **SMALL), pseudo_dir=project.root / "pseudo", out_dir=tmp_path / "y",
                       unlabeled_cases=[one])
         meta = torch.load(out / "model.pt", weights_only=True)
         assert meta["unlabeled_cases"] == [one]
@@ -115,7 +115,7 @@ def test_unlabeled_cases_restricts_pseudo_labels(project, tmp_path):
 
 def test_resume_equals_uninterrupted_and_cancel_saves(project, tmp_path):
     cfg = RetrainConfig(ssl="mean_teacher", iterations=3, **dict(SMALL, crop=(16, 32, 32)))
-    full = _state(retrain(project, cfg, out_dir=tmp_path / "full"))
+    full = _state(retrain(project, cfg, pseudo_dir=project.root / "pseudo", out_dir=tmp_path / "full"))
     calls = []
 
     def stop():
@@ -123,14 +123,14 @@ def test_resume_equals_uninterrupted_and_cancel_saves(project, tmp_path):
         return len(calls) > 1  # stop before the second iteration
 
     with pytest.raises(Cancelled):
-        retrain(project, cfg, out_dir=tmp_path / "cut", should_stop=stop)
+        retrain(project, cfg, pseudo_dir=project.root / "pseudo", out_dir=tmp_path / "cut", should_stop=stop)
     ck = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
     assert ck["iteration"] == 1 and not (tmp_path / "cut" / "model.pt").exists()
-    resumed = _state(retrain(project, cfg, out_dir=tmp_path / "cut", resume=True))
+    resumed = _state(retrain(project, cfg, pseudo_dir=project.root / "pseudo", out_dir=tmp_path / "cut", resume=True))
     for k in full:
         assert torch.equal(full[k], resumed[k]), k
     with pytest.raises(SFRError, match="different run"):
-        retrain(project, RetrainConfig(ssl="supervised", iterations=3, **dict(SMALL, crop=(16, 32, 32))), out_dir=tmp_path / "cut", resume=True)
+        retrain(project, RetrainConfig(ssl="supervised", iterations=3, **dict(SMALL, crop=(16, 32, 32))), pseudo_dir=project.root / "pseudo", out_dir=tmp_path / "cut", resume=True)
 
 
 def _torchrun(nproc, project, out, extra=()):
@@ -148,12 +148,12 @@ def test_ddp_two_processes_match_one(project, tmp_path):
     processes (gloo), each taking 1 + 1."""
     _torchrun(2, project, tmp_path / "two")
     opts = dict(SMALL, norm="instancenorm", dropout=0.0)
-    one = _state(retrain(project, RetrainConfig(iterations=2, **opts), out_dir=tmp_path / "one"))
+    one = _state(retrain(project, RetrainConfig(iterations=2, **opts), pseudo_dir=project.root / "pseudo", out_dir=tmp_path / "one"))
     two = _state(tmp_path / "two")
     for k in one:
         assert torch.allclose(one[k], two[k], rtol=1e-4, atol=1e-6), k
     # the comparison is not vacuous: half the global batch gives other weights
-    half = _state(retrain(project, RetrainConfig(iterations=2, labeled_bs=1, unlabeled_bs=1, **opts), out_dir=tmp_path / "half"))
+    half = _state(retrain(project, RetrainConfig(iterations=2, labeled_bs=1, unlabeled_bs=1, **opts), pseudo_dir=project.root / "pseudo", out_dir=tmp_path / "half"))
     assert not torch.allclose(one["out.weight"], half["out.weight"], rtol=1e-4, atol=1e-6)
 
 

@@ -48,3 +48,23 @@ def test_retrain_refuses_pseudo_labels_of_another_model_than_the_expected_one(tm
         retrain(project, cfg, pseudo_dir=tmp_path / "pseudo", out_dir=tmp_path / "vnet", sam_model_dir=other)
     model = retrain(project, cfg, pseudo_dir=tmp_path / "pseudo", out_dir=tmp_path / "vnet", sam_model_dir=first)
     assert (model / "model.pt").exists()
+
+
+def test_stage_commands_use_the_project_folders_and_sfr_retrain_checks_the_named_model(tmp_path, sample_dir, sfr):
+    """Only the commands know PROJECT/models/sam, PROJECT/pseudo and PROJECT/models/vnet (the stage
+    functions take every folder explicitly); ``sfr retrain --sam-model`` names the model to check."""
+    root = make_project(tmp_path / "proj", sample_dir, cases=CASES[:4], validation=0)
+    tiny = ("--backbone", "tiny_test", "--iterations", "2", "--save-every", "2", "--device", "cpu")
+    sfr("finetune", root, *tiny, check=True)
+    sfr("pseudolabel", root, "--device", "cpu", check=True)
+    assert (root / "pseudo" / "pseudo-labels.json").exists()
+    sfr("finetune", root, *tiny, "--seed", "7", "--out", tmp_path / "other-sam", check=True)
+    v = ("--iterations", "1", "--crop", "16", "32", "32", "--batch", "1", "1", "--device", "cpu")
+    out = sfr("retrain", root, *v, "--sam-model", tmp_path / "other-sam")
+    assert out.returncode == 2 and "stale pseudo-labels" in out.stderr, out.stderr
+    assert not (root / "models" / "vnet" / "model.pt").exists()
+    sfr("retrain", root, *v, check=True)  # default: the project's own model, which made them
+    assert (root / "models" / "vnet" / "model.pt").exists()
+    sfr("finetune", root, *tiny, "--seed", "9", check=True)  # the project's model saved again
+    out = sfr("retrain", root, *v, "--out", tmp_path / "vnet2")
+    assert out.returncode == 2 and "stale pseudo-labels" in out.stderr, out.stderr

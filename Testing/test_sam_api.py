@@ -28,7 +28,7 @@ def trained(tmp_path_factory, sample_dir):
     trusted = project.by_role("unlabeled")[0]
     extra = [(trusted.name, project.image_path(trusted), project.label_path(trusted))]
     cfg = FinetuneConfig(backbone="tiny_test", iterations=2, device="cpu")
-    model_dir = finetune(project, cfg, extra_labeled=extra)
+    model_dir = finetune(project, cfg, out_dir=root / "models" / "sam", extra_labeled=extra)
     return project, model_dir, trusted
 
 

@@ -131,7 +131,7 @@ def vnet(tmp_path_factory):
     project = make_project(root / "proj", n_labeled=2, n_unlabeled=2, n_validation=0)
     make_pseudo(project)
     cfg = RetrainConfig(iterations=2, crop=(32, 32, 32), device="cpu", threads=1, save_every=0)
-    return retrain(project, cfg, out_dir=root / "vnet")
+    return retrain(project, cfg, pseudo_dir=project.root / "pseudo", out_dir=root / "vnet")
 
 
 IMAGES = sorted(p.name[: -len(".nii.gz")] for p in (SAMPLE / "images").glob("*.nii.gz"))

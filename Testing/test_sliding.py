@@ -136,7 +136,8 @@ def test_sam_windows_sit_where_the_vnet_windows_sit(tmp_path, sample_dir):
     for sub in ("images", "labels"):
         shutil.copytree(sample_dir / sub, root / sub)
     project = init_project(root, root / "images", root / "labels", labeled=2)
-    model_dir = finetune(project, FinetuneConfig(backbone="tiny_test", iterations=1, device="cpu", crop=(16, 16, 16)))
+    model_dir = finetune(project, FinetuneConfig(backbone="tiny_test", iterations=1, device="cpu", crop=(16, 16, 16)),
+                         out_dir=tmp_path / "sam")
     model = load_sam_model(model_dir, "cpu")
     image = read_image(project.image_path(project.by_role("unlabeled")[0]))
     crop = model.layout.crop

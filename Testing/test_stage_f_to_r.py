@@ -18,13 +18,14 @@ def test_real_pseudo_labels_train_and_staleness_is_detected(tmp_path, sample_cas
     images, labels = copy_samples(tmp_path, sample_cases[:4])
     project = init_project(tmp_path / "proj", images, labels=labels, labeled=2)
     sam = FinetuneConfig(backbone="tiny_test", iterations=2, batch_size=1, device="cpu", save_every=2)
-    finetune(project, sam)
-    pseudolabel(project, device="cpu")
+    sam_dir, pseudo_dir = project.root / "models" / "sam", project.root / "pseudo"
+    finetune(project, sam, out_dir=sam_dir)
+    pseudolabel(project, sam_dir, out_dir=pseudo_dir, device="cpu")
     cfg = RetrainConfig(iterations=1, crop=(16, 32, 32), device="cpu", labeled_bs=1, unlabeled_bs=1)
-    model_dir = retrain(project, cfg, out_dir=tmp_path / "vnet1")
+    model_dir = retrain(project, cfg, out_dir=tmp_path / "vnet1", pseudo_dir=pseudo_dir, sam_model_dir=sam_dir)
     assert (model_dir / "model.pt").exists()
 
     time.sleep(0.05)
-    finetune(project, FinetuneConfig(**{**sam.__dict__, "seed": 7}))  # a new SAM model
+    finetune(project, FinetuneConfig(**{**sam.__dict__, "seed": 7}), out_dir=sam_dir)  # a new SAM model
     with pytest.raises(SFRError, match="stale pseudo-label"):
-        retrain(project, cfg, out_dir=tmp_path / "vnet2")
+        retrain(project, cfg, out_dir=tmp_path / "vnet2", pseudo_dir=pseudo_dir, sam_model_dir=sam_dir)

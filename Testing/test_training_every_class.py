@@ -26,7 +26,7 @@ def test_demo_vnet_predicts_both_hippocampus_structures(tmp_path, sample_dir, on
     project = init_project(tmp_path / "p", sample_dir / "images", sample_dir / "labels", labeled=2)
     cfg = RetrainConfig(ssl="supervised", use_sam=False, iterations=300, device="cpu", save_every=1000,
                         **DEMO_SETTINGS["vnet_options"])
-    model = load_model(retrain(project, cfg, out_dir=tmp_path / "vnet"), "cpu")
+    model = load_model(retrain(project, cfg, pseudo_dir=project.root / "pseudo", out_dir=tmp_path / "vnet"), "cpu")
     for case in project.by_role("unlabeled")[:3]:
         pred = predict_volume(model, read_image(project.image_path(case)).array).argmax(0)
         gt = read_label(project.label_path(case)).array

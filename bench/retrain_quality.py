@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -168,6 +169,30 @@ def run_row(row: str, n: int, args, pseudo: dict) -> dict:
     return entry
 
 
+SEED_TAG = re.compile(r"^fixed-s(\d+)$")
+
+
+def seed_summary(results: list) -> list:
+    """Markdown lines: each (N, row) measured at several seeds (tags ``fixed-sS``): per-seed Dice, mean, spread."""
+    groups: dict = {}
+    for e in results:
+        m = SEED_TAG.match(e.get("tag", ""))
+        mean = e.get("metrics", {}).get("mean") if m else None
+        if mean:
+            groups.setdefault((e["labeled"], e["row"], e["protocol"]), {})[int(m.group(1))] = 100 * mean["dice"]
+    if not groups:
+        return []
+    lines = ["", "Across seeds (pseudo-labels and V-Net from the same seed; tags fixed-sS, stage F after the "
+             "2026-12-01 fixes):", "", "| N | row | protocol | Dice per seed | mean | spread (max - min) | paper Dice |",
+             "|---|---|---|---|---|---|---|"]
+    for (n, row, proto), by_seed in sorted(groups.items(), key=lambda kv: (kv[0][0], ROWS.index(kv[0][1]), kv[0][2])):
+        vals = [by_seed[k] for k in sorted(by_seed)]
+        per = " / ".join(f"{by_seed[k]:.1f} (s{k})" for k in sorted(by_seed))
+        spread = f"{max(vals) - min(vals):.1f}" if len(vals) > 1 else "- (one seed)"
+        lines.append(f"| {n} | {row} | {proto} | {per} | {np.mean(vals):.1f} | {spread} | {PAPER.get(n, {}).get(row, '')} |")
+    return lines
+
+
 def write_outputs(results: list, protocol: str = "cpu-half") -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "retrain_quality.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -197,6 +222,7 @@ def write_outputs(results: list, protocol: str = "cpu-half") -> None:
             f"| {e['labeled']} | {e['row']} | {e['protocol']} | {it} | {f(m['dice'], 100)} | {f(m['jaccard'], 100)} | "
             f"{f(m['hd95_vox'])} | {f(m['asd_vox'])} | {e.get('train_seconds', '')} | {e.get('s_per_volume', '')} | {paper} |"
         )
+    lines += seed_summary(results)
     lines += ["", "What ran:"]
     for e in results:
         if "skipped" not in e:

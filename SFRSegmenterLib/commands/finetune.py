@@ -102,7 +102,9 @@ def run(args) -> int:
         threads=args.threads,
     )
     project = load_project(args.project)
-    out = finetune(project, cfg, out_dir=args.out, resume=args.resume)
+    from .. import project_folders
+
+    out = finetune(project, cfg, out_dir=args.out or project_folders.sam_model_dir(project), resume=args.resume)
     meta = read_model_meta(out)
     summary = {
         "model_dir": str(out),

@@ -35,11 +35,13 @@ def run(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    from .. import project_folders
+
     project = load_project(args.project)
     results = pseudolabel(
         project,
-        model_dir=args.model,
-        out_dir=args.out,
+        model_dir=args.model or project_folders.sam_model_dir(project),
+        out_dir=args.out or project_folders.pseudo_dir(project),
         cases=args.cases,
         device=args.device,
         overlap=args.overlap,

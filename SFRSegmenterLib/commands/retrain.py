@@ -60,6 +60,10 @@ def add_parser(sub) -> None:
     p.add_argument("--save-every", type=int, default=default(C, "save_every"),
                    help=with_default("checkpoint every N iterations (0: only at the end)", C, "save_every"))
     p.add_argument("--out", help="output folder (default PROJECT/models/vnet)")
+    p.add_argument("--sam-model", metavar="DIR",
+                   help="the SAM model folder the pseudo-labels must come from; they are refused as stale if "
+                        "another model made them or it was saved again since (default PROJECT/models/sam "
+                        "when a model is there)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     add_json(p, "the model folder and file")
     p.set_defaults(func=run)
@@ -91,8 +95,12 @@ def run(args) -> int:
         threads=args.threads,
         save_every=args.save_every,
     )
+    from .. import project_folders
+
     out = retrain(
-        project, cfg, pseudo_dir=args.pseudo, out_dir=args.out, resume=args.resume,
-        unlabeled_cases=args.unlabeled_cases,
+        project, cfg, out_dir=args.out or project_folders.vnet_dir(project),
+        pseudo_dir=(args.pseudo or project_folders.pseudo_dir(project)) if cfg.use_sam else None,
+        sam_model_dir=args.sam_model or project_folders.existing_sam_model(project),
+        resume=args.resume, unlabeled_cases=args.unlabeled_cases,
     )
     return print_result(args, {"model_dir": str(out), "model": str(out / "model.pt")}, f"wrote {out / 'model.pt'}")

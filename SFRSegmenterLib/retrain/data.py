@@ -23,6 +23,7 @@ from ..errors import SFRError
 from ..intensity import zscore
 from ..io import read_image, read_json, read_label, sha256_file  # noqa: F401 (sha256_file re-exported)
 from ..manifest import Project
+from ..project_folders import SAM_MODEL_META
 
 PSEUDO_INDEX = "pseudo-labels.json"
 #: Stream ids that keep labeled and unlabeled draws independent.
@@ -72,22 +73,13 @@ def select_unlabeled(project: Project, names: "Sequence[str] | None") -> list:
     return [by_name[n] for n in names]
 
 
-#: Stage F's model metadata file (``SFRSegmenterLib.finetune.MODEL_META``; not imported here so
-#: that reading pseudo-labels does not load the SAM code).
-SAM_MODEL_META = "sam-model.json"
-
-
-def sam_meta_path(project: Project) -> Path:
-    """The project's default SAM model metadata (``PROJECT/models/sam``: what ``sfr finetune`` writes)."""
-    return project.root / "models" / "sam" / SAM_MODEL_META
-
-
 def check_pseudo_index(project: Project, pseudo_dir: Path, case_names: Sequence[str],
                        sam_model_dir: "Path | None" = None) -> dict:
     """Validate ``pseudo-labels.json`` for ``case_names``; return {case: pseudo-label path}.
 
     ``sam_model_dir`` is the SAM model the pseudo-labels must come from (its ``sam-model.json``
-    must exist); None: the project's default model folder, checked when it exists.
+    must exist); None checks only the project and the files (the caller names the model: ``sfr
+    retrain`` passes ``PROJECT/models/sam`` when a model is there, ``sfr run`` its own stage F).
     Raises :class:`SFRError` naming the stale or missing file.
     """
     pseudo_dir = Path(pseudo_dir)
@@ -106,21 +98,18 @@ def check_pseudo_index(project: Project, pseudo_dir: Path, case_names: Sequence[
         raise SFRError(
             f"stale pseudo-labels: made for project {index.get('project')!r}, not {name!r}", index_path
         )
-    if sam_model_dir is None:
-        meta_path = sam_meta_path(project)
-        whose = "the project's SAM model"
-    else:
+    meta_path = None
+    if sam_model_dir is not None:
         meta_path = Path(sam_model_dir) / SAM_MODEL_META
-        whose = "the expected SAM model"
         if not meta_path.exists():
             raise SFRError("the SAM model that should have made the pseudo-labels has no metadata", meta_path)
     meta_mtime = None
-    if meta_path.exists():
+    if meta_path is not None:
         meta = read_json(meta_path, "SAM model metadata")
         meta_mtime = meta_path.stat().st_mtime
         if meta.get("model_id") != index.get("model_id"):
             raise SFRError(
-                f"stale pseudo-labels: made by SAM model {index.get('model_id')!r}, {whose} "
+                f"stale pseudo-labels: made by SAM model {index.get('model_id')!r}, the expected SAM model "
                 f"is now {meta.get('model_id')!r}; run 'sfr pseudolabel' again",
                 index_path,
             )

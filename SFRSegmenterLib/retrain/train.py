@@ -78,8 +78,9 @@ def model_record(model, cfg: RetrainConfig, num_classes: int, classes, crop, ext
 def retrain(
     project: Project,
     cfg: RetrainConfig,
+    *,
+    out_dir: Path,
     pseudo_dir: Path | None = None,
-    out_dir: Path | None = None,
     resume: bool = False,
     should_stop: Callable[[], bool] | None = None,
     unlabeled_cases: list | None = None,
@@ -87,9 +88,10 @@ def retrain(
 ) -> Path:
     """Train ``cfg.network`` on ``project`` and write ``out_dir/model.pt`` (+ ``meta.json``).
 
-    ``pseudo_dir`` (default ``PROJECT/pseudo``) holds stage F's pseudo-labels, used when
-    ``cfg.use_sam``; they must come from the SAM model in ``sam_model_dir`` (default: the
-    project's ``PROJECT/models/sam``, when it exists).  ``unlabeled_cases`` restricts the
+    ``pseudo_dir`` holds stage F's pseudo-labels, required when ``cfg.use_sam``; when
+    ``sam_model_dir`` is given they must come from the SAM model there (same ``model_id``, not
+    saved again since).  Every folder is explicit: only ``sfr retrain`` knows the project's default
+    ones (:mod:`..project_folders`).  ``unlabeled_cases`` restricts the
     unlabeled cases used.  ``should_stop()`` is polled before every iteration: when true the
     state is saved and :class:`Cancelled` raised;
     ``resume=True`` continues from ``out_dir/checkpoint.pt``.  Returns ``out_dir``.
@@ -98,8 +100,10 @@ def retrain(
         raise SFRError(f"unknown SSL method {cfg.ssl!r} (choose from {', '.join(SSL_METHODS)})")
     if cfg.iterations < 1:
         raise SFRError(f"iterations must be at least 1, got {cfg.iterations}")
-    out_dir = Path(out_dir) if out_dir is not None else project.root / "models" / "vnet"
-    pseudo_dir = Path(pseudo_dir) if pseudo_dir is not None else project.root / "pseudo"
+    if cfg.use_sam and pseudo_dir is None:
+        raise SFRError("training with SAM pseudo-labels needs their folder (pseudo_dir); use_sam=False trains without")
+    out_dir = Path(out_dir)
+    pseudo_dir = Path(pseudo_dir) if pseudo_dir is not None else None
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
 

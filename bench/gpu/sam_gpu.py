@@ -150,10 +150,11 @@ def main(argv=None) -> int:
         sample = REPO / "SFRSegmenterLib" / "sample_data" / "hippocampus"
         project = init_project(Path(tmp) / "p", sample / "images", sample / "labels", labeled=2, validation=2)
         t0 = time.monotonic()
-        model_dir = finetune(project, FinetuneConfig(backbone=lite, iterations=iters, device=device.type, save_every=50))
+        model_dir = finetune(project, FinetuneConfig(backbone=lite, iterations=iters, device=device.type, save_every=50),
+                             out_dir=Path(tmp) / "sam")
         ft_s = time.monotonic() - t0
         t0 = time.monotonic()
-        recs = pseudolabel(project, model_dir, device=device.type)
+        recs = pseudolabel(project, model_dir, out_dir=Path(tmp) / "pseudo", device=device.type)
         pl_s = time.monotonic() - t0
         meta = json.loads((model_dir / "sam-model.json").read_text())
     result["end_to_end"] = {

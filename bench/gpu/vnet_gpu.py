@@ -101,7 +101,7 @@ def loop(device, shape, crop, iterations) -> dict:
                                                           "project": "synthetic", "cases": entries})
         cfg = RetrainConfig(iterations=iterations, crop=crop, device=str(device.type), save_every=0)
         t0 = time.perf_counter()
-        out = retrain(project, cfg, out_dir=root / "model")
+        out = retrain(project, cfg, out_dir=root / "model", pseudo_dir=root / "pseudo")
         total = time.perf_counter() - t0
         meta = json.loads((out / "meta.json").read_text())
     return {"iterations": iterations, "loop_seconds": meta["seconds"], "s_per_iteration": meta["seconds"] / iterations,
