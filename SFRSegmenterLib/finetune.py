@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -34,7 +34,7 @@ from .io import atomic_path, read_image, read_json, read_label
 from .manifest import Project, write_json_atomic
 from .sam import augment
 from .sam.checkpoints import load_state_dict, sha256_file
-from .sam.config import _RESUME_KEYS, FinetuneConfig  # noqa: F401 (FinetuneConfig: public here too)
+from .sam.config import _RESUME_KEYS, FinetuneConfig, resolved_warmup  # noqa: F401 (FinetuneConfig: public here too)
 from .sam.layout import Layout, resolve_layout
 from .project_folders import SAM_MODEL_META
 from .sam.loss import dice_ce_loss
@@ -189,8 +189,9 @@ def finetune(
     spec = get_spec(cfg.backbone)
     if cfg.iterations < 1 or cfg.batch_size < 1 or cfg.save_every < 1:
         raise SFRError("iterations, batch size and save interval must be >= 1")
-    if cfg.warmup < 0:
+    if cfg.warmup is not None and cfg.warmup < 0:
         raise SFRError(f"warm-up must be >= 0 iterations, got {cfg.warmup}")
+    cfg = replace(cfg, warmup=resolved_warmup(cfg))  # the metadata and resume check record the number
     if cfg.lora_rank < 0:
         raise SFRError(f"LoRA rank must be >= 0 (0: frozen encoder), got {cfg.lora_rank}")
     if cfg.preprocess is not None and cfg.preprocess not in PREPROCESS_METHODS:

@@ -100,3 +100,19 @@ def test_learning_rate_warm_up_ramps_then_decays(trained, tmp_path):
     with pytest.raises(SFRError, match="warm-up"):
         finetune(project, FinetuneConfig(backbone="tiny_test", iterations=1, warmup=-1, device="cpu"),
                  out_dir=tmp_path / "bad")
+
+
+def test_default_warm_up_is_min_50_and_a_sixth_of_the_run_and_recorded(trained, tmp_path):
+    """The default (None) warms up over min(50, iterations // 6) steps; the model records the number."""
+    from SFRSegmenterLib.sam.config import resolved_warmup
+
+    assert FinetuneConfig().warmup is None
+    assert resolved_warmup(FinetuneConfig()) == 50  # 6000 iterations
+    assert resolved_warmup(FinetuneConfig(iterations=300)) == 50
+    assert resolved_warmup(FinetuneConfig(iterations=120)) == 20
+    assert resolved_warmup(FinetuneConfig(iterations=5)) == 0
+    assert resolved_warmup(FinetuneConfig(iterations=300, warmup=0)) == 0  # explicit: as given
+    finetune(trained[0], FinetuneConfig(backbone="tiny_test", iterations=12, device="cpu", embedding_cache=2,
+                                        lora_rank=0), out_dir=tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "sam-model.json").read_text())
+    assert meta["config"]["warmup"] == 2

@@ -1,7 +1,7 @@
 """Stage F quality on real data: Dice of the fine-tuned SAM alone (SFR_FT) on LA or hippocampus.
 
     python bench/sam_quality.py [--dataset la|hippocampus] [--labeled 1 16] [--seeds 1337 1]
-                                [--option KEY=VALUE ...] [--tag NAME] [--resume] [--threads 1] [--smoke]
+                                [--option KEY=VALUE ...] [--tag NAME] [--resume | --score-only] [--threads 1] [--smoke]
 
 Hippocampus (Medical Segmentation Decathlon Task04, 2 structures): the first N cases of the
 shared data's sorted list are labeled, 20 cases after the first 40 are validation.
@@ -52,7 +52,12 @@ def run_one(project, n, args, cache, work, seed=1337):
         **args.options,
     )
     t0 = time.monotonic()
-    model_dir = finetune(project, cfg, out_dir=work / f"model_n{n}_s{seed}", resume=args.resume)
+    model_dir = work / f"model_n{n}_s{seed}"
+    if args.score_only:  # a model trained earlier (maybe by older code), scored with this code
+        if not (model_dir / "sam-model.json").exists():
+            raise SystemExit(f"{model_dir}: no trained model to score (--score-only)")
+    else:
+        model_dir = finetune(project, cfg, out_dir=model_dir, resume=args.resume)
     train_s = time.monotonic() - t0
     meta = json.loads((model_dir / "sam-model.json").read_text())
     model = load_sam_model(model_dir, "cpu")
@@ -168,6 +173,8 @@ def main(argv=None) -> int:
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="extra FinetuneConfig field (JSON value), e.g. orientation_augment=true")
     ap.add_argument("--tag", default="", help="results go to sam_quality_TAG.{json,md}")
+    ap.add_argument("--score-only", action="store_true",
+                    help="do not train: score the models already in --work (model_nN_sS) with this code")
     ap.add_argument("--resume", action="store_true",
                     help="continue a model in --work; a finished one (same settings) is kept and only scored again "
                          "with this code")
