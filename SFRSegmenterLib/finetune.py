@@ -32,11 +32,11 @@ from .device import describe_device, resolve_device
 from .errors import Cancelled, SFRError
 from .io import atomic_path, read_image, read_json, read_label
 from .manifest import Project, write_json_atomic
+from .project_folders import SAM_MODEL_META
 from .sam import augment
 from .sam.checkpoints import load_state_dict, sha256_file
 from .sam.config import _RESUME_KEYS, FinetuneConfig, resolved_warmup  # noqa: F401 (FinetuneConfig: public here too)
 from .sam.layout import Layout, resolve_layout
-from .project_folders import SAM_MODEL_META
 from .sam.loss import dice_ce_loss
 from .sam.model import set_grad_checkpointing, train_mode, trainable_parts
 from .sam.preprocess import METHODS as PREPROCESS_METHODS

@@ -16,6 +16,7 @@ writes ``review.json`` once every process has written its cases' files.
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -104,10 +105,6 @@ def review_folder(model_dir: "str | os.PathLike", images, out_dir: "str | os.Pat
     paths = case_paths(images)
     out_dir = Path(out_dir)
     refuse_overwriting_inputs(out_dir, paths, CASE_SUFFIXES, paths.values())
-    def load(dev):
-        model = load_model(model_dir, dev)
-        out_dir.mkdir(parents=True, exist_ok=True)  # after the model loaded: a bad one leaves nothing
-        return model
 
     def work(model, name):
         image = read_image(paths[name])
@@ -116,7 +113,7 @@ def review_folder(model_dir: "str | os.PathLike", images, out_dir: "str | os.Pat
         write_case_maps(review, image, out_dir)
         return judged_entry(review, image, tau, min_structure_mm3)
 
-    with each_case(paths, device, "confidence", load, work,
+    with each_case(paths, device, "confidence", partial(load_model, model_dir), work, out_dir,
                    note=lambda e: {"confidence": e["confidence"]}) as (shard, model, entries):
         result = {"model": str(Path(model.sfr_meta["path"]).resolve()), "params": params,
                   "cases": list(entries.values())}

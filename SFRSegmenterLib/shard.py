@@ -19,6 +19,7 @@ import datetime as _dt
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 #: How long a process waits for the others at the final meeting (they may still be working on
@@ -137,8 +138,9 @@ def voxel_counts(paths: Mapping[str, "str | os.PathLike"]) -> dict:
 
 
 @contextmanager
-def each_case(paths: Mapping[str, "str | os.PathLike"], device: str, what: str, load, work, note=None):
-    """The per-case loop of ``predict`` and ``review``: ``load(device)`` gives the model once, then
+def each_case(paths: Mapping[str, "str | os.PathLike"], device: str, what: str, load, work, out_dir, note=None):
+    """The per-case loop of ``predict`` and ``review``: ``load(device)`` gives the model once (only
+    then is ``out_dir`` created, so a model that does not load leaves nothing behind), then
     ``work(model, name)`` runs on this process's share of ``paths`` under a progress bar named
     ``what`` (``note(result)``: extra fields for its updates).
 
@@ -151,6 +153,7 @@ def each_case(paths: Mapping[str, "str | os.PathLike"], device: str, what: str, 
         sizes = voxel_counts(paths) if shard.world > 1 else {}
         own = shard.mine(list(paths), sizes)
         model = load(shard.device)
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
         results = {}
         bar = events.Progress(what, len(own)) if shard.main else None
         for i, name in enumerate(own):

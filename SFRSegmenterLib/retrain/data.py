@@ -98,13 +98,11 @@ def check_pseudo_index(project: Project, pseudo_dir: Path, case_names: Sequence[
         raise SFRError(
             f"stale pseudo-labels: made for project {index.get('project')!r}, not {name!r}", index_path
         )
-    meta_path = None
+    meta_path = meta_mtime = None
     if sam_model_dir is not None:
         meta_path = Path(sam_model_dir) / SAM_MODEL_META
         if not meta_path.exists():
             raise SFRError("the SAM model that should have made the pseudo-labels has no metadata", meta_path)
-    meta_mtime = None
-    if meta_path is not None:
         meta = read_json(meta_path, "SAM model metadata")
         meta_mtime = meta_path.stat().st_mtime
         if meta.get("model_id") != index.get("model_id"):

@@ -11,6 +11,7 @@ a time; the accumulator lives in host memory.
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -152,16 +153,11 @@ def predict_folder(model_dir, images_dir_or_paths, out_dir, stride=None, device=
     resolve_stride(window or PAPER_WINDOW, stride, overlap)  # bad values fail before any work
     refuse_overwriting_inputs(out_dir, paths, (".nii.gz", "_confidence.nii.gz"), paths.values())
 
-    def load(dev):
-        model = load_model(model_dir, dev)
-        out_dir.mkdir(parents=True, exist_ok=True)  # after the model loaded: a bad one leaves nothing
-        return model
-
     def work(model, name):
         return _predict_case(model, paths[name], inside(out_dir, f"{name}.nii.gz"),
                              inside(out_dir, f"{name}_confidence.nii.gz"), window, stride, batch, overlap, blend)
 
-    with each_case(paths, device, "predict", load, work) as (_, _, results):
+    with each_case(paths, device, "predict", partial(load_model, model_dir), work, out_dir) as (_, _, results):
         return results
 
 
