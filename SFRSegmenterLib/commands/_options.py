@@ -117,3 +117,12 @@ def add_window_batch(parser, default: int) -> None:
 
 def add_crop(parser, text: str) -> None:
     parser.add_argument("--crop", type=int, nargs=3, metavar=("D", "H", "W"), help=text)
+
+
+OVERWRITE_HELP = ("replace existing files in the output that sfr did not write (never a project's images "
+                  "or labels); without it such a file stops the command before any work")
+
+
+def add_overwrite(p) -> None:
+    """``--overwrite``: the one way to let a command replace files it did not write (:mod:`..io.outputs`)."""
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)

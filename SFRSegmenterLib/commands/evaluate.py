@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-
+from ._options import add_overwrite
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -21,12 +21,13 @@ def add_parser(sub) -> None:
     p.add_argument("--json", nargs="?", const=True, default=False, metavar="FILE",
                    help="print the report as JSON on stdout instead of the table ('--json FILE', the old "
                    "form, writes FILE like --out)")
+    add_overwrite(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from ..evaluation import evaluate_folders, format_table  # scipy: only when evaluating
-    from ..io import check_output, protect_folder
+    from ..io import check_output, guard_output, protect_folder
     from ..manifest import write_json_atomic
 
     out = args.out or (args.json if isinstance(args.json, str) else None)
@@ -37,6 +38,7 @@ def run(args) -> int:
     protect_folder(args.pred, "a prediction this command reads")
     protect_folder(args.gt, "a ground-truth label this command reads")
     if out:
+        guard_output(out, args.overwrite, file=True, related=[args.pred, args.gt])
         check_output(out)  # before the work: an input named as output is refused at once
     report = evaluate_folders(args.pred, args.gt)
     if args.json is True:

@@ -7,7 +7,7 @@ from ..manifest import load_project
 from ..sam import BACKBONE_NAMES, BACKBONES
 from ..sam.config import FinetuneConfig as C
 from ..sam.preprocess import METHODS as PREPROCESS_METHODS
-from ._options import add_device, add_json, add_seed, add_threads, default, print_result, with_default
+from ._options import add_device, add_json, add_overwrite, add_seed, add_threads, default, print_result, with_default
 
 
 def add_parser(sub) -> None:
@@ -54,6 +54,7 @@ def add_parser(sub) -> None:
     add_threads(p)
     add_device(p)
     p.add_argument("--out", help="model folder (default PROJECT/models/sam)")
+    add_overwrite(p)
     p.add_argument("--resume", action="store_true", help="continue from the last save in the model folder")
     add_json(p, "the model metadata summary")
     p.set_defaults(func=run)
@@ -102,6 +103,10 @@ def run(args) -> int:
         threads=args.threads,
     )
     project = load_project(args.project)
+    if args.out:  # a folder of the user's choosing: replaced only if sfr wrote it (or --overwrite)
+        from ..io import guard_output
+
+        guard_output(args.out, args.overwrite, related=[project.root])
     from .. import project_folders
 
     out = finetune(project, cfg, out_dir=args.out or project_folders.sam_model_dir(project), resume=args.resume)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._options import add_device, add_threads, add_window_batch
+from ._options import add_device, add_overwrite, add_threads, add_window_batch
 
 
 def add_parser(sub) -> None:
@@ -19,6 +19,7 @@ def add_parser(sub) -> None:
     p.add_argument("--model", required=True, help="model folder (with model.pt) or model.pt itself")
     p.add_argument("--images", required=True, nargs="+", help="folder of images, or image files")
     p.add_argument("--out", required=True, help="output folder")
+    add_overwrite(p)
     add_window_arguments(p)
     p.add_argument("--json", action="store_true", help="print the per-case results as JSON")
     p.set_defaults(func=run)
@@ -94,7 +95,7 @@ def run(args) -> int:
     from ..shard import is_main_process
 
     images = window_images(args)
-    _check_outputs(images, args.out)
+    _check_outputs(images, args.out, args.model, args.overwrite)
     res = predict_folder(args.model, images, args.out, stride=args.stride, device=args.device,
                          window=args.window, batch=args.window_batch)
     if not is_main_process():  # under torchrun only rank 0 reports (every rank has all results)
@@ -107,15 +108,25 @@ def run(args) -> int:
     return 0
 
 
-def _check_outputs(images, out) -> None:
-    """Inputs are sacred: the images read and any project image or label are never an output."""
-    from pathlib import Path
+def guard_outputs(images, out, model, overwrite: bool) -> None:
+    """The output rule of ``predict`` and ``review`` (:mod:`..io.outputs`): ``--out`` claimed, the
+    projects of the model, the images and the output protected, the images read protected."""
+    from ..io import guard_output, protect_folder
 
-    from ..io import check_outputs, protect, protect_folder
-    from ..retrain.inference import case_paths
-
+    guard_output(out, overwrite, related=[model, *(images if isinstance(images, list) else [images])])
     for item in images if isinstance(images, list) else [images]:
         protect_folder(item, "an input image of this command")
+
+
+def _check_outputs(images, out, model, overwrite: bool) -> None:
+    """Inputs are sacred: the images read and any project image or label are never an output; in
+    ``--out`` only files sfr wrote are replaced (unless ``--overwrite``)."""
+    from pathlib import Path
+
+    from ..io import check_outputs, protect
+    from ..retrain.inference import case_paths
+
+    guard_outputs(images, out, model, overwrite)
     protect([Path(out) / "model.pt"], "the model this command reads")
     names = case_paths(images)
     check_outputs(Path(out) / f"{name}{suffix}" for name in names for suffix in (".nii.gz", "_confidence.nii.gz"))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..manifest import load_project
-from ._options import add_device, add_json, add_threads, add_window_batch, print_result
+from ._options import add_device, add_json, add_overwrite, add_threads, add_window_batch, print_result
 
 
 def add_parser(sub) -> None:
@@ -18,6 +18,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("project", help="project folder (with sfr-project.json)")
     p.add_argument("--out", help="output folder (default PROJECT/pseudo)")
+    add_overwrite(p)
     p.add_argument("--model", help="fine-tuned model folder (default PROJECT/models/sam)")
     p.add_argument("--cases", nargs="+", metavar="CASE", help="only these cases (default: every unlabeled case)")
     p.add_argument("--overlap", type=float, default=0.25, help="window overlap fraction in [0, 1) (default 0.25)")
@@ -38,6 +39,10 @@ def run(args) -> int:
     from .. import project_folders
 
     project = load_project(args.project)
+    if args.out:  # a folder of the user's choosing: replaced only if sfr wrote it (or --overwrite)
+        from ..io import guard_output
+
+        guard_output(args.out, args.overwrite, related=[project.root, args.model])
     results = pseudolabel(
         project,
         model_dir=args.model or project_folders.sam_model_dir(project),

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .. import jobs
 from ..errors import SFRError
+from ._options import add_overwrite
 
 
 def add_parser(sub) -> None:
@@ -18,6 +19,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("run", help="run folder, or project folder for its latest run")
     p.add_argument("--out", help="HTML file to write (default RUN/report.html)")
+    add_overwrite(p)
     p.set_defaults(func=run)
 
 
@@ -35,6 +37,11 @@ def resolve_run(path) -> Path:
 def run(args) -> int:
     from ..report import write_report
 
-    out = write_report(resolve_run(args.run), args.out)  # its inputs are protected by the report
+    from ..io import guard_output
+
+    run_dir = resolve_run(args.run)
+    if args.out:  # a file of the user's choosing: replaced only if sfr wrote it (or --overwrite)
+        guard_output(args.out, args.overwrite, file=True, related=[run_dir])
+    out = write_report(run_dir, args.out)  # its inputs are protected by the report
     print(out)
     return 0

@@ -9,6 +9,7 @@ import os
 
 from .. import events
 from ..manifest import load_project
+from ._options import add_overwrite
 
 
 def add_parser(sub) -> None:
@@ -60,6 +61,7 @@ def add_parser(sub) -> None:
     p.add_argument("--save-every", type=int, default=default(C, "save_every"),
                    help=with_default("checkpoint every N iterations (0: only at the end)", C, "save_every"))
     p.add_argument("--out", help="output folder (default PROJECT/models/vnet)")
+    add_overwrite(p)
     p.add_argument("--sam-model", metavar="DIR",
                    help="the SAM model folder the pseudo-labels must come from; they are refused as stale if "
                         "another model made them or it was saved again since (default PROJECT/models/sam "
@@ -76,6 +78,10 @@ def run(args) -> int:
     if int(os.environ.get("RANK", "0")) > 0:
         events.configure("none")
     project = load_project(args.project)
+    if args.out:  # a folder of the user's choosing: replaced only if sfr wrote it (or --overwrite)
+        from ..io import guard_output
+
+        guard_output(args.out, args.overwrite, related=[project.root])
     cfg = RetrainConfig(
         network=args.network,
         ssl=args.ssl,

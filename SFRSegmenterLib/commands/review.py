@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from ..shard import is_main_process
-from .predict import add_window_arguments, window_images
+from ._options import add_overwrite
+from .predict import add_window_arguments, guard_outputs, window_images
 
 
 def add_parser(sub) -> None:
@@ -25,6 +26,7 @@ def add_parser(sub) -> None:
     p.add_argument("--model", required=True, help="model folder (with model.pt) or model.pt itself")
     p.add_argument("--images", required=True, nargs="+", help="folder of images, or image files")
     p.add_argument("--out", required=True, help="output folder")
+    add_overwrite(p)
     p.add_argument("--tau", type=float, help=with_default("case confidence threshold for trusted cases", R, "tau"))
     p.add_argument("--flag-k", type=int, metavar="K", help=with_default("flagged slices per case", R, "flag_k"))
     p.add_argument("--voxel-threshold", type=float,
@@ -40,9 +42,14 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..review import review_folder
+    from pathlib import Path
+
+    from ..io import check_output
+    from ..review import REVIEW_JSON, review_folder
 
     images = window_images(args)
+    guard_outputs(images, args.out, args.model, args.overwrite)
+    check_output(Path(args.out) / REVIEW_JSON)  # before the work
     given = {"tau": args.tau, "k": args.flag_k, "voxel_threshold": args.voxel_threshold,
              "ranking": args.ranking, "min_structure_mm3": args.min_structure_mm3}
     result = review_folder(args.model, images, args.out, device=args.device, window=args.window,

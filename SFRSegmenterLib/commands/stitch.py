@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from ..errors import SFRError
 from ..sam import BACKBONES
-from ..io import check_output, protect, read_image, read_label
+from ..io import check_output, guard_output, protect, read_image, read_label
 from ..stitching import IGNORE_INDEX, make_plan, stitch
 from ..visual import overlay_rgb, save_png, side_by_side, to_uint8
-from ._options import add_json, print_result
+from ._options import add_json, add_overwrite, print_result
 
 
 def add_parser(sub) -> None:
@@ -26,6 +26,7 @@ def add_parser(sub) -> None:
     p.add_argument("--scale", type=float, help="in-plane scale of the slices (e.g. 0.5)")
     p.add_argument("--pad", type=int, help="padding per side of each slice in its cell")
     p.add_argument("--out", help="PNG file to write")
+    add_overwrite(p)
     add_json(p, "the stitching plan")
     p.set_defaults(func=run)
 
@@ -33,6 +34,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     protect([args.volume, args.label], "an input volume of this command")
     if args.out:
+        guard_output(args.out, args.overwrite, file=True, related=[args.volume, args.label])
         check_output(args.out)  # before the work: an input named as output is refused at once
     image = read_image(args.volume)
     label = read_label(args.label, image) if args.label else None

@@ -7,7 +7,7 @@ kept as SimpleITK reports it, in physical ``(x, y, z)`` order, and written back 
 
 Modules: :mod:`.volume` (the ``Volume`` type, file endings, case names), :mod:`.read` (reading
 and checking), :mod:`.write` (writing volumes), :mod:`.guard` (no writer replaces an input),
-:mod:`.files` (the one atomic writer, the one JSON reader, checksums).  Every name is importable
+:mod:`.outputs` (the ``--out`` rule: replace only what sfr wrote), :mod:`.files` (the one atomic writer, the one JSON reader, checksums).  Every name is importable
 from ``SFRSegmenterLib.io`` as before.
 """
 
@@ -45,10 +45,11 @@ from .volume import (
     volume_entry,
     volume_suffix,
 )
+from .outputs import RECORD_FILE, guard_output
 from .write import write_segmentation, write_volume
 
 __all__ = [
-    "DIRECTION_ATOL", "MANIFEST_FILE", "ORIGIN_ATOL_MM", "SPACING_RTOL", "VOLUME_SUFFIXES", "VOXEL_BUDGET", "Volume",
+    "DIRECTION_ATOL", "MANIFEST_FILE", "RECORD_FILE", "guard_output", "ORIGIN_ATOL_MM", "SPACING_RTOL", "VOLUME_SUFFIXES", "VOXEL_BUDGET", "Volume",
     "atomic_path", "case_name", "check_output", "check_outputs", "check_same_geometry", "default_file_mode", "inside",
     "is_volume_file", "protect", "protect_folder", "protecting", "read_header", "read_image", "read_json", "read_label",
     "read_segmentation", "sha256_file", "volume_entry", "volume_suffix", "voxel_budget", "write_json_atomic",

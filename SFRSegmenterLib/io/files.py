@@ -34,6 +34,9 @@ class _atomic_path:
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
             os.replace(self.tmp, self.path)
+            from .outputs import note_written  # (outputs imports this module)
+
+            note_written(self.path)
         else:
             self.tmp.unlink(missing_ok=True)
         return False

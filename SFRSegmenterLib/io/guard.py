@@ -115,7 +115,8 @@ def check_output(path: "str | os.PathLike", manifest: bool = False) -> None:
 
     Inputs: files given to :func:`protect`, a project manifest (unless ``manifest``: the
     manifest's own writer), and the images and labels of any project whose folder holds
-    ``path``.
+    ``path``.  In a folder a command claimed (:mod:`.outputs`), an existing file ``sfr`` did not
+    write is refused too.
     """
     global LAST_OUTPUT
     LAST_OUTPUT = os.fspath(path)
@@ -130,6 +131,9 @@ def check_output(path: "str | os.PathLike", manifest: bool = False) -> None:
         for key in keys:
             if key in inputs:
                 raise SFRError(f"refusing to overwrite {inputs[key]}; choose another output", path)
+    from .outputs import check_replace  # (outputs imports this module)
+
+    check_replace(path)  # a claimed output folder: only what sfr wrote is replaced
 
 
 def check_outputs(paths: "Iterable[str | os.PathLike]") -> None:

@@ -13,6 +13,7 @@ import SimpleITK as sitk
 from ..errors import SFRError
 from .files import atomic_path
 from .guard import check_outputs
+from .outputs import note_written
 from .volume import Volume, case_name, volume_suffix
 
 def write_segmentation(
@@ -62,9 +63,12 @@ def write_volume(vol: Volume, path: "str | os.PathLike", compress: bool = True) 
     if suffix == ".seg.nrrd":
         return write_segmentation(vol, path)
     if suffix in (".nhdr", ".mhd"):  # header + separate data file: write both in place
-        check_outputs([path] + [path.with_name(case_name(path) + ext) for ext in (".raw", ".raw.gz", ".zraw")])
+        data = [path.with_name(case_name(path) + ext) for ext in (".raw", ".raw.gz", ".zraw")]
+        check_outputs([path] + data)
         path.parent.mkdir(parents=True, exist_ok=True)
         sitk.WriteImage(vol.to_sitk(), str(path), compress)
+        for p in [path] + data:
+            note_written(p)
         return path
     with atomic_path(path) as tmp:
         sitk.WriteImage(vol.to_sitk(), str(tmp), compress)

@@ -128,13 +128,18 @@ def case_paths(images) -> dict:
 
 
 def refuse_overwriting_inputs(out_dir: Path, names, suffixes, inputs) -> None:
-    """Refuse an output file that is one of the input images (before anything is written)."""
+    """Refuse an output file that is one of the input images, or that the output guard refuses
+    (a project's image or label; in a claimed ``--out``, a file sfr did not write), before
+    anything is written."""
+    from ..io import check_output
+
     resolved = {Path(p).resolve() for p in inputs}
     for name in names:
         for suffix in suffixes:
             target = inside(out_dir, f"{name}{suffix}")  # a case name never leads out of --out
             if target.resolve() in resolved:
                 raise SFRError("output would overwrite an input image; choose another --out", target)
+            check_output(target)
 
 
 def predict_folder(model_dir, images_dir_or_paths, out_dir, stride=None, device="auto", window=None, batch: int = 4,
