@@ -14,6 +14,11 @@ Where events go is decided once per process by :func:`configure`: ``json`` write
 stdout (what the Slicer module reads), ``bar`` draws a progress bar on stderr, ``none`` is
 silent, ``auto`` is ``bar`` on a terminal and ``none`` otherwise.  ``add_sink`` adds a file
 (for example ``runs/<id>/events.jsonl``) that receives every event in any mode.
+
+A reader that stops reading never stops the work: the run's files (the sinks) get each event
+first, and in ``json`` mode stdout is written by one writer thread from a bounded queue
+(:mod:`.stdout_queue`); when the reader lags, queued progress events of a stage are coalesced
+into the newest and, once the queue is full, the oldest progress events are dropped.
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ def configure(mode: str = "auto") -> None:
     if mode not in MODES:
         raise ValueError(f"progress mode must be one of {MODES}")
     _MODE = mode
+    if mode == "json":
+        from .stdout_queue import install
+
+        install()  # stdout on a real pipe: written by a thread, never blocking the work
 
 
 def mode() -> str:
@@ -61,15 +70,16 @@ def emit(event: str, **fields) -> dict:
     record = {"event": event, **fields, "time": utcnow()}
     line = json.dumps(record, default=_jsonable)
     with _LOCK:
-        if mode() == "json":
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
-        for sink in list(_SINKS):
+        for sink in list(_SINKS):  # the run's files first
             if callable(sink):
                 sink(record)
             else:
                 sink.write(line + "\n")
                 sink.flush()
+        if mode() == "json":
+            from .stdout_queue import write_event
+
+            write_event(line + "\n", event, fields.get("stage"))
     return record
 
 
