@@ -43,7 +43,7 @@ from .sam.preprocess import METHODS as PREPROCESS_METHODS
 from .sam.preprocess import normalize
 from .sam.registry import build_segmenter, count_parameters, get_spec
 from .stitching import IGNORE_INDEX, stitch
-from .training import check_same_run, differences, read_state, save_due
+from .training import check_finite_loss, check_finite_weights, check_same_run, differences, read_state, save_due
 
 MODEL_META = SAM_MODEL_META  # one name, in project_folders.py
 PARTS_FILE = "sam_parts.pt"
@@ -59,6 +59,10 @@ class _Case:
     image: np.ndarray  # normalised float32 [D, H, W]
     label: np.ndarray  # uint8 [D, H, W]
     source: str = "labeled"
+
+
+#: How a user lowers stage F's learning rate (named when training diverges).
+LR_OPTION = "sfr finetune --lr, sfr run --sam-option lr=..."
 
 
 def _load_cases(project: Project, extra_labeled, method: str) -> list:
@@ -284,8 +288,9 @@ def finetune(
     meta["bf16"] = bf16
 
     def save(done: int, seconds: float) -> None:
-        out_dir.mkdir(parents=True, exist_ok=True)
         parts = trainable_parts(model)
+        check_finite_weights(parts.values(), "fine-tuning", done, out_dir, LR_OPTION)
+        out_dir.mkdir(parents=True, exist_ok=True)
         # the files the metadata points at stay (as *.prev) until the new metadata is written, so a
         # kill anywhere in here leaves a resumable folder
         for name in (PARTS_FILE, STATE_FILE):
@@ -343,12 +348,10 @@ def finetune(
             with _autocast(device, bf16):
                 logits = model.upsample(model.decode(emb))
         loss = dice_ce_loss(logits.float(), y)
+        value = check_finite_loss(loss.detach(), "fine-tuning", it, out_dir, LR_OPTION)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        value = float(loss.detach())
-        if not np.isfinite(value):
-            raise RuntimeError(f"loss became {value} at iteration {it}")
         meta["loss_curve"].append(round(value, 6))
         progress.update(it + 1, loss=value, lr=lr, **balance.update(it, logits, y))
         if save_due(it + 1, cfg.save_every, cfg.iterations):

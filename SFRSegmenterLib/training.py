@@ -50,3 +50,28 @@ def save_due(done: int, every: int, total: int) -> bool:
     """Save after iteration ``done`` (1-based) of ``total``: every ``every`` iterations and at the
     end (``every`` 0: only at the end)."""
     return done == total or (every > 0 and done % every == 0)
+
+
+def check_finite_loss(value: float, stage: str, iteration: int, where: "str | os.PathLike", option: str) -> float:
+    """``value`` when finite; else stop the stage with one line (nothing saved from this step on,
+    so the last saved checkpoint stays the last good one)."""
+    import math
+
+    value = float(value)
+    if not math.isfinite(value):
+        raise SFRError(f"{stage} diverged: the loss became {value} at iteration {iteration + 1}; stopped, the "
+                       f"last good checkpoint is kept and nothing non-finite is published (lower the learning "
+                       f"rate: {option})", where)
+    return value
+
+
+def check_finite_weights(tensors, stage: str, iteration: int, where: "str | os.PathLike", option: str) -> None:
+    """Stop the stage with one line before saving ``tensors`` (a state dict's values: weights and
+    buffers such as batch-norm statistics) when one holds NaN or infinity."""
+    import torch
+
+    bad = sum(int(not torch.isfinite(t.detach()).all()) for t in tensors if t.is_floating_point())
+    if bad:
+        raise SFRError(f"{stage} diverged: {bad} weight tensor(s) became non-finite by iteration {iteration}; "
+                       f"stopped before saving, the last good checkpoint is kept (lower the learning rate: "
+                       f"{option})", where)

@@ -25,7 +25,7 @@ from ..errors import Cancelled, SFRError
 from ..io import atomic_path, write_json_atomic
 from ..manifest import Project
 from ..shard import dist_info as _dist_info
-from ..training import check_same_run, differences, read_state, save_due
+from ..training import check_finite_loss, check_finite_weights, check_same_run, differences, read_state, save_due
 from . import data as D
 from .networks import build_network, count_parameters, required_multiple
 from .ssl import SSL_METHODS, StepContext, build_method, seg_loss
@@ -38,6 +38,10 @@ from .config import LA_CROP, RetrainConfig  # noqa: F401 (RetrainConfig: public 
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+#: How a user lowers stage R's learning rate (named when training diverges).
+LR_OPTION = "sfr retrain --lr, sfr run --vnet-option lr=..."
 
 
 def _seed_int(*parts) -> int:
@@ -198,6 +202,7 @@ def _retrain(project, cfg, pseudo_dir, out_dir, resume, should_stop, unlabeled_n
     }
 
     def save_checkpoint(iteration: int) -> None:
+        check_finite_weights(_unwrap(model).state_dict().values(), "re-training", iteration, out_dir, LR_OPTION)
         if rank == 0:
             atomic_torch_save(
                 {
@@ -263,6 +268,7 @@ def _retrain(project, cfg, pseudo_dir, out_dir, resume, should_stop, unlabeled_n
             if unsup is not None:
                 loss = loss + unsup
             logs.update(mlogs)
+        value = check_finite_loss(loss.detach(), "re-training", it, out_dir, LR_OPTION)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -270,7 +276,7 @@ def _retrain(project, cfg, pseudo_dir, out_dir, resume, should_stop, unlabeled_n
         done = it + 1
         logs.update(balance.update(it, watched, targets.to(watched.device)))
         if bar is not None:
-            bar.update(done, loss=loss.item(), lr=lr, **logs)
+            bar.update(done, loss=value, lr=lr, **logs)
         if save_due(done, cfg.save_every, cfg.iterations) and done < cfg.iterations:  # the last one below
             save_checkpoint(done)
     save_checkpoint(cfg.iterations)
