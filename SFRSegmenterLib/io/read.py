@@ -279,8 +279,10 @@ def read_header(path: "str | os.PathLike") -> dict:
 def read_segmentation(path: "str | os.PathLike") -> Volume:
     """Read a Slicer ``.seg.nrrd`` into one label map (segment label values kept).
 
-    Overlapping segments stored in several layers are flattened in segment order (a later
-    segment wins), which is what Slicer's "export to labelmap" does.
+    Overlapping segments stored in several layers (slicerio gives them as ``(layer, i, j, k)``)
+    are flattened in segment order (a later segment wins), which is what Slicer's "export to
+    labelmap" does; when label values repeat across layers, the segments are numbered 1..N in
+    their order instead.
     """
     import slicerio
 
@@ -294,18 +296,15 @@ def read_segmentation(path: "str | os.PathLike") -> Volume:
     voxels = np.asarray(seg["voxels"])
     ijk_to_lps = np.asarray(seg["ijkToLPS"], dtype=float)
     segments = seg.get("segments", [])
-    if voxels.ndim == 4:  # layers along the last axis (i, j, k, layer)
-        flat = np.zeros(voxels.shape[:3], dtype=np.int16)
-        for s in segments:
-            layer = int(s.get("layer", 0))
-            flat[voxels[..., layer] == int(s["labelValue"])] = int(s["labelValue"])
-        voxels = flat
+    values = [int(s["labelValue"]) for s in segments]
+    if voxels.ndim == 4:
+        voxels, values = _flatten_layers(voxels, segments, values, path)
     if voxels.ndim != 3:
         raise SFRError(f"expected a 3D segmentation, got {voxels.ndim}D", path)
     spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
     direction = ijk_to_lps[:3, :3] / spacing[None, :]
     array = np.ascontiguousarray(np.transpose(voxels, (2, 1, 0)))  # (i,j,k) -> [z,y,x]
-    names = {int(s["labelValue"]): s.get("name", f"segment {s['labelValue']}") for s in segments}
+    names = {v: s.get("name", f"segment {v}") for s, v in zip(segments, values)}
     return Volume(
         array,
         tuple(float(s) for s in spacing),
@@ -314,3 +313,18 @@ def read_segmentation(path: "str | os.PathLike") -> Volume:
         str(path),
         names,
     )
+
+
+def _flatten_layers(voxels: np.ndarray, segments: list, values: list, path: Path) -> tuple:
+    """One ``(i, j, k)`` label map from slicerio's layered ``(layer, i, j, k)`` voxels, and the
+    value of each segment in it (see :func:`read_segmentation`)."""
+    if len(set(values)) != len(values):  # the same value in two layers: two segments, two values
+        values = list(range(1, len(segments) + 1))
+    flat = np.zeros(voxels.shape[1:], dtype=np.int16)
+    for s, value in zip(segments, values):
+        layer = int(s.get("layer", 0))
+        if not 0 <= layer < voxels.shape[0]:
+            raise SFRError(f"segment {s.get('name')!r} is in layer {layer}, but the file has {voxels.shape[0]} layers",
+                           path)
+        flat[voxels[layer] == int(s["labelValue"])] = value
+    return flat, values

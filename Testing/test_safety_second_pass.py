@@ -1,0 +1,41 @@
+"""Engine safety, second pass (issue 24, items 4, 7 and the low items), each through real files and
+real ``sfr`` subprocesses; each test failed on the code before its fix.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+
+from conftest import SAMPLE, run_sfr
+from test_safety import CASES, assert_one_line
+
+IMAGE = SAMPLE / "images" / f"{CASES[0]}.nii.gz"
+
+
+def test_a_seg_nrrd_with_overlapping_segments_in_two_layers_is_read(tmp_path):
+    import slicerio
+
+    from SFRSegmenterLib.io import read_image, read_label
+
+    image = read_image(IMAGE)
+    ijk = np.transpose(image.array, (2, 1, 0))  # slicerio's (i, j, k)
+    seg = slicerio.create_segmentation(ijk.shape, image.ijk_to_world())
+    a = np.zeros(ijk.shape, bool)
+    a[5:20, 5:20, 5:20] = True
+    b = np.zeros(ijk.shape, bool)
+    b[10:25, 10:25, 10:25] = True  # overlaps a: Slicer puts it in a second layer
+    slicerio.add_segment(seg, a, {"name": "anterior"})
+    slicerio.add_segment(seg, b, {"name": "posterior"})
+    assert seg["voxels"].ndim == 4 and seg["voxels"].shape[0] == 2  # layers first
+    path = tmp_path / "overlap.seg.nrrd"
+    slicerio.write_segmentation(str(path), seg)
+    label = read_label(path, image)
+    assert label.shape == image.shape
+    assert label.segments == {1: "anterior", 2: "posterior"}
+    counts = {int(v): int(n) for v, n in zip(*np.unique(label.array, return_counts=True))}
+    assert counts[2] == b.sum() and counts[1] == a.sum() - (a & b).sum()  # the later segment wins
+    proc = run_sfr("stitch", IMAGE, "--label", path, "--out", tmp_path / "mosaic.png")
+    assert proc.returncode == 0, proc.stderr
