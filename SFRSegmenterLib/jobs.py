@@ -36,6 +36,8 @@ STATUS_NAME = "status.json"
 STATES = ("starting", "running", "done", "cancelled", "failed")
 #: Exit status of ``sfr run`` when it stopped because cancellation was requested.
 EXIT_CANCELLED = 3
+#: An unreadable lock younger than this may be a run starting; older, it is stale.
+STARTING_LOCK_S = 10
 
 
 def runs_dir(project_root: "str | os.PathLike") -> Path:
@@ -131,7 +133,18 @@ class ProjectLock:
 
     @staticmethod
     def read(path: Path) -> dict | None:
-        return read_json(path, "project lock", missing=None, damaged={})
+        """The lock's record; None when there is no lock, ``{}`` when it is unreadable or malformed
+        (not a JSON object, a pid that is not an integer, a host that is not a name): such a lock
+        is judged like a half-written one (stale once old, see :meth:`_judge`)."""
+        info = read_json(path, "project lock", missing=None, damaged={})
+        if info is None:
+            return None
+        if not isinstance(info, dict):
+            return {}
+        pid, host = info.get("pid"), info.get("host")
+        if isinstance(pid, bool) or not isinstance(pid, int) or not isinstance(host, str):
+            return {}
+        return info
 
     @staticmethod
     def holder_alive(info: dict) -> bool | None:
@@ -148,14 +161,15 @@ class ProjectLock:
         self._judge(info)
 
     def _judge(self, info: dict) -> None:
-        if not info:  # empty/partial lock file: a writer died while creating it
+        if not info:  # empty/partial/malformed lock file: a writer died while creating it, or a hand edit
             try:
                 age = time.time() - self.path.stat().st_mtime
             except FileNotFoundError:
                 return
-            if age < 10:
-                raise SFRError("another run is starting in this project; try again in a moment", self.path)
-            events.log(f"cleared an unreadable stale lock {self.path}", "warning")
+            if age < STARTING_LOCK_S:
+                raise SFRError("the project lock is unreadable or malformed (a run may be starting); try again "
+                               f"in {STARTING_LOCK_S} s, after that it is cleared as stale", self.path)
+            events.log(f"cleared an unreadable or malformed stale lock {self.path}", "warning")
             self.path.unlink(missing_ok=True)
             return
         alive = self.holder_alive(info)

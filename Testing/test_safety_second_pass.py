@@ -39,3 +39,26 @@ def test_a_seg_nrrd_with_overlapping_segments_in_two_layers_is_read(tmp_path):
     assert counts[2] == b.sum() and counts[1] == a.sum() - (a & b).sum()  # the later segment wins
     proc = run_sfr("stitch", IMAGE, "--label", path, "--out", tmp_path / "mosaic.png")
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_malformed_lock_is_one_line_and_cleared_once_stale(tmp_path):
+    import os
+    import socket
+    import time
+
+    from test_safety import TINY, make_project
+
+    root = make_project(tmp_path)
+    lock = root / "runs" / ".lock"
+    lock.parent.mkdir(exist_ok=True)
+    for text in ("[1, 2]", json.dumps({"pid": "abc", "host": socket.gethostname(), "run_id": "x"})):
+        lock.write_text(text)  # fresh: maybe a run starting
+        proc = run_sfr("run", root, *TINY)
+        assert_one_line(proc, str(lock), "malformed")
+        assert lock.read_text() == text
+    old = time.time() - 3600
+    os.utime(lock, (old, old))  # an hour old: stale, cleared with a warning, the run goes on
+    proc = run_sfr("run", root, *TINY)
+    assert proc.returncode == 0, proc.stderr
+    assert "malformed stale lock" in proc.stderr and "Traceback" not in proc.stderr
+    assert not lock.exists()
