@@ -6,7 +6,8 @@ file found there costs the whole fine-tuning.  :func:`check_run` checks up front
 * every case's image: a readable, non-empty volume file, 3D, scalar, an orthonormal grid, under
   the voxel budget (headers only, no voxels read);
 * every labeled case's label: present, readable, on its image's grid, within the classes, and
-  not empty (all background);
+  not empty (all background); the optional label of an unlabeled or validation case (read for
+  the metrics after all training): readable, on its image's grid, within the classes;
 * the V-Net crop: multiples of the network's size step, not larger than the largest volume
   (rounded up to that step; a larger crop would only add padding: refused, not clamped), and its
   batch under the voxel budget;
@@ -46,6 +47,9 @@ def check_run(project: Project, cfg) -> None:
         sizes[case.name] = [int(s) for s in header["size_xyz"][::-1]]  # [z, y, x]
     for case in labeled:
         _check_label(project, case)
+    for case in unlabeled + project.by_role("validation"):
+        if project.label_path(case) is not None:
+            read_label(project.label_path(case), read_image(project.image_path(case)), project.num_classes)
     train = [sizes[c.name] for c in labeled + unlabeled]
     _check_crop(cfg, train)
     _check_writable(project.root)

@@ -62,3 +62,18 @@ def test_a_malformed_lock_is_one_line_and_cleared_once_stale(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "malformed stale lock" in proc.stderr and "Traceback" not in proc.stderr
     assert not lock.exists()
+
+
+def test_an_unlabeled_cases_optional_label_is_checked_before_training(tmp_path):
+    from SFRSegmenterLib.manifest import load_project
+    from test_safety import TINY, make_project
+
+    root = make_project(tmp_path)
+    project = load_project(root)
+    case = project.by_role("unlabeled")[0]
+    label = project.label_path(case)
+    other = next(c for c in CASES if c != case.name)
+    shutil.copy(SAMPLE / "labels" / f"{other}.nii.gz", label)  # another case's grid
+    proc = run_sfr("run", root, *TINY)
+    assert_one_line(proc, str(label), "differs from the size")
+    assert not (root / "runs").exists() or not [p for p in (root / "runs").iterdir() if p.is_dir()]
