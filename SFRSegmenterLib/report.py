@@ -149,7 +149,9 @@ def render(context: dict) -> str:
 
 
 def _project_of(run: Path, cfg: dict):
-    """The run's project, refused unless it is the project that holds the run folder."""
+    """The run's project: the project that holds the run folder.  A project moved or renamed as
+    a whole still reports its runs; a run copied into another project (its cases are not that
+    project's) is refused."""
     from .manifest import load_project
 
     recorded = cfg.get("project")
@@ -159,10 +161,23 @@ def _project_of(run: Path, cfg: dict):
     recorded_path = Path(recorded)
     if not recorded_path.is_absolute() and recorded_path.name == holder.name:
         recorded_path = holder  # a run from before config.json held the absolute path
-    if recorded_path.resolve() != holder or not (holder / "sfr-project.json").is_file():
-        raise SFRError(f"the run belongs to project {recorded}, but lies in {holder}: moved or copied runs "
-                       "cannot be reported (their project's images are elsewhere)", run / "config.json")
-    return load_project(holder)
+    if not (holder / "sfr-project.json").is_file():
+        raise SFRError(f"the run folder does not lie in a project (PROJECT/runs/<id>); it was made in project "
+                       f"{recorded}", run / "config.json")
+    project = load_project(holder)
+    if recorded_path.resolve() != holder:  # moved or renamed: the same project only if it has the run's cases
+        reviewed = {e.get("case") for e in (_json(run / "review.json", {}) or {}).get("cases", [])}
+        missing = sorted(str(c) for c in reviewed - {c.name for c in project.cases})
+        if missing:
+            raise SFRError(f"the run belongs to project {recorded} and reviewed case(s) {', '.join(missing[:3])} "
+                           f"that project {holder} does not have: a run copied between projects cannot be "
+                           "reported", run / "config.json")
+        absent = [c.name for c in project.cases if c.name in reviewed and not project.image_path(c).is_file()]
+        if absent:
+            raise SFRError(f"the run belongs to project {recorded}, but lies in {holder}, whose image(s) of case(s) "
+                           f"{', '.join(absent[:3])} are not there: a copied run cannot be reported without its "
+                           "project's images", run / "config.json")
+    return project
 
 
 def build_report(run_path: "str | Path") -> str:

@@ -77,3 +77,16 @@ def test_an_unlabeled_cases_optional_label_is_checked_before_training(tmp_path):
     proc = run_sfr("run", root, *TINY)
     assert_one_line(proc, str(label), "differs from the size")
     assert not (root / "runs").exists() or not [p for p in (root / "runs").iterdir() if p.is_dir()]
+
+
+def test_a_moved_project_still_reports_its_runs(tmp_path):
+    from test_safety import TINY, make_project
+
+    root = make_project(tmp_path)
+    assert run_sfr("run", root, *TINY).returncode == 0
+    moved = tmp_path / "renamed"
+    root.rename(moved)  # images inside, paths relative: the whole project moved
+    proc = run_sfr("report", moved)
+    assert proc.returncode == 0, proc.stderr
+    run = moved / "runs" / (moved / "runs" / "latest").read_text().strip()
+    assert (run / "report.html").is_file()
