@@ -12,7 +12,8 @@ SCHEMA_VERSION = 1
 ROLES = ("labeled", "unlabeled", "validation")
 
 
-#: Longest case name accepted (output names add suffixes such as ``_confidence.nii.gz``).
+#: Longest case name accepted, in bytes of UTF-8 (file systems limit a file name to 255 bytes,
+#: and output names add suffixes such as ``_confidence.nii.gz``).
 MAX_CASE_NAME = 200
 
 
@@ -28,8 +29,9 @@ def case_name_problem(name) -> str | None:
         return f"{name!r} contains a control character"
     if name != name.strip():
         return f"{name!r} starts or ends with a space"
-    if len(name) > MAX_CASE_NAME:
-        return f"is longer than {MAX_CASE_NAME} characters"
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if size > MAX_CASE_NAME:
+        return f"is {size} bytes long in UTF-8, more than {MAX_CASE_NAME} (a file name holds 255 bytes with its suffixes)"
     return None
 
 

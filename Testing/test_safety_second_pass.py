@@ -90,3 +90,14 @@ def test_a_moved_project_still_reports_its_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr
     run = moved / "runs" / (moved / "runs" / "latest").read_text().strip()
     assert (run / "report.html").is_file()
+
+
+def test_init_counts_the_case_name_limit_in_bytes(tmp_path):
+    from conftest import copy_samples
+
+    images, _ = copy_samples(tmp_path / "data", CASES[:2])
+    name = "\u00e9" * 120  # 120 characters, 240 bytes: fine-tuning failed writing its files before
+    shutil.copy(images / f"{CASES[0]}.nii.gz", images / f"{name}.nii.gz")
+    proc = run_sfr("init", tmp_path / "proj", "--images", images)
+    assert_one_line(proc, "240 bytes", "UTF-8")
+    assert not (tmp_path / "proj").exists()
