@@ -148,6 +148,15 @@ def read_pseudo_index(out_dir: "str | os.PathLike") -> dict:
     return read_json(Path(out_dir) / PSEUDO_JSON, "pseudo-label index", missing={})
 
 
+def check_model_classes(meta: dict, project: Project, model_dir: Path) -> None:
+    """Refuse, in one line, a SAM model fine-tuned for other classes (another project's model)."""
+    classes = meta.get("classes")
+    if isinstance(classes, list) and list(classes) != list(project.classes):
+        raise SFRError(f"this SAM model was fine-tuned on project {meta.get('project')!r} for classes "
+                       f"{', '.join(map(str, classes))}; project {project.name or project.root.name!r} has "
+                       f"{', '.join(project.classes)}: fine-tune a model for this project", model_dir)
+
+
 def pseudolabel(
     project: Project,
     model_dir: "str | os.PathLike",
@@ -167,6 +176,7 @@ def pseudolabel(
     overlap = check_overlap(overlap)
     names = [c.name for c in project.by_role("unlabeled")] if cases is None else list(cases)
     selected = [project.case(n) for n in names]
+    check_model_classes(read_model_meta(model_dir), project, model_dir)
     # inputs are sacred (io.check_output): no image or label of the project, and no file outside
     # out_dir (io.inside), before any work
     check_outputs(inside(out_dir, f"{c.name}{suffix}") for c in selected for suffix in (".nii.gz", "_confidence.nii.gz"))

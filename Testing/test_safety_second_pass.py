@@ -101,3 +101,18 @@ def test_init_counts_the_case_name_limit_in_bytes(tmp_path):
     proc = run_sfr("init", tmp_path / "proj", "--images", images)
     assert_one_line(proc, "240 bytes", "UTF-8")
     assert not (tmp_path / "proj").exists()
+
+
+def test_a_sam_model_of_another_project_with_other_classes_is_refused(tmp_path):
+    from test_safety import TINY, make_project
+
+    a = make_project(tmp_path / "a")
+    assert run_sfr("run", a, *TINY).returncode == 0
+    model = a / "runs" / (a / "runs" / "latest").read_text().strip() / "stages" / "finetune-r0"
+    b = make_project(tmp_path / "b")
+    manifest = json.loads((b / "sfr-project.json").read_text())
+    manifest["classes"][2] = "tumour"  # same number of classes, another meaning
+    (b / "sfr-project.json").write_text(json.dumps(manifest))
+    proc = run_sfr("pseudolabel", b, "--model", model, "--out", tmp_path / "pseudo", "--device", "cpu")
+    assert_one_line(proc, str(model), "fine-tuned on project", "tumour")
+    assert not (tmp_path / "pseudo").exists()
