@@ -33,10 +33,10 @@ class _atomic_path:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
-            os.replace(self.tmp, self.path)
             from .outputs import note_written  # (outputs imports this module)
 
-            note_written(self.path)
+            note_written(self.path, self.tmp)  # recorded first: a kill in between leaves sfr's files
+            os.replace(self.tmp, self.path)
         else:
             self.tmp.unlink(missing_ok=True)
         return False

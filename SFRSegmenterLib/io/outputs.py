@@ -74,7 +74,8 @@ def _written_by_sfr(path: Path) -> bool:
     now = _stamp(path, with_digest=False)
     if now["size"] == entry.get("size") and now["mtime_ns"] == entry.get("mtime_ns"):
         return True
-    return now["size"] == entry.get("size") and _stamp(path)["sha256"] == entry.get("sha256")
+    versions = [entry.get("sha256"), *(entry.get("earlier") or [])]
+    return _stamp(path)["sha256"] in versions
 
 
 def check_replace(path: "str | os.PathLike") -> None:
@@ -92,16 +93,28 @@ def check_replace(path: "str | os.PathLike") -> None:
                    "or choose another --out", path)
 
 
-def note_written(path: "str | os.PathLike") -> None:
-    """Add ``path`` (just written) to the record of its claimed folder, atomically."""
+#: Earlier versions of a file kept in the record (a kill between recording a new version and the
+#: rename that puts it in place leaves the previous version, still sfr's).
+EARLIER_VERSIONS = 4
+
+
+def note_written(path: "str | os.PathLike", content: "str | os.PathLike | None" = None) -> None:
+    """Add ``path`` to the record of its claimed folder, atomically: its contents are ``content``
+    (the atomic writer's temporary file, recorded before the rename puts it in place; a rename
+    keeps the modification time) or ``path`` itself."""
     from .files import write_json_atomic
 
     path = Path(path)
-    if path.name == RECORD_FILE or _claimed(path)[0] is None or not path.is_file():
+    source = Path(content) if content is not None else path
+    if path.name == RECORD_FILE or _claimed(path)[0] is None or not source.is_file():
         return
     with _folder_lock(path.parent):
         files = _read_record(path.parent)
-        files[path.name] = _stamp(path)
+        old = files.get(path.name) if isinstance(files.get(path.name), dict) else {}
+        entry = _stamp(source)
+        earlier = [old.get("sha256"), *(old.get("earlier") or [])]
+        entry["earlier"] = [d for d in dict.fromkeys(earlier) if d and d != entry["sha256"]][:EARLIER_VERSIONS]
+        files[path.name] = entry
         write_json_atomic(path.parent / RECORD_FILE, {"written_by": "sfr", "files": dict(sorted(files.items()))})
 
 
