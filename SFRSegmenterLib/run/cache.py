@@ -1,7 +1,7 @@
 """Reuse by content: finished stages and single cases, keyed by what they were computed from.
 
-A stage has a *key*, the sha256 of what it depends on (file contents, the keys of the stages it
-reads, its part of the configuration; never file times).  :class:`StageCache` runs a stage
+A stage has a *key*, the sha256 of what it depends on (the version of its code, file contents,
+the keys of the stages it reads, its part of the configuration; never file times).  :class:`StageCache` runs a stage
 unless a finished one with its key exists: in this run (skipped), or in an earlier run of the
 project (copied with hard links).  A stage interrupted (cancel, crash, ``kill -9``) runs again in
 its own folder with ``resume=True``.  :class:`CaseCache` does the same for the per-case files of
@@ -23,15 +23,17 @@ from pathlib import Path
 from .. import events, jobs
 from ..errors import Cancelled
 from ..io import inside, read_json, write_json_atomic
+from .versions import stage_version
 
 STAGES_JSON = "stages.json"
 STAGE_JSON = "stage.json"
 CASES_JSON = "cases.json"
 
 
-def make_key(*parts) -> str:
-    """A short sha256 of ``parts`` (JSON, keys sorted)."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode("utf-8")
+def make_key(kind: str, *parts) -> str:
+    """A short sha256 of the stage ``kind``, its code version (:mod:`.versions`) and ``parts``
+    (JSON, keys sorted)."""
+    blob = json.dumps([kind, {"code": stage_version(kind)}, *parts], sort_keys=True, default=str).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()[:20]
 
 
