@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -38,6 +39,10 @@ STATES = ("starting", "running", "done", "cancelled", "failed")
 EXIT_CANCELLED = 3
 
 
+#: A run id as :func:`new_run_id` makes it (UTC time, 4 hex digits): a name, never a path.
+RUN_ID_PATTERN = re.compile(r"\d{8}-\d{6}-[0-9a-f]{4}")
+
+
 def runs_dir(project_root: "str | os.PathLike") -> Path:
     return Path(project_root) / "runs"
 
@@ -46,16 +51,33 @@ def new_run_id() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
+def is_run_id(text) -> bool:
+    return isinstance(text, str) and RUN_ID_PATTERN.fullmatch(text) is not None
+
+
+def check_run_id(run_id: str, where: "str | os.PathLike") -> str:
+    """``run_id`` when it has the engine's run-id pattern; SFRError naming ``where`` otherwise."""
+    if not is_run_id(run_id):
+        shown = run_id if len(run_id) <= 60 else run_id[:57] + "..."
+        raise SFRError(f"{shown!r} is not a run id (YYYYMMDD-HHMMSS-xxxx, a name inside runs/, never a path)",
+                       where)
+    return run_id
+
+
 def latest_run_id(project_root) -> str | None:
+    """The id in ``runs/latest`` (None when there is no run); SFRError when it is not a run id."""
     p = runs_dir(project_root) / "latest"
     try:
         text = p.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return None
-    return text or None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SFRError(f"cannot read the latest-run pointer ({exc})", p) from None
+    return check_run_id(text, p) if text else None
 
 
 def set_latest(project_root, run_id: str) -> None:
+    check_run_id(run_id, runs_dir(project_root) / "latest")
     d = runs_dir(project_root)
     d.mkdir(parents=True, exist_ok=True)
     tmp = d / f".latest-{os.getpid()}"
@@ -65,13 +87,23 @@ def set_latest(project_root, run_id: str) -> None:
 
 def run_dir(project_root, run_id: str | None = None) -> Path:
     """The folder of ``run_id`` (default: the latest run); SFRError when there is none."""
-    rid = run_id or latest_run_id(project_root)
+    rid = check_run_id(run_id, runs_dir(project_root)) if run_id else latest_run_id(project_root)
     if rid is None:
         raise SFRError("no run yet in this project (start one with 'sfr run')", runs_dir(project_root))
     d = runs_dir(project_root) / rid
     if not d.is_dir():
         raise SFRError(f"run {rid} not found", d)
+    if not contained(d, runs_dir(project_root)):
+        raise SFRError(f"run {rid} leads out of the project's runs folder (a link?)", d)
     return d
+
+
+def contained(path: Path, folder: Path) -> bool:
+    """True when ``path``, links resolved, lies inside ``folder`` (links resolved)."""
+    try:
+        return Path(path).resolve().is_relative_to(Path(folder).resolve())
+    except OSError:
+        return False
 
 
 # --------------------------------------------------------------------------- processes

@@ -121,10 +121,10 @@ def run_config(run_path) -> dict:
 
 def latest_status(project_root) -> dict | None:
     """``status.json`` of the project's latest run (``crashed`` when its process is gone), or None."""
-    run_id = jobs.latest_run_id(project_root)
+    run_id = jobs.latest_run_id(project_root)  # SFRError when runs/latest is not a run id
     if run_id is None or not (jobs.runs_dir(project_root) / run_id).is_dir():
         return None
-    status = jobs.read_status(jobs.runs_dir(project_root) / run_id)
+    status = jobs.read_status(jobs.run_dir(project_root, run_id))
     status.setdefault("run_id", run_id)
     return status
 

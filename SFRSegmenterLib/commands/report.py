@@ -26,6 +26,7 @@ def resolve_run(path) -> Path:
     if not path.exists():
         raise SFRError("not found", path)
     if (path / "config.json").exists():
+        jobs.check_run_id(path.resolve().name, path)  # a run folder is named by its id
         return path
     if (path / "sfr-project.json").exists():
         return jobs.run_dir(path)
