@@ -1,8 +1,9 @@
-"""Job control for ``sfr run``: run folders, the project lock, status, cancellation, detaching.
+"""Job control for ``sfr run`` (engine side): the project lock, status, cancellation, detaching.
 
-Files (all JSON written atomically; see ``docs/run.md``)::
+The run folder's names and the ``runs/latest`` pointer are :mod:`.runfolder`'s (re-exported
+here).  The Slicer-side control (what pressing Run does, ending a run) is :mod:`.runcontrol`.
+Files this module writes (JSON written atomically; see ``docs/run.md``)::
 
-    PROJECT/runs/latest              text file: id of the newest run
     PROJECT/runs/.lock               {"pid", "host", "started", "proc_start", "run_id"} while a run writes
     PROJECT/runs/<id>/status.json    {"state", "stage", "step", "total", "eta_s", ...}
     PROJECT/runs/<id>/cancel-request present once ``sfr cancel`` asked the run to stop
@@ -15,11 +16,8 @@ automatically.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
-import re
-import secrets
 import socket
 import subprocess
 import sys
@@ -30,80 +28,25 @@ from . import events
 from .errors import SFRError
 from .clock import utcnow  # noqa: F401 (jobs.utcnow: the run files' timestamps)
 from .io import read_json, write_json_atomic
+from .runfolder import (  # noqa: F401 - the run folder's names and pointer, re-exported for job control
+    RUN_ID_PATTERN,
+    RunFolder,
+    check_run_id,
+    contained,
+    is_run_id,
+    latest_run_id,
+    new_run_id,
+    run_dir,
+    runs_dir,
+    set_latest,
+)
 
 LOCK_NAME = ".lock"
-CANCEL_NAME = "cancel-request"
-STATUS_NAME = "status.json"
+CANCEL_NAME = RunFolder.CANCEL
+STATUS_NAME = RunFolder.STATUS
 STATES = ("starting", "running", "done", "cancelled", "failed")
 #: Exit status of ``sfr run`` when it stopped because cancellation was requested.
 EXIT_CANCELLED = 3
-
-
-#: A run id as :func:`new_run_id` makes it (UTC time, 4 hex digits): a name, never a path.
-RUN_ID_PATTERN = re.compile(r"\d{8}-\d{6}-[0-9a-f]{4}")
-
-
-def runs_dir(project_root: "str | os.PathLike") -> Path:
-    return Path(project_root) / "runs"
-
-
-def new_run_id() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
-
-
-def is_run_id(text) -> bool:
-    return isinstance(text, str) and RUN_ID_PATTERN.fullmatch(text) is not None
-
-
-def check_run_id(run_id: str, where: "str | os.PathLike") -> str:
-    """``run_id`` when it has the engine's run-id pattern; SFRError naming ``where`` otherwise."""
-    if not is_run_id(run_id):
-        shown = run_id if len(run_id) <= 60 else run_id[:57] + "..."
-        raise SFRError(f"{shown!r} is not a run id (YYYYMMDD-HHMMSS-xxxx, a name inside runs/, never a path)",
-                       where)
-    return run_id
-
-
-def latest_run_id(project_root) -> str | None:
-    """The id in ``runs/latest`` (None when there is no run); SFRError when it is not a run id."""
-    p = runs_dir(project_root) / "latest"
-    try:
-        text = p.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SFRError(f"cannot read the latest-run pointer ({exc})", p) from None
-    return check_run_id(text, p) if text else None
-
-
-def set_latest(project_root, run_id: str) -> None:
-    check_run_id(run_id, runs_dir(project_root) / "latest")
-    d = runs_dir(project_root)
-    d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f".latest-{os.getpid()}"
-    tmp.write_text(run_id + "\n", encoding="utf-8")
-    os.replace(tmp, d / "latest")
-
-
-def run_dir(project_root, run_id: str | None = None) -> Path:
-    """The folder of ``run_id`` (default: the latest run); SFRError when there is none."""
-    rid = check_run_id(run_id, runs_dir(project_root)) if run_id else latest_run_id(project_root)
-    if rid is None:
-        raise SFRError("no run yet in this project (start one with 'sfr run')", runs_dir(project_root))
-    d = runs_dir(project_root) / rid
-    if not d.is_dir():
-        raise SFRError(f"run {rid} not found", d)
-    if not contained(d, runs_dir(project_root)):
-        raise SFRError(f"run {rid} leads out of the project's runs folder (a link?)", d)
-    return d
-
-
-def contained(path: Path, folder: Path) -> bool:
-    """True when ``path``, links resolved, lies inside ``folder`` (links resolved)."""
-    try:
-        return Path(path).resolve().is_relative_to(Path(folder).resolve())
-    except OSError:
-        return False
 
 
 # --------------------------------------------------------------------------- processes
@@ -323,7 +266,7 @@ def read_status(run_path: Path) -> dict:
     if status is None:
         status = {"state": "unknown", "run_id": Path(run_path).name}
     if status.get("state") == "starting" and not status.get("pid"):
-        launcher = read_json(Path(run_path) / "launcher.json", "launcher record", missing=None, damaged=None)
+        launcher = read_json(RunFolder(run_path).launcher, "launcher record", missing=None, damaged=None)
         if launcher:
             status.update({k: launcher.get(k) for k in ("pid", "host", "proc_start")})
     if status.get("state") in ("starting", "running"):

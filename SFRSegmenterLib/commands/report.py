@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .. import jobs
 from ..errors import SFRError
+from ..runfolder import RunFolder
 
 
 def add_parser(sub) -> None:
@@ -25,7 +26,7 @@ def resolve_run(path) -> Path:
     path = Path(path)
     if not path.exists():
         raise SFRError("not found", path)
-    if (path / "config.json").exists():
+    if RunFolder(path).config.exists():
         jobs.check_run_id(path.resolve().name, path)  # a run folder is named by its id
         return path
     if (path / "sfr-project.json").exists():

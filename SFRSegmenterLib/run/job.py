@@ -17,7 +17,7 @@ from .. import events, jobs
 from ..errors import Cancelled, SFRError
 from ..io import write_json_atomic
 from ..manifest import Project, load_project
-from ..runfolder import REVIEW_JSON
+from ..runfolder import RunFolder
 from .config import CONFIG_JSON, RunConfig, load_run_config
 
 # --------------------------------------------------------------------------- failures
@@ -127,9 +127,9 @@ def create_run(project: Project, cfg: RunConfig, run_id: str | None = None) -> P
     path = jobs.runs_dir(project.root) / run_id
     path.mkdir(parents=True, exist_ok=False)
     # the project's absolute path: `sfr report` from any folder finds it, and refuses another one
-    write_json_atomic(path / CONFIG_JSON, {"run_id": run_id, "project": str(Path(project.root).resolve()),
+    write_json_atomic(RunFolder(path).config, {"run_id": run_id, "project": str(Path(project.root).resolve()),
                                            **cfg.to_dict()})
-    write_json_atomic(path / jobs.STATUS_NAME, {"state": "starting", "run_id": run_id, "created": jobs.utcnow()})
+    write_json_atomic(RunFolder(path).status, {"state": "starting", "run_id": run_id, "created": jobs.utcnow()})
     jobs.set_latest(project.root, run_id)
     return path
 
@@ -174,8 +174,9 @@ def execute(project_root, run_path: Path) -> int:
     status = jobs.StatusWriter(run_path, jobs.read_status(run_path))
     previous_term = None
     try:
-        sinks.append(events.open_sink(run_path / "events.jsonl"))
-        sinks += [_LogFile(run_path / "log.txt"), status]
+        folder = RunFolder(run_path)
+        sinks.append(events.open_sink(folder.events))
+        sinks += [_LogFile(folder.log), status]
         for sink in sinks[1:]:
             events.add_sink(sink)
         status.set(state="running", run_id=run_id, pid=os.getpid(), host=socket.gethostname(),
@@ -248,5 +249,5 @@ def _publish(run_path: Path, cfg: RunConfig, status) -> None:
         except Exception as exc:  # noqa: BLE001 - the results are complete without the report
             events.log(f"could not write the report: {type(exc).__name__}: {exc}", "warning")
     events.log(f"run {run_id} finished: {run_path}")
-    events.emit("result", run_id=run_id, run=str(run_path), review=str(run_path / REVIEW_JSON),
+    events.emit("result", run_id=run_id, run=str(run_path), review=str(RunFolder(run_path).review),
                 report=str(report_path) if report_path else None)
