@@ -191,7 +191,8 @@ def check_run_id(run_id: str, where: "str | os.PathLike") -> str:
     """``run_id`` when it has the engine's run-id pattern; SFRError naming ``where`` otherwise."""
     if not is_run_id(run_id):
         shown = run_id if len(run_id) <= 60 else run_id[:57] + "..."
-        raise SFRError(f"{shown!r} is not a run id (YYYYMMDD-HHMMSS-xxxx, a name inside runs/, never a path)",
+        raise SFRError(f"run {shown!r} not found: not a run id (YYYYMMDD-HHMMSS-xxxx, a name inside runs/, "
+                       "never a path)",
                        where)
     return run_id
 

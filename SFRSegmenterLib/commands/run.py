@@ -15,6 +15,10 @@ from ._options import DEVICE_HELP, add_device
 #: Options that define a run's configuration (refused together with --resume).
 CONFIG_OPTIONS = ("sfr_plus", "rounds", "tau", "min_structure", "backbone", "checkpoint", "ssl", "network", "iterations_sam",
                   "iterations_vnet", "batch_size_sam", "pseudo_overlap", "crop", "seed", "flag_k", "sam_option", "vnet_option")
+#: The options among them that are parsed into a mapping (``KEY=VALUE`` items), not copied as they are.
+PARSED_OPTIONS = {"sam_option": "sam_options", "vnet_option": "vnet_options"}
+#: The options :func:`config_from_args` copies into the RunConfig field of the same name.
+COPIED_OPTIONS = tuple(n for n in CONFIG_OPTIONS if n not in PARSED_OPTIONS)
 
 
 def parse_options(items, flag: str) -> dict:
@@ -98,12 +102,12 @@ def config_from_args(args):
     from ..run.config import RunConfig
 
     cfg = RunConfig()
-    for name in CONFIG_OPTIONS[:-2]:
+    for name in COPIED_OPTIONS:
         value = getattr(args, name, None)
         if value is not None:
             setattr(cfg, name, list(value) if name == "crop" else value)
-    cfg.sam_options = parse_options(args.sam_option, "--sam-option")
-    cfg.vnet_options = parse_options(args.vnet_option, "--vnet-option")
+    for name, field in PARSED_OPTIONS.items():
+        setattr(cfg, field, parse_options(getattr(args, name), "--" + name.replace("_", "-")))
     cfg.sfr_plus = bool(args.sfr_plus)
     if args.device:
         cfg.device = args.device
