@@ -41,7 +41,7 @@ from .sam.loss import dice_ce_loss
 from .sam.model import set_grad_checkpointing, train_mode, trainable_parts
 from .sam.preprocess import METHODS as PREPROCESS_METHODS
 from .sam.preprocess import normalize
-from .sam.registry import build_segmenter, count_parameters, get_spec
+from .sam import build_segmenter, count_parameters, get_spec
 from .stitching import IGNORE_INDEX, stitch
 from .training import check_finite_loss, check_finite_weights, check_same_run, differences, read_state, save_due
 

@@ -1,8 +1,9 @@
-"""Job control for ``sfr run``: run folders, the project lock, status, cancellation, detaching.
+"""Job control for ``sfr run`` (engine side): the project lock, status, cancellation, detaching.
 
-Files (all JSON written atomically; see ``docs/run.md``)::
+The run folder's names and the ``runs/latest`` pointer are :mod:`.runfolder`'s (re-exported
+here).  The Slicer-side control (what pressing Run does, ending a run) is :mod:`.runcontrol`.
+Files this module writes (JSON written atomically; see ``docs/run.md``)::
 
-    PROJECT/runs/latest              text file: id of the newest run
     PROJECT/runs/.lock               {"pid", "host", "started", "proc_start", "run_id"} while a run writes
     PROJECT/runs/<id>/status.json    {"state", "stage", "step", "total", "eta_s", ...}
     PROJECT/runs/<id>/cancel-request present once ``sfr cancel`` asked the run to stop
@@ -15,10 +16,8 @@ automatically.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
-import secrets
 import socket
 import subprocess
 import sys
@@ -29,51 +28,27 @@ from . import events
 from .errors import SFRError
 from .clock import utcnow  # noqa: F401 (jobs.utcnow: the run files' timestamps)
 from .io import read_json, write_json_atomic
+from .runfolder import (  # noqa: F401 - the run folder's names and pointer, re-exported for job control
+    RUN_ID_PATTERN,
+    RunFolder,
+    check_run_id,
+    contained,
+    is_run_id,
+    latest_run_id,
+    new_run_id,
+    run_dir,
+    runs_dir,
+    set_latest,
+)
 
 LOCK_NAME = ".lock"
-CANCEL_NAME = "cancel-request"
-STATUS_NAME = "status.json"
+CANCEL_NAME = RunFolder.CANCEL
+STATUS_NAME = RunFolder.STATUS
 STATES = ("starting", "running", "done", "cancelled", "failed")
 #: Exit status of ``sfr run`` when it stopped because cancellation was requested.
 EXIT_CANCELLED = 3
 #: An unreadable lock younger than this may be a run starting; older, it is stale.
 STARTING_LOCK_S = 10
-
-
-def runs_dir(project_root: "str | os.PathLike") -> Path:
-    return Path(project_root) / "runs"
-
-
-def new_run_id() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
-
-
-def latest_run_id(project_root) -> str | None:
-    p = runs_dir(project_root) / "latest"
-    try:
-        text = p.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        return None
-    return text or None
-
-
-def set_latest(project_root, run_id: str) -> None:
-    d = runs_dir(project_root)
-    d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f".latest-{os.getpid()}"
-    tmp.write_text(run_id + "\n", encoding="utf-8")
-    os.replace(tmp, d / "latest")
-
-
-def run_dir(project_root, run_id: str | None = None) -> Path:
-    """The folder of ``run_id`` (default: the latest run); SFRError when there is none."""
-    rid = run_id or latest_run_id(project_root)
-    if rid is None:
-        raise SFRError("no run yet in this project (start one with 'sfr run')", runs_dir(project_root))
-    d = runs_dir(project_root) / rid
-    if not d.is_dir():
-        raise SFRError(f"run {rid} not found", d)
-    return d
 
 
 # --------------------------------------------------------------------------- processes
@@ -305,7 +280,7 @@ def read_status(run_path: Path) -> dict:
     if status is None:
         status = {"state": "unknown", "run_id": Path(run_path).name}
     if status.get("state") == "starting" and not status.get("pid"):
-        launcher = read_json(Path(run_path) / "launcher.json", "launcher record", missing=None, damaged=None)
+        launcher = read_json(RunFolder(run_path).launcher, "launcher record", missing=None, damaged=None)
         if launcher:
             status.update({k: launcher.get(k) for k in ("pid", "host", "proc_start")})
     if status.get("state") in ("starting", "running"):

@@ -34,7 +34,7 @@ from .manifest import Project, write_json_atomic
 from .sam import checkpoints
 from .sam.layout import Layout
 from .sam.preprocess import normalize
-from .sam.registry import build_segmenter, get_spec
+from .sam import build_segmenter, get_spec
 from .shard import sharded, voxel_counts
 from .sliding import SAM_OVERLAP, check_overlap, overlap_stride, sliding_window
 from .stitching import stitch, unstitch

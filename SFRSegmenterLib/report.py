@@ -18,6 +18,7 @@ import numpy as np
 from .errors import SFRError
 from .io import read_image, read_json, read_label, write_text_atomic
 from .report_template import CSS, TEMPLATE
+from .runfolder import RunFolder
 
 #: Cases shown with pictures (the least confident first); the tables list every case.
 MAX_CASES = 12
@@ -157,7 +158,7 @@ def _project_of(run: Path, cfg: dict):
     recorded = cfg.get("project")
     holder = run.resolve().parent.parent  # PROJECT/runs/<id>
     if not recorded:
-        raise SFRError("config.json does not name the run's project", run / "config.json")
+        raise SFRError("config.json does not name the run's project", RunFolder(run).config)
     recorded_path = Path(recorded)
     if not recorded_path.is_absolute() and recorded_path.name == holder.name:
         recorded_path = holder  # a run from before config.json held the absolute path
@@ -188,17 +189,18 @@ def build_report(run_path: "str | Path") -> str:
     import matplotlib.pyplot as plt
 
     run = Path(run_path)
-    cfg = _json(run / "config.json")
+    folder = RunFolder(run)
+    cfg = _json(folder.config)
     if cfg is None:
         raise SFRError("not a run folder (no config.json)", run)
-    review = _json(run / "review.json")
+    review = _json(folder.review)
     if review is None:
         raise SFRError("the run has not finished (no review.json); see 'sfr status'", run)
-    status = _json(run / "status.json", {}) or {}
-    stages = _json(run / "stages.json", {}) or {}
-    rounds = _json(run / "rounds.json", {}) or {}
-    metrics = _json(run / "metrics.json", {}) or {}
-    slices = _json(run / "slices.json", {}) or {}
+    status = _json(folder.status, {}) or {}
+    stages = _json(folder.stages, {}) or {}
+    rounds = _json(folder.rounds, {}) or {}
+    metrics = _json(folder.metrics, {}) or {}
+    slices = _json(folder.slices, {}) or {}
     project = _project_of(run, cfg)
     ctx: dict = {}
 
@@ -229,7 +231,7 @@ def build_report(run_path: "str | Path") -> str:
     ctx["review_rows"] = rows
 
     # ---------------------------------------------------------------- mosaic
-    mosaics = sorted((run / "stages" / "stitch").glob("*.png"))
+    mosaics = folder.stitch_pictures
     ctx["mosaic"] = None
     if mosaics:
         from PIL import Image
@@ -241,15 +243,14 @@ def build_report(run_path: "str | Path") -> str:
     # ---------------------------------------------------------------- per-case pictures
     ctx.update(chance_pct=100 / max(2, project.num_classes), max_cases=MAX_CASES)
     pictures = []
-    pseudo = run / "pseudo"
     for c in order[:MAX_CASES]:
         name = c["case"]
         try:
             case = project.case(name)
             img = read_image(project.image_path(case)).array
-            label = read_label(pseudo / f"{name}.nii.gz").array
-            conf = read_image(pseudo / f"{name}_confidence.nii.gz").array
-            low = read_label(pseudo / f"{name}_lowconf.nii.gz").array > 0
+            label = read_label(folder.case_file(name)).array
+            conf = read_image(folder.case_file(name, "confidence")).array
+            low = read_label(folder.case_file(name, "lowconf")).array > 0
             gt_path = project.label_path(case) if case.label else None
             gt = read_label(gt_path).array if gt_path and gt_path.exists() else None
         except SFRError as exc:
@@ -282,7 +283,7 @@ def build_report(run_path: "str | Path") -> str:
 
     # ---------------------------------------------------------------- losses
     ctx["loss_fig"] = None
-    series = _loss_series(run / "events.jsonl")
+    series = _loss_series(folder.events)
     if series:
         kinds = [("finetune", "SAM fine-tuning"), ("retrain", "V-Net re-training")]
         fig, axes = plt.subplots(1, 2, figsize=(9, 3))
@@ -301,8 +302,8 @@ def build_report(run_path: "str | Path") -> str:
 
     # ---------------------------------------------------------------- class balance
     ctx["balance_fig"] = None
-    pred_series = _progress_series(run / "events.jsonl", "fg_pred")
-    true_series = _progress_series(run / "events.jsonl", "fg_true")
+    pred_series = _progress_series(folder.events, "fg_pred")
+    true_series = _progress_series(folder.events, "fg_true")
     if pred_series:
         names = [n for n in pred_series if n.startswith(("finetune", "retrain"))]
         fig, axes = plt.subplots(1, max(1, len(names)), figsize=(3.2 * max(1, len(names)), 2.8), squeeze=False)
@@ -322,7 +323,7 @@ def build_report(run_path: "str | Path") -> str:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
         ctx["balance_fig"] = _fig_b64(fig)
-    ctx["warnings"] = _collapse_warnings(run / "events.jsonl")
+    ctx["warnings"] = _collapse_warnings(folder.events)
 
     # ---------------------------------------------------------------- times
     ctx["stage_fig"], ctx["stage_rows"] = None, []
@@ -372,11 +373,10 @@ def build_report(run_path: "str | Path") -> str:
 
 def _inputs(run: Path) -> list:
     """The files the report reads: no ``--out`` may name one of them."""
-    names = ("config.json", "review.json", "status.json", "stages.json", "rounds.json", "metrics.json",
-             "slices.json", "events.jsonl", "log.txt")
-    files = [run / n for n in names]
-    files += [p for p in (run / "pseudo").glob("*") if p.is_file()]
-    files += list((run / "stages" / "stitch").glob("*.png"))
+    folder = RunFolder(run)
+    files = [run / n for n in RunFolder.RECORDS]
+    files += [p for p in folder.pseudo.glob("*") if p.is_file()]
+    files += folder.stitch_pictures
     return files
 
 
@@ -384,7 +384,7 @@ def write_report(run_path: "str | Path", out: "str | Path | None" = None) -> Pat
     from .io import check_output, protecting
 
     run = Path(run_path)
-    out = Path(out) if out else run / "report.html"
+    out = Path(out) if out else RunFolder(run).report
     with protecting(_inputs(run), "a file of the run this report reads"):
         check_output(out)  # before the work
         text = build_report(run)

@@ -24,8 +24,9 @@ import numpy as np
 from . import confidence as conf_mod
 from .errors import SFRError
 from .io import Volume, inside, read_image, write_json_atomic, write_volume
+from .runfolder import RunFolder
 
-REVIEW_JSON = "review.json"
+REVIEW_JSON = RunFolder.REVIEW  # the location is the run folder's
 #: The files written per case, after the case name.
 CASE_SUFFIXES = (".nii.gz", "_confidence.nii.gz", "_lowconf.nii.gz")
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from . import jobs
 from .errors import SFRError
+from .runfolder import RunFolder
 from .io import read_json
 from .retrain.names import SSL_NAMES
 from .sam import BACKBONE_NAMES
@@ -115,16 +116,16 @@ def _comparable(config: dict) -> dict:
 
 def run_config(run_path) -> dict:
     """The saved configuration of a run (``config.json``), as :func:`config_of` gives it."""
-    path = Path(run_path) / "config.json"
+    path = RunFolder(run_path).config
     return _comparable(read_json(path, "run configuration"))
 
 
 def latest_status(project_root) -> dict | None:
     """``status.json`` of the project's latest run (``crashed`` when its process is gone), or None."""
-    run_id = jobs.latest_run_id(project_root)
+    run_id = jobs.latest_run_id(project_root)  # SFRError when runs/latest is not a run id
     if run_id is None or not (jobs.runs_dir(project_root) / run_id).is_dir():
         return None
-    status = jobs.read_status(jobs.runs_dir(project_root) / run_id)
+    status = jobs.read_status(jobs.run_dir(project_root, run_id))
     status.setdefault("run_id", run_id)
     return status
 
@@ -158,7 +159,7 @@ def finished_runs(project_root) -> list:
     folder = jobs.runs_dir(project_root)
     runs = []
     for path in folder.iterdir() if folder.is_dir() else ():
-        if not path.is_dir() or not (path / jobs.STATUS_NAME).exists():
+        if not path.is_dir() or not RunFolder(path).status.exists():
             continue
         try:
             status = jobs.read_status(path)
@@ -184,7 +185,7 @@ def engine_pids(run_path) -> list:
 
     run_path = Path(run_path)
     records = []
-    for name in (jobs.STATUS_NAME, "launcher.json"):
+    for name in (RunFolder.STATUS, RunFolder.LAUNCHER):
         try:
             record = read_json(run_path / name, name, missing=None, damaged=None)
         except SFRError:  # unreadable: this record names no process

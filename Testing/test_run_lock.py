@@ -88,11 +88,11 @@ def test_lock_of_another_host_is_never_cleared(project):
 
 
 def test_status_reports_a_killed_run_as_crashed(project, sfr):
-    run = project / "runs" / "r1"
+    run = project / "runs" / "20261201-000000-0001"  # a run id: runs/latest names only run ids
     run.mkdir(parents=True)
-    (project / "runs" / "latest").write_text("r1\n")
+    (project / "runs" / "latest").write_text("20261201-000000-0001\n")
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    (run / "status.json").write_text(json.dumps({"state": "running", "run_id": "r1", "pid": proc.pid,
+    (run / "status.json").write_text(json.dumps({"state": "running", "run_id": "20261201-000000-0001", "pid": proc.pid,
                                                  "host": socket.gethostname(),
                                                  "proc_start": jobs._proc_start(proc.pid)}))
     out = sfr("status", project, "--json", check=True)

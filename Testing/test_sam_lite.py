@@ -14,7 +14,7 @@ from SFRSegmenterLib.finetune import FinetuneConfig, finetune  # noqa: E402
 from SFRSegmenterLib.manifest import init_project  # noqa: E402
 from SFRSegmenterLib.sam.checkpoints import KNOWN_CHECKPOINTS, load_state_dict, sha256_file  # noqa: E402
 from SFRSegmenterLib.sam.lora import LoRAQKV  # noqa: E402
-from SFRSegmenterLib.sam.registry import build_segmenter, count_parameters  # noqa: E402
+from SFRSegmenterLib.sam import build_segmenter, count_parameters  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -88,7 +88,7 @@ def test_layout_default_crop_is_cut_to_the_data_explicit_crop_is_kept():
 
 def test_activation_checkpointing_gives_the_same_gradients():
     from SFRSegmenterLib.sam.model import set_grad_checkpointing
-    from SFRSegmenterLib.sam.registry import build_segmenter
+    from SFRSegmenterLib.sam import build_segmenter
 
     torch.manual_seed(0)
     model = build_segmenter("tiny_test", num_classes=2, lora_rank=4).train()

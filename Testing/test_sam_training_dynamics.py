@@ -25,7 +25,7 @@ from SFRSegmenterLib.io import read_image, read_label  # noqa: E402
 from SFRSegmenterLib.sam.loss import dice_ce_loss  # noqa: E402
 from SFRSegmenterLib.sam.model import train_mode  # noqa: E402
 from SFRSegmenterLib.sam.preprocess import normalize  # noqa: E402
-from SFRSegmenterLib.sam.registry import build_segmenter, get_spec  # noqa: E402
+from SFRSegmenterLib.sam import build_segmenter, get_spec  # noqa: E402
 
 
 def _batch(sample_dir, name: str, size: int = 2, seed: int = 1337):

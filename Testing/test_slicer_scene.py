@@ -233,7 +233,7 @@ def test_export_refuses_labeled_role_without_segmentation(scene, tmp_path):
 # --------------------------------------------------------------------------- results -> scene
 
 
-def make_run(project_dir, run_id="20261127-000000", trusted=None, with_lowconf=True):
+def make_run(project_dir, run_id="20261127-000000-0000", trusted=None, with_lowconf=True):
     """A run folder as the engine writes it: pseudo-labels on the exported images' geometry."""
     project = load_project(project_dir)
     run = project_dir / "runs" / run_id
@@ -635,7 +635,7 @@ def test_accept_and_correction_use_the_run_of_the_node_not_the_latest(exported):
     scene, nodes, segs, project_dir, first, truth = exported
     shown = {r.case: r for r in result_loading.load_results(scene, project_dir, run_id=first.name)}
     # a later run (cancelled, failed, or another setting) becomes runs/latest with other labels
-    later, _ = make_run(project_dir, run_id="20261128-000000")
+    later, _ = make_run(project_dir, run_id="20261128-000000-0000")
     for p in (later / "pseudo").glob("*.nii.gz"):
         if not p.name.endswith(("_confidence.nii.gz", "_lowconf.nii.gz")):
             img = read_label(p)

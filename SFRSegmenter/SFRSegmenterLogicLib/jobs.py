@@ -22,6 +22,7 @@ from typing import Callable
 from SFRSegmenterLib import jobs as engine_jobs
 from SFRSegmenterLib import runcontrol
 from SFRSegmenterLib.errors import SFRError
+from SFRSegmenterLib.runfolder import RunFolder
 from SFRSegmenterLib.runcontrol import RunSettings  # noqa: F401 - the engine owns the settings
 
 from .progress import JobProgress
@@ -154,7 +155,7 @@ class SFRJob:
         self.action, run_id, self.args = self.plan()
         if self.action == "continue":
             self.run_id = run_id
-            self._offset = EventTail.size(self.run_path / "events.jsonl")
+            self._offset = EventTail.size(RunFolder(self.run_path).events)
             self._say(f"continuing run {run_id} where it stopped")
         self.runner.on_line = self._line
         self.runner.on_finished = self._launched
@@ -176,7 +177,7 @@ class SFRJob:
     def _follow(self, run_id: str, offset: int) -> None:
         self.run_id = run_id
         self.progress.run_id = run_id
-        self._tail = EventTail(self.run_path / "events.jsonl", offset)
+        self._tail = EventTail(RunFolder(self.run_path).events, offset)
         self.state = "running"
         if self._stop_wanted:
             self.stop()

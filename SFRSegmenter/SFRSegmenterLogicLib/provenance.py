@@ -138,9 +138,8 @@ def links_html(project_dir: "str | os.PathLike", run_id: str | None = None) -> s
     if root.is_dir():
         links.append(f'<a href="{root.resolve().as_uri()}">project folder</a>')
     if run_id:
-        run = root / "runs" / run_id
-        for name, label in (("report.html", "report"), ("log.txt", "log"), ("", f"run {run_id}")):
-            target = run / name if name else run
+        run = runfolder.RunFolder(runfolder.runs_dir(root) / run_id)
+        for target, label in ((run.report, "report"), (run.log, "log"), (run.path, f"run {run_id}")):
             if target.exists():
                 links.append(f'<a href="{target.resolve().as_uri()}">{label}</a>')
     return " | ".join(links)

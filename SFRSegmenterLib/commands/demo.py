@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .. import events, jobs
 from ..errors import SFRError
+from ..runfolder import RunFolder
 from ._options import DEVICE_HELP, add_device
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "hippocampus"
@@ -123,7 +124,7 @@ def run(args) -> int:
     code = job.execute(project.root, path)
     if code != 0:
         return code
-    report = path / "report.html"
+    report = RunFolder(path).report
     if events.mode() != "json":
         st = jobs.read_status(path)
         print(f"demo finished in {float(st.get('seconds') or 0) / 60:.1f} min: {path}")

@@ -7,6 +7,7 @@ from pathlib import Path
 from .. import jobs
 from ..errors import SFRError
 from ._options import add_overwrite
+from ..runfolder import RunFolder
 
 
 def add_parser(sub) -> None:
@@ -27,7 +28,8 @@ def resolve_run(path) -> Path:
     path = Path(path)
     if not path.exists():
         raise SFRError("not found", path)
-    if (path / "config.json").exists():
+    if RunFolder(path).config.exists():
+        jobs.check_run_id(path.resolve().name, path)  # a run folder is named by its id
         return path
     if (path / "sfr-project.json").exists():
         return jobs.run_dir(path)

@@ -7,6 +7,7 @@ import json
 
 from .. import events, jobs
 from ..errors import SFRError
+from ..runfolder import RunFolder
 from ..io import read_json, write_json_atomic
 from ..manifest import load_project
 from ._options import DEVICE_HELP, add_device
@@ -14,6 +15,10 @@ from ._options import DEVICE_HELP, add_device
 #: Options that define a run's configuration (refused together with --resume).
 CONFIG_OPTIONS = ("sfr_plus", "rounds", "tau", "min_structure", "backbone", "checkpoint", "ssl", "network", "iterations_sam",
                   "iterations_vnet", "batch_size_sam", "pseudo_overlap", "crop", "seed", "flag_k", "sam_option", "vnet_option")
+#: The options among them that are parsed into a mapping (``KEY=VALUE`` items), not copied as they are.
+PARSED_OPTIONS = {"sam_option": "sam_options", "vnet_option": "vnet_options"}
+#: The options :func:`config_from_args` copies into the RunConfig field of the same name.
+COPIED_OPTIONS = tuple(n for n in CONFIG_OPTIONS if n not in PARSED_OPTIONS)
 
 
 def parse_options(items, flag: str) -> dict:
@@ -97,12 +102,12 @@ def config_from_args(args):
     from ..run.config import RunConfig
 
     cfg = RunConfig()
-    for name in CONFIG_OPTIONS[:-2]:
+    for name in COPIED_OPTIONS:
         value = getattr(args, name, None)
         if value is not None:
             setattr(cfg, name, list(value) if name == "crop" else value)
-    cfg.sam_options = parse_options(args.sam_option, "--sam-option")
-    cfg.vnet_options = parse_options(args.vnet_option, "--vnet-option")
+    for name, field in PARSED_OPTIONS.items():
+        setattr(cfg, field, parse_options(getattr(args, name), "--" + name.replace("_", "-")))
     cfg.sfr_plus = bool(args.sfr_plus)
     if args.device:
         cfg.device = args.device
@@ -165,11 +170,11 @@ def run(args) -> int:
             if status.get("state") == "done":
                 print(f"run {path.name} is already complete: {path}")
                 return 0
-            (path / jobs.CANCEL_NAME).unlink(missing_ok=True)
+            RunFolder(path).cancel_request.unlink(missing_ok=True)
             if args.device:
-                data = read_json(path / "config.json", "run configuration")
+                data = read_json(RunFolder(path).config, "run configuration")
                 data["device"] = args.device
-                write_json_atomic(path / "config.json", data)
+                write_json_atomic(RunFolder(path).config, data)
             events.log(f"resuming run {path.name} (was {status.get('state')})")
         else:
             path = job.create_run(project, cfg, run_id)
@@ -179,7 +184,7 @@ def run(args) -> int:
     finally:
         lock.release()  # no-op once the run (or the detached child) took the lock over
     if code == 0 and events.mode() != "json":
-        report = path / "report.html"
+        report = RunFolder(path).report
         print(f"run {path.name} finished: {path}" + (f"\nreport: {report}" if report.exists() else ""))
     elif code == jobs.EXIT_CANCELLED and events.mode() != "json":
         print(f"run {path.name} cancelled; continue with: sfr run {root} --resume")
@@ -191,10 +196,10 @@ def _detach(root, path, lock) -> int:
     import time
 
     child = jobs.spawn_detached(["--progress", "none", "run", str(root), "--attach", path.name],
-                                path / "log.txt")
+                                RunFolder(path).log)
     # the child writes status.json from now on; the launcher record lets `sfr status` tell a
     # child that died before writing anything
-    write_json_atomic(path / "launcher.json", {"pid": child.pid, "host": __import__("socket").gethostname(),
+    write_json_atomic(RunFolder(path).launcher, {"pid": child.pid, "host": __import__("socket").gethostname(),
                                                "proc_start": jobs._proc_start(child.pid),
                                                "time": jobs.utcnow()})
     deadline = time.monotonic() + 60

@@ -7,7 +7,7 @@ import json
 from .. import jobs
 from ..clock import format_duration
 from ..errors import SFRError
-from ..io import read_json
+from ..runfolder import RunFolder
 from ..manifest import load_project
 from ._options import add_json
 
@@ -36,7 +36,7 @@ def run(args) -> int:
         raise
     st = jobs.read_status(path)
     st["run"] = str(path)
-    stages = read_json(path / "stages.json", "run's stage records", missing={}, damaged={})
+    stages = RunFolder(path).stage_records()
     st["stages"] = {k: {"status": v.get("status"), "seconds": v.get("seconds"),
                         **({"reused_from": v["reused_from"]} if v.get("reused_from") else {})}
                     for k, v in stages.items()}

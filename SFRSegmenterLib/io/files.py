@@ -1,5 +1,5 @@
-"""Files written all or nothing (one atomic writer for every file the engine writes), the one
-JSON reader, and content checksums."""
+"""Files written all or nothing (one atomic writer for every file the engine writes) and content
+checksums.  The one JSON reader is :mod:`.jsonfile`'s (re-exported here)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..errors import SFRError
 from .guard import check_output
+from .jsonfile import read_json  # noqa: F401 - the one JSON reader, importable from here as before
 from .volume import volume_suffix
 
 __all__ = ["atomic_path", "default_file_mode", "read_json", "sha256_file", "write_json_atomic", "write_text_atomic"]
@@ -71,38 +72,6 @@ def write_text_atomic(path: "str | os.PathLike", text: str, manifest: bool = Fal
 def write_json_atomic(path: "str | os.PathLike", data, manifest: bool = False) -> None:
     """Write ``data`` as indented JSON (and a final newline) to ``path`` all or nothing."""
     write_text_atomic(path, json.dumps(data, indent=2) + "\n", manifest)
-
-
-_RAISE = object()
-
-
-def read_json(path: "str | os.PathLike", what: str = "file", missing=_RAISE, damaged=_RAISE):
-    """The parsed contents of the JSON file ``path``: the engine's one JSON reader.
-
-    A missing file returns ``missing`` when given, else raises :class:`SFRError` ("no <what>");
-    a file that is not valid JSON (or not UTF-8, or nested too deeply) returns ``damaged`` when
-    given, else raises "<what> is not valid JSON (...)"; an unreadable one raises, naming it."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        if missing is not _RAISE:
-            return missing
-        raise SFRError(f"no {what}", path) from None
-    except UnicodeDecodeError as exc:
-        if damaged is not _RAISE:
-            return damaged
-        raise SFRError(f"{what} is not valid JSON ({str(exc)[:120]})", path) from None
-    except IsADirectoryError:
-        raise SFRError(f"is a folder, expected the {what}", path) from None
-    except OSError as exc:
-        raise SFRError(f"cannot read the {what} ({exc.strerror or exc})", path) from None
-    try:
-        return json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        if damaged is not _RAISE:
-            return damaged
-        raise SFRError(f"{what} is not valid JSON ({str(exc)[:120]})", path) from None
 
 
 _SHA_CACHE: dict = {}

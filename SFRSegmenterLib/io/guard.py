@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import SFRError
+from .jsonfile import read_json
 from .volume import volume_suffix
 
 #: The manifest's file name (defined here so the guard needs no import of ``manifest``).
@@ -70,8 +71,6 @@ def protect_folder(folder: "str | os.PathLike", why: str) -> None:
 
 def _project_inputs(manifest: Path) -> dict:
     """{guard key: why} for the images and labels a manifest names (cached by mtime)."""
-    from .files import read_json  # (files imports this module)
-
     try:
         st = manifest.stat()
     except OSError:

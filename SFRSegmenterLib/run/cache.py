@@ -1,7 +1,7 @@
 """Reuse by content: finished stages and single cases, keyed by what they were computed from.
 
-A stage has a *key*, the sha256 of what it depends on (file contents, the keys of the stages it
-reads, its part of the configuration; never file times).  :class:`StageCache` runs a stage
+A stage has a *key*, the sha256 of what it depends on (the version of its code, file contents,
+the keys of the stages it reads, its part of the configuration; never file times).  :class:`StageCache` runs a stage
 unless a finished one with its key exists: in this run (skipped), or in an earlier run of the
 project (copied with hard links).  A stage interrupted (cancel, crash, ``kill -9``) runs again in
 its own folder with ``resume=True``.  :class:`CaseCache` does the same for the per-case files of
@@ -23,15 +23,18 @@ from pathlib import Path
 from .. import events, jobs
 from ..errors import Cancelled
 from ..io import inside, read_json, write_json_atomic
+from ..runfolder import RunFolder
+from .versions import stage_version
 
-STAGES_JSON = "stages.json"
+STAGES_JSON = RunFolder.STAGES
 STAGE_JSON = "stage.json"
 CASES_JSON = "cases.json"
 
 
-def make_key(*parts) -> str:
-    """A short sha256 of ``parts`` (JSON, keys sorted)."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode("utf-8")
+def make_key(kind: str, *parts) -> str:
+    """A short sha256 of the stage ``kind``, its code version (:mod:`.versions`) and ``parts``
+    (JSON, keys sorted)."""
+    blob = json.dumps([kind, {"code": stage_version(kind)}, *parts], sort_keys=True, default=str).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()[:20]
 
 
@@ -71,18 +74,36 @@ class StageCache:
     def __init__(self, project_root: Path, run_path: Path):
         self.project_root = Path(project_root)
         self.run_path = Path(run_path)
-        self.stages_path = self.run_path / STAGES_JSON
+        self.folder = RunFolder(run_path)
+        self.stages_path = self.folder.stages
         self.records = read_json(self.stages_path, "run's stage records", missing={})
         self.should_stop = jobs.stop_checker(self.run_path)
         self.index = 0  # stages started so far
         self.planned = 0  # stages the run expects (for progress)
+        self._named = {}  # {stage folder name: (kind, round)} of the names made by stage_name
 
     # ---------------------------------------------------------------- bookkeeping
     def save(self) -> None:
         write_json_atomic(self.stages_path, self.records)
 
+    def stage_name(self, kind: str, round_: "int | None" = None) -> str:
+        """The name of stage ``kind`` of round ``round_``; :meth:`run_stage` records both, so
+        that :meth:`round_of` and :meth:`kind_of` never parse a folder name."""
+        name = RunFolder.stage_name(kind, round_)
+        self._named[name] = (kind, round_)
+        return name
+
     def stage_dir(self, name: str) -> Path:
-        return self.run_path / "stages" / name
+        return self.run_path / RunFolder.STAGES_FOLDER / name
+
+    def round_of(self, stage_dir: Path) -> "int | None":
+        """The round a stage of this run belongs to (recorded in ``stages.json``)."""
+        return self.records[Path(stage_dir).name].get("round")
+
+    def kind_of(self, stage_dir: Path) -> str:
+        """The kind of a stage of this run (``finetune``, ...), as recorded."""
+        name = Path(stage_dir).name
+        return self.records.get(name, {}).get("kind") or self._named.get(name, (RunFolder.legacy_kind(name),))[0]
 
     def key_of(self, stage_dir: Path) -> str:
         """The key of a stage of this run (by its folder)."""
@@ -105,7 +126,7 @@ class StageCache:
             # another run's damaged records only mean that run offers nothing to reuse
             for other_name, rec in read_json(rec_path, missing={}, damaged={}).items():
                 if rec.get("key") == key and rec.get("status") == "done":
-                    d = rec_path.parent / "stages" / other_name
+                    d = RunFolder(rec_path.parent).path / RunFolder.STAGES_FOLDER / other_name
                     if (d / STAGE_JSON).exists():
                         candidates.append((rec_path.stat().st_mtime, d))
         return max(candidates)[1] if candidates else None
@@ -130,6 +151,7 @@ class StageCache:
         previous = float(rec.get("seconds", 0.0)) if resume else 0.0
         self.records[name] = {"key": key, "status": "running", "started": jobs.utcnow(),
                               "seconds": previous, "attempts": (rec or {}).get("attempts", 0) + 1 if resume else 1}
+        self.records[name].update(self._identity(name))
         self.save()
         if resume:
             events.log(f"{name}: resuming")
@@ -154,6 +176,13 @@ class StageCache:
         events.stage(name, "done", pipeline=True, seconds=self.records[name]["seconds"])
         return d
 
+    def _identity(self, name: str) -> dict:
+        """``{"kind", "round"}`` of a stage named by :meth:`stage_name` (else nothing)."""
+        if name not in self._named:
+            return {}
+        kind, round_ = self._named[name]
+        return {"kind": kind, "round": round_}
+
     def _reuse(self, name: str, key: str, d: Path) -> bool:
         src = self._find_elsewhere(key)
         if src is None:
@@ -163,6 +192,7 @@ class StageCache:
         self.records[name] = {
             "key": key, "status": "done", "reused_from": str(src.relative_to(self.project_root)),
             "seconds": 0.0, "copy_seconds": round(time.monotonic() - t0, 3), "finished": jobs.utcnow(),
+            **self._identity(name),
         }
         self.save()
         events.stage(name, "skipped", pipeline=True, reason=f"reused {src.parent.parent.name}")
@@ -180,7 +210,7 @@ class CaseCache:
     def __init__(self, stages: StageCache, folder: Path):
         self.stages = stages
         self.folder = folder
-        self.kind = folder.name.rsplit("-r", 1)[0]  # finished stages of this kind in any round
+        self.kind = stages.kind_of(folder)  # finished stages of this kind in any round
         self.entries = read_json(folder / CASES_JSON, "stage's case records", missing={})
 
     def save(self) -> None:
@@ -200,7 +230,11 @@ class CaseCache:
     def find(self, case: str, key: str) -> Path | None:
         """The newest stage folder of another run whose ``case`` has ``key`` (files present)."""
         runs = jobs.runs_dir(self.stages.project_root)
-        found = sorted(runs.glob(f"*/stages/{self.kind}-r*/{CASES_JSON}"), key=lambda p: -p.stat().st_mtime)
+        if not runs.is_dir():
+            return None
+        found = sorted((p for run in runs.iterdir() if run.is_dir()
+                        for p in (d / CASES_JSON for d in RunFolder(run).stage_folders(self.kind)) if p.exists()),
+                       key=lambda p: -p.stat().st_mtime)
         for cases_json in found:
             if cases_json.parent.parent.parent == self.stages.run_path:
                 continue

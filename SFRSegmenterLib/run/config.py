@@ -15,11 +15,12 @@ from pathlib import Path
 from .. import confidence as conf_mod
 from ..errors import SFRError
 from ..io import read_json
+from ..runfolder import RunFolder
 
 #: Default number of SFR+ rounds after the first SFR pass (see docs/run.md for the measurement).
 DEFAULT_ROUNDS = 1
 CONFIG_VERSION = 1
-CONFIG_JSON = "config.json"
+CONFIG_JSON = RunFolder.CONFIG
 
 
 @dataclass

@@ -4,7 +4,6 @@ naming the file; cancel: exit status 3).  Folder and lock primitives are :mod:`.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 import shutil
@@ -17,66 +16,11 @@ from .. import events, jobs
 from ..errors import Cancelled, SFRError
 from ..io import write_json_atomic
 from ..manifest import Project, load_project
-from ..runfolder import REVIEW_JSON
-from .config import CONFIG_JSON, RunConfig, load_run_config
+from ..runfolder import RunFolder
+from .config import RunConfig, load_run_config
+from .oom import is_oom, with_oom_retry  # noqa: F401 - job.with_oom_retry as before
 
 # --------------------------------------------------------------------------- failures
-
-
-def is_oom(exc: BaseException) -> bool:
-    """A GPU (CUDA or MPS) out-of-memory error."""
-    try:
-        import torch
-
-        if isinstance(exc, torch.cuda.OutOfMemoryError):
-            return True
-    except (ImportError, AttributeError):
-        pass
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-
-
-def _batch_fields(stage_cfg) -> list:
-    return [n for n in ("batch_size", "labeled_bs", "unlabeled_bs") if hasattr(stage_cfg, n)]
-
-
-def _release_gpu_memory() -> None:
-    import gc
-
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:  # noqa: BLE001
-        pass
-
-
-def with_oom_retry(call, stage_cfg, what: str):
-    """Run ``call(stage_cfg, after_oom)``; on GPU out-of-memory halve the batch and retry.
-
-    After batch 1 also runs out of memory: SFRError suggesting LiteMedSAM or the CPU.
-    """
-    retried = False
-    while True:
-        try:
-            return call(stage_cfg, retried)
-        except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
-            if not is_oom(exc):
-                raise
-            message = str(exc).splitlines()[0][:200]
-        # outside the except block: the failed call's frames (and their GPU tensors) are released
-        _release_gpu_memory()
-        sizes = {n: int(getattr(stage_cfg, n)) for n in _batch_fields(stage_cfg)}
-        if not sizes or all(v <= 1 for v in sizes.values()):
-            raise SFRError(
-                f"the GPU ran out of memory in {what} even with batch size 1 ({message}); use a smaller "
-                "backbone (--backbone lite_medsam) or run on the CPU (--device cpu)"
-            )
-        smaller = {n: max(1, v // 2) for n, v in sizes.items()}
-        events.log(f"GPU out of memory in {what} with batch {sizes}; retrying with batch {smaller}", "warning")
-        stage_cfg = dataclasses.replace(stage_cfg, **smaller)
-        retried = True
 
 
 DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
@@ -127,9 +71,9 @@ def create_run(project: Project, cfg: RunConfig, run_id: str | None = None) -> P
     path = jobs.runs_dir(project.root) / run_id
     path.mkdir(parents=True, exist_ok=False)
     # the project's absolute path: `sfr report` from any folder finds it, and refuses another one
-    write_json_atomic(path / CONFIG_JSON, {"run_id": run_id, "project": str(Path(project.root).resolve()),
+    write_json_atomic(RunFolder(path).config, {"run_id": run_id, "project": str(Path(project.root).resolve()),
                                            **cfg.to_dict()})
-    write_json_atomic(path / jobs.STATUS_NAME, {"state": "starting", "run_id": run_id, "created": jobs.utcnow()})
+    write_json_atomic(RunFolder(path).status, {"state": "starting", "run_id": run_id, "created": jobs.utcnow()})
     jobs.set_latest(project.root, run_id)
     return path
 
@@ -174,8 +118,9 @@ def execute(project_root, run_path: Path) -> int:
     status = jobs.StatusWriter(run_path, jobs.read_status(run_path))
     previous_term = None
     try:
-        sinks.append(events.open_sink(run_path / "events.jsonl"))
-        sinks += [_LogFile(run_path / "log.txt"), status]
+        folder = RunFolder(run_path)
+        sinks.append(events.open_sink(folder.events))
+        sinks += [_LogFile(folder.log), status]
         for sink in sinks[1:]:
             events.add_sink(sink)
         status.set(state="running", run_id=run_id, pid=os.getpid(), host=socket.gethostname(),
@@ -248,5 +193,5 @@ def _publish(run_path: Path, cfg: RunConfig, status) -> None:
         except Exception as exc:  # noqa: BLE001 - the results are complete without the report
             events.log(f"could not write the report: {type(exc).__name__}: {exc}", "warning")
     events.log(f"run {run_id} finished: {run_path}")
-    events.emit("result", run_id=run_id, run=str(run_path), review=str(run_path / REVIEW_JSON),
+    events.emit("result", run_id=run_id, run=str(run_path), review=str(RunFolder(run_path).review),
                 report=str(report_path) if report_path else None)

@@ -31,7 +31,7 @@ from ..runfolder import PSEUDO_FOLDER, REVIEW_JSON
 from . import stages
 from .cache import StageCache, copy_tree, link_or_copy, make_key
 from .config import RunConfig, finetune_config, retrain_config, review_settings, stage_settings
-from .job import with_oom_retry
+from .oom import with_oom_retry
 
 #: The files of a case in a pseudo-label stage (stage F's pseudo-labels and their confidence).
 PSEUDO_SUFFIXES = (".nii.gz", "_confidence.nii.gz")

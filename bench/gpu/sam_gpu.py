@@ -35,7 +35,7 @@ from SFRSegmenterLib.manifest import init_project  # noqa: E402
 from SFRSegmenterLib.pseudolabel import pseudolabel  # noqa: E402
 from SFRSegmenterLib.sam.loss import dice_ce_loss  # noqa: E402
 from SFRSegmenterLib.sam.model import set_grad_checkpointing  # noqa: E402
-from SFRSegmenterLib.sam.registry import build_segmenter, count_parameters  # noqa: E402
+from SFRSegmenterLib.sam import build_segmenter, count_parameters  # noqa: E402
 from SFRSegmenterLib.stitching import IGNORE_INDEX  # noqa: E402
 
 
