@@ -60,9 +60,13 @@ def keep_largest_component(label: np.ndarray, num_classes: int) -> np.ndarray:
 # --------------------------------------------------------------------------- signals
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
+def _dice(a: np.ndarray, b: np.ndarray, expected: bool) -> float:
+    """Dice of two masks; two empty masks agree (1) unless a structure was ``expected`` there:
+    then both models missed it (0)."""
     total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(a & b)) / total
+    if total == 0:
+        return 0.0 if expected else 1.0
+    return 2.0 * int(np.count_nonzero(a & b)) / total
 
 
 def class_signals(label: np.ndarray, conf: np.ndarray, sam_label: "np.ndarray | None", voxel_mm3: float,
@@ -84,7 +88,7 @@ def class_signals(label: np.ndarray, conf: np.ndarray, sam_label: "np.ndarray | 
         ref = labeled_mm3[k - 1] if labeled_mm3 and k - 1 < len(labeled_mm3) else None
         out["size_ratio"].append(round(n * float(voxel_mm3) / float(ref), 6) if ref else None)
         if sam_label is not None:
-            out["agreement"].append(round(_dice(mask, sam_label == k), 6))
+            out["agreement"].append(round(_dice(mask, sam_label == k, bool(ref)), 6))
     return out
 
 
