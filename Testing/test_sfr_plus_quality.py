@@ -155,3 +155,29 @@ def test_rounds_json_and_review_json_agree_with_the_policy_on_the_cached_measure
     review = json.loads((run / "review.json").read_text())
     final = rounds[json.loads((run / "rounds.json").read_text())["final_round"]]
     assert {e["case"]: e["trusted"] for e in review["cases"]} == {c: row["trusted"] for c, row in final["cases"].items()}
+
+
+def test_sfr_predict_segments_as_the_run_did(tmp_path, sample_dir):
+    """A published model carries its post-processing: 'sfr predict' on a run's case gives the run's label."""
+    from conftest import run_sfr
+    from SFRSegmenterLib.io import read_label
+    from SFRSegmenterLib.manifest import init_project
+
+    cases = tmp_path / "cases.txt"
+    cases.write_text("hippocampus_001\nhippocampus_003\nhippocampus_004\n")
+    root = tmp_path / "proj"
+    init_project(root, sample_dir / "images", sample_dir / "labels", cases=cases, labeled=2)
+    run_sfr("run", root, "--backbone", "tiny_test", "--iterations-sam", "3", "--iterations-vnet", "20", "--device",
+            "cpu", "--vnet-option", "filters=4", "--no-report", check=True)
+    run = root / "runs" / (root / "runs" / "latest").read_text().strip()
+    assert json.loads((run / "vnet" / "postprocess.json").read_text()) == {"largest_component": True}
+    out = tmp_path / "pred"
+    run_sfr("predict", "--model", run / "vnet", "--images", sample_dir / "images" / "hippocampus_004.nii.gz",
+            "--out", out, "--device", "cpu", check=True)
+    mine = read_label(out / "hippocampus_004.nii.gz").array
+    assert np.array_equal(mine, read_label(run / "pseudo" / "hippocampus_004.nii.gz").array)
+    raw = tmp_path / "raw"
+    run_sfr("predict", "--model", run / "vnet", "--images", sample_dir / "images" / "hippocampus_004.nii.gz",
+            "--out", raw, "--device", "cpu", "--no-largest-component", check=True)
+    plain = read_label(raw / "hippocampus_004.nii.gz").array
+    assert np.array_equal(quality.keep_largest_component(plain, 3), mine)

@@ -268,6 +268,9 @@ class Pipeline:
             for suffix in CASE_SUFFIXES:
                 link_or_copy(cf / f"{c}{suffix}", inside(out / PSEUDO_FOLDER, f"{c}{suffix}"))
         copy_tree(rt, out / "vnet")
+        from ..retrain.inference import POSTPROCESS_JSON
+
+        write_json_atomic(out / "vnet" / POSTPROCESS_JSON, {"largest_component": bool(self.cfg.largest_component)})
         if (md / "validation").is_dir():
             copy_tree(md / "validation", out / "validation")
         trusted = self.trust(reviews)
