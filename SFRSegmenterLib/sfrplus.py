@@ -214,6 +214,14 @@ class RoundRecord:
             out["why"] = self.why
         return out
 
+    @classmethod
+    def from_json(cls, d: dict) -> "RoundRecord":
+        """A record of ``rounds.json`` read back (what a reader or a benchmark re-examines)."""
+        fields = {f for f in cls.__dataclass_fields__ if f != "cases"}
+        cases = {c: CaseRound(**{k: v for k, v in row.items() if k in CaseRound.__dataclass_fields__})
+                 for c, row in d.get("cases", {}).items()}
+        return cls(cases=cases, **{k: v for k, v in d.items() if k in fields})
+
     def summary(self, policy: TrustPolicy) -> str:
         """The round's log line."""
         return (f"round {self.round}: {len(self.trusted)}/{len(self.cases)} cases trusted ({policy.describe()}), "
@@ -284,30 +292,46 @@ def stop_message(reason: str, policy: TrustPolicy) -> str:
     return "every case is trusted" if reason == "all cases trusted" else reason
 
 
+def _compared_on(rec: RoundRecord) -> list:
+    """The cases on which round ``rec`` can be compared with an earlier round: those it re-trained
+    with fresh SAM pseudo-labels (not trusted before it).  On a case trusted in the round before,
+    SAM and the V-Net both learned the same V-Net label, so their agreement says nothing."""
+    return sorted(c for c in rec.cases if c not in set(rec.sam_trained_with_pseudo))
+
+
+def _mean_estimate(rec: RoundRecord, cases: list) -> "float | None":
+    values = [rec.cases[c].estimated_dice for c in cases if c in rec.cases]
+    return None if not values or any(v is None for v in values) else float(np.mean(values))
+
+
 def choose_round(history: list) -> int:
-    """Index of the round to publish, with every round's ``published`` and ``why`` set: the round of
-    highest mean estimated Dice among those that did not drift (the earlier one on a tie, so plain
-    SFR wins unless a round is estimated better); without an estimate for every round, the last
-    round that did not drift (the paper's rule: the rounds' result is the last round's)."""
-    ok = [i for i, rec in enumerate(history) if not rec.drift]
-    estimated = all(history[i].mean_estimated_dice is not None for i in ok)
-    if estimated:
-        best = max(ok, key=lambda i: (history[i].mean_estimated_dice, -i))
-        reason = f"highest mean estimated Dice ({history[best].mean_estimated_dice:.4f})"
-    else:
-        best = ok[-1]
-        reason = "the last round that did not drift (no quality estimate for every round: the paper's rule)"
+    """Index of the round to publish, with every round's ``published`` and ``why`` set.
+
+    Round 0 is the first candidate; each later round that did not drift replaces the candidate when
+    its mean estimated Dice over the cases it re-trained with fresh SAM pseudo-labels
+    (:func:`_compared_on`) is higher than the candidate's on the same cases; a tie keeps the
+    earlier, so plain SFR is published unless a round is estimated better.  Without estimates,
+    the last round that did not drift (the paper's rule: the rounds' result is the last round's)."""
+    best, reasons = 0, {0: "round 0 (SFR)"}
+    for i, rec in enumerate(history[1:], start=1):
+        if rec.drift:
+            reasons[i] = "dropped: its structures drifted away from the labeled size"
+            continue
+        cases = _compared_on(rec)
+        new, old = _mean_estimate(rec, cases), _mean_estimate(history[best], cases)
+        if new is None or old is None:
+            reasons[i] = "no quality estimate to compare with: the paper's rule keeps the last round"
+            best = i
+            continue
+        on = f"mean estimated Dice {new:.4f} vs {old:.4f} of round {history[best].round} on the {len(cases)} cases it re-trained with new pseudo-labels"
+        if new > old:
+            reasons[best] = f"dropped: round {rec.round} is estimated better ({on})"
+            best, reasons[i] = i, on
+        else:
+            reasons[i] = f"dropped: {on}"
     for i, rec in enumerate(history):
         rec.published = i == best
-        if i == best:
-            rec.why = "published: " + reason
-        elif rec.drift:
-            rec.why = "dropped: its structures drifted away from the labeled size"
-        elif estimated:
-            rec.why = (f"dropped: mean estimated Dice {rec.mean_estimated_dice:.4f} below round "
-                       f"{history[best].round}'s {history[best].mean_estimated_dice:.4f}")
-        else:
-            rec.why = "dropped: a later round replaced it"
+        rec.why = ("published: " + reasons[i]) if i == best else reasons[i]
     return best
 
 

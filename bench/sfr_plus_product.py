@@ -29,7 +29,7 @@ from _common import REPO, machine
 
 import numpy as np  # noqa: E402
 
-from SFRSegmenterLib import quality  # noqa: E402
+from SFRSegmenterLib import quality, sfrplus  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 
@@ -66,6 +66,10 @@ def summarize_run(run: Path) -> dict:
     out = {"run": str(run), "seed": cfg.get("seed"), "trust": rounds.get("trust"), "round_retrain": cfg.get("round_retrain"),
            "largest_component": cfg.get("largest_component"), "final_round": rounds.get("final_round"),
            "seconds": status.get("seconds"), "wall_s": wall, "rounds": []}
+    # the round the product's rule publishes, from the run's own records (a run made before the
+    # rule changed is re-judged by today's sfrplus.choose_round; 'published' is what it published)
+    records = [sfrplus.RoundRecord.from_json(rec) for rec in rounds.get("rounds", [])]
+    out["published_by_current_rule"] = records[sfrplus.choose_round(records)].round if records else None
     for rec in rounds.get("rounds", []):
         entries = round_entries(run, rec["round"])
         cases = rec["cases"]
@@ -156,7 +160,8 @@ def write(result: dict, name: str) -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1))
     lines = [f"# SFR vs SFR+ through the product's loop ({name})", "",
              "Every number read from the files the product's runs wrote (bench/sfr_plus_product.py). "
-             "Round 0 = plain SFR; 'published' = the round the run publishes. Dice in points, against the "
+             "Round 0 = plain SFR; 'published' = the round the run published (its run's rule); the 'published' "
+             "rows of 'Across seeds' use today's sfrplus.choose_round on the same records. Dice in points, against the "
              "hidden labels of the unlabeled cases.", "",
              f"Machine: {json.dumps(result['machine'])}", "",
              "| seed | trust | round | published | mean Dice | per class | est. mean | Spearman est. | MAE est. | "
@@ -202,7 +207,7 @@ def summary(runs: list) -> dict:
     out = {"round0": [], "published": [], "gain": [], "published_class_min": []}
     for run in runs:
         r0 = run["rounds"][0]
-        pub = next(r for r in run["rounds"] if r["published"])
+        pub = run["rounds"][run["published_by_current_rule"]]
         out["round0"].append(r0["mean_dice"])
         out["published"].append(pub["mean_dice"])
         out["gain"].append(round(pub["mean_dice"] - r0["mean_dice"], 6))
