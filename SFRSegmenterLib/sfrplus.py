@@ -292,38 +292,25 @@ def stop_message(reason: str, policy: TrustPolicy) -> str:
     return "every case is trusted" if reason == "all cases trusted" else reason
 
 
-def _compared_on(rec: RoundRecord) -> list:
-    """The cases on which round ``rec`` can be compared with an earlier round: those it re-trained
-    with fresh SAM pseudo-labels (not trusted before it).  On a case trusted in the round before,
-    SAM and the V-Net both learned the same V-Net label, so their agreement says nothing."""
-    return sorted(c for c in rec.cases if c not in set(rec.sam_trained_with_pseudo))
-
-
-def _mean_estimate(rec: RoundRecord, cases: list) -> "float | None":
-    values = [rec.cases[c].estimated_dice for c in cases if c in rec.cases]
-    return None if not values or any(v is None for v in values) else float(np.mean(values))
-
-
 def choose_round(history: list) -> int:
     """Index of the round to publish, with every round's ``published`` and ``why`` set.
 
     Round 0 is the first candidate; each later round that did not drift replaces the candidate when
-    its mean estimated Dice over the cases it re-trained with fresh SAM pseudo-labels
-    (:func:`_compared_on`) is higher than the candidate's on the same cases; a tie keeps the
-    earlier, so plain SFR is published unless a round is estimated better.  Without estimates,
-    the last round that did not drift (the paper's rule: the rounds' result is the last round's)."""
+    its mean estimated Dice is higher (every case's estimate compares it with a SAM that did not
+    learn its V-Net label, :func:`run_rounds`, so rounds compare); a tie keeps the earlier, so
+    plain SFR is published unless a round is estimated better.  Without estimates, the last round
+    that did not drift (the paper's rule: the rounds' result is the last round's)."""
     best, reasons = 0, {0: "round 0 (SFR)"}
     for i, rec in enumerate(history[1:], start=1):
         if rec.drift:
             reasons[i] = "dropped: its structures drifted away from the labeled size"
             continue
-        cases = _compared_on(rec)
-        new, old = _mean_estimate(rec, cases), _mean_estimate(history[best], cases)
+        new, old = rec.mean_estimated_dice, history[best].mean_estimated_dice
         if new is None or old is None:
             reasons[i] = "no quality estimate to compare with: the paper's rule keeps the last round"
             best = i
             continue
-        on = f"mean estimated Dice {new:.4f} vs {old:.4f} of round {history[best].round} on the {len(cases)} cases it re-trained with new pseudo-labels"
+        on = f"mean estimated Dice {new:.4f} vs {old:.4f} of round {history[best].round}"
         if new > old:
             reasons[best] = f"dropped: round {rec.round} is estimated better ({on})"
             best, reasons[i] = i, on
@@ -357,12 +344,13 @@ class RoundStages(Protocol):
     def retrain(self, r: int, pseudo: Path, pseudo_cases: list, sam_model: Path, label_files: dict) -> Path:
         """The V-Net trained with ``pseudo_cases``' pseudo-labels and ``{case: label file}``; the model folder."""
 
-    def confidence(self, r: int, vnet: Path, pseudo: Path) -> "tuple[Path, dict]":
+    def confidence(self, r: int, vnet: Path, sam_labels: dict) -> "tuple[Path, dict]":
         """Every unlabeled case predicted: the folder and ``{case: entry}``, each entry with its
-        measurements and ``estimated_dice`` (None where it cannot be estimated)."""
+        measurements and ``estimated_dice`` (None where it cannot be estimated) from the comparison
+        with SAM's label ``sam_labels[case]``."""
 
     def label_file(self, confidence_dir: Path, case: str) -> Path:
-        """The V-Net label of ``case`` in a confidence folder."""
+        """The V-Net label of ``case`` in a confidence folder (also of a pseudo-label folder)."""
 
 
 @dataclass
@@ -379,10 +367,12 @@ def run_rounds(stages: RoundStages, policy: TrustPolicy, context: TrustContext, 
     """SFR (round 0) and ``rounds`` SFR+ rounds over ``stages``; ``(results, published index)``.
 
     Round r >= 1 fine-tunes SAM on the labeled cases plus the cases ``policy`` trusted in round
-    r - 1 (with their V-Net labels), pseudo-labels every case with it, re-trains the V-Net
-    (:data:`RETRAIN_SCHEMES`) and predicts every case again.  The rounds stop early when no case or
-    every case is trusted, or when a round's structures drift; the published round is
-    :func:`choose_round`'s."""
+    r - 1 (with their V-Net labels), pseudo-labels the other cases with it, re-trains the V-Net
+    (:data:`RETRAIN_SCHEMES`) and predicts every case again.  The quality estimate compares each
+    case with SAM's label from the last SAM that was not trained on that case's V-Net label (round
+    r's for the untrusted cases; the trusted ones keep theirs), so every round's estimates are
+    comparable.  The rounds stop early when no case or every case is trusted, or when a round's
+    structures drift; the published round is :func:`choose_round`'s."""
     if retrain_with not in RETRAIN_SCHEMES:
         raise ValueError(f"unknown re-training scheme {retrain_with!r} (choose from {', '.join(RETRAIN_SCHEMES)})")
 
@@ -395,7 +385,8 @@ def run_rounds(stages: RoundStages, policy: TrustPolicy, context: TrustContext, 
     ft = stages.finetune(0, {})
     pl = stages.pseudolabel(0, ft, list(cases))
     rt = stages.retrain(0, pl, list(cases), ft, {})
-    cf, entries = stages.confidence(0, rt, pl)
+    reference = {c: stages.label_file(pl, c) for c in cases}  # SAM's labels to compare with
+    cf, entries = stages.confidence(0, rt, reference)
     results = [RoundResult(cf, rt, record(0, entries, None, list(cases), []))]
     for r in range(1, rounds + 1):
         last = results[-1]
@@ -409,10 +400,11 @@ def run_rounds(stages: RoundStages, policy: TrustPolicy, context: TrustContext, 
         untrusted = [c for c in cases if not trusted[c]]
         kept_labels = {c: stages.label_file(last.confidence, c) for c in chosen}
         ft = stages.finetune(r, kept_labels)
-        pl = stages.pseudolabel(r, ft, list(cases))  # every case: the estimate compares with it
+        pl = stages.pseudolabel(r, ft, untrusted)
         label_files = kept_labels if retrain_with == "all" else {}
         rt = stages.retrain(r, pl, untrusted, ft, label_files)
-        cf, entries = stages.confidence(r, rt, pl)
+        reference.update({c: stages.label_file(pl, c) for c in untrusted})
+        cf, entries = stages.confidence(r, rt, reference)
         rec = record(r, entries, last.record, sorted(untrusted + list(label_files)), chosen)
         results.append(RoundResult(cf, rt, rec))
         if drifted(last.record, rec):

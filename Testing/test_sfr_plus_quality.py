@@ -83,28 +83,21 @@ def test_estimate_rule_trusts_the_best_fraction_above_the_floor_with_the_size_gu
     assert "estimated Dice" in policy.describe()
 
 
-def test_the_published_round_is_compared_on_the_cases_it_retrained_with_new_pseudo_labels():
-    def rec(r, est: dict, sam_extra=(), drift=False):
-        cases = {c: sfrplus.CaseRound(confidence=0.99, trusted=False, estimated_dice=v) for c, v in est.items()}
-        out = sfrplus.RoundRecord(r, sorted(sam_extra), [], [], [], [], 0.99, cases)
+def test_the_published_round_is_the_best_estimated_one_that_did_not_drift():
+    def rec(r, est, drift=False):
+        out = sfrplus.RoundRecord(r, [], [], [], [], [], 0.99, {}, mean_estimated_dice=est)
         out.drift = drift
         return out
 
-    r0 = rec(0, {"a": 0.9, "b": 0.6, "c": 0.5})
-    # round 1 trusted 'a' (so SAM and the V-Net both learned its label: its 0.99 says nothing);
-    # on 'b' and 'c' it is estimated worse: round 0 is published
-    worse = rec(1, {"a": 0.99, "b": 0.55, "c": 0.5}, sam_extra=["a"])
-    history = [r0, worse]
-    assert sfrplus.choose_round(history) == 0
-    assert [h.published for h in history] == [True, False] and "0.5250 vs 0.5500" in worse.why
-    better = rec(1, {"a": 0.8, "b": 0.7, "c": 0.6}, sam_extra=["a"])
-    history = [rec(0, {"a": 0.9, "b": 0.6, "c": 0.5}), better]
-    assert sfrplus.choose_round(history) == 1 and history[0].why.startswith("dropped: round 1 is estimated better")
-    drifted = [rec(0, {"a": 0.5}), rec(1, {"a": 0.9}, drift=True)]
-    assert sfrplus.choose_round(drifted) == 0 and "drifted" in drifted[1].why
-    tie = [rec(0, {"a": 0.7}), rec(1, {"a": 0.7})]
+    history = [rec(0, 0.70), rec(1, 0.75), rec(2, 0.80, drift=True)]
+    assert sfrplus.choose_round(history) == 1
+    assert [h.published for h in history] == [False, True, False]
+    assert history[0].why.startswith("dropped: round 1 is estimated better") and "drifted" in history[2].why
+    worse = [rec(0, 0.70), rec(1, 0.65)]
+    assert sfrplus.choose_round(worse) == 0 and "0.6500 vs 0.7000" in worse[1].why
+    tie = [rec(0, 0.70), rec(1, 0.70)]
     assert sfrplus.choose_round(tie) == 0  # plain SFR unless a round is estimated better
-    unknown = [rec(0, {"a": None}), rec(1, {"a": 0.9})]
+    unknown = [rec(0, None), rec(1, 0.9)]
     assert sfrplus.choose_round(unknown) == 1 and "paper's rule" in unknown[1].why
 
 

@@ -153,10 +153,10 @@ class Pipeline:
 
         return self.runner.run_stage(f"retrain-r{r}", key, fn)
 
-    def confidence(self, r: int, model_dir: Path, sam_dir: Path) -> "tuple[Path, dict]":
+    def confidence(self, r: int, model_dir: Path, sam_labels: dict) -> "tuple[Path, dict]":
         """The folder and ``{case: entry}`` of :meth:`stage_confidence`, each entry with its
         ``estimated_dice`` (:mod:`..quality`; never cached: the calibration may change)."""
-        cf = self.stage_confidence(r, model_dir, sam_dir)
+        cf = self.stage_confidence(r, model_dir, sam_labels)
         return cf, self.with_estimates(self.measurements(cf))
 
     def label_file(self, confidence_dir: Path, case: str) -> Path:
@@ -169,7 +169,7 @@ class Pipeline:
             out[c] = {**e, **(est or {"estimated_dice": None})}
         return out
 
-    def stage_confidence(self, r: int, model_dir: Path, sam_dir: Path) -> Path:
+    def stage_confidence(self, r: int, model_dir: Path, sam_labels: dict) -> Path:
         """The V-Net's label, confidence map, quality signals and measurements of every unlabeled case.
 
         A case's prediction is keyed by the model, the image, SAM's pseudo-label it is compared with
@@ -179,9 +179,10 @@ class Pipeline:
         settings = review_settings(self.cfg)
         names = [c.name for c in self.unlabeled]
         model_key = self.runner.key_of(model_dir)
-        sam_key = self.runner.key_of(sam_dir)
         largest = bool(self.cfg.largest_component)
-        case_keys = {c: make_key("confidence-case", model_key, c, self.sha[c], sam_key, largest) for c in names}
+        # SAM's label a case is compared with, by the key of the stage that made it
+        case_keys = {c: make_key("confidence-case", model_key, c, self.sha[c], self.runner.key_of(sam_labels[c].parent),
+                                 largest) for c in names}
         key = make_key("confidence", sorted(case_keys.items()), settings)
 
         def fn(d: Path, resume: bool):
@@ -203,7 +204,7 @@ class Pipeline:
 
                         model = load_model(model_dir, self.cfg.device)
                     entry = {"key": case_keys[c],
-                             **stages.review_new(model, case, self.project, d, settings, sam_dir,
+                             **stages.review_new(model, case, self.project, d, settings, sam_labels[c],
                                                  largest, self._class_mm3())}
                 done.record(c, entry)
                 bar.update(i + 1, case=c)

@@ -85,17 +85,16 @@ def copy_index_entry(src_index: Path, dst_index: Path, case: str) -> None:
 # --------------------------------------------------------------------------- confidence
 
 
-def review_new(model, case, project: Project, out_dir: Path, settings: dict, sam_dir: "Path | None",
+def review_new(model, case, project: Project, out_dir: Path, settings: dict, sam_path: "Path | None",
                largest_component: bool = False, class_mm3: "list | None" = None) -> dict:
     """Predict ``case``, write its three maps into ``out_dir``; its measurements, quality signals
-    (against SAM's pseudo-label in ``sam_dir``, :mod:`..quality`) and scores."""
+    (against SAM's pseudo-label ``sam_path``, :mod:`..quality`) and scores."""
     from ..quality import class_signals
     from ..review import case_measurements, review_image, write_case_maps
 
     img = read_image(project.image_path(case))
     review = review_image(model, img, case.name, largest_component=largest_component, **settings)
     write_case_maps(review, img, out_dir)
-    sam_path = sam_dir / f"{case.name}.nii.gz" if sam_dir is not None else None
     sam_label = read_label(sam_path).array if sam_path is not None and sam_path.exists() else None
     signals = class_signals(review.label, review.conf, sam_label, float(np.prod(img.spacing)), class_mm3,
                             project.num_classes)
