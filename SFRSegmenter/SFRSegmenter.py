@@ -642,10 +642,8 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._fillFlagged(review.flagged_slices({r.case: r.review for r in results}))
         self.ui.reviewCaseComboBox.clear()
-        for r in results:
-            confidence = r.review.get("confidence")
-            label = r.case if confidence is None else f"{r.case} (confidence {confidence:.3f})"
-            self.ui.reviewCaseComboBox.addItem(label, r.case)
+        for r in review.review_order(results):
+            self.ui.reviewCaseComboBox.addItem(review.case_label(r.case, r.review), r.case)
         runId = resultnodes.run_of(results[0].segmentation) if results else runId
         self.ui.linksLabel.text = provenance.links_html(self.projectFolder(), runId)
         self._log(f"loaded {len(results)} pseudo-labeled cases of run {runId}")

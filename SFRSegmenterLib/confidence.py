@@ -179,7 +179,6 @@ class CaseReview:
 
     case: str
     confidence: float
-    trusted: bool
     flagged_slices: list  # [(index, confidence)]
     low_confidence_voxels: int
     foreground_voxels: int = 0  # voxels of the predicted structure (label > 0)
@@ -189,11 +188,11 @@ class CaseReview:
     label: "np.ndarray | None" = field(default=None, repr=False)
 
     def to_json(self) -> dict:
-        """The ``review.json`` entry (schema read by the Slicer module)."""
+        """The measured part of a ``review.json`` entry (whether the case is trusted is
+        :mod:`.sfrplus`'s decision; the whole entry: :func:`SFRSegmenterLib.review.review_record`)."""
         return {
             "case": self.case,
             "confidence": round(float(self.confidence), 6),
-            "trusted": bool(self.trusted),
             "flagged_slices": [
                 {"index": int(i), "confidence": round(float(c), 6)} for i, c in self.flagged_slices
             ],
@@ -205,15 +204,13 @@ def review_from_maps(
     case: str,
     conf: np.ndarray,
     label: np.ndarray,
-    tau: float = TAU,
     k: int = FLAG_K,
     voxel_threshold: float = VOXEL_THRESHOLD,
     margin: int = MARGIN,
     ranking: str = "mass",
-    min_foreground: float = 0.0,
 ) -> CaseReview:
-    """Confidence, trust, flagged slices and low-confidence mask from a voxel confidence map
-    and the predicted label (what a run folder stores); equal to :func:`review_case`."""
+    """Confidence, flagged slices and low-confidence mask from a voxel confidence map and the
+    predicted label (what a run folder stores); equal to :func:`review_case`."""
     conf = np.asarray(conf, dtype=np.float32)
     roi = region_of_interest(conf, label, margin=margin)
     low = low_confidence_mask(conf, roi, voxel_threshold)
@@ -223,7 +220,6 @@ def review_from_maps(
     return CaseReview(
         case=case,
         confidence=c,
-        trusted=is_trusted(c, tau) and foreground >= min_foreground,
         foreground_voxels=foreground,
         flagged_slices=flag_slices(conf, roi, k=k, ranking=ranking),
         low_confidence_voxels=int(low.sum()),
@@ -234,7 +230,13 @@ def review_from_maps(
     )
 
 
-def review_case(case: str, prob, **kwargs) -> CaseReview:
-    """:func:`review_from_maps` of the probabilities ``[K, D, H, W]`` of one case."""
+def review_case(case: str, prob, largest_component: bool = False, **kwargs) -> CaseReview:
+    """:func:`review_from_maps` of the probabilities ``[K, D, H, W]`` of one case; with
+    ``largest_component`` each class of the label keeps its largest connected component only."""
     prob = _as_numpy(prob)
-    return review_from_maps(case, prob.max(axis=0), prob.argmax(axis=0).astype(np.uint8), **kwargs)
+    label = prob.argmax(axis=0).astype(np.uint8)
+    if largest_component:
+        from .quality import keep_largest_component
+
+        label = keep_largest_component(label, prob.shape[0])
+    return review_from_maps(case, prob.max(axis=0), label, **kwargs)

@@ -220,15 +220,17 @@ def build_report(run_path: "str | Path") -> str:
     dice_by_case = {}
     for r in (metrics.get("pseudo_labels") or {}).get("cases", []):
         dice_by_case.setdefault(r["case"], []).append(r.get("dice"))
-    order = sorted(cases, key=lambda c: c["confidence"])
+    order = sorted(cases, key=_review_order)
     rows = []
     for c in order:
         flagged = ", ".join(f"{f['index']} ({100 * f['confidence']:.0f}%)" for f in c["flagged_slices"])
         d = [v for v in dice_by_case.get(c["case"], []) if v is not None]
-        rows.append(_row([c["case"], f"{100 * c['confidence']:.2f} %", "yes" if c["trusted"] else "no", flagged,
-                          c["low_confidence_voxels"], _pct(float(np.mean(d))) if d else "-"],
-                         bold=() if c["trusted"] else (2,)))
+        rows.append(_row([c["case"], _pct(c.get("estimated_dice")), f"{100 * c['confidence']:.2f} %",
+                          "yes" if c["trusted"] else "no", flagged, c["low_confidence_voxels"],
+                          _pct(float(np.mean(d))) if d else "-"],
+                         bold=() if c["trusted"] else (3,)))
     ctx["review_rows"] = rows
+    ctx["estimate_note"] = estimate_note(cases, review.get("estimate"), dice_by_case)
 
     # ---------------------------------------------------------------- mosaic
     mosaics = folder.stitch_pictures
@@ -344,14 +346,15 @@ def build_report(run_path: "str | Path") -> str:
     ctx["round_rows"] = []
     for r in rounds.get("rounds") or []:
         ratio = r.get("structure_ratio")
-        note = r.get("stopped", "")
-        if r.get("drift"):
+        note = "; ".join(x for x in (r.get("why", ""), r.get("stopped", "")) if x)
+        if r.get("drift") and not r.get("why"):
             note = "structure drift: not published"
         ctx["round_rows"].append(_row([
-            r["round"], len(r.get("trusted", [])), f"{100 * r['mean_confidence']:.3f}",
+            r["round"], len(r.get("trusted", [])), _pct(r.get("mean_estimated_dice")), f"{100 * r['mean_confidence']:.3f}",
             "-" if ratio is None else f"{ratio:.2f}", _pct(r.get("mean_dice")), _pct(r.get("mean_sam_dice")),
             ", ".join(r.get("moved_to_trusted", [])) or "-", ", ".join(r.get("moved_to_untrusted", [])) or "-", note]))
     ctx["final_round"] = rounds.get("final_round", "-")
+    ctx["trust_rule"] = rounds.get("trust") or f"case confidence >= tau {cfg.get('tau')}"
 
     # ---------------------------------------------------------------- metrics
     ctx["metric_tables"] = []
@@ -369,6 +372,35 @@ def build_report(run_path: "str | Path") -> str:
 
     ctx["config_json"] = json.dumps(cfg, indent=1)
     return render(ctx)
+
+
+def _review_order(case: dict):
+    """Lowest estimated Dice first; cases without an estimate after them, least confident first."""
+    est = case.get("estimated_dice")
+    return (est is None, est if est is not None else case["confidence"], case["case"])
+
+
+def estimate_note(cases: list, calibration: "dict | None", dice_by_case: dict) -> str:
+    """What the estimated Dice is and, where this run knows the true Dice (hidden labels), how
+    close it came; otherwise where it was measured."""
+    from .quality import accuracy
+
+    if not any(c.get("estimated_dice") is not None for c in cases):
+        return ("No quality estimate: no SAM pseudo-label to compare the V-Net with; trust falls back to the "
+                "paper's rule (case confidence >= tau).")
+    source = (calibration or {}).get("source", "agreement between the V-Net and SAM")
+    text = (f"Estimated Dice: {source}, per class then averaged (SFRSegmenterLib/quality.py). ")
+    truth = {c: float(np.mean([v for v in d if v is not None])) for c, d in dice_by_case.items()
+             if any(v is not None for v in d)}
+    known = [c for c in cases if c["case"] in truth and c.get("estimated_dice") is not None]
+    if len(known) >= 3:
+        acc = accuracy([c["estimated_dice"] for c in known], [truth[c["case"]] for c in known])
+        rho = "-" if acc["spearman"] is None else f"{acc['spearman']:.2f}"
+        text += (f"Against this run's hidden labels ({acc['cases']} cases): Spearman {rho}, "
+                 f"mean absolute error {100 * acc['mae']:.1f} Dice points.")
+    else:
+        text += "Its accuracy on benchmark data: bench/results/quality_estimate.md."
+    return text
 
 
 def _inputs(run: Path) -> list:

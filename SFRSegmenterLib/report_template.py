@@ -17,10 +17,11 @@ TEMPLATE = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>SFR run {{
 {{ n_validation }} validation) &middot; {{ mode }}, {{ resolved_rounds }} round(s), tau {{ tau }} &middot; state
 <b>{{ state }}</b> &middot; compute {{ "%.1f"|format(compute_min) }} min &middot; {{ n_trusted }}/{{ n_cases }} cases trusted</p>
 {% if pseudo_mean %}<p class=big>Pseudo-labels vs hidden ground truth: mean Dice <b>{{ pseudo_mean.dice }} %</b>, 95HD {{ pseudo_mean.hd95 }} mm</p>{% endif %}
-<h2>Cases to review</h2><p>Least confident first. <i>Flagged slices</i> are the slices (index along the volume's
+<h2>Cases to review</h2><p>Lowest estimated quality first. <i>Flagged slices</i> are the slices (index along the volume's
 first array axis, as in review.json) with the largest expected number of wrong voxels near the structure; each
 with its mean confidence there.</p>
-{{ table(["case", "confidence", "trusted", "flagged slices", "low-conf. voxels", "Dice %"], review_rows) }}
+{{ table(["case", "estimated Dice %", "confidence", "trusted", "flagged slices", "low-conf. voxels", "Dice %"], review_rows) }}
+<p>{{ estimate_note }}</p>
 {% if mosaic %}<h2>What SAM sees: the stitched mosaic of {{ mosaic.name }}</h2>
 <p>All slices of the labeled volume, in order, row by row on the backbone's canvas; label outlined.</p>
 {{ img(mosaic.b64, "stitched mosaic", mosaic.width) }}{% endif %}
@@ -40,8 +41,9 @@ collapsed.</p>{{ img(balance_fig, "class balance") }}{% endif %}
 {% if stage_fig %}<h2>Time per stage</h2>{{ img(stage_fig, "stage times") }}
 {{ table(["stage", "status", "seconds", "reused from"], stage_rows) }}{% endif %}
 {% if round_rows %}<h2>SFR+ rounds</h2>
-{{ table(["round", "trusted", "mean conf. %", "structure / labeled", "V-Net Dice %", "SAM Dice %",
-          "moved to trusted", "moved out", "note"], round_rows) }}
+<p>Trust rule: {{ trust_rule }}.</p>
+{{ table(["round", "trusted", "mean estimated Dice %", "mean conf. %", "structure / labeled", "V-Net Dice %", "SAM Dice %",
+          "moved to trusted", "moved out", "kept or dropped"], round_rows) }}
 <p>Results shown and saved: round {{ final_round }}.</p>{% endif %}
 {% for m in metric_tables %}<h2>{{ m.title }}</h2>
 {{ table(["case", "class", "Dice %", "Jaccard %", "95HD mm", "ASD mm"], m.rows) }}{% endfor %}

@@ -5,10 +5,13 @@ For every image this writes, in the image's geometry, ``<case>.nii.gz`` (uint8 l
 low-confidence mask), and then ``review.json``::
 
     {"model": "/abs/models/vnet/model.pt", "params": {"tau": 0.985, ...},
-     "cases": [{"case", "confidence", "trusted", "flagged_slices": [{"index", "confidence"}],
-                "low_confidence_voxels", "slice_confidence", "foreground_voxels", "structure_mm3"}]}
+     "cases": [{"case", "confidence", "trusted", "estimated_dice", "estimated_dice_per_class",
+                "flagged_slices": [{"index", "confidence"}], "low_confidence_voxels",
+                "foreground_voxels", "structure_mm3"}]}
 
-the same entries as the confidence stage of ``sfr run`` (:mod:`.confidence` for what they mean).
+one entry schema (:func:`review_record`) for ``sfr review`` and ``sfr run`` (:mod:`.confidence` for
+what the measurements mean; ``sfr review`` has no SAM pseudo-label to compare with, so its
+``estimated_dice`` is null).  Per-slice confidences go to ``slices.json`` beside it.
 Under ``torchrun`` the images are split over the processes (:mod:`.shard`); the main process
 writes ``review.json`` once every process has written its cases' files.
 """
@@ -27,6 +30,7 @@ from .io import Volume, inside, read_image, write_json_atomic, write_volume
 from .runfolder import RunFolder
 
 REVIEW_JSON = RunFolder.REVIEW  # the location is the run folder's
+SLICES_JSON = "slices.json"
 #: The files written per case, after the case name.
 CASE_SUFFIXES = (".nii.gz", "_confidence.nii.gz", "_lowconf.nii.gz")
 
@@ -45,42 +49,50 @@ def check_params(tau: float, k: int, voxel_threshold: float, ranking: str, min_s
         raise SFRError(f"--min-structure-mm3 must be >= 0, got {min_structure_mm3}")
 
 
-def review_entry(review: "conf_mod.CaseReview", image: Volume) -> dict:
-    """A case's entry in ``review.json`` (with the image, for the structure's physical volume)."""
-    return {**review.to_json(), "slice_confidence": review.slice_confidence,
-            "foreground_voxels": review.foreground_voxels,
-            "structure_mm3": round(review.foreground_voxels * float(np.prod(image.spacing)), 3)}
+#: The keys of a ``review.json`` case entry, in order; the one schema of every writer.
+RECORD_KEYS = ("case", "confidence", "trusted", "estimated_dice", "estimated_dice_per_class", "flagged_slices",
+               "low_confidence_voxels", "foreground_voxels", "structure_mm3")
+
+
+def review_record(measurements: dict, trusted: bool) -> dict:
+    """A case's ``review.json`` entry from its measurements (:func:`case_measurements`, with the
+    estimate when there is one) and the trust decision."""
+    entry = {**measurements, "trusted": bool(trusted)}
+    entry.setdefault("estimated_dice", None)
+    entry.setdefault("estimated_dice_per_class", None)
+    return {key: entry.get(key) for key in RECORD_KEYS}
 
 
 def case_measurements(review: "conf_mod.CaseReview", image: Volume) -> dict:
-    """What the review measured of one case, without the trust decision: :func:`review_entry`
-    less ``trusted``, plus the voxel volume (mm^3) a size rule needs (what ``sfr run`` caches)."""
-    entry = review_entry(review, image)
-    del entry["trusted"]
-    entry["voxel_mm3"] = float(np.prod(image.spacing))
-    return entry
+    """What the review measured of one case (what ``sfr run`` caches; no trust decision): the
+    review's numbers, per-slice confidence, the structure's size and the voxel volume (mm^3)."""
+    return {**review.to_json(), "slice_confidence": review.slice_confidence,
+            "foreground_voxels": review.foreground_voxels,
+            "structure_mm3": round(review.foreground_voxels * float(np.prod(image.spacing)), 3),
+            "voxel_mm3": float(np.prod(image.spacing))}
 
 
 def review_image(model, image: Volume, case: str, k: int = conf_mod.FLAG_K,
                  voxel_threshold: float = conf_mod.VOXEL_THRESHOLD, ranking: str = "mass",
-                 window=None, stride=None, batch: int = 4) -> "conf_mod.CaseReview":
+                 window=None, stride=None, batch: int = 4, largest_component: bool = False) -> "conf_mod.CaseReview":
     """The review of one image from ``model``'s sliding-window probabilities: label, maps,
     confidence, flagged slices (whether the case is trusted is :mod:`.sfrplus`'s decision)."""
     from .retrain.inference import predict_volume
 
     prob = predict_volume(model, image.array, window=window, stride=stride, batch=batch)
-    return conf_mod.review_case(case, prob, k=k, voxel_threshold=voxel_threshold, ranking=ranking)
+    return conf_mod.review_case(case, prob, k=k, voxel_threshold=voxel_threshold, ranking=ranking,
+                                largest_component=largest_component)
 
 
 def judged_entry(review: "conf_mod.CaseReview", image: Volume, tau: float, min_structure_mm3: float) -> dict:
-    """:func:`review_entry` with ``trusted`` decided by the trust policy of :mod:`.sfrplus`: confidence
-    >= ``tau`` and a predicted structure of at least ``min_structure_mm3`` (physical volume)."""
+    """:func:`case_measurements` with ``trusted`` decided by the paper's trust policy of
+    :mod:`.sfrplus` (no SAM pseudo-label here, so no estimate): confidence >= ``tau`` and a
+    predicted structure of at least ``min_structure_mm3`` (physical volume)."""
     from .sfrplus import ConfidenceAndSize, TrustContext
 
     policy = ConfidenceAndSize(tau, 1.0)  # 1.0 x the one reference volume below
-    entry = review_entry(review, image)
-    entry["trusted"] = policy.trusted(case_measurements(review, image), TrustContext((min_structure_mm3,)))
-    return entry
+    measured = case_measurements(review, image)
+    return {**measured, "trusted": policy.trusted(measured, TrustContext((min_structure_mm3,)))}
 
 
 def write_case_maps(review: "conf_mod.CaseReview", image: Volume, out_dir: Path) -> None:
@@ -117,8 +129,10 @@ def review_folder(model_dir: "str | os.PathLike", images, out_dir: "str | os.Pat
     with each_case(paths, device, "confidence", partial(load_model, model_dir), work, out_dir,
                    note=lambda e: {"confidence": e["confidence"]}) as (shard, model, entries):
         result = {"model": str(Path(model.sfr_meta["path"]).resolve()), "params": params,
-                  "cases": list(entries.values())}
+                  "cases": [review_record(e, e["trusted"]) for e in entries.values()]}
         if shard.main:
             write_json_atomic(out_dir / REVIEW_JSON, result)
+            write_json_atomic(out_dir / SLICES_JSON, {e["case"]: {"slice_confidence": e["slice_confidence"]}
+                                                      for e in entries.values()})
         shard.gather(None)  # nobody returns before review.json is written
     return result

@@ -117,7 +117,7 @@ def test_review_from_saved_maps_equals_review_from_probabilities(case, tmp_path)
     again = C.review_from_maps(name, conf, label, k=4)
     assert again.to_json() == review.to_json()
     j = review.to_json()
-    assert set(j) == {"case", "confidence", "trusted", "flagged_slices", "low_confidence_voxels"}
+    assert set(j) == {"case", "confidence", "flagged_slices", "low_confidence_voxels"}  # trust: sfrplus
     assert all(set(f) == {"index", "confidence"} for f in j["flagged_slices"])
     assert len(review.slice_confidence) == lab.array.shape[0]
 
@@ -142,10 +142,18 @@ def test_a_confident_empty_prediction_is_not_trusted_with_the_guard(case):
     assert C.case_confidence(empty) > C.case_confidence(good)
     need = 0.1 * np.count_nonzero(lab.array)
     tau = C.case_confidence(good) - 1e-4
-    assert C.review_case(name, empty, tau=tau).trusted  # the paper's rule trusts it
-    assert not C.review_case(name, empty, tau=tau, min_foreground=need).trusted
-    ok = C.review_case(name, good, tau=tau, min_foreground=need)
-    assert ok.trusted and ok.foreground_voxels == np.count_nonzero(good.argmax(axis=0))
+    from SFRSegmenterLib.sfrplus import ConfidenceAndSize, TrustContext
+
+    def measured(prob):
+        review = C.review_case(name, prob)
+        return {"confidence": review.confidence, "foreground_voxels": review.foreground_voxels, "voxel_mm3": 1.0}
+
+    context = TrustContext((float(np.count_nonzero(lab.array)),))  # one labeled structure, 1 mm^3 voxels
+    assert ConfidenceAndSize(tau, 0.0).trusted(measured(empty), context)  # the paper's rule trusts it
+    assert not ConfidenceAndSize(tau, 0.1).trusted(measured(empty), context)
+    ok = measured(good)
+    assert ConfidenceAndSize(tau, 0.1).trusted(ok, context)
+    assert ok["foreground_voxels"] == np.count_nonzero(good.argmax(axis=0)) >= need
 
 
 def test_structure_drift_is_measured_against_the_labeled_size():

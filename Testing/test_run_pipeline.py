@@ -52,7 +52,7 @@ def sfr_runs(tmp_path_factory, sample_dir):
     tau = statistics.median(confs)
     # --min-structure 0: the paper's rule (confidence only), so that the median tau splits the cases
     second = run_sfr("--progress", "json", "run", root, *TINY, "--sfr-plus", "--rounds", "1", "--tau", repr(tau),
-                     "--min-structure", "0", check=True)
+                     "--min-structure", "0", "--trust", "confidence", check=True)
     return {"root": root, "sfr": sfr_run, "plus": latest(root), "tau": tau, "stdout": [first.stdout, second.stdout]}
 
 
@@ -104,10 +104,13 @@ def test_run_folder_has_every_result(sfr_runs, sample_dir):
 def test_review_json_matches_the_confidence_maps(sfr_runs):
     run = sfr_runs["plus"]
     review = json.loads((run / "review.json").read_text())
-    assert set(review) == {"cases"}
+    from SFRSegmenterLib.review import RECORD_KEYS
+
+    assert set(review) == {"cases", "estimate"}
     assert [c["case"] for c in review["cases"]] == CASES[2:4]
     for entry in review["cases"]:
-        assert set(entry) == {"case", "confidence", "trusted", "flagged_slices", "low_confidence_voxels"}
+        assert list(entry) == list(RECORD_KEYS)
+        assert 0 <= entry["estimated_dice"] <= 1 and len(entry["estimated_dice_per_class"]) == 2
         conf = read_image(run / "pseudo" / f"{entry['case']}_confidence.nii.gz").array
         label = read_label(run / "pseudo" / f"{entry['case']}.nii.gz").array
         low = read_label(run / "pseudo" / f"{entry['case']}_lowconf.nii.gz").array
@@ -116,7 +119,7 @@ def test_review_json_matches_the_confidence_maps(sfr_runs):
         assert entry["trusted"] == (entry["confidence"] >= sfr_runs["tau"])
         assert entry["low_confidence_voxels"] == int(low.sum())
         assert np.all(conf[low > 0] < C.VOXEL_THRESHOLD)
-        again = C.review_from_maps(entry["case"], conf, label, tau=sfr_runs["tau"])
+        again = C.review_from_maps(entry["case"], conf, label)
         assert again.to_json()["flagged_slices"] == entry["flagged_slices"]
         for f in entry["flagged_slices"]:
             assert 0 <= f["index"] < conf.shape[0]
@@ -139,9 +142,12 @@ def test_sfr_plus_round_uses_trusted_cases_for_sam_and_the_others_for_retraining
         pytest.skip("the median tau did not split the cases")
     assert st["finetune-r1"]["extra_labeled"] == trusted
     assert st["pseudolabel-r1"]["cases"] == untrusted
+    # the V-Net of round 1 learns from every unlabeled case: untrusted ones with the new pseudo-labels,
+    # trusted ones with round 0's V-Net labels
     assert sorted(st["retrain-r1"]["unlabeled_cases"]) == untrusted
+    assert st["retrain-r1"]["with_labels"] == trusted
     r1 = rounds["rounds"][1]
-    assert r1["sam_trained_with_pseudo"] == trusted and r1["retrained_with"] == untrusted
+    assert r1["sam_trained_with_pseudo"] == trusted and r1["retrained_with"] == CASES[2:4]
     for case, row in r1["cases"].items():
         assert row["confidence_change"] == pytest.approx(row["confidence"] - r0["cases"][case]["confidence"], abs=2e-6)
     moved_in = sorted(c for c, row in r1["cases"].items() if row["trusted"] and not row["was_trusted"])
@@ -163,7 +169,30 @@ def test_sfr_plus_round_uses_trusted_cases_for_sam_and_the_others_for_retraining
         assert r["structure_ratio"] == pytest.approx(np.median(sizes) / np.median(labeled), rel=1e-4)
     drift = C.structure_drift(r0["structure_ratio"], r1["structure_ratio"])
     assert bool(r1.get("drift")) == drift
-    assert rounds["final_round"] == (0 if drift else 1)
+    # the published round: round 1 only when it did not drift and is estimated better (round 0 on a tie)
+    best = 0 if drift or r1["mean_estimated_dice"] <= r0["mean_estimated_dice"] else 1
+    assert rounds["final_round"] == best
+    assert [r["published"] for r in rounds["rounds"]] == [best == 0, best == 1]
+    assert all(r["why"].startswith("published" if r["published"] else "dropped") for r in rounds["rounds"])
+    for r in rounds["rounds"]:
+        assert r["mean_estimated_dice"] == pytest.approx(
+            statistics.mean(row["estimated_dice"] for row in r["cases"].values()), abs=2e-6)
+    # round 1 compares the trusted cases with round 0's SAM (round 1's learned their V-Net labels), the
+    # others with round 1's: the confidence stage's case keys name the pseudo-label stage it compared with
+    cf1 = json.loads((run / "stages" / "confidence-r1" / "cases.json").read_text())
+    for c in CASES[2:4]:
+        made_by = "pseudolabel-r0" if c in trusted else "pseudolabel-r1"
+        vnet = read_label(run / "stages" / "confidence-r1" / f"{c}.nii.gz").array
+        sam = read_label(run / "stages" / made_by / f"{c}.nii.gz").array
+        expect = []
+        for k in (1, 2):
+            a, b = vnet == k, sam == k
+            total = int(a.sum() + b.sum())
+            expect.append(0.0 if total == 0 else 2 * int((a & b).sum()) / total)
+        assert cf1[c]["signals"]["agreement"] == pytest.approx(expect, abs=1e-6), (c, made_by)
+    published = json.loads((run / "review.json").read_text())
+    shown = {e["case"]: e["estimated_dice"] for e in published["cases"]}
+    assert shown == {c: row["estimated_dice"] for c, row in rounds["rounds"][best]["cases"].items()}
 
 
 def test_a_case_with_a_too_small_structure_is_never_trusted(sfr_runs, sfr, tmp_path):
@@ -172,7 +201,7 @@ def test_a_case_with_a_too_small_structure_is_never_trusted(sfr_runs, sfr, tmp_p
     # every case above a tiny tau, but the structure must be 1000x the smallest labeled one:
     # nothing is predicted again (the review is re-applied to the saved maps) and no case is trusted
     sfr("run", root, *TINY, "--sfr-plus", "--rounds", "1", "--tau", "0.01", "--min-structure", "1000",
-        "--no-report", check=True)
+        "--trust", "confidence", "--no-report", check=True)
     run = latest(root)
     review = json.loads((run / "review.json").read_text())["cases"]
     assert review and not any(e["trusted"] for e in review)
@@ -186,12 +215,14 @@ def test_a_case_with_a_too_small_structure_is_never_trusted(sfr_runs, sfr, tmp_p
     assert stages(run)["confidence-r0"]["reused_from"].startswith("runs/")
     rounds = json.loads((run / "rounds.json").read_text())
     assert rounds["rounds"][0]["stopped"] == "no trusted case"
-    # the same maps with the guard off: every case trusted
-    for name in cases:
-        conf = read_image(run / "stages" / "confidence-r0" / f"{name}_confidence.nii.gz").array
-        label = read_label(run / "stages" / "confidence-r0" / f"{name}.nii.gz").array
-        assert C.review_from_maps(name, conf, label, tau=0.01).trusted
-        assert not C.review_from_maps(name, conf, label, tau=0.01, min_foreground=label.size + 1).trusted
+    # the same measurements with the guard off: every case trusted
+    from SFRSegmenterLib import sfrplus
+
+    for name, entry in cases.items():
+        label = read_label(run / "stages" / "confidence-r0" / f"{name}.nii.gz")
+        everything = sfrplus.TrustContext((label.array.size * float(np.prod(label.spacing)) * 2,))
+        assert sfrplus.ConfidenceAndSize(0.01, 0.0).trusted(entry, everything)
+        assert not sfrplus.ConfidenceAndSize(0.01, 1.0).trusted(entry, everything)
 
 
 def test_rerun_reuses_what_did_not_change(sfr_runs, sfr, tmp_path, sample_dir):
@@ -266,8 +297,8 @@ def test_stage_keys_follow_their_inputs(tmp_path, sample_dir):
     assert keys(load_project(root), cfg)[0] != base[0]
 
 
-def test_the_trust_policy_decides_as_the_confidence_review_did(sfr_runs):
-    """sfrplus' rule on the cached measurements = confidence.review_from_maps' rule on the maps."""
+def test_the_trust_policy_on_cached_measurements_is_the_rule_on_the_maps(sfr_runs):
+    """sfrplus' rule on the cached measurements = Eq. 8 and the size guard computed from the saved maps."""
     from SFRSegmenterLib import sfrplus
     from SFRSegmenterLib.manifest import load_project
 
@@ -290,7 +321,7 @@ def test_the_trust_policy_decides_as_the_confidence_review_did(sfr_runs):
                 image = read_image(folder / f"{name}_confidence.nii.gz")
                 label = read_label(folder / f"{name}.nii.gz").array
                 min_fg = fraction * min(labeled) / float(np.prod(image.spacing))
-                expect = C.review_from_maps(name, image.array, label, tau=tau, min_foreground=min_fg).trusted
+                expect = (C.case_confidence(image.array) >= tau) and np.count_nonzero(label) >= min_fg
                 assert policy.trusted(entry, context) == expect, (name, tau, fraction)
 
 

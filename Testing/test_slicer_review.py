@@ -304,3 +304,22 @@ def test_the_run_folder_reader_is_the_engines_contract(exported):
     with pytest.raises(SFRError, match="not valid JSON"):
         runfolder.read_review(run)
     assert json.loads((project_dir / "sfr-project.json").read_text())["slicer"]["exports"]
+
+
+def test_the_panel_shows_cases_by_estimated_dice_from_the_engines_review_schema(exported):
+    scene, nodes, segs, project_dir, run, truth = exported
+    data = json.loads((run / "review.json").read_text())
+    estimates = {"hippocampus_004": 0.81, "hippocampus_006": 0.62}
+    data["cases"] = [engine_review.review_record({**e, "estimated_dice": estimates[e["case"]],
+                                                  "estimated_dice_per_class": [estimates[e["case"]]] * 2},
+                                                 e["trusted"]) for e in data["cases"]]
+    (run / "review.json").write_text(json.dumps(data))
+    loaded = result_loading.load_results(scene, project_dir)
+    by_case = {r.case: r for r in loaded}
+    for case, est in estimates.items():
+        assert float(by_case[case].segmentation.GetAttribute("SFR.EstimatedDice")) == est
+    ordered = review.review_order(loaded)
+    assert [r.case for r in ordered] == ["hippocampus_006", "hippocampus_004"]  # worst estimate first
+    assert review.case_label("hippocampus_006", by_case["hippocampus_006"].review).startswith(
+        "hippocampus_006 (estimated Dice 62 %, confidence ")
+    assert review.case_label("x", {}) == "x"

@@ -252,5 +252,7 @@ def _load_case(scene, project: Project, path: Path, case: str, reference, review
         seg_node.SetNodeReferenceID(REF_CONFIDENCE, confidence.GetID())
     if review.get("confidence") is not None:
         seg_node.SetAttribute("SFR.CaseConfidence", str(review.get("confidence")))
+    if review.get("estimated_dice") is not None:
+        seg_node.SetAttribute("SFR.EstimatedDice", str(review.get("estimated_dice")))
     mark_saved(seg_node)  # as loaded: no edits yet
     return CaseResult(case, reference, seg_node, confidence, review, lowconf_id)

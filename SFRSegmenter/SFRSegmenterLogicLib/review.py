@@ -33,6 +33,29 @@ def default_threshold() -> float:
     return float(VOXEL_THRESHOLD)
 
 
+# --------------------------------------------------------------------------- cases
+
+
+def case_label(case: str, entry: dict) -> str:
+    """How the panel names a reviewed case: its estimated Dice first (what a reviewer sorts by),
+    then its confidence; the bare name when the run measured neither."""
+    parts = []
+    if entry.get("estimated_dice") is not None:
+        parts.append(f"estimated Dice {100 * float(entry['estimated_dice']):.0f} %")
+    if entry.get("confidence") is not None:
+        parts.append(f"confidence {float(entry['confidence']):.3f}")
+    return f"{case} ({', '.join(parts)})" if parts else case
+
+
+def review_order(results: list) -> list:
+    """Results (with ``.case`` and ``.review``) lowest estimated Dice first, unestimated ones last."""
+    def key(r):
+        est = r.review.get("estimated_dice")
+        return (est is None, float(est) if est is not None else 0.0, r.case)
+
+    return sorted(results, key=key)
+
+
 # --------------------------------------------------------------------------- flagged slices
 
 

@@ -21,6 +21,9 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="output folder")
     add_overwrite(p)
     add_window_arguments(p)
+    p.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep each class's largest connected component (default: as the run that published "
+                   "the model did, from MODEL/postprocess.json; off for other models)")
     p.add_argument("--json", action="store_true", help="print the per-case results as JSON")
     p.set_defaults(func=run)
 
@@ -97,7 +100,7 @@ def run(args) -> int:
     images = window_images(args)
     _check_outputs(images, args.out, args.model, args.overwrite)
     res = predict_folder(args.model, images, args.out, stride=args.stride, device=args.device,
-                         window=args.window, batch=args.window_batch)
+                         window=args.window, batch=args.window_batch, largest_component=args.largest_component)
     if not is_main_process():  # under torchrun only rank 0 reports (every rank has all results)
         return 0
     if args.json:

@@ -13,7 +13,8 @@ from ..manifest import load_project
 from ._options import DEVICE_HELP, add_device
 
 #: Options that define a run's configuration (refused together with --resume).
-CONFIG_OPTIONS = ("sfr_plus", "rounds", "tau", "min_structure", "backbone", "checkpoint", "ssl", "network", "iterations_sam",
+CONFIG_OPTIONS = ("sfr_plus", "rounds", "tau", "min_structure", "trust", "trust_fraction", "trust_floor", "round_retrain",
+                  "largest_component", "backbone", "checkpoint", "ssl", "network", "iterations_sam",
                   "iterations_vnet", "batch_size_sam", "pseudo_overlap", "crop", "seed", "flag_k", "sam_option", "vnet_option")
 #: The options among them that are parsed into a mapping (``KEY=VALUE`` items), not copied as they are.
 PARSED_OPTIONS = {"sam_option": "sam_options", "vnet_option": "vnet_options"}
@@ -64,6 +65,24 @@ def add_parser(sub) -> None:
                         help=with_default("a case is trusted only if its predicted structure is at least F x the "
                                           "smallest labeled structure, by volume (0 = the paper's rule, confidence "
                                           "only)", R, "min_structure"))
+    from ..sfrplus import RETRAIN_SCHEMES, TRUST_POLICIES
+
+    method.add_argument("--trust", choices=sorted(TRUST_POLICIES), metavar="RULE",
+                        help=with_default("who is trusted in an SFR+ round: 'estimate' (the best --trust-fraction of "
+                                          "the cases by estimated Dice) or 'confidence' (the paper's: case "
+                                          "confidence >= --tau, with --min-structure)", R, "trust"))
+    method.add_argument("--trust-fraction", type=float, metavar="F",
+                        help=with_default("fraction of the cases the 'estimate' rule trusts, 0..1", R, "trust_fraction"))
+    method.add_argument("--trust-floor", type=float, metavar="D",
+                        help=with_default("the 'estimate' rule trusts no case estimated below this Dice, 0..1", R,
+                                          "trust_floor"))
+    method.add_argument("--round-retrain", choices=RETRAIN_SCHEMES,
+                        help=with_default("what the V-Net of an SFR+ round trains on: 'all' unlabeled cases (trusted "
+                                          "ones with their V-Net labels) or the 'untrusted' only (the paper's)", R,
+                                          "round_retrain"))
+    method.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None,
+                        help=with_default("keep each class's largest connected component (for classes that are one "
+                                          "structure)", R, "largest_component"))
     method.add_argument("--flag-k", type=int, metavar="K",
                         help=with_default("flagged slices per case in review.json", R, "flag_k"))
     method.add_argument("--seed", type=int, help=with_default("random seed of every stage", R, "seed"))
@@ -121,6 +140,9 @@ def config_from_args(args):
         raise SFRError(f"--tau must be in (0, 1], got {cfg.tau}")
     if cfg.min_structure < 0:
         raise SFRError(f"--min-structure must be >= 0, got {cfg.min_structure}")
+    from ..sfrplus import check_trust
+
+    check_trust(cfg.trust, cfg.trust_fraction, cfg.trust_floor)
     for name in ("iterations_sam", "iterations_vnet", "batch_size_sam"):
         v = getattr(cfg, name)
         if v is not None and v < 1:

@@ -161,6 +161,17 @@ def load_unlabeled(
     return out
 
 
+def load_with_labels(project: Project, cases: list, label_files: dict) -> list:
+    """Unlabeled cases (normalised images) with the labels in ``{case: label file}``, checked
+    against the image's grid and the project's classes."""
+    out = []
+    for case in cases:
+        img = read_image(project.image_path(case))
+        label = read_label(label_files[case.name], reference=img, num_classes=project.num_classes)
+        out.append(CaseData(case.name, normalize(img.array), label.array.astype(np.uint8)))
+    return out
+
+
 # --------------------------------------------------------------------------- crops
 
 

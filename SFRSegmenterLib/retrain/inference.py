@@ -142,10 +142,27 @@ def refuse_overwriting_inputs(out_dir: Path, names, suffixes, inputs) -> None:
             check_output(target)
 
 
+#: Written beside a published model by ``sfr run``: the post-processing its results had.
+POSTPROCESS_JSON = "postprocess.json"
+
+
+def model_postprocess(model_dir) -> dict:
+    """``{"largest_component": bool}`` of a published model folder (none recorded: off)."""
+    from ..io import read_json
+
+    folder = Path(model_dir)
+    folder = folder.parent if folder.suffix == ".pt" else folder
+    recorded = read_json(folder / POSTPROCESS_JSON, "post-processing record", missing={})
+    return {"largest_component": bool(recorded.get("largest_component", False))}
+
+
 def predict_folder(model_dir, images_dir_or_paths, out_dir, stride=None, device="auto", window=None, batch: int = 4,
-                   overlap: "float | None" = None, blend: str = "constant") -> dict:
+                   overlap: "float | None" = None, blend: str = "constant",
+                   largest_component: "bool | None" = None) -> dict:
     """Predict every image; write ``<case>.nii.gz`` (uint8 argmax) and ``<case>_confidence.nii.gz``
-    (float32 max softmax) into ``out_dir`` in each image's geometry.
+    (float32 max softmax) into ``out_dir`` in each image's geometry.  ``largest_component`` None:
+    the model's own post-processing (:func:`model_postprocess`), so a published model segments the
+    next patient as it segmented the run's cases.
 
     Under ``torchrun`` the images are split over the processes (:mod:`..shard`), each writing its
     own cases' files; every process returns the results of all.
@@ -157,17 +174,20 @@ def predict_folder(model_dir, images_dir_or_paths, out_dir, stride=None, device=
     out_dir = Path(out_dir)
     resolve_stride(window or PAPER_WINDOW, stride, overlap)  # bad values fail before any work
     refuse_overwriting_inputs(out_dir, paths, (".nii.gz", "_confidence.nii.gz"), paths.values())
+    if largest_component is None:
+        largest_component = model_postprocess(model_dir)["largest_component"]
 
     def work(model, name):
         return _predict_case(model, paths[name], inside(out_dir, f"{name}.nii.gz"),
-                             inside(out_dir, f"{name}_confidence.nii.gz"), window, stride, batch, overlap, blend)
+                             inside(out_dir, f"{name}_confidence.nii.gz"), window, stride, batch, overlap, blend,
+                             largest_component)
 
     with each_case(paths, device, "predict", partial(load_model, model_dir), work, out_dir) as (_, _, results):
         return results
 
 
 def _predict_case(model, image_path: Path, label_path: Path, conf_path: Path, window, stride, batch,
-                  overlap=None, blend="constant") -> dict:
+                  overlap=None, blend="constant", largest_component: bool = False) -> dict:
     """Predict one image and write its label and confidence map."""
     import time
 
@@ -176,6 +196,10 @@ def _predict_case(model, image_path: Path, label_path: Path, conf_path: Path, wi
     prob = predict_volume(model, image, window=window, stride=stride, batch=batch, overlap=overlap, blend=blend)
     seconds = time.monotonic() - t0
     label = prob.argmax(0).astype(np.uint8)
+    if largest_component:
+        from ..quality import keep_largest_component
+
+        label = keep_largest_component(label, prob.shape[0])
     conf = prob.max(0).astype(np.float32)
     write_volume(image.with_array(label), label_path)
     write_volume(image.with_array(conf), conf_path)

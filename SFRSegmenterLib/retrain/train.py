@@ -89,6 +89,7 @@ def retrain(
     should_stop: Callable[[], bool] | None = None,
     unlabeled_cases: list | None = None,
     sam_model_dir: Path | None = None,
+    label_files: dict | None = None,
 ) -> Path:
     """Train ``cfg.network`` on ``project`` and write ``out_dir/model.pt`` (+ ``meta.json``).
 
@@ -96,7 +97,8 @@ def retrain(
     ``sam_model_dir`` is given they must come from the SAM model there (same ``model_id``, not
     saved again since).  Every folder is explicit: only ``sfr retrain`` knows the project's default
     ones (:mod:`..project_folders`).  ``unlabeled_cases`` restricts the
-    unlabeled cases used.  ``should_stop()`` is polled before every iteration: when true the
+    unlabeled cases used with pseudo-labels; ``label_files`` ``{case: label file}`` adds unlabeled
+    cases with the given labels in their place (SFR+'s trusted cases with their V-Net labels).  ``should_stop()`` is polled before every iteration: when true the
     state is saved and :class:`Cancelled` raised;
     ``resume=True`` continues from ``out_dir/checkpoint.pt``.  Returns ``out_dir``.
     """
@@ -114,14 +116,14 @@ def retrain(
     rank, world, local_rank, dist_here = _dist_info(resolve_device(cfg.device).type)
     try:
         return _retrain(project, cfg, pseudo_dir, out_dir, resume, should_stop, unlabeled_cases, rank, world, local_rank,
-                        sam_model_dir)
+                        sam_model_dir, dict(label_files or {}))
     finally:
         if dist_here and dist.is_initialized():
             dist.destroy_process_group()
 
 
 def _retrain(project, cfg, pseudo_dir, out_dir, resume, should_stop, unlabeled_names, rank, world, local_rank,
-             sam_model_dir=None):
+             sam_model_dir=None, label_files=None):
     method = build_method(cfg.ssl, cfg)
     need_u = method.needs_unlabeled or cfg.use_sam
     for what, n in (("labeled", cfg.labeled_bs), ("unlabeled", cfg.unlabeled_bs if need_u else 0)):
@@ -149,6 +151,8 @@ def _retrain(project, cfg, pseudo_dir, out_dir, resume, should_stop, unlabeled_n
                 project.manifest_path,
             )
         unlabeled = D.load_unlabeled(project, cases, pseudo_dir, cfg.use_sam, sam_model_dir)
+        if label_files and cfg.use_sam:
+            unlabeled += D.load_with_labels(project, D.select_unlabeled(project, sorted(label_files)), label_files)
     num_classes = project.num_classes
     multiple = required_multiple(cfg.network)
     if cfg.crop is None:

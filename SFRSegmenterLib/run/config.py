@@ -46,6 +46,12 @@ class RunConfig:
     flag_k: int = conf_mod.FLAG_K
     voxel_threshold: float = conf_mod.VOXEL_THRESHOLD
     ranking: str = "mass"
+    # SFR+: who is trusted (sfrplus.TRUST_POLICIES), what the V-Net of a round trains on
+    trust: str = "estimate"
+    trust_fraction: float = 0.5  # the "estimate" rule trusts this best fraction of the cases ...
+    trust_floor: float = 0.5  # ... whose estimated Dice is at least this
+    round_retrain: str = "all"  # sfrplus.RETRAIN_SCHEMES
+    largest_component: bool = True  # every class keeps its largest connected component
     report: bool = True
     sam_options: dict = field(default_factory=dict)  # extra FinetuneConfig fields
     vnet_options: dict = field(default_factory=dict)  # extra RetrainConfig fields
@@ -119,6 +125,11 @@ def validate_config(cfg: RunConfig) -> None:
         raise SFRError(f"unknown slice ranking {cfg.ranking!r} (choose from {', '.join(conf_mod.RANKINGS)})")
     if cfg.flag_k < 0:
         raise SFRError(f"--flag-k must be >= 0, got {cfg.flag_k}")
+    from .. import sfrplus
+
+    sfrplus.check_trust(cfg.trust, cfg.trust_fraction, cfg.trust_floor)
+    if cfg.round_retrain not in sfrplus.RETRAIN_SCHEMES:
+        raise SFRError(f"--round-retrain must be one of {', '.join(sfrplus.RETRAIN_SCHEMES)}, got {cfg.round_retrain!r}")
 
 
 def stage_settings(stage_cfg) -> dict:

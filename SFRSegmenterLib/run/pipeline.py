@@ -5,28 +5,33 @@
     pseudolabel-r0   SAM pseudo-labels of every unlabeled case
     retrain-r0       stage R: V-Net, semi-supervised with the pseudo-labels
     confidence-r0    V-Net probabilities of every unlabeled case -> label, confidence map, measurements
-    (SFR+, rounds r = 1..K; who is trusted: ..sfrplus)
+    (SFR+, rounds r = 1..K; the loop and who is trusted: ..sfrplus.run_rounds)
     finetune-rR      stage F on the labeled cases + the trusted cases with their V-Net labels
-    pseudolabel-rR   SAM pseudo-labels of the cases that are not trusted
-    retrain-rR       V-Net re-trained with those cases only (selective re-training)
-    confidence-rR    confidence of every unlabeled case again; who moved is recorded
-    metrics          metrics of the final labels and of the validation cases
-    (published)      pseudo/, vnet/, review.json, slices.json, rounds.json, metrics.json
+    pseudolabel-rR   SAM pseudo-labels of every unlabeled case with that model
+    retrain-rR       V-Net re-trained: untrusted cases with the new pseudo-labels, trusted ones with
+                     the last round's V-Net labels (--round-retrain untrusted: the untrusted only)
+    confidence-rR    every unlabeled case again: label, confidence, quality signals
+    metrics          metrics of the published labels and of the validation cases
+    (published)      the round of best estimated quality: pseudo/, vnet/, review.json, slices.json,
+                     rounds.json, metrics.json
 
 Each stage method builds its key (:mod:`.cache`) and calls one library function with explicit
 inputs: the model folder, the pseudo-label folder, the SAM model the pseudo-labels must come
-from, the cases.  Reuse and resume are :class:`~.cache.StageCache`'s.
+from, the cases.  The methods are :class:`..sfrplus.RoundStages`; reuse and resume are
+:class:`~.cache.StageCache`'s.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .. import events, sfrplus
+import numpy as np
+
+from .. import events, quality, sfrplus
 from ..errors import SFRError
 from ..io import inside, read_json, sha256_file, write_json_atomic
 from ..manifest import Project
-from ..review import CASE_SUFFIXES
+from ..review import CASE_SUFFIXES, review_record
 from ..runfolder import PSEUDO_FOLDER, REVIEW_JSON
 from . import stages
 from .cache import StageCache, copy_tree, link_or_copy, make_key
@@ -61,6 +66,7 @@ class Pipeline:
         self.label_sha = {c.name: sha256_file(project.label_path(c)) for c in self.labeled}
         self.policy = sfrplus.build_policy(cfg)
         self._labeled_vols = None  # labeled structures' volumes (mm^3), read when a decision needs them
+        self._class_vols = None  # median labeled volume of each class (mm^3), for the quality signals
 
     def labeled_fingerprint(self) -> list:
         return [[c.name, self.sha[c.name], self.label_sha[c.name]] for c in self.labeled]
@@ -75,11 +81,12 @@ class Pipeline:
 
         return self.runner.run_stage("stitch", key, fn)
 
-    def stage_finetune(self, r: int, extra_labeled: list) -> Path:
-        """Stage F on the labeled cases and ``extra_labeled``: [(case, image, label file)]."""
+    def finetune(self, r: int, extra_labels: dict) -> Path:
+        """Stage F on the labeled cases and ``{case: label file}``."""
         from ..finetune import MODEL_META, finetune
 
         ft_cfg = finetune_config(self.cfg)
+        extra_labeled = [(c, self.project.image_path(self.project.case(c)), p) for c, p in sorted(extra_labels.items())]
         extra_fp = [[c, self.sha[c], sha256_file(p)] for c, _, p in extra_labeled]
         key = make_key("finetune", stage_settings(ft_cfg), self.project.classes, self.labeled_fingerprint(), extra_fp)
 
@@ -95,7 +102,7 @@ class Pipeline:
 
         return self.runner.run_stage(f"finetune-r{r}", key, fn)
 
-    def stage_pseudolabel(self, r: int, model_dir: Path, cases: list) -> Path:
+    def pseudolabel(self, r: int, model_dir: Path, cases: list) -> Path:
         """SAM pseudo-labels of ``cases`` with the model in ``model_dir``, reused per case."""
         from ..pseudolabel import PSEUDO_JSON, pseudolabel
 
@@ -123,36 +130,59 @@ class Pipeline:
 
         return self.runner.run_stage(f"pseudolabel-r{r}", key, fn)
 
-    def stage_retrain(self, r: int, pseudo_dir: Path, cases: list, sam_model_dir: Path) -> Path:
-        """Stage R with the pseudo-labels of ``cases`` in ``pseudo_dir``, made by ``sam_model_dir``."""
+    def retrain(self, r: int, pseudo_dir: Path, cases: list, sam_model_dir: Path, label_files: dict) -> Path:
+        """Stage R with the pseudo-labels of ``cases`` in ``pseudo_dir``, made by ``sam_model_dir``,
+        and the unlabeled cases of ``{case: label file}`` with those labels."""
         from ..retrain import retrain
 
         rt_cfg = retrain_config(self.cfg)
+        given = [[c, self.sha[c], sha256_file(p)] for c, p in sorted(label_files.items())]
         key = make_key("retrain", stage_settings(rt_cfg), self.project.classes, self.labeled_fingerprint(),
-                       self.runner.key_of(pseudo_dir), sorted(cases), [self.sha[c] for c in sorted(cases)])
+                       self.runner.key_of(pseudo_dir), sorted(cases), [self.sha[c] for c in sorted(cases)],
+                       *([given] if given else []))
 
         def fn(d: Path, resume: bool):
             def call(stage_cfg, after_oom):
                 return retrain(self.project, stage_cfg, pseudo_dir=pseudo_dir, out_dir=d,
                                resume=resume and not after_oom, should_stop=self.runner.should_stop,
-                               unlabeled_cases=list(cases), sam_model_dir=sam_model_dir)
+                               unlabeled_cases=list(cases), sam_model_dir=sam_model_dir,
+                               label_files=dict(label_files))
 
             with_oom_retry(call, rt_cfg, "V-Net re-training")
-            return {"unlabeled_cases": list(cases)}
+            return {"unlabeled_cases": list(cases), "with_labels": sorted(label_files)}
 
         return self.runner.run_stage(f"retrain-r{r}", key, fn)
 
-    def stage_confidence(self, r: int, model_dir: Path, sam_dir: Path | None) -> Path:
-        """The V-Net's label, confidence map and measurements of every unlabeled case.
+    def confidence(self, r: int, model_dir: Path, sam_labels: dict) -> "tuple[Path, dict]":
+        """The folder and ``{case: entry}`` of :meth:`stage_confidence`, each entry with its
+        ``estimated_dice`` (:mod:`..quality`; never cached: the calibration may change)."""
+        cf = self.stage_confidence(r, model_dir, sam_labels)
+        return cf, self.with_estimates(self.measurements(cf))
 
-        A case's prediction is keyed by the model and the image only; the review settings are
-        applied to the saved maps, so changing them re-predicts nothing; trust is decided later
-        (:mod:`..sfrplus`) and never stored here.
+    def label_file(self, confidence_dir: Path, case: str) -> Path:
+        return confidence_dir / f"{case}.nii.gz"
+
+    def with_estimates(self, entries: dict) -> dict:
+        out = {}
+        for c, e in entries.items():
+            est = quality.estimate(e.get("signals"))
+            out[c] = {**e, **(est or {"estimated_dice": None})}
+        return out
+
+    def stage_confidence(self, r: int, model_dir: Path, sam_labels: dict) -> Path:
+        """The V-Net's label, confidence map, quality signals and measurements of every unlabeled case.
+
+        A case's prediction is keyed by the model, the image, SAM's pseudo-label it is compared with
+        and the post-processing; the review settings are applied to the saved maps, so changing them
+        re-predicts nothing; trust is decided later (:mod:`..sfrplus`) and never stored here.
         """
         settings = review_settings(self.cfg)
         names = [c.name for c in self.unlabeled]
         model_key = self.runner.key_of(model_dir)
-        case_keys = {c: make_key("confidence-case", model_key, c, self.sha[c]) for c in names}
+        largest = bool(self.cfg.largest_component)
+        # SAM's label a case is compared with, by the key of the stage that made it
+        case_keys = {c: make_key("confidence-case", model_key, c, self.sha[c], self.runner.key_of(sam_labels[c].parent),
+                                 largest) for c in names}
         key = make_key("confidence", sorted(case_keys.items()), settings)
 
         def fn(d: Path, resume: bool):
@@ -174,7 +204,8 @@ class Pipeline:
 
                         model = load_model(model_dir, self.cfg.device)
                     entry = {"key": case_keys[c],
-                             **stages.review_new(model, case, self.project, d, settings, sam_dir)}
+                             **stages.review_new(model, case, self.project, d, settings, sam_labels[c],
+                                                 largest, self._class_mm3())}
                 done.record(c, entry)
                 bar.update(i + 1, case=c)
             return {"cases": names}
@@ -188,63 +219,43 @@ class Pipeline:
             self._labeled_vols = [stages.structure_mm3(self.project.label_path(c)) for c in self.labeled]
         return self._labeled_vols
 
+    def _class_mm3(self) -> list:
+        """Median labeled volume (mm^3) of each foreground class, read once."""
+        if self._class_vols is None:
+            vols = [stages.class_mm3(self.project.label_path(c), self.project.num_classes) for c in self.labeled]
+            self._class_vols = [float(np.median(v)) for v in zip(*vols)]
+        return self._class_vols
+
     def measurements(self, cf: Path) -> dict:
         return read_json(cf / "cases.json", "stage's case records", missing={})
 
     def trust(self, entries: dict) -> dict:
         """``{case: trusted}`` by the run's trust policy (the decision is never cached)."""
-        return self.policy.decide(entries, sfrplus.TrustContext(tuple(self._labeled_mm3())))
+        return self.policy.decide(entries, self.trust_context())
 
-    def _record(self, r: int, cf: Path, before, retrained: list, sam_extra: list) -> "sfrplus.RoundRecord":
-        entries = self.measurements(cf)
-        rec = sfrplus.round_record(r, entries, self.trust(entries), before, self._labeled_mm3(), retrained, sam_extra)
-        events.log(rec.summary(self.policy))
-        return rec
+    def trust_context(self) -> "sfrplus.TrustContext":
+        return sfrplus.TrustContext(tuple(self._labeled_mm3()))
 
     # ---------------------------------------------------------------- the whole run
     def run(self) -> dict:
         rounds = self.cfg.resolved_rounds
         self.runner.planned = 2 + 4 * (rounds + 1)
-        names = [c.name for c in self.unlabeled]
         self.stage_stitch()
-        ft = self.stage_finetune(0, [])
-        pl = self.stage_pseudolabel(0, ft, names)
-        rt = self.stage_retrain(0, pl, names, ft)
-        cf = self.stage_confidence(0, rt, pl)
-        history = [self._record(0, cf, None, names, [])]
-        final_cf, final_rt = cf, rt
-        for r in range(1, rounds + 1):
-            trusted = {c: history[-1].cases[c].trusted for c in names}
-            stop = sfrplus.why_stop(trusted)
-            if stop:
-                events.log(f"SFR+ round {r}: {sfrplus.stop_message(stop, self.policy)}; stopping the rounds")
-                history[-1].stopped = stop
-                break
-            chosen = [c for c in names if trusted[c]]
-            untrusted = [c for c in names if not trusted[c]]
-            extra = [(c, self.project.image_path(self.project.case(c)), cf / f"{c}.nii.gz") for c in chosen]
-            ft = self.stage_finetune(r, extra)
-            pl = self.stage_pseudolabel(r, ft, untrusted)
-            rt = self.stage_retrain(r, pl, untrusted, ft)
-            cf_new = self.stage_confidence(r, rt, pl)
-            rec = self._record(r, cf_new, history[-1], untrusted, chosen)
-            history.append(rec)
-            kept = history[-2]  # a drifted round ends the loop, so the round before is the kept one
-            if sfrplus.drifted(kept, rec):
-                rec.drift, rec.stopped = True, "structure drift"
-                events.log(sfrplus.drift_warning(kept, rec))
-                break
-            cf, final_cf, final_rt = cf_new, cf_new, rt
+        results, published = sfrplus.run_rounds(self, self.policy, self.trust_context(),
+                                                [c.name for c in self.unlabeled], rounds,
+                                                retrain_with=self.cfg.round_retrain, log=events.log)
         self.runner.planned = self.runner.index + 1  # + metrics
-        return self.finalize(final_cf, final_rt, history)
+        chosen = results[published]
+        return self.finalize(chosen.confidence, chosen.vnet, [res.record for res in results], chosen.record.round)
 
-    def finalize(self, cf: Path, rt: Path, history: list) -> dict:
+    def finalize(self, cf: Path, rt: Path, history: list, final_round: int) -> dict:
         """Metrics (cached as a stage), then publish the final results into the run folder."""
         val_fp = [[c.name, self.sha[c.name], sha256_file(self.project.label_path(c))]
                   for c in self.validation if c.label and self.project.label_path(c).exists()]
         unl_gt = [[c.name, sha256_file(self.project.label_path(c))]
                   for c in self.unlabeled if c.label and self.project.label_path(c).exists()]
-        key = make_key("metrics", self.runner.key_of(cf), self.runner.key_of(rt), val_fp, unl_gt)
+        key = make_key("metrics", self.runner.key_of(cf), self.runner.key_of(rt), val_fp, unl_gt,
+                       bool(self.cfg.largest_component))
 
         def fn(d: Path, resume: bool):
             metrics = self._metrics(cf, rt, d)
@@ -253,22 +264,23 @@ class Pipeline:
 
         md = self.runner.run_stage("metrics", key, fn)
         out = self.run_path
-        reviews = self.measurements(cf)
+        reviews = self.with_estimates(self.measurements(cf))
         for c in reviews:
             for suffix in CASE_SUFFIXES:
                 link_or_copy(cf / f"{c}{suffix}", inside(out / PSEUDO_FOLDER, f"{c}{suffix}"))
         copy_tree(rt, out / "vnet")
+        from ..retrain.inference import POSTPROCESS_JSON
+
+        write_json_atomic(out / "vnet" / POSTPROCESS_JSON, {"largest_component": bool(self.cfg.largest_component)})
         if (md / "validation").is_dir():
             copy_tree(md / "validation", out / "validation")
         trusted = self.trust(reviews)
-        write_json_atomic(out / REVIEW_JSON, {"cases": [
-            {"case": reviews[c]["case"], "confidence": reviews[c]["confidence"], "trusted": trusted[c],
-             "flagged_slices": reviews[c]["flagged_slices"], "low_confidence_voxels": reviews[c]["low_confidence_voxels"]}
-            for c in reviews]})
+        write_json_atomic(out / REVIEW_JSON, {"cases": [review_record(reviews[c], trusted[c]) for c in reviews],
+                                              "estimate": quality.DEFAULT.to_json()})
         write_json_atomic(out / "slices.json",
                           {c: {"slice_confidence": reviews[c].get("slice_confidence")} for c in reviews})
-        write_json_atomic(out / "rounds.json", {"tau": self.cfg.tau, "final_round": int(cf.name.rsplit("-r", 1)[1]),
-                                                "rounds": [rec.to_json() for rec in history]})
+        write_json_atomic(out / "rounds.json", {"tau": self.cfg.tau, "trust": self.policy.describe(),
+                                                "final_round": final_round, "rounds": [rec.to_json() for rec in history]})
         metrics = read_json(md / "metrics.json", "metrics", missing={})
         if metrics:
             write_json_atomic(out / "metrics.json", metrics)
@@ -287,7 +299,7 @@ class Pipeline:
         val = [c for c in self.validation if c.label and self.project.label_path(c).exists()]
         if val:
             vpairs = stages.predict_validation(rt, val, self.project, work / "validation", self.cfg.device,
-                                               self.runner.check_cancel)
+                                               self.runner.check_cancel, bool(self.cfg.largest_component))
             out["validation"] = evaluate_pairs(vpairs)
         return out
 

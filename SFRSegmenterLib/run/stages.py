@@ -85,14 +85,21 @@ def copy_index_entry(src_index: Path, dst_index: Path, case: str) -> None:
 # --------------------------------------------------------------------------- confidence
 
 
-def review_new(model, case, project: Project, out_dir: Path, settings: dict, sam_dir: "Path | None") -> dict:
-    """Predict ``case``, write its three maps into ``out_dir``; its measurements and scores."""
+def review_new(model, case, project: Project, out_dir: Path, settings: dict, sam_path: "Path | None",
+               largest_component: bool = False, class_mm3: "list | None" = None) -> dict:
+    """Predict ``case``, write its three maps into ``out_dir``; its measurements, quality signals
+    (against SAM's pseudo-label ``sam_path``, :mod:`..quality`) and scores."""
+    from ..quality import class_signals
     from ..review import case_measurements, review_image, write_case_maps
 
     img = read_image(project.image_path(case))
-    review = review_image(model, img, case.name, **settings)
+    review = review_image(model, img, case.name, largest_component=largest_component, **settings)
     write_case_maps(review, img, out_dir)
-    return {**case_measurements(review, img), "params": settings, **score(project, case, review.label, sam_dir)}
+    sam_label = read_label(sam_path).array if sam_path is not None and sam_path.exists() else None
+    signals = class_signals(review.label, review.conf, sam_label, float(np.prod(img.spacing)), class_mm3,
+                            project.num_classes)
+    return {**case_measurements(review, img), "params": settings, "signals": signals,
+            **score(project, case, review.label, sam_label)}
 
 
 def review_again(entry: dict, case, project: Project, out_dir: Path, settings: dict) -> dict:
@@ -114,25 +121,37 @@ def structure_mm3(label_path: Path) -> float:
     return np.count_nonzero(lab.array > 0) * float(np.prod(lab.spacing))
 
 
-def _mean_dice(pred, gt, num_classes: int) -> float | None:
+def class_mm3(label_path: Path, num_classes: int) -> list:
+    """Physical volume (mm^3) of each foreground class in a label file."""
+    lab = read_label(label_path)
+    counts = np.bincount(lab.array.ravel().astype(np.int64), minlength=num_classes)
+    return [float(counts[k]) * float(np.prod(lab.spacing)) for k in range(1, num_classes)]
+
+
+def _class_dice(pred, gt, num_classes: int) -> list:
     from ..metrics import dice
 
-    vals = [dice(pred == k, gt == k) for k in range(1, num_classes)]
-    vals = [v for v in vals if v is not None]
-    return round(float(np.mean(vals)), 6) if vals else None
+    return [None if (v := dice(pred == k, gt == k)) is None else round(float(v), 6) for k in range(1, num_classes)]
 
 
-def score(project: Project, case, label: np.ndarray, sam_dir: "Path | None") -> dict:
-    """Dice of the V-Net label (and of SAM's pseudo-label) when hidden ground truth exists."""
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(float(np.mean(values)), 6) if values else None
+
+
+def score(project: Project, case, label: np.ndarray, sam_label: "np.ndarray | None") -> dict:
+    """Dice of the V-Net label (per class and mean; and of SAM's pseudo-label) when hidden ground
+    truth exists: what the quality estimate is measured against, never an input of the run."""
     if not case.label:
         return {}
     gt_path = project.label_path(case)
     if not gt_path.exists():
         return {}
     gt = read_label(gt_path).array
-    out = {"dice": _mean_dice(label, gt, project.num_classes)}
-    if sam_dir is not None and (sam_dir / f"{case.name}.nii.gz").exists():
-        out["sam_dice"] = _mean_dice(read_label(sam_dir / f"{case.name}.nii.gz").array, gt, project.num_classes)
+    per_class = _class_dice(label, gt, project.num_classes)
+    out = {"dice": _mean(per_class), "dice_per_class": per_class}
+    if sam_label is not None:
+        out["sam_dice"] = _mean(_class_dice(sam_label, gt, project.num_classes))
     return out
 
 
@@ -140,8 +159,10 @@ def score(project: Project, case, label: np.ndarray, sam_dir: "Path | None") -> 
 
 
 def predict_validation(model_dir: Path, cases: list, project: Project, out_dir: Path, device: str,
-                       check_cancel) -> list:
-    """The V-Net's label of every validation case in ``out_dir`` (kept when resumed): the pairs to score."""
+                       check_cancel, largest_component: bool = False) -> list:
+    """The V-Net's label of every validation case in ``out_dir`` (kept when resumed), post-processed
+    as the unlabeled cases' are: the pairs to score."""
+    from ..quality import keep_largest_component
     from ..retrain.inference import load_model, predict_volume
 
     model = load_model(model_dir, device)
@@ -152,7 +173,10 @@ def predict_validation(model_dir: Path, cases: list, project: Project, out_dir: 
         if not target.exists():  # resumed: cases already predicted are kept
             img = read_image(project.image_path(c))
             prob = np.asarray(_numpy(predict_volume(model, img.array)))
-            write_volume(img.with_array(prob.argmax(axis=0).astype(np.uint8)), target)
+            label = prob.argmax(axis=0).astype(np.uint8)
+            if largest_component:
+                label = keep_largest_component(label, prob.shape[0])
+            write_volume(img.with_array(label), target)
         pairs.append((c.name, target, project.label_path(c)))
     return pairs
 
