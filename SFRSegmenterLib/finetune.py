@@ -72,7 +72,7 @@ def _load_cases(project: Project, extra_labeled, method: str) -> list:
         triples.append((name, Path(image), Path(label), "pseudo"))
     for name, image_path, label_path, source in triples:
         image = read_image(image_path)
-        label = read_label(label_path, image, project.num_classes)
+        label = read_label(label_path, image, project.num_classes, sparse=source == "labeled")
         cases.append(_Case(name, normalize(image.array, method), np.ascontiguousarray(label.array, dtype=np.uint8), source))
     return cases
 
