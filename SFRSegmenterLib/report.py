@@ -212,6 +212,7 @@ def build_report(run_path: "str | Path") -> str:
                           c["low_confidence_voxels"], _pct(float(np.mean(d))) if d else "-"],
                          bold=() if c["trusted"] else (2,)))
     ctx["review_rows"] = rows
+    ctx["label_next_rows"] = [_row([n["rank"], n["case"], n["reason"]]) for n in review.get("label_next") or []][:10]
 
     # ---------------------------------------------------------------- mosaic
     mosaics = sorted((run / "stages" / "stitch").glob("*.png"))

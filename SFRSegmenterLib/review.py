@@ -6,7 +6,8 @@ low-confidence mask), and then ``review.json``::
 
     {"model": "/abs/models/vnet/model.pt", "params": {"tau": 0.985, ...},
      "cases": [{"case", "confidence", "trusted", "flagged_slices": [{"index", "confidence"}],
-                "low_confidence_voxels", "slice_confidence", "foreground_voxels", "structure_mm3"}]}
+                "low_confidence_voxels", "slice_confidence", "foreground_voxels", "structure_mm3"}],
+     "label_next": [{"case", "rank", "score", "basis", "reason"}]}   # .labelnext
 
 the same entries as the confidence stage of ``sfr run`` (:mod:`.confidence` for what they mean).
 Under ``torchrun`` the images are split over the processes (:mod:`.shard`); the main process
@@ -23,6 +24,7 @@ import numpy as np
 
 from . import confidence as conf_mod
 from .errors import SFRError
+from .labelnext import rank_cases
 from .io import Volume, inside, read_image, write_json_atomic, write_volume
 
 REVIEW_JSON = "review.json"
@@ -117,6 +119,7 @@ def review_folder(model_dir: "str | os.PathLike", images, out_dir: "str | os.Pat
                    note=lambda e: {"confidence": e["confidence"]}) as (shard, model, entries):
         result = {"model": str(Path(model.sfr_meta["path"]).resolve()), "params": params,
                   "cases": list(entries.values())}
+        result["label_next"] = rank_cases(result["cases"])  # what to label next (.labelnext)
         if shard.main:
             write_json_atomic(out_dir / REVIEW_JSON, result)
         shard.gather(None)  # nobody returns before review.json is written

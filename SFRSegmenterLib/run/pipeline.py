@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .. import events, sfrplus
 from ..errors import SFRError
+from ..labelnext import rank_cases
 from ..io import inside, read_json, sha256_file, write_json_atomic
 from ..manifest import Project
 from ..review import CASE_SUFFIXES
@@ -271,7 +272,7 @@ class Pipeline:
         write_json_atomic(out / REVIEW_JSON, {"cases": [
             {"case": reviews[c]["case"], "confidence": reviews[c]["confidence"], "trusted": trusted[c],
              "flagged_slices": reviews[c]["flagged_slices"], "low_confidence_voxels": reviews[c]["low_confidence_voxels"]}
-            for c in reviews]})
+            for c in reviews], "label_next": rank_cases(reviews.values())})
         write_json_atomic(out / "slices.json",
                           {c: {"slice_confidence": reviews[c].get("slice_confidence")} for c in reviews})
         write_json_atomic(out / "rounds.json", {"tau": self.cfg.tau, "final_round": int(cf.name.rsplit("-r", 1)[1]),
