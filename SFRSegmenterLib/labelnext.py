@@ -104,3 +104,21 @@ def rank_cases(entries: Sequence[dict]) -> list:
         ranked.append(i)
         left.remove(i)
     return out
+
+
+def read_label_next(run_path) -> list:
+    """``label_next`` of a run's (or a review folder's) ``review.json``; [] when it has none."""
+    from pathlib import Path
+
+    from .io import read_json
+
+    data = read_json(Path(run_path) / "review.json", "review.json", missing={})
+    ranked = data.get("label_next") if isinstance(data, dict) else None
+    return [r for r in ranked or [] if isinstance(r, dict) and "case" in r]
+
+
+def summary(ranked: list, n: int = 3) -> str:
+    """One line for a panel or a log: the first ``n`` cases to label next and why."""
+    if not ranked:
+        return "no unlabeled case to suggest"
+    return "label next: " + "; ".join(f"{r['case']} ({r.get('reason', '')})" for r in ranked[:n])

@@ -63,3 +63,12 @@ def test_run_and_review_write_label_next(finished, sfr, tmp_path):
     proc = sfr("review", "--model", run / "vnet", "--images", image, "--out", out, "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     assert [n["case"] for n in json.loads((out / "review.json").read_text())["label_next"]] == [unlabeled[0]]
+
+
+def test_the_panels_line_reads_the_runs_review(finished):
+    from SFRSegmenterLib.labelnext import read_label_next, summary
+
+    _, run = finished
+    ranked = read_label_next(run)
+    assert ranked and summary(ranked).startswith(f"label next: {ranked[0]['case']} (")
+    assert read_label_next(run / "nowhere") == [] and summary([]) == "no unlabeled case to suggest"

@@ -2,6 +2,7 @@
 
     python bench/clinician.py sparse [--seeds 1337 1] [--iterations 300]
     python bench/clinician.py warm   [--seed 1337] [--iterations-sam 150 --iterations-vnet 300]
+                                     [--unlabeled 8 --validation 4 --embedding-cache 64]
     python bench/clinician.py la-commands          # prints the LA cpu-half commands (not run here)
 
 * ``sparse``: equal annotation effort counted in annotated axial slices: one whole volume (every
@@ -146,12 +147,12 @@ def metrics_of(run: Path) -> dict:
     return out
 
 
-def init_hippocampus(root: Path, labeled: dict, unlabeled: list, force: bool = False) -> None:
+def init_hippocampus(root: Path, labeled: dict, unlabeled: list, n_validation: int, force: bool = False) -> None:
     """A project of links: ``labeled`` {case: label array or None (whole)}, then unlabeled, then validation."""
     src = root.parent / "src"
     if src.exists():
         shutil.rmtree(src)
-    names = list(labeled) + unlabeled + VALIDATION[:4]
+    names = list(labeled) + unlabeled + VALIDATION[:n_validation]
     images = link_images(src / "images", names)
     (src / "labels").mkdir()
     for n in names:
@@ -163,22 +164,60 @@ def init_hippocampus(root: Path, labeled: dict, unlabeled: list, force: bool = F
     (src / "cases.txt").write_text("\n".join(names) + "\n")
     extra = ["--force"] if force else []
     sfr("init", root, "--images", images, "--labels", src / "labels", "--cases", src / "cases.txt",
-        "--labeled", len(labeled), "--validation", 4, *extra)
+        "--labeled", len(labeled), "--validation", n_validation, *extra)
+
+
+def timed(*args) -> "subprocess.Popen":
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "SFRSegmenterLib", "--progress", "none", *map(str, args)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc.t0 = time.monotonic()
+    return proc
+
+
+def finish(proc) -> dict:
+    """Wait for ``proc``: its wall time and CPU time (its own and its children's, from wait4)."""
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - proc.t0
+    err = proc.stderr.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"sfr run failed:\n{err[-3000:]}")
+    return {"wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1)}
+
+
+def wait_done(root: Path) -> Path:
+    while True:
+        run = jobs.run_dir(root)
+        state = jobs.read_status(run).get("state")
+        if state == "done":
+            return run
+        if state not in ("starting", "running"):
+            raise SystemExit(f"the first run ended {state}: {run}")
+        time.sleep(10)
+
+
+def stage_seconds(run: Path) -> float:
+    return round(sum(float(r.get("seconds") or 0) for r in json.loads((run / "stages.json").read_text()).values()), 1)
 
 
 def run_warm(args) -> dict:
-    root = Path(args.work) / f"warm-s{args.seed}" / "p"
-    if root.parent.exists():
-        shutil.rmtree(root.parent)
-    root.parent.mkdir(parents=True)
-    labeled0, unlabeled0 = SAMPLE_CASES[:2], SAMPLE_CASES[2:10]
-    init_hippocampus(root, {c: None for c in labeled0}, unlabeled0)
+    """The first run (or, with --reuse-first, the one under way), the corrections, then the
+    warm start and the full run side by side (the full one in a copy of the project, so that both
+    run under the same machine load; their CPU seconds are each process tree's own)."""
+    work = Path(args.work) / f"warm-s{args.seed}"
+    root = work / "p"
+    labeled0, unlabeled0 = SAMPLE_CASES[:2], SAMPLE_CASES[2:2 + args.unlabeled]
     settings = ["--backbone", "lite_medsam", "--device", "cpu", "--seed", args.seed, "--pseudo-overlap", "0",
-                "--sam-option", "lora_rank=0", "--sam-option", "embedding_cache=64",
+                "--sam-option", "lora_rank=0", "--sam-option", f"embedding_cache={args.embedding_cache}",
                 "--vnet-option", "filters=8", "--vnet-option", "dropout=0.0", "--no-report"]
     schedule = ["--iterations-sam", args.iterations_sam, "--iterations-vnet", args.iterations_vnet]
-    t_first = sfr("run", root, *settings, *schedule)
-    first = jobs.run_dir(root)
+    if not args.reuse_first:
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        init_hippocampus(root, {c: None for c in labeled0}, unlabeled0, args.validation)
+        finish(timed("run", root, *settings, *schedule))
+    first = wait_done(root)
     review = json.loads((first / "review.json").read_text())
     flagged = {e["case"]: [s["index"] for s in e["flagged_slices"]] for e in review["cases"]}
     chosen = [n["case"] for n in review["label_next"][:3]]
@@ -187,20 +226,31 @@ def run_warm(args) -> dict:
         gt = read_label(HIPPOCAMPUS / "labels" / f"{c}.nii.gz").array
         corrected[c] = sparse_label(gt, flagged[c][:5])
     rest = [c for c in unlabeled0 if c not in chosen]
-    init_hippocampus(root, {**{c: None for c in labeled0}, **corrected}, rest, force=True)
+    init_hippocampus(root, {**{c: None for c in labeled0}, **corrected}, rest, args.validation, force=True)
+    copy = work / "p-full"
+    if copy.exists():
+        shutil.rmtree(copy)
+    shutil.copytree(root, copy, symlinks=True, ignore=shutil.ignore_patterns("runs"))
+    manifest = json.loads((copy / "sfr-project.json").read_text())
+    for case in manifest["cases"]:  # the copy's paths: absolute, to the same files
+        for key in ("image", "label"):
+            if case.get(key) and not Path(case[key]).is_absolute():
+                case[key] = str((root / case[key]).resolve())
+    (copy / "sfr-project.json").write_text(json.dumps(manifest, indent=2))
     # the warm start: 20 % of each stage's iterations (run/warmstart.py), from the first run's models
-    t_warm = sfr("run", root, *settings, "--warm-start")
-    warm = jobs.run_dir(root)
+    warm_proc = timed("run", root, *settings, "--warm-start")
+    full_proc = timed("run", copy, *settings, *schedule)
+    t_warm, t_full = finish(warm_proc), finish(full_proc)
+    warm, full = jobs.run_dir(root), jobs.run_dir(copy)
     warm_iters = [int(round(int(args.iterations_sam) * 0.2)), int(round(int(args.iterations_vnet) * 0.2))]
-    t_full = sfr("run", root, *settings, *schedule)
-    full = jobs.run_dir(root)
-    return {"experiment": "warm", "seed": args.seed, "labeled": labeled0, "corrected_cases": chosen,
+    return {"experiment": "warm", "seed": args.seed, "embedding_cache": args.embedding_cache,
+            "labeled": labeled0, "corrected_cases": chosen,
             "corrected_slices": {c: flagged[c][:5] for c in chosen},
             "iterations": {"full": [args.iterations_sam, args.iterations_vnet], "warm": warm_iters},
-            "first_run": {"run": first.name, "wall_s": round(t_first, 1), **metrics_of(first)},
-            "warm_start": {"run": warm.name, "wall_s": round(t_warm, 1), **metrics_of(warm),
+            "first_run": {"run": first.name, "stage_s": stage_seconds(first), **metrics_of(first)},
+            "warm_start": {"run": warm.name, **t_warm, "stage_s": stage_seconds(warm), **metrics_of(warm),
                            "warm_start_from": json.loads((warm / "config.json").read_text())["warm_start_from"]},
-            "full_after": {"run": full.name, "wall_s": round(t_full, 1), **metrics_of(full)}}
+            "full_after": {"run": full.name, **t_full, "stage_s": stage_seconds(full), **metrics_of(full)}}
 
 
 # --------------------------------------------------------------------------- LA (prepared, not run here)
@@ -236,16 +286,20 @@ def markdown(result: dict) -> str:
     lines = ["# Warm start after corrections (hippocampus, sfr run, seed %s)" % result["seed"], "",
              f"Corrected: 5 flagged slices on {', '.join(result['corrected_cases'])} (the top 3 of label_next), "
              "ground truth on those slices, 255 elsewhere.", "",
-             "| run | iterations (SAM, V-Net) | wall s | Dice unlabeled % | Dice validation % |", "|---|---|---|---|---|"]
+             "| run | iterations (SAM, V-Net) | wall s | CPU s | stage s | Dice unlabeled % | Dice validation % |",
+             "|---|---|---|---|---|---|---|"]
     for key, iters in (("first_run", result["iterations"]["full"]), ("warm_start", result["iterations"]["warm"]),
                        ("full_after", result["iterations"]["full"])):
         r = result[key]
         pl = r.get("pseudo_labels", {}).get("mean_dice")
         va = r.get("validation", {}).get("mean_dice")
-        lines.append(f"| {key} | {iters} | {r['wall_s']} | {'-' if pl is None else f'{100 * pl:.1f}'} | "
+        lines.append(f"| {key} | {iters} | {r.get('wall_s', '-')} | {r.get('cpu_s', '-')} | {r['stage_s']} | "
+                     f"{'-' if pl is None else f'{100 * pl:.1f}'} | "
                      f"{'-' if va is None else f'{100 * va:.1f}'} |")
     w, f = result["warm_start"], result["full_after"]
-    lines.append(f"\nwarm-start time / full run time: {100 * w['wall_s'] / f['wall_s']:.0f} %")
+    lines.append(f"\nwarm start / full run after the same corrections: wall {100 * w['wall_s'] / f['wall_s']:.0f} %, "
+                 f"CPU {100 * w['cpu_s'] / f['cpu_s']:.0f} %, stage seconds {100 * w['stage_s'] / f['stage_s']:.0f} % "
+                 "(both ran at the same time, on the same loaded machine)")
     return "\n".join(lines) + "\n"
 
 
@@ -257,6 +311,10 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=300)
     ap.add_argument("--iterations-sam", type=int, default=150)
     ap.add_argument("--iterations-vnet", type=int, default=300)
+    ap.add_argument("--unlabeled", type=int, default=8, help="warm: unlabeled cases before the corrections")
+    ap.add_argument("--validation", type=int, default=4, help="warm: validation cases")
+    ap.add_argument("--embedding-cache", type=int, default=64, help="warm: stage F's cached mosaics (the demo's 64)")
+    ap.add_argument("--reuse-first", action="store_true", help="warm: the first run is in the work folder (or under way)")
     ap.add_argument("--work", default="/tmp/sfr-bench-clinician")
     args = ap.parse_args()
     if args.experiment == "la-commands":
