@@ -104,7 +104,8 @@ def test_run_folder_has_every_result(sfr_runs, sample_dir):
 def test_review_json_matches_the_confidence_maps(sfr_runs):
     run = sfr_runs["plus"]
     review = json.loads((run / "review.json").read_text())
-    assert set(review) == {"cases"}
+    assert set(review) == {"cases", "label_next"}  # label_next: ..labelnext
+    assert sorted(n["case"] for n in review["label_next"]) == sorted(CASES[2:4])
     assert [c["case"] for c in review["cases"]] == CASES[2:4]
     for entry in review["cases"]:
         assert set(entry) == {"case", "confidence", "trusted", "flagged_slices", "low_confidence_voxels"}
