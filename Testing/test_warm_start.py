@@ -12,8 +12,8 @@ import shutil
 import pytest
 import torch
 
-from SFRSegmenterLib.run.config import RunConfig, finetune_config, retrain_config
-from SFRSegmenterLib.run.warmstart import warm_iterations
+from SFRSegmenterLib.run.config import RunConfig, finetune_config, load_run_config, retrain_config
+from SFRSegmenterLib.run.warmstart import short_schedule, warm_iterations
 from SFRSegmenterLib.runcontrol import RunSettings, config_of, start_command
 from test_run_pipeline import TINY, latest, make_project
 
@@ -32,18 +32,22 @@ def finished(tmp_path_factory, sample_dir):
     return root, latest(root)
 
 
-def test_the_short_schedule_is_its_own_unless_given():
-    full = finetune_config(RunConfig()).iterations, retrain_config(RunConfig()).iterations
-    warm = RunConfig(warm_start_from="20260101-000000-abcd")
-    assert finetune_config(warm).iterations == warm_iterations(full[0]) < full[0]
-    assert retrain_config(warm).iterations == warm_iterations(full[1]) < full[1]
-    warm.iterations_vnet = 7
-    assert retrain_config(warm).iterations == 7
+def test_the_short_schedule_is_a_fifth_of_the_source_runs_unless_given(finished):
+    root, first = finished
+    source = load_run_config(first)
+    ran = finetune_config(source).iterations, retrain_config(source).iterations
+    cfg = RunConfig(warm_start_from=first.name)
+    short_schedule(cfg, first)
+    assert (cfg.iterations_sam, cfg.iterations_vnet) == (warm_iterations(ran[0]), warm_iterations(ran[1]))
+    assert warm_iterations(6000) == 1200 and warm_iterations(3) == 1
+    given = RunConfig(warm_start_from=first.name, iterations_vnet=7, sam_options={"iterations": 9})
+    short_schedule(given, first)
+    assert given.iterations_vnet == 7 and given.iterations_sam is None
 
 
 def test_warm_start_through_the_panels_command_line(finished, sfr):
     root, first = finished
-    settings = RunSettings(backbone="tiny_test", sfr_plus=False, device="cpu", iterations_sam=1, iterations_vnet=1,
+    settings = RunSettings(backbone="tiny_test", sfr_plus=False, device="cpu",
                            sam_options={"lr": 1e-30}, vnet_options={"filters": 4, "lr": 1e-30},
                            warm_start="latest", report=False)
     assert config_of(settings)["warm_start_from"] == "latest"
@@ -51,7 +55,9 @@ def test_warm_start_through_the_panels_command_line(finished, sfr):
     assert proc.returncode == 0, proc.stderr
     second = latest(root)
     assert second != first
-    assert json.loads((second / "config.json").read_text())["warm_start_from"] == first.name
+    config = json.loads((second / "config.json").read_text())
+    assert config["warm_start_from"] == first.name
+    assert (config["iterations_sam"], config["iterations_vnet"]) == (1, 1)  # a fifth of the first run's 3, at least 1
     # with a learning rate far below float32 resolution the warm-started models are the models they started from
     old_sam = json.loads((first / "stages" / "finetune-r0" / "sam-model.json").read_text())
     new_sam = json.loads((second / "stages" / "finetune-r0" / "sam-model.json").read_text())

@@ -86,7 +86,7 @@ def add_parser(sub) -> None:
     job.add_argument("--warm-start", nargs="?", const=WARM_LATEST, metavar="RUN",
                      help="start stage F and stage R from the models of the finished run RUN (a run id or "
                      f"folder of this project; default: the latest finished run) with a short schedule "
-                     f"({int(WARM_FRACTION * 100)} %% of each stage's iterations unless given); recorded as "
+                     f"({int(WARM_FRACTION * 100)} %% of the iterations each stage ran in RUN, unless given); recorded as "
                      "warm_start_from in config.json")
     add_device(job, default=None, help=DEVICE_HELP + " (default auto)")  # None: --resume keeps the saved one
     job.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
@@ -163,7 +163,9 @@ def run(args) -> int:
         if cfg.warm_start_from:  # the run exists, finished, of this project, same classes
             from ..run import warmstart
 
-            cfg.warm_start_from = warmstart.resolve(project, cfg.warm_start_from).run_id
+            warm = warmstart.resolve(project, cfg.warm_start_from)
+            cfg.warm_start_from = warm.run_id
+            warmstart.short_schedule(cfg, warm.run_path)  # a fifth of what that run's stages ran
         config.validate_config(cfg)
         from ..preflight import check_run
 

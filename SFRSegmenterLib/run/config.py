@@ -92,8 +92,7 @@ def finetune_config(cfg: RunConfig):
     values = {"backbone": cfg.backbone, "checkpoint": cfg.checkpoint, "iterations": cfg.iterations_sam,
               "batch_size": cfg.batch_size_sam, "seed": cfg.seed, "device": cfg.device, **cfg.sam_options}
     check_options(FinetuneConfig, cfg.sam_options, "--sam-option")
-    return _warm_schedule(cfg, FinetuneConfig(**_filter_fields(FinetuneConfig, values)),
-                          cfg.iterations_sam, cfg.sam_options)
+    return FinetuneConfig(**_filter_fields(FinetuneConfig, values))
 
 
 def retrain_config(cfg: RunConfig):
@@ -105,17 +104,7 @@ def retrain_config(cfg: RunConfig):
               "crop": tuple(cfg.crop) if cfg.crop else None, "seed": cfg.seed, "device": cfg.device,
               **cfg.vnet_options}
     check_options(RetrainConfig, cfg.vnet_options, "--vnet-option")
-    return _warm_schedule(cfg, RetrainConfig(**_filter_fields(RetrainConfig, values)),
-                          cfg.iterations_vnet, cfg.vnet_options)
-
-
-def _warm_schedule(cfg: RunConfig, stage_cfg, given, options: dict):
-    """A warm-started stage runs a short schedule of its own unless its iterations were given."""
-    if not cfg.warm_start_from or given is not None or "iterations" in options:
-        return stage_cfg
-    from .warmstart import warm_iterations
-
-    return dataclasses.replace(stage_cfg, iterations=warm_iterations(stage_cfg.iterations))
+    return RetrainConfig(**_filter_fields(RetrainConfig, values))
 
 
 def review_settings(cfg: RunConfig) -> dict:

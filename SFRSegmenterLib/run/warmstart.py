@@ -3,8 +3,9 @@
 ``sfr run PROJECT --warm-start [RUN]`` (RUN: a run id or folder of this project; default the
 latest finished run).  The new run records ``warm_start_from`` (the run id) in its
 ``config.json``; its fine-tuning and re-training start from that run's final SAM model
-(``stages/finetune-r<final round>``) and V-Net (``vnet/``) with a short schedule of their own
-(:data:`WARM_FRACTION` of the iterations each stage would run, unless given on the command line).
+(``stages/finetune-r<final round>``) and V-Net (``vnet/``) with a short schedule of their own:
+:data:`WARM_FRACTION` of the iterations each stage ran in that run, unless given on the command
+line (:func:`short_schedule`; the new run's ``config.json`` records the numbers).
 
 Refused, before anything is written (one line, exit 2): a run of another project, a run that
 did not finish, a run whose models have other classes than the project.
@@ -32,6 +33,7 @@ class WarmStart:
     run_id: str
     sam_dir: Path  # the run's final fine-tuned SAM model
     vnet_dir: Path  # the run's published V-Net
+    run_path: Path  # the run's folder
 
     def key(self) -> list:
         """What a warm-started stage's cache key depends on: the models' contents."""
@@ -43,6 +45,18 @@ class WarmStart:
 
 def warm_iterations(iterations: int) -> int:
     return max(1, int(round(int(iterations) * WARM_FRACTION)))
+
+
+def short_schedule(cfg, source_run: Path) -> None:
+    """Set ``cfg``'s iterations to :data:`WARM_FRACTION` of what ``source_run``'s stages ran, for
+    each stage whose iterations the command line did not give."""
+    from .config import finetune_config, load_run_config, retrain_config
+
+    source = load_run_config(source_run)
+    if cfg.iterations_sam is None and "iterations" not in cfg.sam_options:
+        cfg.iterations_sam = warm_iterations(finetune_config(source).iterations)
+    if cfg.iterations_vnet is None and "iterations" not in cfg.vnet_options:
+        cfg.iterations_vnet = warm_iterations(retrain_config(source).iterations)
 
 
 def latest_finished(project_root: Path) -> str:
@@ -86,4 +100,4 @@ def resolve(project, run: "str | None") -> WarmStart:
         if classes is not None and list(classes) != list(project.classes):
             raise SFRError(f"--warm-start: the {what} of run {path.name} has classes {', '.join(map(str, classes))}, "
                            f"the project {', '.join(project.classes)}", path)
-    return WarmStart(path.name, sam_dir, vnet_dir)
+    return WarmStart(path.name, sam_dir, vnet_dir, path)
