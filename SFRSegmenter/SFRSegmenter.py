@@ -34,7 +34,7 @@ from SFRSegmenterLib.errors import SFRError  # noqa: E402
 from SFRSegmenterLogicLib import cases, edits, environment, export, jobs, provenance, resources  # noqa: E402
 from SFRSegmenterLogicLib import nodes as mrmlnodes  # noqa: E402
 from SFRSegmenterLogicLib import results as resultnodes  # noqa: E402
-from SFRSegmenterLogicLib import review, sampledata  # noqa: E402
+from SFRSegmenterLogicLib import partial, review, sampledata  # noqa: E402
 
 ROLE_CHOICES = [("", "Automatic"), ("labeled", "Labeled"), ("unlabeled", "Unlabeled"), ("validation", "Validation"),
                 (cases.EXCLUDED, "Excluded")]
@@ -501,7 +501,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return False
 
     # ---------------------------------------------------------------- run
-    def onRun(self, *_):
+    def onRun(self, *_, warm_start=False):
         if self._versionProblem:
             slicer.util.errorDisplay(self._versionProblem, windowTitle="SFR Segmenter")
             return
@@ -516,7 +516,9 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.logic.exportProject(folder, self.casesFromTable())
             self.ui.logTextEdit.clear()
             self.ui.progressBar.setValue(0)
-            job = self.logic.startRun(folder, self.settings(), self._onProgress, self._log, self._onFinished)
+            settings = self.settings()
+            settings.warm_start = "latest" if warm_start else None  # from the latest finished run's models
+            job = self.logic.startRun(folder, settings, self._onProgress, self._log, self._onFinished)
         except SFRError as exc:
             slicer.util.errorDisplay(str(exc), windowTitle="SFR Segmenter")
             return
@@ -527,7 +529,8 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.refreshCases()
 
     def onRetrain(self, *_):
-        self.onRun()
+        """Retrain after corrections: a warm start from the latest finished run when there is one."""
+        self.onRun(warm_start=bool(runcontrol.finished_runs(self.projectFolder())))
 
     def _confirmUnsavedEdits(self, action):
         """True when no pseudo-label has unsaved edits, or the user goes on without them."""
@@ -647,6 +650,9 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         runId = resultnodes.run_of(results[0].segmentation) if results else runId
         self.ui.linksLabel.text = provenance.links_html(self.projectFolder(), runId)
         self._log(f"loaded {len(results)} pseudo-labeled cases of run {runId}")
+        from SFRSegmenterLib import labelnext, runfolder
+
+        self._log(labelnext.summary(labelnext.read_label_next(runfolder.run_dir(self.projectFolder(), runId))))
         self._updateButtons()
         if self._flagged:
             self.stepFlagged(+1)  # the views open on the worst slice of all cases
@@ -736,10 +742,14 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if result is None:
             return
         try:
-            provenance.accept_case(
-                slicer.mrmlScene, self.projectFolder(), result.case, run_id=resultnodes.run_of(result.segmentation),
-                segmentation_node=result.segmentation, reference=result.reference,
-            )
+            if partial.is_partial(result.segmentation):  # only the corrected slices become annotated
+                partial.save_corrected_slices(slicer.mrmlScene, self.projectFolder(), result.case, result.segmentation,
+                                              result.reference, run_id=resultnodes.run_of(result.segmentation))
+            else:
+                provenance.accept_case(
+                    slicer.mrmlScene, self.projectFolder(), result.case, run_id=resultnodes.run_of(result.segmentation),
+                    segmentation_node=result.segmentation, reference=result.reference,
+                )
         except SFRError as exc:
             slicer.util.errorDisplay(str(exc), windowTitle="SFR Segmenter")
             return

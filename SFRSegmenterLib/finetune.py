@@ -76,7 +76,7 @@ def _load_cases(project: Project, extra_labeled, method: str) -> list:
         triples.append((name, Path(image), Path(label), "pseudo"))
     for name, image_path, label_path, source in triples:
         image = read_image(image_path)
-        label = read_label(label_path, image, project.num_classes)
+        label = read_label(label_path, image, project.num_classes, sparse=source == "labeled")
         cases.append(_Case(name, normalize(image.array, method), np.ascontiguousarray(label.array, dtype=np.uint8), source))
     return cases
 
@@ -167,6 +167,20 @@ def load_parts(model, path: Path) -> None:
     model.load_state_dict(parts, strict=False)
 
 
+def _load_initial_parts(model, init_dir: Path, meta: dict) -> str:
+    """Load a fine-tuned model's parts as the starting point; returns its ``model_id``."""
+    init = read_model_meta(init_dir)
+    for key in ("backbone", "classes"):
+        if init.get(key) != meta.get(key):
+            raise SFRError(f"cannot warm-start from this SAM model: its {key} is {init.get(key)!r}, "
+                           f"this fine-tuning's {meta.get(key)!r}", init_dir / MODEL_META)
+    parts = init_dir / init.get("parts_file", PARTS_FILE)
+    if not parts.exists() or sha256_file(parts) != init.get("parts_sha256"):
+        raise SFRError("cannot warm-start: the model's parts do not match its metadata", parts)
+    load_parts(model, parts)
+    return str(init.get("model_id"))
+
+
 def content_digest(state: dict) -> str:
     """sha256 over the names, dtypes, shapes and values of a state dict (file-name independent)."""
     h = hashlib.sha256()
@@ -184,8 +198,12 @@ def finetune(
     resume: bool = False,
     should_stop: "Callable[[], bool] | None" = None,
     extra_labeled: "Sequence[tuple[str, Path, Path]]" = (),
+    init_from: "str | os.PathLike | None" = None,
 ) -> Path:
     """Fine-tune ``cfg.backbone`` on the project's labeled cases into ``out_dir``; returns it.
+
+    ``init_from``: a fine-tuned model folder (same backbone, LoRA rank and classes) whose trained
+    parts are the starting point (warm start, :mod:`.run.warmstart`).
 
     ``out_dir`` is required: only ``sfr finetune`` knows the default ``PROJECT/models/sam``
     (:mod:`.project_folders`)."""
@@ -276,6 +294,8 @@ def finetune(
         events.log(f"resuming from iteration {start} of {cfg.iterations}")
     elif resume:
         events.log(f"nothing to resume in {out_dir}; starting from iteration 0")
+    if prev is None and init_from is not None:
+        meta["init_from"] = _load_initial_parts(model, Path(init_from), meta)
 
     if cfg.grad_checkpointing:
         set_grad_checkpointing(model, True)

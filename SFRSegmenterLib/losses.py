@@ -5,7 +5,7 @@ One function with the options that tell the two stages apart:
 * stage F (:func:`SFRSegmenterLib.sam.loss.dice_ce_loss`): Dice over the whole batch per class,
   background included, ``smooth`` 1e-5, padding pixels (``ignore_index``) in neither term;
 * stage R (:func:`SFRSegmenterLib.retrain.ssl.seg_loss`): Dice per sample over the foreground
-  classes, ``smooth`` 1, nothing ignored.  Per-sample Dice keeps the loss of a batch equal to
+  classes, ``smooth`` 1, voxels labelled 255 (not annotated) ignored when present.  Per-sample Dice keeps the loss of a batch equal to
   the mean of its halves' losses, which is what makes data-parallel training match one process.
 
 Both are the same numbers, bit for bit, as the two functions they replace

@@ -32,10 +32,13 @@ from pathlib import Path
 from typing import Iterable
 
 
+import numpy as np
+
 from .clock import utcnow
 from .errors import SFRError
 from .io import MANIFEST_FILE, case_name, protect, read_image, read_json, read_label, volume_entry, volume_suffix
 from .io import write_json_atomic  # noqa: F401 (the engine's JSON writer, long imported from here)
+from .sparse import NOT_ANNOTATED, annotated_slices, contiguous_classes, describe_values
 from .manifest_schema import ROLES, SCHEMA_VERSION, case_name_problem, validate_manifest  # noqa: F401
 
 MANIFEST_NAME = MANIFEST_FILE
@@ -217,6 +220,40 @@ def parse_classes(spec: "str | None", labels: Iterable[int] = ()) -> list:
     return names
 
 
+def check_label_values(case: Case, array, path) -> list:
+    """The values of ``case``'s label; a labeled case must be annotated somewhere and show the
+    structure; 255 ("not annotated") belongs to labeled cases only."""
+    values = [int(v) for v in np.unique(array)]
+    if case.role != "labeled":
+        if NOT_ANNOTATED in values:
+            raise SFRError(
+                f"label value {NOT_ANNOTATED} (not annotated) in the label of {case.role} case {case.name!r}: "
+                "only a labeled case may be annotated on some slices", path)
+        return values
+    if annotated_slices(array) == 0:
+        raise SFRError(f"the label of case {case.name!r} has no annotated slice (every voxel is "
+                       f"{NOT_ANNOTATED}, not annotated): annotate a slice, or leave the case unlabeled", path)
+    if not any(0 < v < NOT_ANNOTATED for v in values):
+        raise SFRError(
+            f"the label of case {case.name!r} is empty (all background): a labeled case must "
+            "show the structure; draw it, or leave the case unlabeled",
+            path,
+        )
+    return values
+
+
+def _infer_classes(found: dict) -> list:
+    """Classes 0..K-1 from the labels' values (a value after a gap, e.g. a stray 200, is refused)."""
+    k, stray = contiguous_classes(v for values in found.values() for v in values)
+    for path, values in found.items():
+        bad = [v for v in values if v in stray]
+        if bad:
+            raise SFRError(
+                f"label values {describe_values(bad)} are not classes: classes are 0..{k - 1} without a gap, "
+                f"and {NOT_ANNOTATED} marks voxels not annotated; relabel, or declare --classes", path)
+    return parse_classes(None, [k - 1])
+
+
 def init_project(
     root: "str | os.PathLike",
     images: "str | os.PathLike",
@@ -292,24 +329,18 @@ def init_project(
             Case(name, project.relative(img), project.relative(lab) if lab else None, role)
         )
 
-    max_label = 1
     declared = parse_classes(classes) if classes is not None else None
+    found: dict = {}  # label path -> its values
     for i, case in enumerate(project.cases):
         img_path = project.image_path(case)
         lab_path = project.label_path(case)
         image = read_image(img_path)
         if lab_path is not None:
-            lab = read_label(lab_path, image, len(declared) if declared else None)
-            max_label = max(max_label, int(lab.array.max()))
-            if case.role == "labeled" and not lab.array.any():
-                raise SFRError(
-                    f"the label of case {case.name!r} is empty (all background): a labeled case must "
-                    "show the structure; draw it, or leave the case unlabeled",
-                    lab_path,
-                )
+            lab = read_label(lab_path, image, len(declared) if declared else None, sparse=case.role == "labeled")
+            found[lab_path] = check_label_values(case, lab.array, lab_path)
         if progress:
             progress(i + 1, len(project.cases), case.name)
-    project.classes = declared or parse_classes(None, [max_label])
+    project.classes = declared or _infer_classes(found)
     root.mkdir(parents=True, exist_ok=True)
     project.save()
     return project

@@ -25,7 +25,7 @@ import numpy as np
 
 from .errors import SFRError
 from .io import read_header, read_image, read_label, voxel_budget
-from .manifest import Project
+from .manifest import Project, check_label_values
 
 #: Bytes a case's run outputs take per voxel and per pass (label + confidence + low-confidence map,
 #: compressed NIfTI), a deliberately high estimate; plus the models and pictures of a run.
@@ -62,10 +62,8 @@ def _check_label(project: Project, case) -> None:
     if label_path is None:
         raise SFRError(f"labeled case {case.name!r} has no label", project.manifest_path)
     image = read_image(project.image_path(case))
-    label = read_label(label_path, image, project.num_classes)
-    if not label.array.any():
-        raise SFRError(f"the label of labeled case {case.name!r} is empty (all background): draw the "
-                       "structure, or make the case unlabeled", label_path)
+    label = read_label(label_path, image, project.num_classes, sparse=True)
+    check_label_values(case, label.array, label_path)
 
 
 def _check_crop(cfg, shapes: list) -> None:

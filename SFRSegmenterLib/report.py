@@ -231,6 +231,7 @@ def build_report(run_path: "str | Path") -> str:
                          bold=() if c["trusted"] else (3,)))
     ctx["review_rows"] = rows
     ctx["estimate_note"] = estimate_note(cases, review.get("estimate"), dice_by_case)
+    ctx["label_next_rows"] = [_row([n["rank"], n["case"], n["reason"]]) for n in review.get("label_next") or []][:10]
 
     # ---------------------------------------------------------------- mosaic
     mosaics = folder.stitch_pictures

@@ -22,6 +22,9 @@ first array axis, as in review.json) with the largest expected number of wrong v
 with its mean confidence there.</p>
 {{ table(["case", "estimated Dice %", "confidence", "trusted", "flagged slices", "low-conf. voxels", "Dice %"], review_rows) }}
 <p>{{ estimate_note }}</p>
+{% if label_next_rows %}<h2>What to label next</h2><p>Unlabeled cases ranked by how much labeling them is expected to
+help (review.json <i>label_next</i>): lowest estimated quality first, alike cases spread apart.</p>
+{{ table(["rank", "case", "why"], label_next_rows) }}{% endif %}
 {% if mosaic %}<h2>What SAM sees: the stitched mosaic of {{ mosaic.name }}</h2>
 <p>All slices of the labeled volume, in order, row by row on the backbone's canvas; label outlined.</p>
 {{ img(mosaic.b64, "stitched mosaic", mosaic.width) }}{% endif %}

@@ -7,7 +7,8 @@ low-confidence mask), and then ``review.json``::
     {"model": "/abs/models/vnet/model.pt", "params": {"tau": 0.985, ...},
      "cases": [{"case", "confidence", "trusted", "estimated_dice", "estimated_dice_per_class",
                 "flagged_slices": [{"index", "confidence"}], "low_confidence_voxels",
-                "foreground_voxels", "structure_mm3"}]}
+                "foreground_voxels", "structure_mm3"}],
+     "label_next": [{"case", "rank", "score", "basis", "reason"}]}   # .labelnext
 
 one entry schema (:func:`review_record`) for ``sfr review`` and ``sfr run`` (:mod:`.confidence` for
 what the measurements mean; ``sfr review`` has no SAM pseudo-label to compare with, so its
@@ -26,6 +27,7 @@ import numpy as np
 
 from . import confidence as conf_mod
 from .errors import SFRError
+from .labelnext import rank_cases
 from .io import Volume, inside, read_image, write_json_atomic, write_volume
 from .runfolder import RunFolder
 
@@ -130,6 +132,7 @@ def review_folder(model_dir: "str | os.PathLike", images, out_dir: "str | os.Pat
                    note=lambda e: {"confidence": e["confidence"]}) as (shard, model, entries):
         result = {"model": str(Path(model.sfr_meta["path"]).resolve()), "params": params,
                   "cases": [review_record(e, e["trusted"]) for e in entries.values()]}
+        result["label_next"] = rank_cases(list(entries.values()))  # what to label next (.labelnext)
         if shard.main:
             write_json_atomic(out_dir / REVIEW_JSON, result)
             write_json_atomic(out_dir / SLICES_JSON, {e["case"]: {"slice_confidence": e["slice_confidence"]}

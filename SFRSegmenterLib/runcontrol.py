@@ -57,6 +57,8 @@ class RunSettings:
     sam_options: dict = field(default_factory=dict)
     vnet_options: dict = field(default_factory=dict)
     report: bool = True
+    #: warm start (Retrain after corrections): a finished run's id, or "latest"; None: from scratch
+    warm_start: str | None = None
 
     def run_options(self) -> list:
         opts = ["--backbone", self.backbone, "--ssl", self.ssl, "--device", self.device or "auto"]
@@ -73,6 +75,8 @@ class RunSettings:
                 opts += [flag, f"{key}={json.dumps(value)}"]
         if not self.report:
             opts.append("--no-report")
+        if self.warm_start:
+            opts += ["--warm-start", str(self.warm_start)]
         return opts
 
 

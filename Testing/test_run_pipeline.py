@@ -106,7 +106,8 @@ def test_review_json_matches_the_confidence_maps(sfr_runs):
     review = json.loads((run / "review.json").read_text())
     from SFRSegmenterLib.review import RECORD_KEYS
 
-    assert set(review) == {"cases", "estimate"}
+    assert set(review) == {"cases", "estimate", "label_next"}  # label_next: ..labelnext
+    assert sorted(n["case"] for n in review["label_next"]) == sorted(CASES[2:4])
     assert [c["case"] for c in review["cases"]] == CASES[2:4]
     for entry in review["cases"]:
         assert list(entry) == list(RECORD_KEYS)

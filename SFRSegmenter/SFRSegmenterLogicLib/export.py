@@ -86,8 +86,13 @@ def _write_image(scene, root: Path, entry, record: dict) -> str:
 
 def _write_label(scene, root: Path, entry, record: dict, classes: list) -> str:
     _check_no_transform(entry.segmentation)
-    label = segmentation_to_label(scene, entry.segmentation, entry.volume, classes)
-    if not label.any():
+    from .partial import is_partial, partial_label  # drawn slices only, 255 elsewhere
+
+    if is_partial(entry.segmentation):
+        label = partial_label(scene, entry.segmentation, entry.volume, classes)
+    else:
+        label = segmentation_to_label(scene, entry.segmentation, entry.volume, classes)
+    if not ((label > 0) & (label != 255)).any():
         raise SFRError(f"the segmentation of case {entry.name!r} is empty")
     label_rel = f"labels/{entry.name}.nii.gz"
     label_sha = content_sha(label, ijk_to_ras(entry.volume))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
+from ..io import read_label
 from ..manifest import load_project
+from ..sparse import annotated_slices
 from ._options import add_json
 
 
@@ -15,11 +17,27 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def annotated(project) -> dict:
+    """``{labeled case: (annotated axial slices, all slices)}`` (255 = not annotated, :mod:`..sparse`)."""
+    out = {}
+    for c in project.by_role("labeled"):
+        path = project.label_path(c)
+        if path is not None and path.exists():
+            array = read_label(path).array
+            out[c.name] = (annotated_slices(array), int(array.shape[0]))
+    return out
+
+
 def run(args) -> int:
     project = load_project(args.project)
     summary = project.summary()
+    slices = annotated(project)
     if args.json:
-        summary["case_list"] = [c.to_dict() for c in project.cases]
+        summary["case_list"] = [
+            {**c.to_dict(), **({"annotated_slices": slices[c.name][0], "slices": slices[c.name][1]}
+                               if c.name in slices else {})}
+            for c in project.cases
+        ]
         print(json.dumps(summary, indent=2))
         return 0
     print(f"project   {summary['project']}")
@@ -31,5 +49,6 @@ def run(args) -> int:
     )
     width = max(len(c.name) for c in project.cases) if project.cases else 4
     for c in project.cases:
-        print(f"  {c.name:<{width}}  {c.role:<10}  {c.image}" + (f"  [{c.label}]" if c.label else ""))
+        done = f"  annotated_slices {slices[c.name][0]}/{slices[c.name][1]}" if c.name in slices else ""
+        print(f"  {c.name:<{width}}  {c.role:<10}  {c.image}" + (f"  [{c.label}]" if c.label else "") + done)
     return 0

@@ -10,6 +10,8 @@ from ..errors import SFRError
 from ..runfolder import RunFolder
 from ..io import read_json, write_json_atomic
 from ..manifest import load_project
+from ..run.warmstart import LATEST as WARM_LATEST
+from ..run.warmstart import WARM_FRACTION
 from ._options import DEVICE_HELP, add_device
 
 #: Options that define a run's configuration (refused together with --resume).
@@ -105,6 +107,11 @@ def add_parser(sub) -> None:
     vnet.add_argument("--vnet-option", action="append", default=[], metavar="KEY=VALUE",
                       help="any other field of stage R's RetrainConfig, e.g. filters=8 (repeatable)")
     job = p.add_argument_group("the run")
+    job.add_argument("--warm-start", nargs="?", const=WARM_LATEST, metavar="RUN",
+                     help="start stage F and stage R from the models of the finished run RUN (a run id or "
+                     f"folder of this project; default: the latest finished run) with a short schedule "
+                     f"({int(WARM_FRACTION * 100)} %% of the iterations each stage ran in RUN, unless given); recorded as "
+                     "warm_start_from in config.json")
     add_device(job, default=None, help=DEVICE_HELP + " (default auto)")  # None: --resume keeps the saved one
     job.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
     job.add_argument("--detach", action="store_true",
@@ -132,6 +139,8 @@ def config_from_args(args):
         cfg.device = args.device
     if args.no_report:
         cfg.report = False
+    if getattr(args, "warm_start", None):
+        cfg.warm_start_from = args.warm_start  # a run id once `sfr run` resolved it (..run.warmstart)
     if cfg.rounds is not None and cfg.rounds < 0:
         raise SFRError(f"--rounds must be >= 0, got {cfg.rounds}")
     if cfg.rounds and not cfg.sfr_plus:
@@ -167,7 +176,7 @@ def run(args) -> int:
         return job.execute(root, jobs.run_dir(root, args.attach))
     jobs.ProjectLock(root, "?").check_free()  # a busy project is refused at once (taken below)
     if args.resume:
-        given = [n for n in CONFIG_OPTIONS if getattr(args, n, None) not in (None, False, [])]
+        given = [n for n in (*CONFIG_OPTIONS, "warm_start") if getattr(args, n, None) not in (None, False, [])]
         if given:
             raise SFRError(
                 "--resume continues the latest run with its saved configuration; drop "
@@ -178,6 +187,12 @@ def run(args) -> int:
         run_id, cfg = path.name, None
     else:
         cfg = _config_from_args(args)
+        if cfg.warm_start_from:  # the run exists, finished, of this project, same classes
+            from ..run import warmstart
+
+            warm = warmstart.resolve(project, cfg.warm_start_from)
+            cfg.warm_start_from = warm.run_id
+            warmstart.short_schedule(cfg, warm.run_path)  # a fifth of what that run's stages ran
         config.validate_config(cfg)
         from ..preflight import check_run
 

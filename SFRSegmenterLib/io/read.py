@@ -177,11 +177,13 @@ def read_label(
     path: "str | os.PathLike",
     reference: "Volume | None" = None,
     num_classes: int | None = None,
+    sparse: bool = False,
 ) -> Volume:
     """Read a label map as ``uint8``/``int16`` integers.
 
     ``reference`` (the case's image) is checked to have the same geometry; ``num_classes``
-    (background included) bounds the allowed values to ``0..num_classes-1``.
+    (background included) bounds the allowed values to ``0..num_classes-1``, plus 255 ("not
+    annotated", :mod:`SFRSegmenterLib.sparse`) when ``sparse`` (the label of a labeled case).
     """
     path = Path(path)
     if volume_suffix(path) == ".seg.nrrd":
@@ -205,9 +207,15 @@ def read_label(
     if lo < 0:
         raise SFRError(f"label has negative value {lo}", path)
     if num_classes is not None and hi >= num_classes:
-        raise SFRError(
-            f"label value {hi} is outside the declared classes 0..{num_classes - 1}", path
-        )
+        from ..sparse import NOT_ANNOTATED, describe_values, stray_values
+
+        values = np.unique(arr)
+        stray = stray_values(values, num_classes) if sparse else [int(v) for v in values if v >= num_classes]
+        if stray:
+            also = f" and {NOT_ANNOTATED} (not annotated)" if sparse else ""
+            raise SFRError(
+                f"label values {describe_values(stray)} are outside the declared classes 0..{num_classes - 1}{also}", path
+            )
     if hi > np.iinfo(np.int16).max:
         raise SFRError(f"label value {hi} is too large (at most {np.iinfo(np.int16).max} classes)", path)
     vol.array = arr.astype(np.uint8 if hi < 256 else np.int16, copy=False)

@@ -24,6 +24,7 @@ from ..intensity import zscore
 from ..io import read_image, read_json, read_label, sha256_file  # noqa: F401 (sha256_file re-exported)
 from ..manifest import Project
 from ..project_folders import SAM_MODEL_META
+from ..sparse import crop_starts, is_sparse
 
 PSEUDO_INDEX = "pseudo-labels.json"
 #: Stream ids that keep labeled and unlabeled draws independent.
@@ -55,7 +56,7 @@ def load_labeled(project: Project) -> list:
         if not case.label:
             raise SFRError(f"labeled case {case.name!r} has no label", project.manifest_path)
         img = read_image(project.image_path(case))
-        lab = read_label(project.label_path(case), reference=img, num_classes=project.num_classes)
+        lab = read_label(project.label_path(case), reference=img, num_classes=project.num_classes, sparse=True)
         out.append(CaseData(case.name, normalize(img.array), lab.array.astype(np.uint8)))
     if not out:
         raise SFRError("the project has no labeled case to train on", project.manifest_path)
@@ -208,7 +209,9 @@ def crop_and_augment(arrays: Sequence[np.ndarray], crop: Sequence[int], rng: np.
     if any(p != (0, 0) for p in pads):
         arrays = [np.pad(a, pads, mode="constant") for a in arrays]
         shape = arrays[0].shape
-    starts = [int(rng.integers(0, s - c + 1)) for s, c in zip(shape, crop)]
+    # a crop holding annotation when the label (second array) is sparse; any start otherwise
+    starts = (crop_starts(arrays[1], crop, rng) if len(arrays) > 1 and is_sparse(arrays[1])
+              else [int(rng.integers(0, s - c + 1)) for s, c in zip(shape, crop)])
     sl = tuple(slice(st, st + c) for st, c in zip(starts, crop))
     out = [a[sl] for a in arrays]
     if augment == "rotflip":

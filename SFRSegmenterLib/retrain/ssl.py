@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..losses import dice_ce
+from ..sparse import NOT_ANNOTATED
 from .names import SSL_NAMES
 
 
@@ -38,7 +39,12 @@ from .names import SSL_NAMES
 
 def seg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The paper's 0.5 * (cross-entropy + Dice), Dice per sample over the foreground classes
-    (:func:`..losses.dice_ce`; per sample, so that data-parallel training matches one process)."""
+    (:func:`..losses.dice_ce`; per sample, so that data-parallel training matches one process).
+    Voxels labelled 255 (not annotated, :mod:`..sparse`) count in neither term; a target without
+    them gives the same numbers as before."""
+    if bool((target == NOT_ANNOTATED).any()):
+        return dice_ce(logits, target, ignore_index=NOT_ANNOTATED, batch_dice=False, include_background=False,
+                       smooth=1.0)
     return dice_ce(logits, target, batch_dice=False, include_background=False, smooth=1.0)
 
 

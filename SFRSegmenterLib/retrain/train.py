@@ -58,6 +58,18 @@ def _unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
+def _load_initial_weights(model, init_from: Path, cfg: RetrainConfig, num_classes: int) -> None:
+    """Start from the weights of a trained model of the same architecture (warm start)."""
+    from .inference import load_model
+
+    trained = load_model(init_from, "cpu", network=cfg.network, num_classes=num_classes)
+    try:
+        model.load_state_dict(trained.state_dict(), strict=True)
+    except RuntimeError:
+        raise SFRError(f"cannot warm-start from this model: its {cfg.network} options differ "
+                       f"({trained.sfr_meta.get('options')} vs {cfg.network_options()})", init_from) from None
+
+
 def model_record(model, cfg: RetrainConfig, num_classes: int, classes, crop, extra: dict) -> dict:
     """What ``model.pt`` holds (plain types + tensors: loadable with weights_only=True)."""
     return {
@@ -90,6 +102,7 @@ def retrain(
     unlabeled_cases: list | None = None,
     sam_model_dir: Path | None = None,
     label_files: dict | None = None,
+    init_from: Path | None = None,
 ) -> Path:
     """Train ``cfg.network`` on ``project`` and write ``out_dir/model.pt`` (+ ``meta.json``).
 
@@ -100,7 +113,9 @@ def retrain(
     unlabeled cases used with pseudo-labels; ``label_files`` ``{case: label file}`` adds unlabeled
     cases with the given labels in their place (SFR+'s trusted cases with their V-Net labels).  ``should_stop()`` is polled before every iteration: when true the
     state is saved and :class:`Cancelled` raised;
-    ``resume=True`` continues from ``out_dir/checkpoint.pt``.  Returns ``out_dir``.
+    ``resume=True`` continues from ``out_dir/checkpoint.pt``; ``init_from`` (a model folder or
+    ``model.pt`` of the same network, options and classes) gives the starting weights (warm start,
+    :mod:`..run.warmstart`).  Returns ``out_dir``.
     """
     if cfg.ssl not in SSL_METHODS:
         raise SFRError(f"unknown SSL method {cfg.ssl!r} (choose from {', '.join(SSL_METHODS)})")
@@ -116,14 +131,14 @@ def retrain(
     rank, world, local_rank, dist_here = _dist_info(resolve_device(cfg.device).type)
     try:
         return _retrain(project, cfg, pseudo_dir, out_dir, resume, should_stop, unlabeled_cases, rank, world, local_rank,
-                        sam_model_dir, dict(label_files or {}))
+                        sam_model_dir, dict(label_files or {}), init_from)
     finally:
         if dist_here and dist.is_initialized():
             dist.destroy_process_group()
 
 
 def _retrain(project, cfg, pseudo_dir, out_dir, resume, should_stop, unlabeled_names, rank, world, local_rank,
-             sam_model_dir=None, label_files=None):
+             sam_model_dir=None, label_files=None, init_from=None):
     method = build_method(cfg.ssl, cfg)
     need_u = method.needs_unlabeled or cfg.use_sam
     for what, n in (("labeled", cfg.labeled_bs), ("unlabeled", cfg.unlabeled_bs if need_u else 0)):
@@ -165,8 +180,10 @@ def _retrain(project, cfg, pseudo_dir, out_dir, resume, should_stop, unlabeled_n
         model = build_network(cfg.network, 1, num_classes, **cfg.network_options())
     except ValueError as exc:
         raise SFRError(str(exc)) from None
+    if init_from is not None:
+        _load_initial_weights(model, Path(init_from), cfg, num_classes)
     model.to(device)
-    method.setup(model)
+    method.setup(model)  # a teacher starts as a copy of the (warm-started) student
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
     ckpt_path = out_dir / CHECKPOINT_FILE

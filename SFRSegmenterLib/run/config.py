@@ -55,6 +55,8 @@ class RunConfig:
     report: bool = True
     sam_options: dict = field(default_factory=dict)  # extra FinetuneConfig fields
     vnet_options: dict = field(default_factory=dict)  # extra RetrainConfig fields
+    # the finished run whose models stage F and stage R start from (..warmstart); None: from scratch
+    warm_start_from: str | None = None
 
     @property
     def resolved_rounds(self) -> int:

@@ -29,11 +29,12 @@ import numpy as np
 
 from .. import events, quality, sfrplus
 from ..errors import SFRError
+from ..labelnext import rank_cases
 from ..io import inside, read_json, sha256_file, write_json_atomic
 from ..manifest import Project
 from ..review import CASE_SUFFIXES, review_record
 from ..runfolder import PSEUDO_FOLDER, REVIEW_JSON
-from . import stages
+from . import stages, warmstart
 from .cache import StageCache, copy_tree, link_or_copy, make_key
 from .config import RunConfig, finetune_config, retrain_config, review_settings, stage_settings
 from .oom import with_oom_retry
@@ -67,6 +68,9 @@ class Pipeline:
         self.policy = sfrplus.build_policy(cfg)
         self._labeled_vols = None  # labeled structures' volumes (mm^3), read when a decision needs them
         self._class_vols = None  # median labeled volume of each class (mm^3), for the quality signals
+        # a warm start: stage F and stage R start from a finished run's models (..warmstart)
+        self.warm = warmstart.resolve(project, cfg.warm_start_from) if cfg.warm_start_from else None
+        self.warm_key = self.warm.key() if self.warm else None
 
     def labeled_fingerprint(self) -> list:
         return [[c.name, self.sha[c.name], self.label_sha[c.name]] for c in self.labeled]
@@ -88,13 +92,15 @@ class Pipeline:
         ft_cfg = finetune_config(self.cfg)
         extra_labeled = [(c, self.project.image_path(self.project.case(c)), p) for c, p in sorted(extra_labels.items())]
         extra_fp = [[c, self.sha[c], sha256_file(p)] for c, _, p in extra_labeled]
-        key = make_key("finetune", stage_settings(ft_cfg), self.project.classes, self.labeled_fingerprint(), extra_fp)
+        key = make_key("finetune", stage_settings(ft_cfg), self.project.classes, self.labeled_fingerprint(), extra_fp,
+                       *([self.warm_key] if self.warm else []))
 
         def fn(d: Path, resume: bool):
             def call(stage_cfg, after_oom):
                 # after an out-of-memory retry the batch differs: the stage starts again
                 return finetune(self.project, stage_cfg, out_dir=d, resume=resume and not after_oom,
-                                should_stop=self.runner.should_stop, extra_labeled=tuple(extra_labeled))
+                                should_stop=self.runner.should_stop, extra_labeled=tuple(extra_labeled),
+                                init_from=self.warm.sam_dir if self.warm else None)
 
             with_oom_retry(call, ft_cfg, "SAM fine-tuning")
             meta = read_json(d / MODEL_META, "SAM model metadata", missing={})
@@ -139,14 +145,15 @@ class Pipeline:
         given = [[c, self.sha[c], sha256_file(p)] for c, p in sorted(label_files.items())]
         key = make_key("retrain", stage_settings(rt_cfg), self.project.classes, self.labeled_fingerprint(),
                        self.runner.key_of(pseudo_dir), sorted(cases), [self.sha[c] for c in sorted(cases)],
-                       *([given] if given else []))
+                       *([given] if given else []), *([self.warm_key] if self.warm else []))
 
         def fn(d: Path, resume: bool):
             def call(stage_cfg, after_oom):
                 return retrain(self.project, stage_cfg, pseudo_dir=pseudo_dir, out_dir=d,
                                resume=resume and not after_oom, should_stop=self.runner.should_stop,
                                unlabeled_cases=list(cases), sam_model_dir=sam_model_dir,
-                               label_files=dict(label_files))
+                               label_files=dict(label_files),
+                               init_from=self.warm.vnet_dir if self.warm else None)
 
             with_oom_retry(call, rt_cfg, "V-Net re-training")
             return {"unlabeled_cases": list(cases), "with_labels": sorted(label_files)}
@@ -276,7 +283,8 @@ class Pipeline:
             copy_tree(md / "validation", out / "validation")
         trusted = self.trust(reviews)
         write_json_atomic(out / REVIEW_JSON, {"cases": [review_record(reviews[c], trusted[c]) for c in reviews],
-                                              "estimate": quality.DEFAULT.to_json()})
+                                              "estimate": quality.DEFAULT.to_json(),
+                                              "label_next": rank_cases(reviews.values())})
         write_json_atomic(out / "slices.json",
                           {c: {"slice_confidence": reviews[c].get("slice_confidence")} for c in reviews})
         write_json_atomic(out / "rounds.json", {"tau": self.cfg.tau, "trust": self.policy.describe(),

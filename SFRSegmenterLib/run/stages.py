@@ -116,9 +116,17 @@ def review_again(entry: dict, case, project: Project, out_dir: Path, settings: d
 
 
 def structure_mm3(label_path: Path) -> float:
-    """Physical volume (mm^3) of the structure (label > 0) in a label file."""
+    """Physical volume (mm^3) of the structure (label > 0) in a label file.  A label annotated on
+    some slices only (255 elsewhere, :mod:`..sparse`) is scaled by all slices / annotated slices."""
+    from ..sparse import NOT_ANNOTATED, annotated_slices
+
     lab = read_label(label_path)
-    return np.count_nonzero(lab.array > 0) * float(np.prod(lab.spacing))
+    arr = lab.array
+    voxels = np.count_nonzero((arr > 0) & (arr != NOT_ANNOTATED))
+    done = annotated_slices(arr)
+    if done and done < arr.shape[0]:
+        voxels = voxels * arr.shape[0] / done
+    return voxels * float(np.prod(lab.spacing))
 
 
 def class_mm3(label_path: Path, num_classes: int) -> list:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..sparse import crop_starts
 from ..stitching import IGNORE_INDEX
 from .layout import pad_to
 
@@ -22,7 +23,7 @@ def rot_flip_3d(image: np.ndarray, label: np.ndarray, rng: np.random.Generator):
 def random_crop(image: np.ndarray, label: np.ndarray, crop, rng: np.random.Generator):
     image = pad_to(image, crop, 0.0)
     label = pad_to(label, crop, IGNORE_INDEX)
-    starts = [int(rng.integers(0, s - c + 1)) for s, c in zip(image.shape, crop)]
+    starts = crop_starts(label, crop, rng)  # a crop holding annotation (any start for a dense label)
     box = tuple(slice(s, s + c) for s, c in zip(starts, crop))
     return np.ascontiguousarray(image[box]), np.ascontiguousarray(label[box])
 

@@ -1,0 +1,103 @@
+"""Warm start: a run whose stage F and stage R start from a finished run's models.
+
+``sfr run PROJECT --warm-start [RUN]`` (RUN: a run id or folder of this project; default the
+latest finished run).  The new run records ``warm_start_from`` (the run id) in its
+``config.json``; its fine-tuning and re-training start from that run's final SAM model
+(``stages/finetune-r<final round>``) and V-Net (``vnet/``) with a short schedule of their own:
+:data:`WARM_FRACTION` of the iterations each stage ran in that run, unless given on the command
+line (:func:`short_schedule`; the new run's ``config.json`` records the numbers).
+
+Refused, before anything is written (one line, exit 2): a run of another project, a run that
+did not finish, a run whose models have other classes than the project.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import jobs
+from ..errors import SFRError
+from ..io import read_json
+from ..project_folders import SAM_MODEL_META
+from .config import CONFIG_JSON
+
+#: The share of a stage's iterations a warm-started stage runs (measured: bench/results/clinician.md).
+WARM_FRACTION = 0.2
+#: ``sfr run --warm-start`` without a run: the latest finished run.
+LATEST = "latest"
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    run_id: str
+    sam_dir: Path  # the run's final fine-tuned SAM model
+    vnet_dir: Path  # the run's published V-Net
+    run_path: Path  # the run's folder
+
+    def key(self) -> list:
+        """What a warm-started stage's cache key depends on: the models' contents."""
+        from ..io import sha256_file
+
+        sam = read_json(self.sam_dir / SAM_MODEL_META, "SAM model metadata")
+        return [self.run_id, sam.get("model_id"), sha256_file(self.vnet_dir / "model.pt")]
+
+
+def warm_iterations(iterations: int) -> int:
+    return max(1, int(round(int(iterations) * WARM_FRACTION)))
+
+
+def short_schedule(cfg, source_run: Path) -> None:
+    """Set ``cfg``'s iterations to :data:`WARM_FRACTION` of what ``source_run``'s stages ran, for
+    each stage whose iterations the command line did not give."""
+    from .config import finetune_config, load_run_config, retrain_config
+
+    source = load_run_config(source_run)
+    if cfg.iterations_sam is None and "iterations" not in cfg.sam_options:
+        cfg.iterations_sam = warm_iterations(finetune_config(source).iterations)
+    if cfg.iterations_vnet is None and "iterations" not in cfg.vnet_options:
+        cfg.iterations_vnet = warm_iterations(retrain_config(source).iterations)
+
+
+def latest_finished(project_root: Path) -> str:
+    runs = jobs.runs_dir(project_root)
+    ids = sorted((p.name for p in runs.glob("*") if (p / CONFIG_JSON).is_file()), reverse=True) if runs.is_dir() else []
+    for rid in ids:
+        if jobs.read_status(runs / rid).get("state") == "done":
+            return rid
+    raise SFRError("--warm-start: no finished run in this project to start from (run 'sfr run' first)", runs)
+
+
+def _run_folder(project_root: Path, run: str) -> Path:
+    runs = jobs.runs_dir(project_root)
+    given = Path(run)
+    path = given if (given.is_absolute() or len(given.parts) > 1) else runs / run
+    if not path.is_dir() or not (path / CONFIG_JSON).is_file():
+        raise SFRError(f"--warm-start: no run {run!r} (expected a run id under {runs} or a run folder)", path)
+    config = read_json(path / CONFIG_JSON, "run configuration")
+    recorded = config.get("project") if isinstance(config, dict) else None
+    if path.resolve().parent != runs.resolve() or (recorded and Path(recorded).resolve() != Path(project_root).resolve()):
+        raise SFRError(f"--warm-start: run {path.name} belongs to another project ({recorded or path.parent.parent}), "
+                       f"not {Path(project_root).resolve()}", path)
+    return path
+
+
+def resolve(project, run: "str | None") -> WarmStart:
+    """The models of the finished run ``run`` (``None`` or :data:`LATEST`: the latest finished run)."""
+    root = Path(project.root)
+    path = _run_folder(root, latest_finished(root) if run in (None, LATEST) else run)
+    state = jobs.read_status(path).get("state")
+    if state != "done":
+        raise SFRError(f"--warm-start: run {path.name} is not finished (state {state}); resume it or name another", path)
+    rounds = read_json(path / "rounds.json", "run's rounds", missing={})
+    sam_dir = path / "stages" / f"finetune-r{int(rounds.get('final_round', 0))}"
+    vnet_dir = path / "vnet"
+    sam = read_json(sam_dir / SAM_MODEL_META, "SAM model metadata", missing=None)
+    if sam is None or not (vnet_dir / "model.pt").is_file():
+        raise SFRError(f"--warm-start: run {path.name} has no final SAM model or V-Net", path)
+    vnet = read_json(vnet_dir / "meta.json", "V-Net metadata", missing={})
+    for what, classes in (("SAM model", sam.get("classes")), ("V-Net", vnet.get("classes"))):
+        if classes is not None and list(classes) != list(project.classes):
+            raise SFRError(f"--warm-start: the {what} of run {path.name} has classes {', '.join(map(str, classes))}, "
+                           f"the project {', '.join(project.classes)}", path)
+    return WarmStart(path.name, sam_dir, vnet_dir, path)

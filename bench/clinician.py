@@ -1,0 +1,336 @@
+"""The clinician's minutes (issue 21): the ground truth plays the clinician, the product does the rest.
+
+    python bench/clinician.py sparse [--seeds 1337 1] [--iterations 300]
+    python bench/clinician.py warm   [--seed 1337] [--iterations-sam 150 --iterations-vnet 300]
+                                     [--unlabeled 8 --validation 4 --embedding-cache 64]
+    python bench/clinician.py la-commands          # prints the LA cpu-half commands (not run here)
+
+* ``sparse``: equal annotation effort counted in annotated axial slices: one whole volume (every
+  slice) against the same number of slices spread over four volumes (evenly through each
+  structure, 255 elsewhere), stage R (the product's ``retrain``, supervised, the demo's slim
+  V-Net) trained on each, scored on held-out hippocampus cases (``predict_volume``, Dice per
+  class).  Reduced: stage R only (no SAM), for the CPU budget.
+* ``warm``: ``sfr run`` (the demo's settings, shorter) on a hippocampus project; the clinician
+  corrects the 5 flagged slices of the 3 cases ``label_next`` ranks first (ground truth on those
+  slices, 255 elsewhere: the cases become partially labeled through ``sfr init``); then
+  ``sfr run --warm-start`` against a full ``sfr run`` after the same corrections: wall time and
+  Dice (validation cases and the still-unlabeled cases, from the runs' metrics.json).
+
+Results: ``bench/results/clinician_<experiment>.{json,md}``.  Run with OMP_NUM_THREADS=1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import HIPPOCAMPUS, REPO, machine
+
+import numpy as np  # noqa: E402
+
+from SFRSegmenterLib import jobs  # noqa: E402
+from SFRSegmenterLib.io import read_label, write_volume  # noqa: E402
+from SFRSegmenterLib.sparse import NOT_ANNOTATED  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"
+SAMPLE_CASES = sorted(p.name[:-7] for p in (REPO / "SFRSegmenterLib" / "sample_data" / "hippocampus" / "images").glob("*.nii.gz"))
+#: Held-out hippocampus cases (not in the bundled sample) for validation Dice.
+VALIDATION = [f"hippocampus_{i:03d}" for i in (101, 102, 104, 105, 106, 107, 108, 109)]
+
+
+def structure_slices(label: np.ndarray) -> np.ndarray:
+    return np.flatnonzero((label > 0).reshape(label.shape[0], -1).any(1))
+
+
+def spread(label: np.ndarray, n: int) -> list:
+    """``n`` slices evenly through the structure (what a clinician annotating n slices would pick)."""
+    fg = structure_slices(label)
+    return sorted({int(fg[int(round(i))]) for i in np.linspace(0, len(fg) - 1, n)})
+
+
+def sparse_label(label: np.ndarray, slices) -> np.ndarray:
+    out = np.full_like(label, NOT_ANNOTATED)
+    out[list(slices)] = label[list(slices)]
+    return out
+
+
+def link_images(folder: Path, names) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        (folder / f"{n}.nii.gz").symlink_to(HIPPOCAMPUS / "images" / f"{n}.nii.gz")
+    return folder
+
+
+def sfr(*args, env_extra=None) -> float:
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **(env_extra or {}))
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "SFRSegmenterLib", "--progress", "none", *map(str, args)],
+                          env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"sfr {' '.join(map(str, args))} failed:\n{proc.stderr[-3000:]}")
+    return time.monotonic() - t0
+
+
+# --------------------------------------------------------------------------- sparse vs whole
+
+
+def val_dice(model, k: int = 3) -> dict:
+    from SFRSegmenterLib.io import read_image
+    from SFRSegmenterLib.metrics import dice
+    from SFRSegmenterLib.retrain import predict_volume
+
+    per = {c: [] for c in range(1, k)}
+    for n in VALIDATION:
+        pred = predict_volume(model, read_image(HIPPOCAMPUS / "images" / f"{n}.nii.gz").array).argmax(0)
+        gt = read_label(HIPPOCAMPUS / "labels" / f"{n}.nii.gz").array
+        for c in per:
+            per[c].append(float(dice(pred == c, gt == c)))
+    means = {str(c): float(np.mean(v)) for c, v in per.items()}
+    return {"dice_per_class": means, "mean_dice": float(np.mean(list(means.values())))}
+
+
+def sparse_condition(work: Path, name: str, labels: dict, seed: int, iterations: int) -> dict:
+    from SFRSegmenterLib.commands.demo import DEMO_SETTINGS
+    from SFRSegmenterLib.manifest import init_project
+    from SFRSegmenterLib.retrain import RetrainConfig, load_model, retrain
+
+    d = work / f"{name}-s{seed}"
+    if d.exists():
+        shutil.rmtree(d)
+    images, lab_dir = link_images(d / "images", labels), d / "labels"
+    lab_dir.mkdir()
+    for case, (vol, arr) in labels.items():
+        write_volume(vol.with_array(arr), lab_dir / f"{case}.nii.gz")
+    project = init_project(d / "p", images, lab_dir)
+    cfg = RetrainConfig(ssl="supervised", use_sam=False, iterations=iterations, device="cpu", save_every=10**6,
+                        seed=seed, **DEMO_SETTINGS["vnet_options"])
+    t0 = time.monotonic()
+    model = load_model(retrain(project, cfg, pseudo_dir=d / "none", out_dir=d / "vnet"), "cpu")
+    row = {"condition": name, "seed": seed, "train_s": round(time.monotonic() - t0, 1),
+           "annotated_slices": {c: int(((a != NOT_ANNOTATED).reshape(a.shape[0], -1)).any(1).sum())
+                                for c, (_, a) in labels.items()}}
+    row.update(val_dice(model))
+    return row
+
+
+def run_sparse(args) -> dict:
+    whole_case, spread_cases = SAMPLE_CASES[0], SAMPLE_CASES[:4]
+    vols = {c: read_label(HIPPOCAMPUS / "labels" / f"{c}.nii.gz") for c in spread_cases}
+    effort = vols[whole_case].array.shape[0]  # every slice of one volume
+    n = len(spread_cases)
+    counts = [effort // n + (1 if i < effort % n else 0) for i in range(n)]  # the same total
+    conditions = {
+        "whole": {whole_case: (vols[whole_case], vols[whole_case].array)},
+        "sparse": {c: (vols[c], sparse_label(vols[c].array, spread(vols[c].array, k))) for c, k in zip(spread_cases, counts)},
+    }
+    rows = [sparse_condition(Path(args.work), name, labels, seed, args.iterations)
+            for seed in args.seeds for name, labels in conditions.items()]
+    return {"experiment": "sparse", "effort_slices": effort, "iterations": args.iterations,
+            "validation": VALIDATION, "rows": rows}
+
+
+# --------------------------------------------------------------------------- warm start
+
+
+def metrics_of(run: Path) -> dict:
+    m = json.loads((run / "metrics.json").read_text())
+    out = {}
+    for part in ("pseudo_labels", "validation"):
+        if part in m:
+            out[part] = {"mean_dice": m[part]["mean"]["dice"], "cases": sorted({r["case"] for r in m[part]["cases"]})}
+    return out
+
+
+def init_hippocampus(root: Path, labeled: dict, unlabeled: list, n_validation: int, force: bool = False) -> None:
+    """A project of links: ``labeled`` {case: label array or None (whole)}, then unlabeled, then validation."""
+    src = root.parent / "src"
+    if src.exists():
+        shutil.rmtree(src)
+    names = list(labeled) + unlabeled + VALIDATION[:n_validation]
+    images = link_images(src / "images", names)
+    (src / "labels").mkdir()
+    for n in names:
+        arr = labeled.get(n)
+        if arr is None:
+            (src / "labels" / f"{n}.nii.gz").symlink_to(HIPPOCAMPUS / "labels" / f"{n}.nii.gz")
+        else:
+            write_volume(read_label(HIPPOCAMPUS / "labels" / f"{n}.nii.gz").with_array(arr), src / "labels" / f"{n}.nii.gz")
+    (src / "cases.txt").write_text("\n".join(names) + "\n")
+    extra = ["--force"] if force else []
+    sfr("init", root, "--images", images, "--labels", src / "labels", "--cases", src / "cases.txt",
+        "--labeled", len(labeled), "--validation", n_validation, *extra)
+
+
+def timed(*args) -> "subprocess.Popen":
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "SFRSegmenterLib", "--progress", "none", *map(str, args)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc.t0 = time.monotonic()
+    return proc
+
+
+def finish(proc) -> dict:
+    """Wait for ``proc``: its wall time and CPU time (its own and its children's, from wait4)."""
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - proc.t0
+    err = proc.stderr.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"sfr run failed:\n{err[-3000:]}")
+    return {"wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1)}
+
+
+def wait_done(root: Path) -> Path:
+    while True:
+        run = jobs.run_dir(root)
+        state = jobs.read_status(run).get("state")
+        if state == "done":
+            return run
+        if state not in ("starting", "running"):
+            raise SystemExit(f"the first run ended {state}: {run}")
+        time.sleep(10)
+
+
+def stage_seconds(run: Path) -> float:
+    return round(sum(float(r.get("seconds") or 0) for r in json.loads((run / "stages.json").read_text()).values()), 1)
+
+
+def run_warm(args) -> dict:
+    """The first run (or, with --reuse-first, the one under way), the corrections, then the
+    warm start and the full run side by side (the full one in a copy of the project, so that both
+    run under the same machine load; their CPU seconds are each process tree's own)."""
+    work = Path(args.work) / f"warm-s{args.seed}"
+    root = work / "p"
+    labeled0, unlabeled0 = SAMPLE_CASES[:2], SAMPLE_CASES[2:2 + args.unlabeled]
+    settings = ["--backbone", "lite_medsam", "--device", "cpu", "--seed", args.seed, "--pseudo-overlap", "0",
+                "--sam-option", "lora_rank=0", "--sam-option", f"embedding_cache={args.embedding_cache}",
+                "--vnet-option", "filters=8", "--vnet-option", "dropout=0.0", "--no-report"]
+    schedule = ["--iterations-sam", args.iterations_sam, "--iterations-vnet", args.iterations_vnet]
+    if not args.reuse_first:
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        init_hippocampus(root, {c: None for c in labeled0}, unlabeled0, args.validation)
+        finish(timed("run", root, *settings, *schedule))
+    first = wait_done(root)
+    review = json.loads((first / "review.json").read_text())
+    flagged = {e["case"]: [s["index"] for s in e["flagged_slices"]] for e in review["cases"]}
+    chosen = [n["case"] for n in review["label_next"][:3]]
+    corrected = {}
+    for c in chosen:  # the clinician draws the ground truth on the 5 flagged slices
+        gt = read_label(HIPPOCAMPUS / "labels" / f"{c}.nii.gz").array
+        corrected[c] = sparse_label(gt, flagged[c][:5])
+    rest = [c for c in unlabeled0 if c not in chosen]
+    init_hippocampus(root, {**{c: None for c in labeled0}, **corrected}, rest, args.validation, force=True)
+    copy = work / "p-full"
+    if copy.exists():
+        shutil.rmtree(copy)
+    shutil.copytree(root, copy, symlinks=True, ignore=shutil.ignore_patterns("runs"))
+    manifest = json.loads((copy / "sfr-project.json").read_text())
+    for case in manifest["cases"]:  # the copy's paths: absolute, to the same files
+        for key in ("image", "label"):
+            if case.get(key) and not Path(case[key]).is_absolute():
+                case[key] = str((root / case[key]).resolve())
+    (copy / "sfr-project.json").write_text(json.dumps(manifest, indent=2))
+    # the warm start: 20 % of each stage's iterations (run/warmstart.py), from the first run's models
+    warm_proc = timed("run", root, *settings, "--warm-start")
+    full_proc = timed("run", copy, *settings, *schedule)
+    t_warm, t_full = finish(warm_proc), finish(full_proc)
+    warm, full = jobs.run_dir(root), jobs.run_dir(copy)
+    warm_iters = [int(round(int(args.iterations_sam) * 0.2)), int(round(int(args.iterations_vnet) * 0.2))]
+    return {"experiment": "warm", "seed": args.seed, "embedding_cache": args.embedding_cache,
+            "labeled": labeled0, "corrected_cases": chosen,
+            "corrected_slices": {c: flagged[c][:5] for c in chosen},
+            "iterations": {"full": [args.iterations_sam, args.iterations_vnet], "warm": warm_iters},
+            "first_run": {"run": first.name, "stage_s": stage_seconds(first), **metrics_of(first)},
+            "warm_start": {"run": warm.name, **t_warm, "stage_s": stage_seconds(warm), **metrics_of(warm),
+                           "warm_start_from": json.loads((warm / "config.json").read_text())["warm_start_from"]},
+            "full_after": {"run": full.name, **t_full, "stage_s": stage_seconds(full), **metrics_of(full)}}
+
+
+# --------------------------------------------------------------------------- LA (prepared, not run here)
+
+LA_COMMANDS = """# LA cpu-half (issue 21 rows on LA; prepared, not run on this 2-core machine)
+# 88 annotated slices: 1 whole volume vs 8 volumes x 11 slices (bench/clinician.py sparse, with
+#   HIPPOCAMPUS -> LA, SAMPLE_CASES -> the first 8 of train.list, VALIDATION -> the last 16,
+#   and the full pipeline: sfr run PROJECT --sfr-plus instead of stage R only)
+python bench/prep_la.py                       # the LA project (bench/_common.prepare_la)
+sfr init la-whole  --images $LA/images --labels WHOLE1  --cases train.list --labeled 1 --validation 16
+sfr init la-sparse --images $LA/images --labels SPARSE8 --cases train.list --labeled 8 --validation 16
+sfr run la-whole --sfr-plus ; sfr run la-sparse --sfr-plus   # seeds 1337 and 1: --seed S
+# warm start after correcting 5 flagged slices on 3 cases: bench/clinician.py warm on LA
+sfr run la --sfr-plus; (corrections) ; sfr run la --sfr-plus --warm-start ; sfr run la --sfr-plus
+"""
+
+
+def markdown(result: dict) -> str:
+    if result["experiment"] == "sparse":
+        lines = [f"# Sparse vs whole-volume labels at equal effort ({result['effort_slices']} annotated slices)", "",
+                 "Hippocampus, stage R only (supervised slim V-Net, the demo's settings, "
+                 f"{result['iterations']} iterations), Dice on {len(result['validation'])} held-out cases.", "",
+                 "| condition | seed | annotated slices per case | Dice class 1 | Dice class 2 | mean | train s |",
+                 "|---|---|---|---|---|---|---|"]
+        for r in result["rows"]:
+            lines.append(f"| {r['condition']} | {r['seed']} | {', '.join(map(str, r['annotated_slices'].values()))} | "
+                         f"{100 * r['dice_per_class']['1']:.1f} | {100 * r['dice_per_class']['2']:.1f} | "
+                         f"{100 * r['mean_dice']:.1f} | {r['train_s']} |")
+        for cond in ("whole", "sparse"):
+            v = [100 * r["mean_dice"] for r in result["rows"] if r["condition"] == cond]
+            lines.append(f"\n{cond}: mean {np.mean(v):.1f} (spread {min(v):.1f} .. {max(v):.1f}) over {len(v)} seed(s)")
+        return "\n".join(lines) + "\n"
+    lines = ["# Warm start after corrections (hippocampus, sfr run, seed %s)" % result["seed"], "",
+             f"Corrected: 5 flagged slices on {', '.join(result['corrected_cases'])} (the top 3 of label_next), "
+             "ground truth on those slices, 255 elsewhere.", "",
+             "| run | iterations (SAM, V-Net) | wall s | CPU s | stage s | Dice unlabeled % | Dice validation % |",
+             "|---|---|---|---|---|---|---|"]
+    for key, iters in (("first_run", result["iterations"]["full"]), ("warm_start", result["iterations"]["warm"]),
+                       ("full_after", result["iterations"]["full"])):
+        r = result[key]
+        pl = r.get("pseudo_labels", {}).get("mean_dice")
+        va = r.get("validation", {}).get("mean_dice")
+        lines.append(f"| {key} | {iters} | {r.get('wall_s', '-')} | {r.get('cpu_s', '-')} | {r['stage_s']} | "
+                     f"{'-' if pl is None else f'{100 * pl:.1f}'} | "
+                     f"{'-' if va is None else f'{100 * va:.1f}'} |")
+    w, f = result["warm_start"], result["full_after"]
+    lines.append(f"\nwarm start / full run after the same corrections: wall {100 * w['wall_s'] / f['wall_s']:.0f} %, "
+                 f"CPU {100 * w['cpu_s'] / f['cpu_s']:.0f} %, stage seconds {100 * w['stage_s'] / f['stage_s']:.0f} % "
+                 "(both ran at the same time, on the same loaded machine)")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("experiment", choices=("sparse", "warm", "la-commands"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1337, 1])
+    ap.add_argument("--seed", type=int, default=1337)
+    ap.add_argument("--iterations", type=int, default=300)
+    ap.add_argument("--iterations-sam", type=int, default=150)
+    ap.add_argument("--iterations-vnet", type=int, default=300)
+    ap.add_argument("--unlabeled", type=int, default=8, help="warm: unlabeled cases before the corrections")
+    ap.add_argument("--validation", type=int, default=4, help="warm: validation cases")
+    ap.add_argument("--embedding-cache", type=int, default=64, help="warm: stage F's cached mosaics (the demo's 64)")
+    ap.add_argument("--reuse-first", action="store_true", help="warm: the first run is in the work folder (or under way)")
+    ap.add_argument("--work", default="/tmp/sfr-bench-clinician")
+    args = ap.parse_args()
+    if args.experiment == "la-commands":
+        print(LA_COMMANDS)
+        return
+    import torch
+
+    torch.set_num_threads(1)
+    t0 = time.monotonic()
+    result = run_sparse(args) if args.experiment == "sparse" else run_warm(args)
+    result.update(machine=machine(1), wall_s=round(time.monotonic() - t0, 1))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"clinician_{args.experiment}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"clinician_{args.experiment}.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
