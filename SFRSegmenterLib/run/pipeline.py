@@ -30,7 +30,9 @@ from ..review import CASE_SUFFIXES
 from ..runfolder import PSEUDO_FOLDER, REVIEW_JSON
 from . import stages
 from .cache import StageCache, copy_tree, link_or_copy, make_key
+from . import progress as overall
 from .config import RunConfig, finetune_config, retrain_config, review_settings, stage_settings
+from .estimate import emit_estimate
 from .job import with_oom_retry
 
 #: The files of a case in a pseudo-label stage (stage F's pseudo-labels and their confidence).
@@ -204,6 +206,9 @@ class Pipeline:
     # ---------------------------------------------------------------- the whole run
     def run(self) -> dict:
         rounds = self.cfg.resolved_rounds
+        estimate = emit_estimate(self.project, self.cfg)  # before stage F; None: logged why
+        if estimate:
+            overall.start(estimate["stages"])  # one fraction and ETA across stages (ended by job.execute)
         self.runner.planned = 2 + 4 * (rounds + 1)
         names = [c.name for c in self.unlabeled]
         self.stage_stitch()
