@@ -166,3 +166,13 @@ def test_overall_progress_skips_reused_stages_and_weights_by_the_estimate():
     o({"event": "stage", "pipeline": True, "stage": "finetune-r0", "status": "done"})
     o({"event": "stage", "pipeline": True, "stage": "retrain-r0", "status": "start"})
     assert o.fields("retrain", 39, 39)["overall"] == 1.0
+
+
+def test_overall_progress_counts_the_embedding_cache_as_the_start_of_fine_tuning():
+    from SFRSegmenterLib.run.progress import Overall
+
+    o = Overall({"finetune-r0": 100.0, "retrain-r0": 100.0}, embed_share=0.4)
+    o({"event": "stage", "pipeline": True, "stage": "finetune-r0", "status": "start"})
+    assert o.fields("embed", 32, 64)["overall"] == pytest.approx(0.1)
+    assert o.fields("finetune", 150, 300)["overall"] == pytest.approx(0.35)
+    assert o.fields("embed", 1, 64)["overall_eta_s"] == pytest.approx(200 - 100 * 0.4 / 64, abs=0.2)  # too early: the estimate

@@ -188,7 +188,9 @@ def estimate_run(project, cfg) -> dict:
     counts = _counts(project, cfg, ft_cfg, rt_cfg, sam, vnet)
     stages = stage_seconds(counts, sam, vnet, cfg.resolved_rounds)
     choice = cfg.budget_choice or {}
+    embed = counts["embedding_cache"] * sam["slabs"] * sam["encoder_s"]
     return {"seconds": round(sum(stages.values()), 1), "stages": stages, "budget": choice.get("name"),
+            "embed_share": round(embed / stages["finetune-r0"], 4) if stages["finetune-r0"] else 0.0,
             "device": choice.get("device"), "method": "calibration",
             "calibration_s": round(time.perf_counter() - t0, 2), "counts": counts,
             "steps": {"sam": {k: (round(v, 5) if isinstance(v, float) else v) for k, v in sam.items()},

@@ -208,7 +208,7 @@ class Pipeline:
         rounds = self.cfg.resolved_rounds
         estimate = emit_estimate(self.project, self.cfg)  # before stage F; None: logged why
         if estimate:
-            overall.start(estimate["stages"])  # one fraction and ETA across stages (ended by job.execute)
+            overall.start(estimate)  # one fraction and ETA across stages (ended by job.execute)
         self.runner.planned = 2 + 4 * (rounds + 1)
         names = [c.name for c in self.unlabeled]
         self.stage_stitch()

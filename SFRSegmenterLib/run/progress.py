@@ -4,7 +4,8 @@
 hook :func:`..events.set_overall` calls for every progress event: it adds ``overall`` (0..1, the
 estimated seconds of the finished stages plus the current stage's share, over the estimated
 total) and ``overall_eta_s`` (the estimated seconds left, scaled by how the run so far compared
-with its estimate).  A stage reused from an earlier run leaves the total.
+with its estimate).  A stage reused from an earlier run leaves the total.  Stage F's embedding
+cache (progress stage ``embed``) is the first ``embed_share`` of a fine-tuning stage.
 """
 
 from __future__ import annotations
@@ -13,8 +14,13 @@ import time
 
 
 class Overall:
-    def __init__(self, stage_seconds: dict):
+    #: below this share of the whole run done, the ETA is the estimate itself (a pace measured over
+    #: a few seconds is noise)
+    MIN_PACE_SHARE = 0.02
+
+    def __init__(self, stage_seconds: dict, embed_share: float = 0.0):
         self.est = {k: float(v) for k, v in stage_seconds.items()}
+        self.embed_share = max(0.0, min(1.0, float(embed_share)))
         self.done: set = set()
         self.current = None
         self.t0 = time.monotonic()
@@ -36,9 +42,16 @@ class Overall:
     def progressed(self, stage: "str | None" = None, step: int = 0, total: int = 0) -> float:
         """Estimated seconds of work done: finished stages + the current stage's share."""
         s = sum(self.est.get(n, 0.0) for n in self.done)
-        if self.current and stage and total and self.current.rsplit("-r", 1)[0] == stage:
-            s += self.est.get(self.current, 0.0) * min(1.0, step / total)
-        return s
+        if not (self.current and stage and total):
+            return s
+        kind, f = self.current.rsplit("-r", 1)[0], min(1.0, step / total)
+        if kind == "finetune" and stage == "embed":
+            f = self.embed_share * f
+        elif kind == "finetune" and stage == "finetune":
+            f = self.embed_share + (1.0 - self.embed_share) * f
+        elif kind != stage:
+            return s
+        return s + self.est.get(self.current, 0.0) * f
 
     def fields(self, stage: str, step: int, total: int) -> dict:
         whole = sum(self.est.values())
@@ -46,16 +59,16 @@ class Overall:
             return {}
         done = self.progressed(stage, step, total)
         elapsed = time.monotonic() - self.t0
-        pace = elapsed / done if done > 0 else 1.0
+        pace = elapsed / done if done >= self.MIN_PACE_SHARE * whole else 1.0
         return {"overall": round(min(1.0, done / whole), 4), "overall_eta_s": round(max(0.0, whole - done) * pace, 1)}
 
 
-def start(stage_seconds: dict) -> Overall:
-    """Track the whole run against ``stage_seconds`` (the estimate's stages) until :func:`stop`."""
+def start(estimate: dict) -> Overall:
+    """Track the whole run against ``estimate`` (the estimate event's fields) until :func:`stop`."""
     from .. import events
 
     stop()
-    tracker = Overall(stage_seconds)
+    tracker = Overall(estimate["stages"], estimate.get("embed_share", 0.0))
     events.add_sink(tracker)
     events.set_overall(tracker.fields)
     start.tracker = tracker
