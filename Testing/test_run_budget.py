@@ -96,6 +96,10 @@ def test_bad_budget_and_missing_cuda_exit_2_with_one_line_and_nothing_written(tm
     before = sorted(p.relative_to(root) for p in root.rglob("*"))
     bad = run_sfr("run", root, "--budget", "cheap")
     assert bad.returncode == 2 and "--budget" in bad.stderr and "cheap" in bad.stderr
+    from SFRSegmenterLib.runcontrol import RunSettings, start_command
+
+    panel = run_sfr(*start_command(root, RunSettings(budget="cheap"), detach=False))  # the Slicer module's line
+    assert panel.returncode == 2 and "invalid choice: 'cheap'" in panel.stderr
     if not torch.cuda.is_available():
         nocuda = run_sfr("run", root, "--device", "cuda")
         assert nocuda.returncode == 2

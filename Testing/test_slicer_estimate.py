@@ -41,3 +41,13 @@ def test_other_events_are_not_estimates_and_overall_progress_is_read():
     assert Estimate.from_event({"event": "estimate", "seconds": "soon"}) is None
     assert overall_of({"event": "progress", "stage": "retrain", "overall": 0.5, "overall_eta_s": 120.0}) == (0.5, 120.0)
     assert overall_of({"event": "progress", "stage": "retrain", "step": 1}) is None
+
+
+def test_panel_progress_prefers_the_engines_whole_run_fraction_from_status_json():
+    from SFRSegmenterLogicLib.estimate import panel_progress
+
+    status = {"state": "running", "estimate_s": 600.0, "budget": "fast", "overall": 0.25, "overall_eta_s": 450.0}
+    fraction, text = panel_progress(status, 0.5, "stage 2/6 finetune-r0: 10/300")
+    assert fraction == 0.25 and "whole run 25 %" in text and "07:30 left" in text and "about 10 min" in text
+    assert panel_progress({"state": "running"}, 0.5, "stage 2/6") == (0.5, "stage 2/6")
+    assert panel_progress({"estimate_s": 600.0, "budget": "fast"}, 0.1, "s")[1] == "s (estimate about 10 min, budget fast)"

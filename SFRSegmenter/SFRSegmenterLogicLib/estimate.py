@@ -57,3 +57,28 @@ def overall_of(record: dict) -> "tuple[float, float | None] | None":
         return None
     eta = record.get("overall_eta_s")
     return float(record["overall"]), (None if eta is None else float(eta))
+
+
+def from_status(status: dict) -> "Estimate | None":
+    """The estimate a run's ``status.json`` keeps (``estimate_s``, ``budget``), if any."""
+    if not isinstance(status, dict) or status.get("estimate_s") is None:
+        return None
+    try:
+        return Estimate(float(status["estimate_s"]), str(status.get("budget") or "?"), "")
+    except (TypeError, ValueError):
+        return None
+
+
+def panel_progress(status: dict, fallback_fraction: float, stage_text: str) -> "tuple[float, str]":
+    """(fraction, text) the panel shows: the engine's whole-run fraction and ETA when the run has
+    an estimate (``status.json``: ``overall``, ``overall_eta_s``, ``estimate_s``), else the
+    panel's own stage-count fraction and ``stage_text``."""
+    from SFRSegmenterLib.clock import format_duration
+
+    est = from_status(status)
+    if est is None or status.get("overall") is None:
+        return fallback_fraction, stage_text + (f" (estimate {about(est.seconds)}, budget {est.budget})" if est else "")
+    left = status.get("overall_eta_s")
+    return (max(0.0, min(1.0, float(status["overall"]))),
+            f"{stage_text}; whole run {100 * float(status['overall']):.0f} %, about {format_duration(left)} left "
+            f"(estimated {about(est.seconds)}, budget {est.budget})")
