@@ -98,12 +98,44 @@ def write(res: dict, args, out: Path) -> None:
     (out / "run_budget.md").write_text("\n".join(lines) + "\n")
 
 
+def partial(run: Path, args, out: Path) -> None:
+    """What an unfinished run shows so far: its estimate against the stages finished, its progress."""
+    evs = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines() if x.startswith("{")]
+    est = next(e for e in evs if e["event"] == "estimate")
+    stages = json.loads((run / "stages.json").read_text())
+    status = json.loads((run / "status.json").read_text())
+    started = next(e["time"] for e in evs)
+    payload = {"benchmark": "run_budget", "finished": False, "note": args.note, "run": run.name,
+               "machine": machine(int(os.environ.get("OMP_NUM_THREADS", "0")) or None),
+               "load_avg_now": os.getloadavg()[0], "first_event": started, "now": status.get("updated"),
+               "estimate": est, "stages": stages,
+               "status": {k: status.get(k) for k in ("stage", "substage", "step", "total", "overall", "overall_eta_s")}}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run_budget_partial.json").write_text(json.dumps(payload, indent=1))
+    lines = ["# `sfr run` with no tuning options on the bundled sample, CPU: UNFINISHED at the deadline", "",
+             args.note, "", f"Budget: {est['budget']}; estimate {est['seconds']:.0f} s "
+             f"(calibrated in {est['calibration_s']:.0f} s); first event {started}, last status {status.get('updated')}.", "",
+             "| stage | estimated s | measured s | status |", "|---|---|---|---|"]
+    for k, v in est["stages"].items():
+        rec = stages.get(k, {})
+        lines.append(f"| {k} | {v} | {rec.get('seconds', '-')} | {rec.get('status', 'not started')} |")
+    st = payload["status"]
+    lines += ["", f"At the last status: stage {st['stage']} ({st['substage']} {st['step']}/{st['total']}), "
+              f"overall {st['overall']}, overall ETA {st['overall_eta_s']} s.",
+              f"Load average now: {payload['load_avg_now']:.1f} on {os.cpu_count()} cores."]
+    (out / "run_budget_partial.md").write_text("\n".join(lines) + "\n")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--partial", type=Path, metavar="RUN", help="summarise an unfinished run folder instead")
     ap.add_argument("--seed", type=int, default=1337)
     ap.add_argument("--note", default="")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = ap.parse_args(argv)
+    if args.partial:
+        partial(args.partial, args, args.out)
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         res = run_once(args.seed, Path(tmp))
     write(res, args, args.out)
