@@ -35,6 +35,7 @@ from SFRSegmenterLogicLib import cases, edits, environment, export, jobs, proven
 from SFRSegmenterLogicLib import nodes as mrmlnodes  # noqa: E402
 from SFRSegmenterLogicLib import results as resultnodes  # noqa: E402
 from SFRSegmenterLogicLib import partial, review, sampledata  # noqa: E402
+from SFRSegmenterLogicLib import estimate as run_estimate  # noqa: E402
 
 ROLE_CHOICES = [("", "Automatic"), ("labeled", "Labeled"), ("unlabeled", "Unlabeled"), ("validation", "Validation"),
                 (cases.EXCLUDED, "Excluded")]
@@ -579,8 +580,10 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.timer.stop()
 
     def _onProgress(self, job):
-        self.ui.progressBar.setValue(job.progress.percent)
-        self.ui.statusLabel.text = job.progress.status_text()
+        # the engine's whole-run fraction and estimate (status.json) when the run has them
+        fraction, text = run_estimate.panel_progress(job.status, job.progress.overall, job.progress.status_text())
+        self.ui.progressBar.setValue(int(round(100 * fraction)))
+        self.ui.statusLabel.text = text
         self._updateButtons()
 
     def _onFinished(self, job):

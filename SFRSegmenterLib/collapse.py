@@ -31,6 +31,7 @@ class _ClassTrack:
     run: int = 0  # current stretch: consecutive iterations present in the targets, predicted nowhere
     run_start: int = 0
     longest: int = 0
+    absent: int = 0  # iterations present in the targets and predicted nowhere, in all
     warned: bool = False
     recovered_at: "int | None" = None  # first iteration predicted again after the warning
     pred: list = field(default_factory=list)
@@ -74,6 +75,7 @@ class ClassBalance:
                 if track.run == 0:
                     track.run_start = iteration
                 track.run += 1
+                track.absent += 1
                 track.longest = max(track.longest, track.run)
                 allowed = self.limit * (2 if track.run_start < self.warmup else 1)
                 if track.run >= allowed and not track.warned:
@@ -109,9 +111,14 @@ class ClassBalance:
                 "pred_fraction": round(pred, 5),
                 "true_fraction": round(true, 5),
                 "longest_unpredicted": t.longest,
+                "absent_iterations": t.absent,
+                "absent_fraction": round(t.absent / max(1, len(t.pred)), 4),
                 "warned": t.warned,
                 "recovered_at": t.recovered_at,
                 "collapsed": t.warned and pred == 0.0 and true > 0.0,
             }
         out["collapsed"] = [n for n, v in out["classes"].items() if v["collapsed"]]
+        out["iterations"] = max((len(t.pred) for t in self.tracks), default=0)
+        # the worst class: the fraction of the stage's iterations it was predicted nowhere
+        out["absent_fraction"] = max((v["absent_fraction"] for v in out["classes"].values()), default=0.0)
         return out

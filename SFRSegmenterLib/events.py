@@ -34,6 +34,7 @@ from .clock import format_duration, utcnow
 
 _MODE = "auto"
 _SINKS: list = []
+_OVERALL = None  # fields(stage, step, total) -> {"overall", "overall_eta_s"} of a whole run
 _LOCK = threading.Lock()
 MODES = ("auto", "bar", "json", "none")
 
@@ -63,6 +64,12 @@ def add_sink(sink: "IO[str] | Callable[[dict], None]") -> None:
 def remove_sink(sink) -> None:
     if sink in _SINKS:
         _SINKS.remove(sink)
+
+
+def set_overall(fields_fn) -> None:
+    """Add a whole run's progress (``fields_fn(stage, step, total)`` -> dict) to progress events; None: off."""
+    global _OVERALL
+    _OVERALL = fields_fn
 
 
 def emit(event: str, **fields) -> dict:
@@ -128,6 +135,7 @@ class Progress:
         elapsed = now - self.t0
         done = max(0, step - self.start_step)
         eta = (elapsed / done) * (self.total - step) if done else None
+        overall = _OVERALL(self.stage, step, self.total) if _OVERALL is not None else {}
         rec = emit(
             "progress",
             stage=self.stage,
@@ -136,6 +144,7 @@ class Progress:
             elapsed_s=round(elapsed, 2),
             eta_s=None if eta is None else round(eta, 1),
             **self.fields,
+            **overall,
             **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()},
         )
         if mode() == "bar":

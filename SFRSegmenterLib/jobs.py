@@ -264,8 +264,11 @@ class StatusWriter:
                 total=record.get("total"),
                 eta_s=record.get("eta_s"),
                 substage=record.get("stage"),
+                **{k: record[k] for k in ("overall", "overall_eta_s") if k in record},
                 **({"loss": record["loss"]} if "loss" in record else {}),
             )
+        elif kind == "estimate":
+            self.set(estimate_s=record.get("seconds"), budget=record.get("budget"))
         elif kind == "stage" and record.get("status") == "start" and record.get("pipeline"):
             self.set(stage=record.get("stage"), stage_index=record.get("index"),
                      stages_total=record.get("of"), step=None, total=None, eta_s=None)

@@ -371,6 +371,9 @@ def build_report(run_path: "str | Path") -> str:
                           _num(mean.get("hd95_mm")), _num(mean.get("asd_mm"))], bold=(0, 2)))
         ctx["metric_tables"].append({"title": title, "rows": rows})
 
+    from .report_budget import budget_context
+
+    ctx.update(budget_context(run, cfg, stages))
     ctx["config_json"] = json.dumps(cfg, indent=1)
     return render(ctx)
 

@@ -40,6 +40,10 @@ truth in yellow when it is known. Right: confidence (black = {{ "%.0f"|format(ch
 {% if balance_fig %}<h2>Class balance during training</h2><p>Share of the training batch's voxels predicted as
 each class (solid) and the targets' share (dashed, mean). A class predicted nowhere for a long stretch has
 collapsed.</p>{{ img(balance_fig, "class balance") }}{% endif %}
+<h2>Budget and time</h2><p>{{ budget_line }}</p>{% if estimate_line %}<p>{{ estimate_line }}</p>{% endif %}
+{% if time_rows %}{{ table(["stage", "seconds", "estimated s"], time_rows) }}{% endif %}
+{% if absent_rows %}<p>Iterations in which a class present in the targets was predicted nowhere (bold: over
+10 % of the stage).</p>{{ table(["stage", "iterations", "per class", "worst class"], absent_rows) }}{% endif %}
 {% if warnings %}<h2>Warnings</h2><ul>{% for w in warnings %}<li><b>{{ w }}</b></li>{% endfor %}</ul>{% endif %}
 {% if stage_fig %}<h2>Time per stage</h2>{{ img(stage_fig, "stage times") }}
 {{ table(["stage", "status", "seconds", "reused from"], stage_rows) }}{% endif %}

@@ -40,13 +40,15 @@ CONTINUABLE = ("cancelled", "failed", "crashed")
 #: States of a run whose engine still writes the project.
 ACTIVE = ("starting", "running")
 #: Keys of ``config.json`` that do not describe what a run computes.
-_NOT_CONFIG = ("run_id", "project", "device", "config_version", "resolved_rounds")
+_NOT_CONFIG = ("run_id", "project", "device", "config_version", "resolved_rounds",
+               "budget_choice")  # what the budget resolved to on the machine, not what was asked
 
 
 @dataclass
 class RunSettings:
     """What a user chooses for a run; :meth:`run_options` is its ``sfr run`` options."""
 
+    budget: str = "auto"  # run/budget.py BUDGETS
     backbone: str = "lite_medsam"
     checkpoint: str = ""
     ssl: str = "mean_teacher"
@@ -61,7 +63,8 @@ class RunSettings:
     warm_start: str | None = None
 
     def run_options(self) -> list:
-        opts = ["--backbone", self.backbone, "--ssl", self.ssl, "--device", self.device or "auto"]
+        opts = ["--budget", self.budget or "auto", "--backbone", self.backbone, "--ssl", self.ssl,
+                "--device", self.device or "auto"]
         if self.checkpoint:
             opts += ["--checkpoint", str(self.checkpoint)]
         if self.sfr_plus:

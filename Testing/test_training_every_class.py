@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from SFRSegmenterLib.commands.demo import DEMO_SETTINGS
+from SFRSegmenterLib.run.budget import FAST
 from SFRSegmenterLib.io import read_image, read_label
 from SFRSegmenterLib.manifest import init_project
 from SFRSegmenterLib.retrain import RetrainConfig, load_model, predict_volume, retrain
@@ -25,7 +25,7 @@ def test_augment_auto_keeps_orientation_for_several_structures():
 def test_demo_vnet_predicts_both_hippocampus_structures(tmp_path, sample_dir, one_torch_thread):
     project = init_project(tmp_path / "p", sample_dir / "images", sample_dir / "labels", labeled=2)
     cfg = RetrainConfig(ssl="supervised", use_sam=False, iterations=300, device="cpu", save_every=1000,
-                        **DEMO_SETTINGS["vnet_options"])
+                        **FAST["vnet_options"])
     model = load_model(retrain(project, cfg, pseudo_dir=project.root / "pseudo", out_dir=tmp_path / "vnet"), "cpu")
     for case in project.by_role("unlabeled")[:3]:
         pred = predict_volume(model, read_image(project.image_path(case)).array).argmax(0)

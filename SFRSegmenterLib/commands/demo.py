@@ -11,25 +11,16 @@ from ._options import DEVICE_HELP, add_device
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "hippocampus"
 
-#: The demo's budget: LiteMedSAM + V-Net on 12 small volumes, 2 CPU cores, under 10 minutes.
-DEMO_SETTINGS = {
-    "backbone": "lite_medsam",
-    "device": "cpu",
-    "iterations_sam": 300,
-    "iterations_vnet": 400,
-    "rounds": 1,
-    "labeled": 2,
-    # CPU: frozen encoder, decoder trained on cached embeddings of 64 augmented mosaics (stage
-    # F's CPU mode, ~20x cheaper per iteration than LoRA); no window overlap when pseudo-labeling
-    # a linear learning-rate warm-up over the first 50 of the 300 steps: without it seed 1 ended at
-    # Dice 54 / 60 (SAM 37 / 44); with it 72 / 72 (seed 1337: 73 / 69) (bench/results/demo_quality.md)
-    "sam_options": {"lora_rank": 0, "embedding_cache": 64, "warmup": 50},
-    "pseudo_overlap": 0.0,
-    # a slim V-Net (8 base filters instead of 16: ~4x fewer operations) for the CPU budget, without
-    # dropout (dropping half of 8 channels before the output layer kept it from ever telling the
-    # two hippocampus structures apart); measurements in bench/results/demo_quality.md
-    "vnet_options": {"filters": 8, "dropout": 0.0},
-}
+#: The demo: the ``fast`` budget (run/budget.py FAST: LiteMedSAM with a frozen encoder on cached
+#: embeddings, 300 + 400 iterations, slim V-Net; under 10 minutes on 2 CPU cores) on the CPU,
+#: 2 labeled cases, one SFR+ round.
+DEMO_SETTINGS = {"budget": "fast", "device": "cpu", "rounds": 1, "labeled": 2}
+
+
+def _fast(name: str):
+    from ..run.budget import FAST
+
+    return FAST[name]
 
 
 def add_parser(sub) -> None:
@@ -44,10 +35,10 @@ def add_parser(sub) -> None:
         "folder reuses the finished stages.",
     )
     p.add_argument("--out", default="sfr-demo", help="folder for the demo project (default ./sfr-demo)")
-    p.add_argument("--iterations-sam", type=int, help=f"default {DEMO_SETTINGS['iterations_sam']}")
-    p.add_argument("--iterations-vnet", type=int, help=f"default {DEMO_SETTINGS['iterations_vnet']}")
+    p.add_argument("--iterations-sam", type=int, help=f"default {_fast('iterations_sam')} (the fast budget's)")
+    p.add_argument("--iterations-vnet", type=int, help=f"default {_fast('iterations_vnet')} (the fast budget's)")
     p.add_argument("--rounds", type=int, help=f"SFR+ rounds (default {DEMO_SETTINGS['rounds']})")
-    p.add_argument("--backbone", help=f"default {DEMO_SETTINGS['backbone']} (tiny_test: seconds, meaningless)")
+    p.add_argument("--backbone", help=f"default {_fast('backbone')} (tiny_test: seconds, meaningless)")
     add_device(p, default=None, help=DEVICE_HELP + " (default cpu)")
     p.add_argument("--seed", type=int, help="random seed of every stage (default 1337)")
     p.add_argument("--quick", action="store_true",
@@ -78,10 +69,13 @@ def make_demo_project(out: Path, labeled: int = 2, unlabeled: int | None = None)
             Path(cases).unlink(missing_ok=True)
 
 
-QUICK_SETTINGS = {"backbone": "tiny_test", "iterations_sam": 3, "iterations_vnet": 3, "rounds": 1}
+#: --quick: the paper budget's stage options (LoRA on the tiny random SAM) with a few iterations
+QUICK_SETTINGS = {"budget": "paper", "backbone": "tiny_test", "iterations_sam": 3, "iterations_vnet": 3,
+                  "rounds": 1, "pseudo_overlap": 0.0, "vnet_options": {"filters": 4}}
 
 
 def demo_config(args):
+    """The demo's RunConfig: its budget (resolved later, as for ``sfr run``), the options given."""
     from ..run.config import RunConfig
 
     s = dict(DEMO_SETTINGS)
@@ -91,15 +85,12 @@ def demo_config(args):
         v = getattr(args, k, None)
         if v is not None:
             s[k] = v
-    cfg = RunConfig(sfr_plus=True, rounds=s["rounds"], backbone=s["backbone"], device=s["device"],
-                    iterations_sam=s["iterations_sam"], iterations_vnet=s["iterations_vnet"],
-                    sam_options=dict(s["sam_options"]), pseudo_overlap=s["pseudo_overlap"],
-                    vnet_options=dict(s["vnet_options"]))
+    cfg = RunConfig(sfr_plus=True, budget=s["budget"], rounds=s["rounds"], device=s["device"],
+                    backbone=s.get("backbone"), iterations_sam=s.get("iterations_sam"),
+                    iterations_vnet=s.get("iterations_vnet"), pseudo_overlap=s.get("pseudo_overlap"),
+                    vnet_options=dict(s.get("vnet_options", {})))
     if getattr(args, "seed", None) is not None:
         cfg.seed = int(args.seed)
-    if getattr(args, "quick", False):
-        cfg.vnet_options = {"filters": 4}
-        cfg.sam_options = {}
     return cfg
 
 
@@ -119,6 +110,10 @@ def run(args) -> int:
               "CC-BY-SA 4.0; see ATTRIBUTION.md", flush=True)
     jobs.ProjectLock(project.root, "?").check_free()
     cfg = demo_config(args)
+    from ..device import resolve_device
+    from ..run.budget import resolve
+
+    resolve(cfg, project, resolve_device(cfg.device))  # the same budget code as sfr run
     config.validate_config(cfg)
     path = job.create_run(project, cfg)
     code = job.execute(project.root, path)

@@ -15,7 +15,7 @@ from ..run.warmstart import WARM_FRACTION
 from ._options import DEVICE_HELP, add_device
 
 #: Options that define a run's configuration (refused together with --resume).
-CONFIG_OPTIONS = ("sfr_plus", "rounds", "tau", "min_structure", "trust", "trust_fraction", "trust_floor", "round_retrain",
+CONFIG_OPTIONS = ("budget", "sfr_plus", "rounds", "tau", "min_structure", "trust", "trust_fraction", "trust_floor", "round_retrain",
                   "largest_component", "backbone", "checkpoint", "ssl", "network", "iterations_sam",
                   "iterations_vnet", "batch_size_sam", "pseudo_overlap", "crop", "seed", "flag_k", "sam_option", "vnet_option")
 #: The options among them that are parsed into a mapping (``KEY=VALUE`` items), not copied as they are.
@@ -57,6 +57,13 @@ def add_parser(sub) -> None:
     # help texts name the defaults RunConfig gives; the options themselves default to None, so
     # --resume can tell an option that was given from one that was not
     p.add_argument("project", help="project folder (with sfr-project.json)")
+    from ..run.budget import BUDGETS
+
+    p.add_argument("--budget", choices=BUDGETS,
+                   help="settings for the device and the data: paper (the paper's schedule), fast (the "
+                   "CPU schedule of sfr demo: frozen-encoder LiteMedSAM, 300 + 400 iterations, slim "
+                   "V-Net), auto (paper on a CUDA GPU with enough memory, fast elsewhere; the default); "
+                   "--iterations-*, --backbone, --pseudo-overlap, --sam-option and --vnet-option win")
     method = p.add_argument_group("method (SFR / SFR+)")
     method.add_argument("--sfr-plus", action="store_true", default=None,
                         help="SFR+: confidence-selected rounds of SAM fine-tuning / re-training")
@@ -159,11 +166,13 @@ def config_from_args(args):
     return cfg
 
 
-def _config_from_args(args):
+def _config_from_args(args, project):
     cfg = config_from_args(args)
     from ..device import resolve_device
+    from ..run.budget import resolve
 
-    resolve_device(cfg.device)  # an unavailable device is refused before anything starts
+    device = resolve_device(cfg.device)  # an unavailable device is refused before anything starts
+    resolve(cfg, project, device)  # the budget's settings, chosen once, saved in config.json
     return cfg
 
 
@@ -186,7 +195,7 @@ def run(args) -> int:
         path = jobs.run_dir(root)
         run_id, cfg = path.name, None
     else:
-        cfg = _config_from_args(args)
+        cfg = _config_from_args(args, project)
         if cfg.warm_start_from:  # the run exists, finished, of this project, same classes
             from ..run import warmstart
 
@@ -195,8 +204,9 @@ def run(args) -> int:
             warmstart.short_schedule(cfg, warm.run_path)  # a fifth of what that run's stages ran
         config.validate_config(cfg)
         from ..preflight import check_run
+        from ..run.budget import effective
 
-        check_run(project, cfg)  # everything the run needs, before the first stage
+        check_run(project, effective(cfg))  # everything the run needs, before the first stage
         run_id, path = jobs.new_run_id(), None
     # the lock first: only its holder creates a run folder or moves runs/latest, so of two starts
     # (a double click) the refused one leaves nothing behind

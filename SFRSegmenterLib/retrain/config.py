@@ -43,6 +43,8 @@ class RetrainConfig:
     norm: str = "batchnorm"
     dropout: float = 0.5
     residual: bool = True
+    # the output layer's bias at the log class priors of the labeled cases (networks.init_output_bias)
+    prior_bias: bool = True
     seed: int = 1337
     device: str = "auto"
     save_every: int = 500

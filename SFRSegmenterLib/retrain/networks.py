@@ -162,6 +162,22 @@ def build_network(name: str, in_channels: int = 1, num_classes: int = 2, **optio
     return NETWORKS[name](in_channels=in_channels, num_classes=num_classes, **options)
 
 
+def init_output_bias(model: nn.Module, priors) -> list:
+    """Set the output convolution's bias to the log class priors (centred), so the first
+    softmax predicts every voxel with the labeled cases' class frequencies: the first loss is the
+    priors' entropy (at most ln K) and no early step is spent pulling the bias toward background.
+    Returns the bias set."""
+    p = torch.as_tensor([max(float(v), 1e-4) for v in priors], dtype=torch.float32)
+    bias = torch.log(p / p.sum())
+    bias = bias - bias.mean()
+    out = getattr(model, "out", None)
+    if not isinstance(out, nn.Conv3d) or out.bias is None or out.bias.numel() != bias.numel():
+        raise ValueError(f"{type(model).__name__} has no output convolution with {bias.numel()} biases")
+    with torch.no_grad():
+        out.bias.copy_(bias)
+    return [round(float(v), 4) for v in bias]
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

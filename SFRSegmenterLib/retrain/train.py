@@ -27,7 +27,7 @@ from ..manifest import Project
 from ..shard import dist_info as _dist_info
 from ..training import check_finite_loss, check_finite_weights, check_same_run, differences, read_state, save_due
 from . import data as D
-from .networks import build_network, count_parameters, required_multiple
+from .networks import build_network, count_parameters, init_output_bias, required_multiple
 from .ssl import SSL_METHODS, StepContext, build_method, seg_loss
 
 MODEL_FILE = "model.pt"
@@ -86,6 +86,14 @@ def model_record(model, cfg: RetrainConfig, num_classes: int, classes, crop, ext
         "state_dict": {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()},
         **extra,
     }
+
+
+def class_priors(cases, num_classes: int) -> list:
+    """Each class's fraction of the labeled cases' voxels."""
+    counts = np.zeros(int(num_classes))
+    for c in cases:
+        counts += np.bincount(c.label.reshape(-1), minlength=num_classes)[:num_classes]
+    return list(counts / max(1.0, counts.sum()))
 
 
 # --------------------------------------------------------------------------- training
@@ -180,6 +188,8 @@ def _retrain(project, cfg, pseudo_dir, out_dir, resume, should_stop, unlabeled_n
         model = build_network(cfg.network, 1, num_classes, **cfg.network_options())
     except ValueError as exc:
         raise SFRError(str(exc)) from None
+    priors = class_priors(labeled, num_classes)
+    prior_bias = init_output_bias(model, priors) if cfg.prior_bias else None
     if init_from is not None:
         _load_initial_weights(model, Path(init_from), cfg, num_classes)
     model.to(device)
@@ -306,7 +316,8 @@ def _retrain(project, cfg, pseudo_dir, out_dir, resume, should_stop, unlabeled_n
         atomic_torch_save(record, out_dir / MODEL_FILE)
         meta = {k: v for k, v in record.items() if k != "state_dict"}
         meta.update(parameters=count_parameters(_unwrap(model)), seconds=round(time.monotonic() - t0, 2),
-                    processes=world, device=describe_device(device), class_balance=balance.summary())
+                    processes=world, device=describe_device(device), class_balance=balance.summary(),
+                    class_priors=[round(float(v), 5) for v in priors], prior_bias=prior_bias)
         write_json_atomic(out_dir / META_FILE, meta)
         events.stage("retrain", "done", model=str(out_dir / MODEL_FILE))
     if world > 1:

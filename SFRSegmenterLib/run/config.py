@@ -28,6 +28,10 @@ class RunConfig:
     """Everything a run depends on (written to ``runs/<id>/config.json``)."""
 
     sfr_plus: bool = False
+    # the settings budget (run/budget.py BUDGETS); budget_choice: what it resolved to at run
+    # creation (the budget, why, the concrete settings), applied under the explicit options
+    budget: str = "auto"
+    budget_choice: dict | None = None
     rounds: int | None = None  # SFR+ rounds after round 0; None: DEFAULT_ROUNDS with --sfr-plus
     tau: float = conf_mod.TAU
     # a case is trusted only if its predicted structure is >= this x the smallest labeled one (mm^3)
@@ -121,8 +125,11 @@ def review_settings(cfg: RunConfig) -> dict:
 
 def validate_config(cfg: RunConfig) -> None:
     """Build both stage configurations now, so a bad option fails before a run folder exists."""
-    finetune_config(cfg)
-    retrain_config(cfg)
+    from .budget import check_budget, effective
+
+    check_budget(cfg.budget)
+    finetune_config(effective(cfg))
+    retrain_config(effective(cfg))
     if cfg.ranking not in conf_mod.RANKINGS:
         raise SFRError(f"unknown slice ranking {cfg.ranking!r} (choose from {', '.join(conf_mod.RANKINGS)})")
     if cfg.flag_k < 0:

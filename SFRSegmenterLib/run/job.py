@@ -110,7 +110,10 @@ def execute(project_root, run_path: Path) -> int:
     """Run (or continue) the run in ``run_path`` in this process; returns the exit status."""
     run_path = Path(run_path)
     project = load_project(project_root)
-    cfg = load_run_config(run_path)
+    from .budget import effective, summary
+
+    saved = load_run_config(run_path)
+    cfg = effective(saved)  # the budget's settings under the options the user gave
     run_id = run_path.name
     lock = jobs.ProjectLock(project.root, run_id)
     lock.acquire()
@@ -130,6 +133,7 @@ def execute(project_root, run_path: Path) -> int:
         previous_term = _on_sigterm(run_path)
         events.log(f"run {run_id} on project {project.root} ({'SFR+' if cfg.sfr_plus else 'SFR'}, "
                    f"{cfg.resolved_rounds} SFR+ round(s))")
+        events.log(summary(saved.budget_choice))
         t0 = time.monotonic()
         code = _run_pipeline(project, run_path, cfg, status)
         if code:
@@ -139,6 +143,9 @@ def execute(project_root, run_path: Path) -> int:
         _publish(run_path, cfg, status)
         return 0
     finally:
+        from .progress import stop
+
+        stop()  # the whole run's progress tracker, if the pipeline started one
         if previous_term is not None:
             try:
                 signal.signal(signal.SIGTERM, previous_term)

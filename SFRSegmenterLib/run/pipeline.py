@@ -36,8 +36,10 @@ from ..review import CASE_SUFFIXES, review_record
 from ..runfolder import PSEUDO_FOLDER, REVIEW_JSON
 from . import stages, warmstart
 from .cache import StageCache, copy_tree, link_or_copy, make_key
+from . import progress as overall
 from .config import RunConfig, finetune_config, retrain_config, review_settings, stage_settings
 from .oom import with_oom_retry
+from .estimate import emit_estimate
 
 #: The files of a case in a pseudo-label stage (stage F's pseudo-labels and their confidence).
 PSEUDO_SUFFIXES = (".nii.gz", "_confidence.nii.gz")
@@ -246,6 +248,9 @@ class Pipeline:
     # ---------------------------------------------------------------- the whole run
     def run(self) -> dict:
         rounds = self.cfg.resolved_rounds
+        estimate = emit_estimate(self.project, self.cfg)  # before stage F; None: logged why
+        if estimate:
+            overall.start(estimate)  # one fraction and ETA across stages (ended by job.execute)
         self.runner.planned = 2 + 4 * (rounds + 1)
         self.stage_stitch()
         results, published = sfrplus.run_rounds(self, self.policy, self.trust_context(),

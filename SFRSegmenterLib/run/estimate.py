@@ -1,0 +1,212 @@
+"""The estimate of a run's duration, made before stage F from a short calibration on this machine.
+
+:func:`calibrate` builds the run's real models (stage F's SAM with its checkpoint and LoRA or
+frozen encoder, stage R's network with its filters) and times a few steps of each: a SAM
+encoder pass over one mosaic, a SAM training step (the decoder on cached embeddings, or the
+whole model with LoRA), a V-Net training step on the run's crop and batch (with the mean
+teacher's extra pass), a V-Net forward pass over one window.  :func:`stage_seconds` turns those
+step times into seconds per stage with the run's counts (iterations, embedding cache, windows
+per case from the image headers, rounds).  A later SFR+ round is counted as if it pseudo-labeled
+every unlabeled case again (an upper bound: only the cases not trusted are).
+
+The estimate is an event, ``{"event": "estimate", "seconds": S, "stages": {...}, "budget": ...,
+"calibration": {...}}``, and a log line; a run whose estimate cannot be made logs why and goes on.
+"""
+
+from __future__ import annotations
+
+import time
+
+from .. import events
+
+#: timed repetitions per step after one untimed warm-up (the first pass allocates); a step
+#: whose warm-up took over SLOW_S seconds is timed once (a LoRA step on a CPU takes ~30 s)
+REPEATS, SLOW_S = 3, 1.0
+#: seconds a stage spends outside its steps (reading volumes, loading models, writing files),
+#: measured on the bundled sample with the tiny_test backbone (2 unlabeled cases): stitch 0.2 s,
+#: confidence 0.8 s, metrics 0.2 s
+STAGE_OVERHEAD_S = {"stitch": 0.2, "finetune": 1.0, "pseudolabel": 0.5, "retrain": 1.0, "confidence": 0.3,
+                    "metrics": 0.2}
+
+
+def about(seconds: float) -> str:
+    """``about 12 min``, ``about 3.5 h``, ``about 6.4 days``: how the estimate is told."""
+    s = float(seconds)
+    if s < 90:
+        return f"about {max(1, round(s))} s"
+    if s < 90 * 60:
+        return f"about {round(s / 60)} min"
+    if s < 48 * 3600:
+        return f"about {s / 3600:.1f} h"
+    return f"about {s / 86400:.1f} days"
+
+
+def _timed(fn, repeats: int = REPEATS) -> float:
+    t0 = time.perf_counter()
+    fn()  # warm-up
+    if time.perf_counter() - t0 > SLOW_S:
+        repeats = 1
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - t0) / repeats
+
+
+def _shapes(project, cases) -> list:
+    from ..io.read import read_header
+
+    return [tuple(int(v) for v in reversed(read_header(project.image_path(c))["size_xyz"])) for c in cases]
+
+
+def calibrate_sam(project, ft_cfg, device) -> dict:
+    """Step times of stage F's model: encoder per mosaic, one training step, model build."""
+    import torch
+
+    from ..finetune import _layout
+    from ..sam.loss import dice_ce_loss
+    from ..sam.model import train_mode
+    from ..sam.registry import build_segmenter, get_spec
+
+    spec = get_spec(ft_cfg.backbone)
+    layout = _layout(ft_cfg, spec, _shapes(project, project.by_role("labeled")))
+    plan = layout.plan()
+    with torch.random.fork_rng(devices=[]):
+        def build():
+            return build_segmenter(ft_cfg.backbone, ft_cfg.checkpoint, project.num_classes, ft_cfg.lora_rank)
+
+        build()  # the first build also pays imports and first allocations, which a stage does not again
+        t0 = time.perf_counter()
+        model = build()
+    build_s = time.perf_counter() - t0
+    model.to(device)
+    S, slabs = plan.canvas, plan.slabs
+    x1 = torch.zeros(1, 3, S, S, device=device)
+    model.eval()
+    with torch.no_grad():
+        enc_s = _timed(lambda: model.image_encoder(x1))
+        emb = model.image_encoder(x1)
+    train_mode(model)
+    n = int(ft_cfg.batch_size) * slabs
+    y = torch.zeros(n, S, S, dtype=torch.long, device=device)
+    cached = bool(ft_cfg.embedding_cache)
+    xb = torch.zeros(n, 3, S, S, device=device)
+    eb = emb.expand(n, *emb.shape[1:]).contiguous()
+
+    def step():
+        logits = model.upsample(model.decode(eb)) if cached else model.logits(xb)
+        dice_ce_loss(logits.float(), y).backward()
+
+    step_s = _timed(step)
+    with torch.no_grad():
+        model.eval()
+        dec_s = _timed(lambda: model.upsample(model.decode(emb)))
+    return {"backbone": ft_cfg.backbone, "canvas": S, "slabs": slabs, "crop": list(layout.crop),
+            "build_s": build_s, "encoder_s": enc_s, "decoder_s": dec_s, "train_step_s": step_s}
+
+
+def calibrate_vnet(project, rt_cfg, device) -> dict:
+    """Step times of stage R's network on the run's crop: one training step, one window forward."""
+    import torch
+
+    from ..retrain.data import auto_crop
+    from ..retrain.config import LA_CROP
+    from ..retrain.networks import build_network, required_multiple
+
+    cases = project.by_role("labeled") + project.by_role("unlabeled")
+    multiple = required_multiple(rt_cfg.network)
+    crop = tuple(rt_cfg.crop) if rt_cfg.crop else auto_crop(_shapes(project, cases), LA_CROP, multiple)
+    with torch.random.fork_rng(devices=[]):
+        model = build_network(rt_cfg.network, 1, project.num_classes, **rt_cfg.network_options()).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    lb, ub = int(rt_cfg.labeled_bs), int(rt_cfg.unlabeled_bs)
+    x = torch.zeros(lb + ub, 1, *crop, device=device)
+    teacher = rt_cfg.ssl != "supervised" and ub > 0
+
+    def step():
+        model.train()
+        out = model(x)
+        out.float().mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if teacher:  # the mean teacher's pass over the unlabeled crops
+            with torch.no_grad():
+                model(x[lb:])
+
+    step_s = _timed(step)
+    model.eval()
+    with torch.no_grad():
+        xw = torch.zeros(1, 1, *crop, device=device)
+        fwd_s = _timed(lambda: model(xw))
+    return {"network": rt_cfg.network, "crop": list(crop), "train_step_s": step_s, "window_s": fwd_s}
+
+
+def stage_seconds(counts: dict, sam: dict, vnet: dict, rounds: int) -> dict:
+    """Seconds per stage (the names ``sfr run`` gives its stages) from step times and counts.
+
+    ``counts``: iterations_sam, embedding_cache, iterations_vnet, sam_windows (SAM windows over
+    every unlabeled case), vnet_windows (V-Net windows over every unlabeled case), validation_windows.
+    """
+    o = STAGE_OVERHEAD_S
+    sam_window = sam["slabs"] * (sam["encoder_s"] + sam["decoder_s"])
+    finetune = (o["finetune"] + sam["build_s"] + counts["embedding_cache"] * sam["slabs"] * sam["encoder_s"]
+                + counts["iterations_sam"] * sam["train_step_s"])
+    pseudo = o["pseudolabel"] + sam["build_s"] + counts["sam_windows"] * sam_window
+    retrain = o["retrain"] + counts["iterations_vnet"] * vnet["train_step_s"]
+    confidence = o["confidence"] + counts["vnet_windows"] * vnet["window_s"]
+    out = {"stitch": o["stitch"]}
+    for r in range(rounds + 1):
+        out.update({f"finetune-r{r}": finetune, f"pseudolabel-r{r}": pseudo, f"retrain-r{r}": retrain,
+                    f"confidence-r{r}": confidence})
+    out["metrics"] = o["metrics"] + counts["validation_windows"] * vnet["window_s"]
+    return {k: round(v, 1) for k, v in out.items()}
+
+
+def _counts(project, cfg, ft_cfg, rt_cfg, sam: dict, vnet: dict) -> dict:
+    from ..sliding import SAM_OVERLAP, count_windows, overlap_stride, resolve_stride
+
+    overlap = SAM_OVERLAP if cfg.pseudo_overlap is None else float(cfg.pseudo_overlap)
+    sam_stride = overlap_stride(sam["crop"], overlap)
+    unl = _shapes(project, project.by_role("unlabeled"))
+    val = _shapes(project, project.by_role("validation"))
+    vstride = resolve_stride(vnet["crop"])
+    return {"iterations_sam": int(ft_cfg.iterations), "embedding_cache": int(ft_cfg.embedding_cache),
+            "iterations_vnet": int(rt_cfg.iterations),
+            "sam_windows": sum(count_windows(s, sam["crop"], sam_stride) for s in unl),
+            "vnet_windows": sum(count_windows(s, vnet["crop"], vstride) for s in unl),
+            "validation_windows": sum(count_windows(s, vnet["crop"], vstride) for s in val)}
+
+
+def estimate_run(project, cfg) -> dict:
+    """The estimate event's fields for a run with (effective) configuration ``cfg``."""
+    from ..device import resolve_device
+    from .config import finetune_config, retrain_config
+
+    ft_cfg, rt_cfg = finetune_config(cfg), retrain_config(cfg)
+    t0 = time.perf_counter()
+    sam = calibrate_sam(project, ft_cfg, resolve_device(ft_cfg.device))
+    vnet = calibrate_vnet(project, rt_cfg, resolve_device(rt_cfg.device))
+    counts = _counts(project, cfg, ft_cfg, rt_cfg, sam, vnet)
+    stages = stage_seconds(counts, sam, vnet, cfg.resolved_rounds)
+    choice = cfg.budget_choice or {}
+    embed = counts["embedding_cache"] * sam["slabs"] * sam["encoder_s"]
+    return {"seconds": round(sum(stages.values()), 1), "stages": stages, "budget": choice.get("name"),
+            "embed_share": round(embed / stages["finetune-r0"], 4) if stages["finetune-r0"] else 0.0,
+            "device": choice.get("device"), "method": "calibration",
+            "calibration_s": round(time.perf_counter() - t0, 2), "counts": counts,
+            "steps": {"sam": {k: (round(v, 5) if isinstance(v, float) else v) for k, v in sam.items()},
+                      "vnet": {k: (round(v, 5) if isinstance(v, float) else v) for k, v in vnet.items()}}}
+
+
+def emit_estimate(project, cfg) -> "dict | None":
+    """Emit the estimate event and its log line; when it cannot be made, log why and return None."""
+    try:
+        est = estimate_run(project, cfg)
+    except Exception as exc:  # noqa: BLE001 - the run goes on without an estimate
+        events.log(f"no estimate of the run's duration: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+                   "warning")
+        return None
+    events.emit("estimate", **est)
+    events.log(f"estimate: {about(est['seconds'])} for the whole run with budget "
+               f"{est['budget']} (calibrated in {est['calibration_s']:.1f} s: SAM step "
+               f"{est['steps']['sam']['train_step_s']:.3f} s, V-Net step {est['steps']['vnet']['train_step_s']:.3f} s)")
+    return est
