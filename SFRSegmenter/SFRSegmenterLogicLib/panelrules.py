@@ -1,0 +1,17 @@
+"""Rules of the panel that need no Qt: which finished run the Results list shows."""
+
+from __future__ import annotations
+
+
+def run_to_show(run_ids, chosen=None, just_finished=None):
+    """The run the Results list selects, among ``run_ids`` (finished runs, newest first).
+
+    A run that just finished wins (the clinician reviews what was just computed, never the
+    run selected before it); otherwise the run the user chose while it is still listed;
+    otherwise the newest. ``None`` when no run has finished.
+    """
+    run_ids = list(run_ids)
+    for candidate in (just_finished, chosen):
+        if candidate and candidate in run_ids:
+            return candidate
+    return run_ids[0] if run_ids else None

@@ -1,0 +1,39 @@
+"""Which run the Results list shows, on real run folders read by the engine's runcontrol."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "SFRSegmenter"))
+
+from SFRSegmenterLib import jobs, runcontrol  # noqa: E402
+from SFRSegmenterLogicLib import panelrules  # noqa: E402
+
+
+def _finished_run(project, run_id, finished):
+    path = jobs.runs_dir(project) / run_id
+    path.mkdir(parents=True)
+    (path / jobs.STATUS_NAME).write_text(json.dumps({"run_id": run_id, "state": "done", "finished": finished}))
+
+
+def test_run_that_just_finished_is_shown_not_the_old_selection(tmp_path):
+    _finished_run(tmp_path, "run1", "2026-01-01T10:00:00")
+    chosen = "run1"  # the user had loaded run 1's results
+    _finished_run(tmp_path, "run2", "2026-01-01T11:00:00")  # Retrain finished run 2
+    ids = [st["run_id"] for st in runcontrol.finished_runs(tmp_path)]
+    assert ids == ["run2", "run1"]
+    # the old rule kept the selection (run 1); the panel must show the run just finished
+    assert panelrules.run_to_show(ids, chosen=chosen, just_finished="run2") == "run2"
+
+
+def test_choice_kept_otherwise_and_newest_by_default(tmp_path):
+    _finished_run(tmp_path, "run1", "2026-01-01T10:00:00")
+    _finished_run(tmp_path, "run2", "2026-01-01T11:00:00")
+    ids = [st["run_id"] for st in runcontrol.finished_runs(tmp_path)]
+    assert panelrules.run_to_show(ids, chosen="run1") == "run1"
+    assert panelrules.run_to_show(ids, chosen="deleted") == "run2"
+    assert panelrules.run_to_show(ids, chosen="run1", just_finished="failed-run") == "run1"
+    assert panelrules.run_to_show([], chosen="run1") is None
