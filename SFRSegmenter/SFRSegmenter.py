@@ -511,6 +511,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         folder = self.projectFolder()
         try:
+            panelrules.check_project_free(folder)  # before any label file is written
             with slicer.util.WaitCursor():
                 self._log(f"exporting the cases into {folder}")
                 self.logic.exportProject(folder, self.casesFromTable())

@@ -37,3 +37,36 @@ def test_choice_kept_otherwise_and_newest_by_default(tmp_path):
     assert panelrules.run_to_show(ids, chosen="deleted") == "run2"
     assert panelrules.run_to_show(ids, chosen="run1", just_finished="failed-run") == "run1"
     assert panelrules.run_to_show([], chosen="run1") is None
+
+
+def test_active_run_refuses_before_any_label_file_is_touched(tmp_path):
+    import subprocess
+    import textwrap
+
+    import pytest
+
+    from SFRSegmenterLib.errors import SFRError
+
+    label = tmp_path / "labels" / "case1.nii.gz"
+    label.parent.mkdir(parents=True)
+    label.write_bytes(b"the user's label")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, time
+            from SFRSegmenterLib import jobs
+            jobs.ProjectLock({str(tmp_path)!r}, "cli-run").acquire()
+            print("held", flush=True)
+            time.sleep(60)
+        """)],
+        stdout=subprocess.PIPE, text=True, cwd=str(REPO),
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SFRError) as info:
+            panelrules.check_project_free(tmp_path)
+        assert "busy" in str(info.value)
+        assert label.read_bytes() == b"the user's label"
+    finally:
+        holder.kill()
+        holder.wait()
+    panelrules.check_project_free(tmp_path)  # the holder gone: its stale lock is cleared

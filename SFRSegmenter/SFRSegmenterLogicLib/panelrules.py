@@ -15,3 +15,11 @@ def run_to_show(run_ids, chosen=None, just_finished=None):
         if candidate and candidate in run_ids:
             return candidate
     return run_ids[0] if run_ids else None
+
+
+def check_project_free(project_root) -> None:
+    """Raise SFRError (naming the lock file) when a live run, from this panel, the command line or
+    another Slicer, holds the project; Run calls this before it exports any label file."""
+    from SFRSegmenterLib import jobs
+
+    jobs.ProjectLock(project_root, "").check_free()
