@@ -70,3 +70,14 @@ def test_active_run_refuses_before_any_label_file_is_touched(tmp_path):
         holder.kill()
         holder.wait()
     panelrules.check_project_free(tmp_path)  # the holder gone: its stale lock is cleared
+
+
+def test_state_column_describes_the_last_finished_run_not_a_stopped_latest(tmp_path):
+    _finished_run(tmp_path, "run1", "2026-01-01T10:00:00")
+    stopped = jobs.runs_dir(tmp_path) / "run2"
+    stopped.mkdir()
+    (stopped / jobs.STATUS_NAME).write_text(json.dumps({"run_id": "run2", "state": "cancelled"}))
+    jobs.set_latest(tmp_path, "run2")
+    assert jobs.latest_run_id(tmp_path) == "run2"
+    assert panelrules.state_run(tmp_path) == "run1"
+    assert panelrules.state_run(tmp_path / "empty") is None

@@ -23,3 +23,12 @@ def check_project_free(project_root) -> None:
     from SFRSegmenterLib import jobs
 
     jobs.ProjectLock(project_root, "").check_free()
+
+
+def state_run(project_root):
+    """The run the State column describes: the newest *finished* run (never a stopped, failed or
+    half-written latest run), or None when no run has finished."""
+    from SFRSegmenterLib import runcontrol
+
+    runs = runcontrol.finished_runs(project_root)
+    return runs[0]["run_id"] if runs else None
