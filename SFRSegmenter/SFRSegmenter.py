@@ -34,7 +34,7 @@ from SFRSegmenterLib.errors import SFRError  # noqa: E402
 from SFRSegmenterLogicLib import cases, edits, environment, export, jobs, provenance, resources  # noqa: E402
 from SFRSegmenterLogicLib import nodes as mrmlnodes  # noqa: E402
 from SFRSegmenterLogicLib import results as resultnodes  # noqa: E402
-from SFRSegmenterLogicLib import partial, review, sampledata  # noqa: E402
+from SFRSegmenterLogicLib import panelrules, partial, review, sampledata  # noqa: E402
 from SFRSegmenterLogicLib import estimate as run_estimate  # noqa: E402
 
 ROLE_CHOICES = [("", "Automatic"), ("labeled", "Labeled"), ("unlabeled", "Unlabeled"), ("validation", "Validation"),
@@ -512,6 +512,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         folder = self.projectFolder()
         try:
+            panelrules.check_project_free(folder)  # before any label file is written
             with slicer.util.WaitCursor():
                 self._log(f"exporting the cases into {folder}")
                 self.logic.exportProject(folder, self.casesFromTable())
@@ -598,7 +599,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.linksLabel.text = provenance.links_html(self.projectFolder(), job.run_id)
         if job.state == "done":
             self.ui.progressBar.setValue(100)
-            self._fillRuns()
+            self._fillRuns(justFinished=job.run_id)
             self.onLoadResults()
         self._updateButtons()
         self.refreshCases()
@@ -621,10 +622,10 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             button.enabled = bool(self._flagged)
 
     # ---------------------------------------------------------------- results
-    def _fillRuns(self):
+    def _fillRuns(self, justFinished=None):
         """The finished runs of the project, newest first, in the results combo box."""
         combo = self.ui.resultsRunComboBox
-        chosen = combo.currentData  # kept when it is still listed
+        chosen = combo.currentData
         combo.clear()
         try:
             runs = self.logic.finishedRuns(self.projectFolder())
@@ -633,8 +634,9 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._log(f"error: {exc}")
         for status in runs:
             combo.addItem(f"{status['run_id']} ({status.get('finished') or 'finished'})", status["run_id"])
-        if chosen and combo.findData(chosen) >= 0:
-            combo.setCurrentIndex(combo.findData(chosen))
+        shown = panelrules.run_to_show([st["run_id"] for st in runs], chosen, justFinished)
+        if shown is not None:
+            combo.setCurrentIndex(combo.findData(shown))
         self._updateButtons()
 
     def onLoadResults(self, *_):

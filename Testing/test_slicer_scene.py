@@ -266,6 +266,8 @@ def make_run(project_dir, run_id="20261127-000000-0000", trusted=None, with_lowc
         )
     (run / "review.json").write_text(json.dumps({"cases": review}))
     (project_dir / "runs" / "latest").write_text(run_id + "\n")
+    # a finished run, as the engine leaves it (the State column reads only finished runs)
+    (run / "status.json").write_text(json.dumps({"state": "done", "run_id": run_id, "finished": run_id}))
     return run, truth
 
 

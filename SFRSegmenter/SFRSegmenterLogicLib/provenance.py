@@ -111,8 +111,12 @@ def case_states(project_dir: "str | os.PathLike", run_id: str | None = None) -> 
     project = load_project(root)
     state = project.extra.get(MANIFEST_KEY, {})
     provenance = state.get("provenance", {})
+    if run_id is None:
+        from .panelrules import state_run
+
+        run_id = state_run(root)
     try:
-        path = runfolder.run_dir(root, run_id)
+        path = runfolder.run_dir(root, run_id) if run_id else None
     except SFRError:
         path = None
     review = runfolder.read_review(path) if path else {}
