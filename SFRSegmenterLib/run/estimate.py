@@ -65,7 +65,8 @@ def calibrate_sam(project, ft_cfg, device) -> dict:
     from ..finetune import _layout
     from ..sam.loss import dice_ce_loss
     from ..sam.model import train_mode
-    from ..sam.registry import build_segmenter, get_spec
+    from ..sam.build import build_segmenter
+    from ..sam.registry import get_spec
 
     spec = get_spec(ft_cfg.backbone)
     layout = _layout(ft_cfg, spec, _shapes(project, project.by_role("labeled")))
