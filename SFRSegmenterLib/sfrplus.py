@@ -260,7 +260,7 @@ def round_record(r: int, entries: dict, trusted: dict, before: "RoundRecord | No
     )
     mm3 = [e.get("structure_mm3") for e in entries.values()]
     if mm3 and all(v is not None for v in mm3) and labeled_mm3:
-        rec.structure_ratio = round(float(np.median(mm3)) / float(np.median(labeled_mm3)), 6)
+        rec.structure_ratio = float(f"{float(np.median(mm3)) / float(np.median(labeled_mm3)):.6g}")
     return rec
 
 

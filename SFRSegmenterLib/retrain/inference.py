@@ -24,7 +24,7 @@ from ..io import Volume, case_name, inside, read_image, volume_entry, write_volu
 from ..sliding import PAPER_STRIDE, PAPER_WINDOW, resolve_stride, sliding_window, window_starts  # noqa: F401
 from .data import normalize
 from .networks import build_network
-from .train import FORMAT, MODEL_FILE
+from .names import FORMAT, MODEL_FILE
 
 
 def default_stride(window: Sequence[int]) -> tuple:

@@ -30,10 +30,10 @@ from . import data as D
 from .networks import build_network, count_parameters, init_output_bias, required_multiple
 from .ssl import SSL_METHODS, StepContext, build_method, seg_loss
 
-MODEL_FILE = "model.pt"
+from .names import FORMAT, MODEL_FILE  # noqa: F401 (public here too)
+
 CHECKPOINT_FILE = "checkpoint.pt"
 META_FILE = "meta.json"
-FORMAT = "sfr-retrain-model"
 from .config import LA_CROP, RetrainConfig  # noqa: F401 (RetrainConfig: public here too)
 
 
