@@ -158,7 +158,7 @@ def test_review_two_processes_equal_one(vnet, tmp_path):
     proc = torchrun(2, "review", "--model", vnet, "--images", *images, "--out", tmp_path / "two", *opts)
     assert_partition(shard_events(proc.stdout, "confidence"), IMAGES[:6])
     files = [f"{c}{s}" for c in IMAGES[:6] for s in (".nii.gz", "_confidence.nii.gz", "_lowconf.nii.gz")]
-    assert_same_files(tmp_path / "one", tmp_path / "two", files + ["review.json"])
+    assert_same_files(tmp_path / "one", tmp_path / "two", files + ["review.json", "slices.json"])
     review = json.loads((tmp_path / "two" / "review.json").read_text())
     assert [e["case"] for e in review["cases"]] == IMAGES[:6]
     assert review["params"]["tau"] == 0.9 and review["params"]["min_structure_mm3"] == 50
@@ -177,9 +177,15 @@ def test_review_equals_the_confidence_functions(vnet, tmp_path):
     image = read_image(SAMPLE / "images" / f"{case}.nii.gz")
     result = review_folder(vnet, [SAMPLE / "images" / f"{case}.nii.gz"], tmp_path, k=3, device="cpu")
     expect = confidence.review_case(case, predict_volume(load_model(vnet, "cpu"), image.array), k=3)
-    assert result["cases"][0] == {**expect.to_json(), "slice_confidence": expect.slice_confidence,
-                                  "foreground_voxels": expect.foreground_voxels,
-                                  "structure_mm3": result["cases"][0]["structure_mm3"]}
+    from SFRSegmenterLib.review import RECORD_KEYS, SLICES_JSON, case_measurements, review_record
+
+    measured = case_measurements(expect, image)
+    entry = result["cases"][0]
+    assert list(entry) == list(RECORD_KEYS)  # the one review schema sfr run writes too
+    assert entry == review_record(measured, entry["trusted"])
+    assert entry["trusted"] == (expect.confidence >= confidence.TAU)  # the paper's rule at the default tau
+    slices = json.loads((tmp_path / SLICES_JSON).read_text())
+    assert slices[case]["slice_confidence"] == expect.slice_confidence
     assert (read_label(tmp_path / f"{case}.nii.gz").array == expect.label).all()
     assert (read_label(tmp_path / f"{case}_lowconf.nii.gz").array == expect.lowconf).all()
 

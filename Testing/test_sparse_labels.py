@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from SFRSegmenterLib.commands.demo import DEMO_SETTINGS
+from SFRSegmenterLib.run.budget import FAST
 from SFRSegmenterLib.io import read_image, read_label, write_volume
 from SFRSegmenterLib.manifest import init_project
 from SFRSegmenterLib.retrain import RetrainConfig, load_model, predict_volume, retrain
@@ -156,7 +156,7 @@ def test_vnet_trained_on_a_few_slices_predicts_every_class(tmp_path, sample_dir,
     assert max(done) <= 6, done  # about a fifth of the slices of each labeled case
     project = init_project(tmp_path / "p", images, labels, labeled=2)
     cfg = RetrainConfig(ssl="supervised", use_sam=False, iterations=300, device="cpu", save_every=1000,
-                        **DEMO_SETTINGS["vnet_options"])
+                        **FAST["vnet_options"])  # the CPU budget sfr demo uses
     model = load_model(retrain(project, cfg, pseudo_dir=project.root / "pseudo", out_dir=tmp_path / "vnet"), "cpu")
     for case in project.by_role("unlabeled")[:2]:
         pred = predict_volume(model, read_image(project.image_path(case)).array).argmax(0)
