@@ -53,8 +53,8 @@ def progress_steps(run, stage_name):
             current = e["stage"]
             if current == stage_name:
                 attempts.append([])
-        elif e["event"] == "progress" and current == stage_name and attempts:
-            attempts[-1].append(e["step"])
+        elif e["event"] == "progress" and current == stage_name and attempts and e["stage"] != "embed":
+            attempts[-1].append(e["step"])  # the training loop's steps (the embedding cache is rebuilt)
     return attempts
 
 

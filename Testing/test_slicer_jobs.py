@@ -257,7 +257,8 @@ def finetune_attempts(run):
             current = e["stage"]
             if current.startswith("finetune"):
                 attempts.append([])
-        elif e["event"] == "progress" and current and current.startswith("finetune") and attempts:
+        elif e["event"] == "progress" and current and current.startswith("finetune") and attempts \
+                and e["stage"] == "finetune":  # the training loop's steps, not the embedding cache's
             attempts[-1].append(e["step"])
     return [a for a in attempts if a]
 
