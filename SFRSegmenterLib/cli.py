@@ -85,7 +85,7 @@ def main(argv=None) -> int:
         return SFRError.exit_code
     except MemoryError:
         sys.stderr.write(f"sfr {args.command}: error: not enough memory (a volume or model too large for "
-                         "this machine; see the voxel budget in README)\n")
+                         "this machine; see the voxel budget in docs/commands.md)\n")
         return SFRError.exit_code
     except BrokenPipeError:  # e.g. `sfr info PROJECT | head`
         return 0

@@ -182,12 +182,9 @@ def _project_of(run: Path, cfg: dict):
 
 
 def build_report(run_path: "str | Path") -> str:
-    """The report of ``run_path`` as one HTML string."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """The report of ``run_path`` as one HTML string: the run's records read once, then one step
+    per section of the page, each returning its part of the template's context."""
+    plt = _pyplot()
     run = Path(run_path)
     folder = RunFolder(run)
     cfg = _json(folder.config)
@@ -202,12 +199,42 @@ def build_report(run_path: "str | Path") -> str:
     metrics = _json(folder.metrics, {}) or {}
     slices = _json(folder.slices, {}) or {}
     project = _project_of(run, cfg)
-    ctx: dict = {}
-
-    # ---------------------------------------------------------------- summary
     cases = review["cases"]
+    order = sorted(cases, key=_review_order)
+
+    ctx: dict = {}
+    ctx.update(_summary_section(run, cfg, status, stages, metrics, project, cases))
+    ctx.update(_review_section(review, metrics, order))
+    ctx.update(_mosaic_section(folder))
+    ctx.update(_case_pictures_section(folder, project, order))
+    ctx.update(_slice_confidence_section(plt, slices, order))
+    ctx.update(_loss_section(plt, folder))
+    ctx.update(_class_balance_section(plt, folder, project))
+    ctx.update(_stage_times_section(plt, stages))
+    ctx.update(_rounds_section(rounds, cfg))
+    ctx.update(_metrics_section(metrics))
+
+    from .report_budget import budget_context
+
+    ctx.update(budget_context(run, cfg, stages))
+    ctx["config_json"] = json.dumps(cfg, indent=1)
+    return render(ctx)
+
+
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _summary_section(run: Path, cfg: dict, status: dict, stages: dict, metrics: dict, project, cases: list) -> dict:
+    """The page's head: run, project, roles, mode, state, compute time, trusted count, mean Dice."""
     total_s = sum(float(r.get("seconds") or 0) for r in stages.values())
-    ctx.update(run_name=run.name, project_name=project.name or project.root.name,
+    ctx = dict(run_name=run.name, project_name=project.name or project.root.name,
                n_labeled=len(project.by_role("labeled")), n_unlabeled=len(project.by_role("unlabeled")),
                n_validation=len(project.by_role("validation")), mode="SFR+" if cfg.get("sfr_plus") else "SFR",
                resolved_rounds=cfg.get("resolved_rounds", 0), tau=cfg.get("tau"),
@@ -215,12 +242,15 @@ def build_report(run_path: "str | Path") -> str:
                n_trusted=sum(1 for c in cases if c["trusted"]), n_cases=len(cases))
     pm = (metrics.get("pseudo_labels") or {}).get("mean")
     ctx["pseudo_mean"] = {"dice": _pct(pm.get("dice")), "hd95": _num(pm.get("hd95_mm"))} if pm else None
+    return ctx
 
-    # ---------------------------------------------------------------- review table
+
+def _review_section(review: dict, metrics: dict, order: list) -> dict:
+    """The review table (in review order), the estimate's note and the label-next list."""
+    cases = review["cases"]
     dice_by_case = {}
     for r in (metrics.get("pseudo_labels") or {}).get("cases", []):
         dice_by_case.setdefault(r["case"], []).append(r.get("dice"))
-    order = sorted(cases, key=_review_order)
     rows = []
     for c in order:
         flagged = ", ".join(f"{f['index']} ({100 * f['confidence']:.0f}%)" for f in c["flagged_slices"])
@@ -229,22 +259,26 @@ def build_report(run_path: "str | Path") -> str:
                           "yes" if c["trusted"] else "no", flagged, c["low_confidence_voxels"],
                           _pct(float(np.mean(d))) if d else "-"],
                          bold=() if c["trusted"] else (3,)))
-    ctx["review_rows"] = rows
-    ctx["estimate_note"] = estimate_note(cases, review.get("estimate"), dice_by_case)
-    ctx["label_next_rows"] = [_row([n["rank"], n["case"], n["reason"]]) for n in review.get("label_next") or []][:10]
+    return {"review_rows": rows,
+            "estimate_note": estimate_note(cases, review.get("estimate"), dice_by_case),
+            "label_next_rows": [_row([n["rank"], n["case"], n["reason"]]) for n in review.get("label_next") or []][:10]}
 
-    # ---------------------------------------------------------------- mosaic
+
+def _mosaic_section(folder: RunFolder) -> dict:
+    """The first stitched mosaic the run saved, embedded."""
     mosaics = folder.stitch_pictures
-    ctx["mosaic"] = None
-    if mosaics:
-        from PIL import Image
+    if not mosaics:
+        return {"mosaic": None}
+    from PIL import Image
 
-        m = mosaics[0]
-        arr = np.asarray(Image.open(m).convert("RGB"))
-        ctx["mosaic"] = {"name": m.stem, "b64": _png_b64(arr), "width": min(720, arr.shape[1] * 2)}
+    m = mosaics[0]
+    arr = np.asarray(Image.open(m).convert("RGB"))
+    return {"mosaic": {"name": m.stem, "b64": _png_b64(arr), "width": min(720, arr.shape[1] * 2)}}
 
-    # ---------------------------------------------------------------- per-case pictures
-    ctx.update(chance_pct=100 / max(2, project.num_classes), max_cases=MAX_CASES)
+
+def _case_pictures_section(folder: RunFolder, project, order: list) -> dict:
+    """For each of the first MAX_CASES cases: its flagged slices (or its middle foreground slice)
+    with the label outline and the confidence map; a case whose files cannot be read shows why."""
     pictures = []
     for c in order[:MAX_CASES]:
         name = c["case"]
@@ -266,45 +300,52 @@ def build_report(run_path: "str | Path") -> str:
         tiles = _slice_tiles(img, label, conf, low, gt, idx, lo=1.0 / max(2, project.num_classes))
         pictures.append({"name": name, "error": None, "confidence": f"{100 * c['confidence']:.2f}",
                          "slices": ", ".join(map(str, idx)), "b64": _png_b64(tiles)})
-    ctx["case_pictures"] = pictures
+    return {"chance_pct": 100 / max(2, project.num_classes), "max_cases": MAX_CASES, "case_pictures": pictures}
 
-    # ---------------------------------------------------------------- per-slice confidence
-    ctx["slice_fig"] = None
-    if slices:
-        fig, ax = plt.subplots(figsize=(8, 3))
-        for c in order[:MAX_CASES]:
-            sc = (slices.get(c["case"]) or {}).get("slice_confidence") or []
-            ys = np.array([np.nan if v is None else v for v in sc], dtype=float)
-            line, = ax.plot(np.arange(len(ys)), ys, lw=1, label=c["case"])
-            for f in c["flagged_slices"]:
-                ax.plot(f["index"], f["confidence"], "o", color=line.get_color(), ms=4)
-        ax.set_xlabel("slice index (array axis 0)")
-        ax.set_ylabel("mean confidence near structure")
-        ax.legend(fontsize=6, ncol=3)
-        ax.grid(alpha=0.3)
-        ctx["slice_fig"] = _fig_b64(fig)
 
-    # ---------------------------------------------------------------- losses
-    ctx["loss_fig"] = None
+def _slice_confidence_section(plt, slices: dict, order: list) -> dict:
+    """Per-slice confidence curves of the first MAX_CASES cases, their flagged slices marked."""
+    if not slices:
+        return {"slice_fig": None}
+    fig, ax = plt.subplots(figsize=(8, 3))
+    for c in order[:MAX_CASES]:
+        sc = (slices.get(c["case"]) or {}).get("slice_confidence") or []
+        ys = np.array([np.nan if v is None else v for v in sc], dtype=float)
+        line, = ax.plot(np.arange(len(ys)), ys, lw=1, label=c["case"])
+        for f in c["flagged_slices"]:
+            ax.plot(f["index"], f["confidence"], "o", color=line.get_color(), ms=4)
+    ax.set_xlabel("slice index (array axis 0)")
+    ax.set_ylabel("mean confidence near structure")
+    ax.legend(fontsize=6, ncol=3)
+    ax.grid(alpha=0.3)
+    return {"slice_fig": _fig_b64(fig)}
+
+
+def _loss_section(plt, folder: RunFolder) -> dict:
+    """Loss curves of the training stages, SAM fine-tuning and V-Net re-training side by side."""
     series = _loss_series(folder.events)
-    if series:
-        kinds = [("finetune", "SAM fine-tuning"), ("retrain", "V-Net re-training")]
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3))
-        for ax, (prefix, title) in zip(axes, kinds):
-            for name, pts in series.items():
-                if name.startswith(prefix) and pts:
-                    s, l = zip(*pts)
-                    ax.plot(s, l, lw=1, label=name)
-            ax.set_title(title, fontsize=9)
-            ax.set_xlabel("iteration")
-            ax.set_ylabel("loss")
-            ax.grid(alpha=0.3)
-            if ax.lines:
-                ax.legend(fontsize=7)
-        ctx["loss_fig"] = _fig_b64(fig)
+    if not series:
+        return {"loss_fig": None}
+    kinds = [("finetune", "SAM fine-tuning"), ("retrain", "V-Net re-training")]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+    for ax, (prefix, title) in zip(axes, kinds):
+        for name, pts in series.items():
+            if name.startswith(prefix) and pts:
+                s, l = zip(*pts)
+                ax.plot(s, l, lw=1, label=name)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("loss")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    return {"loss_fig": _fig_b64(fig)}
 
-    # ---------------------------------------------------------------- class balance
-    ctx["balance_fig"] = None
+
+def _class_balance_section(plt, folder: RunFolder, project) -> dict:
+    """Predicted foreground per class over each training stage against the targets' mean, and
+    the collapse warnings."""
+    ctx = {"balance_fig": None}
     pred_series = _progress_series(folder.events, "fg_pred")
     true_series = _progress_series(folder.events, "fg_true")
     if pred_series:
@@ -327,38 +368,45 @@ def build_report(run_path: "str | Path") -> str:
             ax.legend(fontsize=7)
         ctx["balance_fig"] = _fig_b64(fig)
     ctx["warnings"] = _collapse_warnings(folder.events)
+    return ctx
 
-    # ---------------------------------------------------------------- times
-    ctx["stage_fig"], ctx["stage_rows"] = None, []
-    if stages:
-        names = list(stages)
-        secs = [float(stages[n].get("seconds") or 0) for n in names]
-        fig, ax = plt.subplots(figsize=(7, 0.3 * len(names) + 0.8))
-        ax.barh(names[::-1], secs[::-1], color="#4a7ab5")
-        for i, n in enumerate(names[::-1]):
-            if stages[n].get("reused_from"):
-                ax.text(0, i, " reused", va="center", fontsize=7)
-        ax.set_xlabel("seconds")
-        ctx["stage_fig"] = _fig_b64(fig)
-        ctx["stage_rows"] = [_row([n, stages[n].get("status"), f"{float(stages[n].get('seconds') or 0):.1f}",
-                                   stages[n].get("reused_from") or ""]) for n in names]
 
-    # ---------------------------------------------------------------- rounds
-    ctx["round_rows"] = []
+def _stage_times_section(plt, stages: dict) -> dict:
+    """Seconds per stage (a bar chart, reused stages marked) and the stage table."""
+    if not stages:
+        return {"stage_fig": None, "stage_rows": []}
+    names = list(stages)
+    secs = [float(stages[n].get("seconds") or 0) for n in names]
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(names) + 0.8))
+    ax.barh(names[::-1], secs[::-1], color="#4a7ab5")
+    for i, n in enumerate(names[::-1]):
+        if stages[n].get("reused_from"):
+            ax.text(0, i, " reused", va="center", fontsize=7)
+    ax.set_xlabel("seconds")
+    return {"stage_fig": _fig_b64(fig),
+            "stage_rows": [_row([n, stages[n].get("status"), f"{float(stages[n].get('seconds') or 0):.1f}",
+                                 stages[n].get("reused_from") or ""]) for n in names]}
+
+
+def _rounds_section(rounds: dict, cfg: dict) -> dict:
+    """The SFR+ rounds table, the published round and the trust rule."""
+    round_rows = []
     for r in rounds.get("rounds") or []:
         ratio = r.get("structure_ratio")
         note = "; ".join(x for x in (r.get("why", ""), r.get("stopped", "")) if x)
         if r.get("drift") and not r.get("why"):
             note = "structure drift: not published"
-        ctx["round_rows"].append(_row([
+        round_rows.append(_row([
             r["round"], len(r.get("trusted", [])), _pct(r.get("mean_estimated_dice")), f"{100 * r['mean_confidence']:.3f}",
             "-" if ratio is None else f"{ratio:.2f}", _pct(r.get("mean_dice")), _pct(r.get("mean_sam_dice")),
             ", ".join(r.get("moved_to_trusted", [])) or "-", ", ".join(r.get("moved_to_untrusted", [])) or "-", note]))
-    ctx["final_round"] = rounds.get("final_round", "-")
-    ctx["trust_rule"] = rounds.get("trust") or f"case confidence >= tau {cfg.get('tau')}"
+    return {"round_rows": round_rows, "final_round": rounds.get("final_round", "-"),
+            "trust_rule": rounds.get("trust") or f"case confidence >= tau {cfg.get('tau')}"}
 
-    # ---------------------------------------------------------------- metrics
-    ctx["metric_tables"] = []
+
+def _metrics_section(metrics: dict) -> dict:
+    """The metrics tables of the pseudo-labels and of the validation cases, each with its mean."""
+    tables = []
     for key, title in (("pseudo_labels", "Pseudo-labels (unlabeled cases, hidden ground truth)"),
                        ("validation", "Validation cases (held out, final V-Net)")):
         m = metrics.get(key)
@@ -369,13 +417,8 @@ def build_report(run_path: "str | Path") -> str:
         mean = m.get("mean", {})
         rows.append(_row(["mean", "", _pct(mean.get("dice")), _pct(mean.get("jaccard")),
                           _num(mean.get("hd95_mm")), _num(mean.get("asd_mm"))], bold=(0, 2)))
-        ctx["metric_tables"].append({"title": title, "rows": rows})
-
-    from .report_budget import budget_context
-
-    ctx.update(budget_context(run, cfg, stages))
-    ctx["config_json"] = json.dumps(cfg, indent=1)
-    return render(ctx)
+        tables.append({"title": title, "rows": rows})
+    return {"metric_tables": tables}
 
 
 def _review_order(case: dict):

@@ -383,7 +383,14 @@ def test_license_screenshot_and_supported_versions():
     for url in urls:  # each names a real picture in the repository
         with Image.open(REPO / url[len(prefix):]) as im:
             assert im.format == "PNG" and min(im.size) >= 200
-    assert (REPO / "Screenshots" / "README.md").exists()  # where each picture comes from
+    assert (REPO / "Resources" / "Screenshots" / "README.md").exists()  # where each picture comes from
+    assert all(u[len(prefix):].startswith("Resources/Screenshots/") for u in urls)  # the extension's pictures
+    icons = {re.search(r'set\(EXTENSION_ICONURL\s+"([^"]+)"\)', cmake).group(1)}
+    icons |= {line.split()[1] for line in (REPO / "SFR.s4ext").read_text(encoding="utf-8").splitlines()
+              if line.startswith("iconurl ")}
+    assert icons == {prefix + "Resources/Icons/SFR.png"}
+    with Image.open(REPO / "Resources" / "Icons" / "SFR.png") as im:  # the extension's icon, 128 px as the index wants
+        assert im.format == "PNG" and im.size == (128, 128)
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     for text in (readme, cmake, (REPO / "SFR.s4ext").read_text(encoding="utf-8")):
         assert "Slicer 5.10 or newer" in text

@@ -3,8 +3,8 @@
     python docs/make_cli_reference.py           # (re)write docs/cli.md
     python docs/make_cli_reference.py --check   # exit 1 when docs/cli.md is not current
 
-``Testing/test_project_cli.py`` runs the check, so the reference cannot drift from the command
-line.  README's "Command reference" explains each command; this file lists every option.
+``Testing/test_cli_contract.py`` runs the check, so the reference cannot drift from the command
+line.  docs/commands.md explains what each command does; this file lists every option.
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ def render() -> str:
         "# `sfr` command reference",
         "",
         "Generated from the parsers by `python docs/make_cli_reference.py`; do not edit by hand",
-        "(`Testing/test_project_cli.py` fails when it is not current). README's \"Command reference\"",
-        "explains what each command does and writes.",
+        "(`Testing/test_cli_contract.py` fails when it is not current). [commands.md](commands.md)",
+        "explains what each command does, writes and refuses.",
         "",
         f"Global options, before the command: `sfr [--progress {{{','.join(MODES)}}}] COMMAND ...`.",
         "",

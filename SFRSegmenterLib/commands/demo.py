@@ -12,8 +12,7 @@ from ._options import DEVICE_HELP, add_device
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "hippocampus"
 
 #: The demo: the ``fast`` budget (run/budget.py FAST: LiteMedSAM with a frozen encoder on cached
-#: embeddings, 300 + 400 iterations, slim V-Net; under 10 minutes on 2 CPU cores) on the CPU,
-#: 2 labeled cases, one SFR+ round.
+#: embeddings, 300 + 400 iterations, slim V-Net) on the CPU, 2 labeled cases, one SFR+ round.
 DEMO_SETTINGS = {"budget": "fast", "device": "cpu", "rounds": 1, "labeled": 2}
 
 
@@ -30,7 +29,7 @@ def add_parser(sub) -> None:
         description="Creates a project from the bundled sample (Medical Segmentation Decathlon Task04 "
         "hippocampus MRI, CC-BY-SA 4.0; Simpson et al. 2019, Antonelli et al. 2022): 2 labeled cases, "
         "10 unlabeled whose labels are kept as hidden ground truth for the metrics. Runs LiteMedSAM "
-        "fine-tuning, pseudo-labeling, V-Net re-training and one SFR+ round on the CPU (under 10 "
+        "fine-tuning, pseudo-labeling, V-Net re-training and one SFR+ round on the CPU (about 10 "
         "minutes on 2 cores), then prints where the HTML report is. Running it again in the same "
         "folder reuses the finished stages.",
     )

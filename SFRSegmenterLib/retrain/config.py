@@ -37,7 +37,7 @@ class RetrainConfig:
     self_training_weight: float = 1.0
     # rotflip (the paper's 90-degree in-plane rotations and flips) | crop | auto: crop for projects
     # with several structures (rotations and flips make left/right and anterior/posterior
-    # structures look alike; bench/results/demo_quality.md), rotflip for one structure
+    # structures look alike; bench/results/demo_ablation.md, stage R rows), rotflip for one structure
     augment: str = "auto"
     filters: int = 16
     norm: str = "batchnorm"

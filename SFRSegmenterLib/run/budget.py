@@ -33,12 +33,13 @@ PAPER_MIN_GPU_GIB = 8.0
 #: mosaics in stage F's embedding cache per labeled case (the demo: 64 for 2), and its bounds
 CACHE_PER_LABELED, CACHE_MIN, CACHE_MAX = 32, 64, 256
 
-#: The CPU schedule: what ``sfr demo`` measured under 10 minutes on 2 cores
-#: (bench/results/demo_quality_idle_after_split.md).  Frozen encoder, decoder trained on cached
-#: embeddings of augmented mosaics (~20x cheaper per iteration than LoRA); a linear learning-rate
-#: warm-up over the first 50 of the 300 steps (without it seed 1 ended at Dice 54 / 60, with it
-#: 72 / 72); a slim V-Net (8 base filters: ~4x fewer operations) without dropout (dropping half
-#: of 8 channels before the output layer kept it from telling the two hippocampus structures apart).
+#: The CPU schedule (what ``sfr demo`` runs; its time and Dice: the ``sfr demo`` row of
+#: bench/results/README.md).  Stage F: LiteMedSAM with a frozen encoder (LoRA rank 0), the decoder
+#: trained on the embeddings of augmented mosaics computed once (64 for the demo's 2 labeled
+#: cases; CACHE_PER_LABELED), 300 steps with a linear learning-rate warm-up over the first 50.
+#: Pseudo-labels without window overlap.  Stage R: 400 iterations of a slim V-Net (8 base
+#: filters) without dropout, since dropout on its 8 output-layer channels erases a class
+#: (bench/results/demo_ablation.md, stage R rows).
 FAST = {
     "backbone": "lite_medsam",
     "iterations_sam": 300,

@@ -22,9 +22,8 @@ from .. import events
 #: timed repetitions per step after one untimed warm-up (the first pass allocates); a step
 #: whose warm-up took over SLOW_S seconds is timed once (a LoRA step on a CPU takes ~30 s)
 REPEATS, SLOW_S = 3, 1.0
-#: seconds a stage spends outside its steps (reading volumes, loading models, writing files),
-#: measured on the bundled sample with the tiny_test backbone (2 unlabeled cases): stitch 0.2 s,
-#: confidence 0.8 s, metrics 0.2 s
+#: seconds added to each stage's timed steps for its work outside them (reading volumes, loading
+#: models, writing files): fixed allowances of the order of that work on the bundled sample
 STAGE_OVERHEAD_S = {"stitch": 0.2, "finetune": 1.0, "pseudolabel": 0.5, "retrain": 1.0, "confidence": 0.3,
                     "metrics": 0.2}
 

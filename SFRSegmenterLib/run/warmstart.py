@@ -22,7 +22,8 @@ from ..io import read_json
 from ..project_folders import SAM_MODEL_META
 from .config import CONFIG_JSON
 
-#: The share of a stage's iterations a warm-started stage runs (measured: bench/results/clinician.md).
+#: The share of the source run's iterations a warm-started stage runs (its measurement:
+#: bench/results/clinician_warm.md).
 WARM_FRACTION = 0.2
 #: ``sfr run --warm-start`` without a run: the latest finished run.
 LATEST = "latest"

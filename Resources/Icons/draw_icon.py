@@ -1,6 +1,9 @@
-"""Draw SFRSegmenter.png (128x128): slices stitched into a mosaic, one structure across them.
+"""Draw the icon (128x128): slices stitched into a mosaic, one structure across them.
 
-Run from the repository root: python SFRSegmenter/Resources/Icons/draw_icon.py
+One drawing, written twice: the extension's icon (Resources/Icons/SFR.png, which the catalog files
+CMakeLists.txt and SFR.s4ext point at) and the module's (SFRSegmenter/Resources/Icons/SFRSegmenter.png,
+where Slicer's module template puts it).  Run from the repository root:
+python Resources/Icons/draw_icon.py
 """
 from PIL import Image, ImageDraw, ImageFilter
 import math
@@ -26,5 +29,6 @@ for i in range(1, n):
     for t in range(int(pad), int(S - pad), 8):
         d.line([(p - 3, t), (p + 3, t + 4)], fill=(120, 220, 200, 255), width=2)
         d.line([(t, p - 3), (t + 4, p + 3)], fill=(120, 220, 200, 255), width=2)
-img.save("SFRSegmenter/Resources/Icons/SFRSegmenter.png")
+for path in ("Resources/Icons/SFR.png", "SFRSegmenter/Resources/Icons/SFRSegmenter.png"):
+    img.save(path)
 print(img.size, img.mode)
