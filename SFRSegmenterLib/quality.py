@@ -14,11 +14,11 @@ the same numbers come from a run folder's saved maps):
 
 :func:`estimate` turns them into an ``estimated_dice`` per class and per case (the mean over the
 classes) with a :class:`Calibration`: a clipped linear map of the signals.  Its default
-coefficients were fitted on benchmark runs (``bench/sfr_plus_product.py``; the fit and its error on
-held-out runs: ``bench/results/quality_estimate.md``); :func:`fit_calibration` refits them from
-(signals, true Dice) rows, which ``sfr run`` does on the project's labeled validation cases when it
-has at least :data:`MIN_CALIBRATION` of them.  A case without signals (no SAM pseudo-label)
-has no estimate; the trust rules then fall back to the paper's (:mod:`.sfrplus`).
+coefficients were fitted on benchmark runs (``bench/sfr_plus_product.py --fit``; the fit and its
+error on held-out runs: ``bench/results/quality_estimate.md``); :func:`fit_calibration` fits them
+from (signals, true Dice) rows.  A run does not refit them on its own project (that would need SAM
+pseudo-labels of labeled cases it did not train on).  A case without signals (no SAM
+pseudo-label) has no estimate; the trust rules then fall back to the paper's (:mod:`.sfrplus`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from scipy import ndimage
 
 #: The signals of one class, in the order the calibration weighs them.
 SIGNALS = ("agreement", "structure_confidence", "size_error")
-#: Fewest labeled validation cases a run refits the calibration on.
+#: Fewest (case, class) rows a calibration is fitted on.
 MIN_CALIBRATION = 4
 
 
