@@ -105,6 +105,20 @@ def log(message: str, level: str = "info") -> None:
         sys.stderr.flush()
 
 
+def forward(record: dict) -> None:
+    """Emit an event another process emitted (a stage's torchrun processes, :mod:`.run.distributed`)
+    as this process's own: a log line as :func:`log`, a progress event with the run's overall
+    fields added, anything else as it is (with this process's time)."""
+    fields = {k: v for k, v in record.items() if k not in ("event", "time")}
+    kind = str(record.get("event"))
+    if kind == "log":
+        log(str(fields.get("message")), str(fields.get("level") or "info"))
+        return
+    if kind == "progress" and _OVERALL is not None:
+        fields.update(_OVERALL(fields.get("stage"), int(fields.get("step") or 0), int(fields.get("total") or 0)))
+    emit(kind, **fields)
+
+
 def stage(name: str, status: str, **fields) -> None:
     emit("stage", stage=name, status=status, **fields)
 
