@@ -114,9 +114,19 @@ def forward(record: dict) -> None:
     if kind == "log":
         log(str(fields.get("message")), str(fields.get("level") or "info"))
         return
+    step, total = int(fields.get("step") or 0), int(fields.get("total") or 0)
     if kind == "progress" and _OVERALL is not None:
-        fields.update(_OVERALL(fields.get("stage"), int(fields.get("step") or 0), int(fields.get("total") or 0)))
+        fields.update(_OVERALL(fields.get("stage"), step, total))
     emit(kind, **fields)
+    if kind == "progress" and mode() == "bar":  # the bar the other process would have drawn
+        bar = _FORWARDED_BARS.setdefault(str(fields.get("stage")), Progress(str(fields.get("stage")), total))
+        bar.total = total
+        metrics = {k: v for k, v in fields.items() if k not in _PROGRESS_KEYS}
+        bar._draw(step, float(fields.get("elapsed_s") or 0.0), fields.get("eta_s"), metrics)
+
+
+_FORWARDED_BARS: dict = {}
+_PROGRESS_KEYS = ("stage", "step", "total", "elapsed_s", "eta_s", "overall", "overall_eta_s")
 
 
 def stage(name: str, status: str, **fields) -> None:

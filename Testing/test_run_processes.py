@@ -146,3 +146,17 @@ def test_cancel_stops_the_processes_at_a_safe_point_and_resume_finishes(tmp_path
     run_sfr("run", root, "--resume", check=True)
     assert stages(run)["retrain-r0"]["status"] == "done"
     assert "retrain-r0: resuming" in (run / "log.txt").read_text()
+
+
+def test_a_bad_input_in_a_process_is_the_pipelines_error(tmp_path, sample_dir):
+    """What a torchrun process raises comes back as the same kind of error, with its file."""
+    from SFRSegmenterLib.manifest import load_project
+    from SFRSegmenterLib.retrain import RetrainConfig
+
+    project = load_project(make_project(tmp_path / "proj", sample_dir))
+    cfg = RetrainConfig(iterations=1, crop=(32, 32, 32), filters=4, norm="instancenorm", dropout=0.0, device="cpu")
+    with pytest.raises(SFRError, match="no pseudo-labels.json") as err:
+        distributed.call("retrain", 2, tmp_path, lambda: False, project, cfg,
+                         pseudo_dir=tmp_path / "missing", out_dir=tmp_path / "vnet")
+    assert err.value.path == str(tmp_path / "missing")
+    assert not (tmp_path / "vnet" / "model.pt").exists()
