@@ -17,7 +17,8 @@
 
 Each stage method builds its key (:mod:`.cache`) and calls one library function with explicit
 inputs: the model folder, the pseudo-label folder, the SAM model the pseudo-labels must come
-from, the cases.  The methods are :class:`..sfrplus.RoundStages`; reuse and resume are
+from, the cases (stage R and the pseudo-labels through :func:`.distributed.call`: in this process, or
+on ``--processes N`` torchrun processes).  The methods are :class:`..sfrplus.RoundStages`; reuse and resume are
 :class:`~.cache.StageCache`'s.
 """
 
