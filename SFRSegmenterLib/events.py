@@ -105,6 +105,30 @@ def log(message: str, level: str = "info") -> None:
         sys.stderr.flush()
 
 
+def forward(record: dict) -> None:
+    """Emit an event another process emitted (a stage's torchrun processes, :mod:`.run.distributed`)
+    as this process's own: a log line as :func:`log`, a progress event with the run's overall
+    fields added, anything else as it is (with this process's time)."""
+    fields = {k: v for k, v in record.items() if k not in ("event", "time")}
+    kind = str(record.get("event"))
+    if kind == "log":
+        log(str(fields.get("message")), str(fields.get("level") or "info"))
+        return
+    step, total = int(fields.get("step") or 0), int(fields.get("total") or 0)
+    if kind == "progress" and _OVERALL is not None:
+        fields.update(_OVERALL(fields.get("stage"), step, total))
+    emit(kind, **fields)
+    if kind == "progress" and mode() == "bar":  # the bar the other process would have drawn
+        bar = _FORWARDED_BARS.setdefault(str(fields.get("stage")), Progress(str(fields.get("stage")), total))
+        bar.total = total
+        metrics = {k: v for k, v in fields.items() if k not in _PROGRESS_KEYS}
+        bar._draw(step, float(fields.get("elapsed_s") or 0.0), fields.get("eta_s"), metrics)
+
+
+_FORWARDED_BARS: dict = {}
+_PROGRESS_KEYS = ("stage", "step", "total", "elapsed_s", "eta_s", "overall", "overall_eta_s")
+
+
 def stage(name: str, status: str, **fields) -> None:
     emit("stage", stage=name, status=status, **fields)
 

@@ -40,7 +40,7 @@ CONTINUABLE = ("cancelled", "failed", "crashed")
 #: States of a run whose engine still writes the project.
 ACTIVE = ("starting", "running")
 #: Keys of ``config.json`` that do not describe what a run computes.
-_NOT_CONFIG = ("run_id", "project", "device", "config_version", "resolved_rounds",
+_NOT_CONFIG = ("run_id", "project", "device", "processes", "config_version", "resolved_rounds",
                "budget_choice")  # what the budget resolved to on the machine, not what was asked
 
 

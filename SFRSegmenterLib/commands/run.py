@@ -16,7 +16,7 @@ from ._options import DEVICE_HELP, add_device
 
 #: Options that define a run's configuration (refused together with --resume).
 CONFIG_OPTIONS = ("budget", "sfr_plus", "rounds", "tau", "min_structure", "trust", "trust_fraction", "trust_floor", "round_retrain",
-                  "largest_component", "backbone", "checkpoint", "ssl", "network", "iterations_sam",
+                  "largest_component", "processes", "backbone", "checkpoint", "ssl", "network", "iterations_sam",
                   "iterations_vnet", "batch_size_sam", "pseudo_overlap", "crop", "seed", "flag_k", "sam_option", "vnet_option")
 #: The options among them that are parsed into a mapping (``KEY=VALUE`` items), not copied as they are.
 PARSED_OPTIONS = {"sam_option": "sam_options", "vnet_option": "vnet_options"}
@@ -120,6 +120,10 @@ def add_parser(sub) -> None:
                      f"({int(WARM_FRACTION * 100)} %% of the iterations each stage ran in RUN, unless given); recorded as "
                      "warm_start_from in config.json")
     add_device(job, default=None, help=DEVICE_HELP + " (default auto)")  # None: --resume keeps the saved one
+    job.add_argument("--processes", metavar="N",
+                     help="run stage R (data-parallel) and the pseudo-labels (cases split) on N processes (or auto) under "
+                     "torchrun: one per GPU, or gloo on the CPU; auto (the default): one per CUDA device when "
+                     "there are several, else 1; saved in config.json as the number")
     job.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
     job.add_argument("--detach", action="store_true",
                      help="start the run in the background, print its id and return at once")
@@ -148,6 +152,9 @@ def config_from_args(args):
         cfg.report = False
     if getattr(args, "warm_start", None):
         cfg.warm_start_from = args.warm_start  # a run id once `sfr run` resolved it (..run.warmstart)
+    from ..run.distributed import parse_processes
+
+    cfg.processes = parse_processes(cfg.processes)
     if cfg.rounds is not None and cfg.rounds < 0:
         raise SFRError(f"--rounds must be >= 0, got {cfg.rounds}")
     if cfg.rounds and not cfg.sfr_plus:
@@ -173,6 +180,9 @@ def _config_from_args(args, project):
 
     device = resolve_device(cfg.device)  # an unavailable device is refused before anything starts
     resolve(cfg, project, device)  # the budget's settings, chosen once, saved in config.json
+    from ..run.distributed import resolve_processes
+
+    cfg.processes, _ = resolve_processes(cfg.processes, device)  # saved as the number
     return cfg
 
 

@@ -88,6 +88,19 @@ def model_record(model, cfg: RetrainConfig, num_classes: int, classes, crop, ext
     }
 
 
+def _stop_requested(should_stop, world: int, device) -> bool:
+    """``should_stop()``, agreed by every process under torchrun: one that is asked stops them all
+    at the same iteration (each process must then be given a ``should_stop``)."""
+    if should_stop is None:
+        return False
+    stop = bool(should_stop())
+    if world > 1:
+        flag = torch.tensor([int(stop)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        stop = bool(flag.item())
+    return stop
+
+
 def class_priors(cases, num_classes: int) -> list:
     """Each class's fraction of the labeled cases' voxels."""
     counts = np.zeros(int(num_classes))
@@ -265,7 +278,7 @@ def _retrain(project, cfg, pseudo_dir, out_dir, resume, should_stop, unlabeled_n
     balance = ClassBalance("retrain", project.classes, cfg.iterations)
     t0 = time.monotonic()
     for it in range(start, cfg.iterations):
-        if should_stop is not None and should_stop():
+        if _stop_requested(should_stop, world, device):
             save_checkpoint(it)
             raise Cancelled(f"re-training stopped at iteration {it}; continue with resume")
         torch.manual_seed(_seed_int(cfg.seed, it, 3, rank))  # dropout

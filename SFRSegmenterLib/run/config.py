@@ -41,6 +41,9 @@ class RunConfig:
     ssl: str | None = None  # None: stage R's default
     network: str | None = None
     device: str = "auto"
+    # stage R and the pseudo-labels on N torchrun processes (run/distributed.py); "auto" (one per
+    # CUDA device when there are several) is resolved to a number when the run is created
+    processes: "int | str" = "auto"
     iterations_sam: int | None = None
     iterations_vnet: int | None = None
     batch_size_sam: int | None = None
@@ -129,7 +132,11 @@ def validate_config(cfg: RunConfig) -> None:
 
     check_budget(cfg.budget)
     finetune_config(effective(cfg))
-    retrain_config(effective(cfg))
+    rt_cfg = retrain_config(effective(cfg))
+    if isinstance(cfg.processes, int):  # resolved for the device (commands/run.py)
+        from .distributed import check_batches
+
+        check_batches(cfg.processes, rt_cfg)
     if cfg.ranking not in conf_mod.RANKINGS:
         raise SFRError(f"unknown slice ranking {cfg.ranking!r} (choose from {', '.join(conf_mod.RANKINGS)})")
     if cfg.flag_k < 0:

@@ -17,7 +17,8 @@
 
 Each stage method builds its key (:mod:`.cache`) and calls one library function with explicit
 inputs: the model folder, the pseudo-label folder, the SAM model the pseudo-labels must come
-from, the cases.  The methods are :class:`..sfrplus.RoundStages`; reuse and resume are
+from, the cases (stage R and the pseudo-labels through :func:`.distributed.call`: in this process, or
+on ``--processes N`` torchrun processes).  The methods are :class:`..sfrplus.RoundStages`; reuse and resume are
 :class:`~.cache.StageCache`'s.
 """
 
@@ -34,7 +35,7 @@ from ..io import inside, read_json, sha256_file, write_json_atomic
 from ..manifest import Project
 from ..review import CASE_SUFFIXES, review_record
 from ..runfolder import PSEUDO_FOLDER, REVIEW_JSON
-from . import stages, warmstart
+from . import distributed, stages, warmstart
 from .cache import StageCache, copy_tree, link_or_copy, make_key
 from . import progress as overall
 from .config import RunConfig, finetune_config, retrain_config, review_settings, stage_settings
@@ -73,6 +74,12 @@ class Pipeline:
         # a warm start: stage F and stage R start from a finished run's models (..warmstart)
         self.warm = warmstart.resolve(project, cfg.warm_start_from) if cfg.warm_start_from else None
         self.warm_key = self.warm.key() if self.warm else None
+        # stage R and the pseudo-labels on this many torchrun processes (..distributed)
+        from ..device import resolve_device
+
+        self.processes, why = distributed.resolve_processes(cfg.processes, resolve_device(cfg.device))
+        if self.processes > 1:
+            events.log(f"stage R and the pseudo-labels on {self.processes} processes ({why})")
 
     def labeled_fingerprint(self) -> list:
         return [[c.name, self.sha[c.name], self.label_sha[c.name]] for c in self.labeled]
@@ -112,7 +119,7 @@ class Pipeline:
 
     def pseudolabel(self, r: int, model_dir: Path, cases: list) -> Path:
         """SAM pseudo-labels of ``cases`` with the model in ``model_dir``, reused per case."""
-        from ..pseudolabel import PSEUDO_JSON, pseudolabel
+        from ..pseudolabel import PSEUDO_JSON
 
         model_key = self.runner.key_of(model_dir)
         case_keys = {c: make_key("pseudo-case", model_key, c, self.sha[c], self.cfg.pseudo_overlap) for c in cases}
@@ -129,8 +136,8 @@ class Pipeline:
                                               and all((d / f"{c}{s}").exists() for s in PSEUDO_SUFFIXES))]
             if todo:  # written case by case; the cases done before a cancel are kept
                 extra = {} if self.cfg.pseudo_overlap is None else {"overlap": float(self.cfg.pseudo_overlap)}
-                pseudolabel(self.project, model_dir=model_dir, out_dir=d, cases=todo,
-                            device=self.cfg.device, should_stop=self.runner.should_stop, **extra)
+                distributed.call("pseudolabel", self.processes, self.run_path, self.runner.should_stop, self.project,
+                                 model_dir=model_dir, out_dir=d, cases=todo, device=self.cfg.device, **extra)
             for c in cases:
                 done.entries.setdefault(c, {})["key"] = case_keys[c]
             done.save()
@@ -141,21 +148,20 @@ class Pipeline:
     def retrain(self, r: int, pseudo_dir: Path, cases: list, sam_model_dir: Path, label_files: dict) -> Path:
         """Stage R with the pseudo-labels of ``cases`` in ``pseudo_dir``, made by ``sam_model_dir``,
         and the unlabeled cases of ``{case: label file}`` with those labels."""
-        from ..retrain import retrain
-
         rt_cfg = retrain_config(self.cfg)
         given = [[c, self.sha[c], sha256_file(p)] for c, p in sorted(label_files.items())]
         key = make_key("retrain", stage_settings(rt_cfg), self.project.classes, self.labeled_fingerprint(),
                        self.runner.key_of(pseudo_dir), sorted(cases), [self.sha[c] for c in sorted(cases)],
-                       *([given] if given else []), *([self.warm_key] if self.warm else []))
+                       *([given] if given else []), *([self.warm_key] if self.warm else []),
+                       *distributed.key_parts(self.processes, rt_cfg))
 
         def fn(d: Path, resume: bool):
             def call(stage_cfg, after_oom):
-                return retrain(self.project, stage_cfg, pseudo_dir=pseudo_dir, out_dir=d,
-                               resume=resume and not after_oom, should_stop=self.runner.should_stop,
-                               unlabeled_cases=list(cases), sam_model_dir=sam_model_dir,
-                               label_files=dict(label_files),
-                               init_from=self.warm.vnet_dir if self.warm else None)
+                return distributed.call("retrain", self.processes, self.run_path, self.runner.should_stop,
+                                        self.project, stage_cfg, pseudo_dir=pseudo_dir, out_dir=d,
+                                        resume=resume and not after_oom, unlabeled_cases=list(cases),
+                                        sam_model_dir=sam_model_dir, label_files=dict(label_files),
+                                        init_from=self.warm.vnet_dir if self.warm else None)
 
             with_oom_retry(call, rt_cfg, "V-Net re-training")
             return {"unlabeled_cases": list(cases), "with_labels": sorted(label_files)}
