@@ -13,6 +13,9 @@ from SFRSegmenterLib import jobs, runcontrol  # noqa: E402
 from SFRSegmenterLogicLib import panelrules  # noqa: E402
 
 
+RUN1, RUN2 = "20260101-100000-0a01", "20260101-110000-0a02"  # the engine's run-id pattern
+
+
 def _finished_run(project, run_id, finished):
     path = jobs.runs_dir(project) / run_id
     path.mkdir(parents=True)
@@ -20,23 +23,23 @@ def _finished_run(project, run_id, finished):
 
 
 def test_run_that_just_finished_is_shown_not_the_old_selection(tmp_path):
-    _finished_run(tmp_path, "run1", "2026-01-01T10:00:00")
-    chosen = "run1"  # the user had loaded run 1's results
-    _finished_run(tmp_path, "run2", "2026-01-01T11:00:00")  # Retrain finished run 2
+    _finished_run(tmp_path, RUN1, "2026-01-01T10:00:00")
+    chosen = RUN1  # the user had loaded run 1's results
+    _finished_run(tmp_path, RUN2, "2026-01-01T11:00:00")  # Retrain finished run 2
     ids = [st["run_id"] for st in runcontrol.finished_runs(tmp_path)]
-    assert ids == ["run2", "run1"]
+    assert ids == [RUN2, RUN1]
     # the old rule kept the selection (run 1); the panel must show the run just finished
-    assert panelrules.run_to_show(ids, chosen=chosen, just_finished="run2") == "run2"
+    assert panelrules.run_to_show(ids, chosen=chosen, just_finished=RUN2) == RUN2
 
 
 def test_choice_kept_otherwise_and_newest_by_default(tmp_path):
-    _finished_run(tmp_path, "run1", "2026-01-01T10:00:00")
-    _finished_run(tmp_path, "run2", "2026-01-01T11:00:00")
+    _finished_run(tmp_path, RUN1, "2026-01-01T10:00:00")
+    _finished_run(tmp_path, RUN2, "2026-01-01T11:00:00")
     ids = [st["run_id"] for st in runcontrol.finished_runs(tmp_path)]
-    assert panelrules.run_to_show(ids, chosen="run1") == "run1"
-    assert panelrules.run_to_show(ids, chosen="deleted") == "run2"
-    assert panelrules.run_to_show(ids, chosen="run1", just_finished="failed-run") == "run1"
-    assert panelrules.run_to_show([], chosen="run1") is None
+    assert panelrules.run_to_show(ids, chosen=RUN1) == RUN1
+    assert panelrules.run_to_show(ids, chosen="deleted") == RUN2
+    assert panelrules.run_to_show(ids, chosen=RUN1, just_finished="failed-run") == RUN1
+    assert panelrules.run_to_show([], chosen=RUN1) is None
 
 
 def test_active_run_refuses_before_any_label_file_is_touched(tmp_path):
@@ -73,11 +76,11 @@ def test_active_run_refuses_before_any_label_file_is_touched(tmp_path):
 
 
 def test_state_column_describes_the_last_finished_run_not_a_stopped_latest(tmp_path):
-    _finished_run(tmp_path, "run1", "2026-01-01T10:00:00")
-    stopped = jobs.runs_dir(tmp_path) / "run2"
+    _finished_run(tmp_path, RUN1, "2026-01-01T10:00:00")
+    stopped = jobs.runs_dir(tmp_path) / RUN2
     stopped.mkdir()
-    (stopped / jobs.STATUS_NAME).write_text(json.dumps({"run_id": "run2", "state": "cancelled"}))
-    jobs.set_latest(tmp_path, "run2")
-    assert jobs.latest_run_id(tmp_path) == "run2"
-    assert panelrules.state_run(tmp_path) == "run1"
+    (stopped / jobs.STATUS_NAME).write_text(json.dumps({"run_id": RUN2, "state": "cancelled"}))
+    jobs.set_latest(tmp_path, RUN2)
+    assert jobs.latest_run_id(tmp_path) == RUN2
+    assert panelrules.state_run(tmp_path) == RUN1
     assert panelrules.state_run(tmp_path / "empty") is None
