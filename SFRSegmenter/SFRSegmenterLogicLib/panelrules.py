@@ -32,3 +32,18 @@ def state_run(project_root):
 
     runs = runcontrol.finished_runs(project_root)
     return runs[0]["run_id"] if runs else None
+
+
+#: How the panel gives a checkpoint file (the Settings section's field).
+CHECKPOINT_GIVE = "choose the file under Settings > Checkpoint"
+
+
+def check_checkpoint(settings) -> None:
+    """Raise SFRError (one line naming the file) when the chosen backbone's base weights are not
+    there: the engine's own check (``sam.checkpoints.locate_checkpoint``, no torch), run before
+    anything is exported or started, so a ViT run never fails after stitching."""
+    from SFRSegmenterLib.sam.checkpoints import locate_checkpoint
+
+    download = bool((settings.sam_options or {}).get("download"))
+    locate_checkpoint(settings.backbone, settings.checkpoint or None, can_download=download,
+                      give=CHECKPOINT_GIVE, download_hint=None)
