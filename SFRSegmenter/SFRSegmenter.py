@@ -193,8 +193,9 @@ class SFRSegmenterLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def resourceWarnings(settings):
-        """What the chosen device offers and what is short for the chosen backbone (imports torch)."""
-        found = resources.probe(settings.device or "auto")
+        """What the chosen device offers and what is short for the chosen backbone, read in a short
+        child process (no torch and no CUDA context in Slicer's process)."""
+        found = resources.probe_in_subprocess(settings.device or "auto")
         return resources.describe(found), resources.warnings(found, settings.backbone, settings.device or "auto")
 
     # the run: detached, followed through its folder
@@ -253,8 +254,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self.ui = None
         self._cases = []
-        self._flagged = []
-        self._flaggedPosition = -1
+        self._flagged = panelrules.FlaggedCursor()
         self._notes = set()
         self._devicesProbed = False
         self._roles = {}  # case name -> role chosen in the table, kept across refreshes
@@ -451,9 +451,16 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ---------------------------------------------------------------- settings
     def _fillDevices(self, probeTorch):
+        """The device menu; with ``probeTorch`` the GPUs as a short child process sees them."""
         current = self.ui.deviceComboBox.currentData
+        choices = environment.available_devices(import_torch=False)
+        if probeTorch and not environment.missing_requirements():
+            try:
+                choices = resources.device_facts("auto")[1]
+            except SFRError as exc:
+                self._log(f"error: {exc}")
         self.ui.deviceComboBox.clear()
-        for choice in environment.available_devices(import_torch=probeTorch):
+        for choice in choices:
             self.ui.deviceComboBox.addItem(choice.label, choice.value)
         if current:
             self.ui.deviceComboBox.setCurrentIndex(max(0, self.ui.deviceComboBox.findData(current)))
@@ -503,27 +510,45 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ---------------------------------------------------------------- run
     def onRun(self, *_, warm_start=False):
-        if self._versionProblem:
-            slicer.util.errorDisplay(self._versionProblem, windowTitle="SFR Segmenter")
-            return
-        if not self.ensureDependencies():
-            return
-        if not self._confirmUnsavedEdits("Run SFR") or not self._confirmResources():
-            return
+        """Run SFR: the checks of ``panelrules.RUN_STEPS`` in their order; nothing is written
+        before the export step."""
         folder = self.projectFolder()
-        try:
-            panelrules.check_project_free(folder)  # before any label file is written
+        settings = self.settings()
+        settings.warm_start = "latest" if warm_start else None  # from the latest finished run's models
+        entries = self.casesFromTable()
+        started = []
+
+        def refuse(message):
+            raise SFRError(message)
+
+        def export_cases():
             with slicer.util.WaitCursor():
                 self._log(f"exporting the cases into {folder}")
-                self.logic.exportProject(folder, self.casesFromTable())
+                self.logic.exportProject(folder, entries)
+            return True
+
+        def start():
             self.ui.logTextEdit.clear()
             self.ui.progressBar.setValue(0)
-            settings = self.settings()
-            settings.warm_start = "latest" if warm_start else None  # from the latest finished run's models
-            job = self.logic.startRun(folder, settings, self._onProgress, self._log, self._onFinished)
-        except SFRError as exc:
-            slicer.util.errorDisplay(str(exc), windowTitle="SFR Segmenter")
+            started.append(self.logic.startRun(folder, settings, self._onProgress, self._log, self._onFinished))
+            return True
+
+        stopped = panelrules.run_in_order({
+            "version": lambda: not self._versionProblem or refuse(self._versionProblem),
+            "dependencies": self.ensureDependencies,
+            "checkpoint": lambda: panelrules.check_checkpoint(settings) or True,
+            "cases": lambda: panelrules.check_cases(entries, folder) or True,
+            "unsaved_edits": lambda: self._confirmUnsavedEdits("Run SFR"),
+            "lock": lambda: panelrules.check_project_free(folder) or True,
+            "resources": self._confirmResources,
+            "export": export_cases,
+            "start": start,
+        })
+        if stopped is not None:
+            if stopped[1]:
+                slicer.util.errorDisplay(stopped[1], windowTitle="SFR Segmenter")
             return
+        job = started[0]
         self._log(("continuing: " if job.action == "continue" else "starting: ") + " ".join(job.args))
         self.ui.statusLabel.text = "Starting..."
         self.timer.start()
@@ -588,6 +613,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateButtons()
 
     def _onFinished(self, job):
+        """Show how the followed run ended; its results and links come from the job's project."""
         self.timer.stop()
         messages = {
             "done": "Finished",
@@ -596,9 +622,13 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "failed": f"Failed: {job.error or 'see the log'}",
         }
         self.ui.statusLabel.text = messages.get(job.state, job.state)
-        self.ui.linksLabel.text = provenance.links_html(self.projectFolder(), job.run_id)
+        view = panelrules.finished_view(job.project, self.projectFolder(), job.run_id, job.state)
+        self.ui.linksLabel.text = provenance.links_html(view["project"], job.run_id)
+        if view["message"]:
+            self._log(view["message"])
         if job.state == "done":
             self.ui.progressBar.setValue(100)
+        if view["load"]:
             self._fillRuns(justFinished=job.run_id)
             self.onLoadResults()
         self._updateButtons()
@@ -610,16 +640,12 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         logging.info(f"SFRSegmenter: {text}")
 
     def _updateButtons(self):
-        running = self.logic.job is not None and self.logic.job.is_active()
-        self.ui.runButton.enabled = not running and not self._versionProblem
-        self.ui.retrainButton.enabled = not running and not self._versionProblem
-        self.ui.stopButton.enabled = running and self.logic.job.state in ("launching", "running")
-        self.ui.loadResultsButton.enabled = not running and self.ui.resultsRunComboBox.count > 0
-        hasResults = bool(self.logic.results)
-        for button in (self.ui.acceptButton, self.ui.saveCorrectionButton):
-            button.enabled = hasResults and not running
-        for button in (self.ui.nextFlaggedButton, self.ui.previousFlaggedButton):
-            button.enabled = bool(self._flagged)
+        job = self.logic.job
+        enabled = panelrules.enabled_buttons(self._versionProblem, job.state if job is not None else None,
+                                             self.ui.resultsRunComboBox.count, bool(self.logic.results),
+                                             len(self._flagged))
+        for name, on in enabled.items():
+            getattr(self.ui, name).enabled = on
 
     # ---------------------------------------------------------------- results
     def _fillRuns(self, justFinished=None):
@@ -659,13 +685,13 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self._log(labelnext.summary(labelnext.read_label_next(runfolder.run_dir(self.projectFolder(), runId))))
         self._updateButtons()
-        if self._flagged:
+        if len(self._flagged):
             self.stepFlagged(+1)  # the views open on the worst slice of all cases
         else:
             self._showSelectedCase()
 
     def _fillFlagged(self, rows):
-        self._flagged, self._flaggedPosition = rows, -1
+        self._flagged = panelrules.FlaggedCursor(rows)
         table = self.ui.flaggedSlicesTableWidget
         table.setRowCount(len(rows))
         for i, row in enumerate(rows):
@@ -704,16 +730,20 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def stepFlagged(self, delta):
         """Show the next (+1) or previous (-1) flagged slice across all cases, worst first."""
-        position = review.step(self._flagged, self._flaggedPosition, delta)
-        if position >= 0:
-            self.ui.flaggedSlicesTableWidget.setCurrentCell(position, 0)  # shows it (currentCellChanged)
-            self.onFlaggedSliceClicked(position, 0)
+        entry = self._flagged.step(delta)
+        if entry is not None:
+            table = self.ui.flaggedSlicesTableWidget
+            wasBlocked = table.blockSignals(True)  # shown once, below
+            table.setCurrentCell(self._flagged.position, 0)
+            table.blockSignals(wasBlocked)
+            self._showFlagged(entry)
 
     def onFlaggedSliceClicked(self, row, column):
-        if not 0 <= row < len(self._flagged):
-            return
-        self._flaggedPosition = row
-        entry = self._flagged[row]
+        entry = self._flagged.select(row)
+        if entry is not None:
+            self._showFlagged(entry)
+
+    def _showFlagged(self, entry):
         index = self.ui.reviewCaseComboBox.findData(entry["case"])
         if index >= 0 and index != self.ui.reviewCaseComboBox.currentIndex:
             self.ui.reviewCaseComboBox.setCurrentIndex(index)  # shows the case

@@ -121,6 +121,7 @@ VERIFIED_METHODS = {
     "registerCustomSampleDataSource": "SampleData.SampleDataLogic (staticmethod; loadFileType list, checksums)",
     "downloadFileIntoCache": "SampleData.SampleDataLogic (uri, name, checksum)",
     "setCurrentCell": "QTableWidget",
+    "blockSignals": "QObject (as in Slicer's scripted modules: wasBlocked = widget.blockSignals(True))",
     "setProcessChannelMode": "QProcess",
     "setProcessEnvironment": "QProcess",
     "setWorkingDirectory": "QProcess",
