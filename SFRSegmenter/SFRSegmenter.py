@@ -15,6 +15,8 @@ import time
 
 import qt
 import slicer
+from slicer.i18n import tr as _  # marks a text for translation (Slicer's module template)
+from slicer.i18n import translate
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -37,8 +39,10 @@ from SFRSegmenterLogicLib import results as resultnodes  # noqa: E402
 from SFRSegmenterLogicLib import panelrules, partial, review, sampledata  # noqa: E402
 from SFRSegmenterLogicLib import estimate as run_estimate  # noqa: E402
 
-ROLE_CHOICES = [("", "Automatic"), ("labeled", "Labeled"), ("unlabeled", "Unlabeled"), ("validation", "Validation"),
-                (cases.EXCLUDED, "Excluded")]
+ROLE_CHOICES = [("", _("Automatic")), ("labeled", _("Labeled")), ("unlabeled", _("Unlabeled")),
+                ("validation", _("Validation")), (cases.EXCLUDED, _("Excluded"))]
+#: Window title of the panel's dialogs.
+TITLE = _("SFR Segmenter")
 
 
 #
@@ -49,17 +53,17 @@ ROLE_CHOICES = [("", "Automatic"), ("labeled", "Labeled"), ("unlabeled", "Unlabe
 class SFRSegmenter(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "SFR Segmenter"
-        self.parent.categories = ["Segmentation"]
+        self.parent.title = _("SFR Segmenter")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = ["Segmentations", "SegmentEditor"]
         self.parent.contributors = ["SFR Segmenter developers"]
-        self.parent.helpText = (
+        self.parent.helpText = _(
             "Label a few volumes, and SFR (Stitch, Fine-tune SAM, Re-train) segments the rest in "
             "the background. SFR+ scores each result and flags the slices worth a look; accept or "
             "correct them and retrain. See the <a href='https://github.com/SFRSegmenter/SlicerSFR#use-it-in-3d-slicer'>"
             "documentation</a>."
         )
-        self.parent.acknowledgementText = (
+        self.parent.acknowledgementText = _(
             "Method: Li et al., SFR / SFR+, IEEE Transactions on Medical Imaging, 2025. "
             "Sample data: Medical Segmentation Decathlon (hippocampus), CC-BY-SA 4.0."
         )
@@ -359,7 +363,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # the run goes on (it works on the project folder, not on the scene); its nodes leave
         unsaved = self.logic.unsavedEdits()
         if unsaved:  # the close cannot be refused here: say what is lost
-            self._log("warning: " + edits.unsaved_message(unsaved, "Closing the scene"))
+            self._log("warning: " + edits.unsaved_message(unsaved, _("Closing the scene")))
         self.logic.results = {}
         self.ui.segmentEditorWidget.setSegmentationNode(None)
 
@@ -396,7 +400,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ---------------------------------------------------------------- cases table
 
-    def refreshCases(self, *_):
+    def refreshCases(self, *_args):
         if self.ui is None:
             return
         self._cases = self.logic.sceneCases()
@@ -472,13 +476,13 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with slicer.util.WaitCursor():
                 self._fillDevices(probeTorch=True)
 
-    def _updateDeviceInfo(self, *_):
+    def _updateDeviceInfo(self, *_args):
         text = self.ui.deviceComboBox.currentText
         if not self._devicesProbed:
             text = "GPU details appear once PyTorch is installed (expand Settings to detect)."
         self.ui.deviceInfoLabel.text = text
 
-    def _updateCheckpointEnabled(self, *_):
+    def _updateCheckpointEnabled(self, *_args):
         self.ui.checkpointPathLineEdit.enabled = self.ui.backboneComboBox.currentData != "lite_medsam"
 
     def settings(self):
@@ -495,13 +499,11 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         missing = environment.missing_requirements()
         if not missing:
             return True
-        text = (
-            "SFR Segmenter needs these Python packages, which are not installed yet:\n\n  "
-            + "\n  ".join(missing)
-            + "\n\nInstall them now? (This can take several minutes; Slicer's own SimpleITK, VTK "
-            "and numpy are left as they are.)"
-        )
-        if not slicer.util.confirmOkCancelDisplay(text, windowTitle="SFR Segmenter: install dependencies"):
+        text = _(
+            "SFR Segmenter needs these Python packages, which are not installed yet:\n\n  {packages}\n\n"
+            "Install them now? (This can take several minutes; Slicer's own SimpleITK, VTK and numpy are left "
+            "as they are.)").format(packages="\n  ".join(missing))
+        if not slicer.util.confirmOkCancelDisplay(text, windowTitle=_("SFR Segmenter: install dependencies")):
             return False
         with slicer.util.tryWithErrorDisplay("Installing the dependencies failed.", waitCursor=True):
             environment.install(missing, log=self._log)
@@ -509,7 +511,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return False
 
     # ---------------------------------------------------------------- run
-    def onRun(self, *_, warm_start=False):
+    def onRun(self, *_args, warm_start=False):
         """Run SFR: the checks of ``panelrules.RUN_STEPS`` in their order; nothing is written
         before the export step."""
         folder = self.projectFolder()
@@ -538,7 +540,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "dependencies": self.ensureDependencies,
             "checkpoint": lambda: panelrules.check_checkpoint(settings) or True,
             "cases": lambda: panelrules.check_cases(entries, folder) or True,
-            "unsaved_edits": lambda: self._confirmUnsavedEdits("Run SFR"),
+            "unsaved_edits": lambda: self._confirmUnsavedEdits(_("Run SFR")),
             "lock": lambda: panelrules.check_project_free(folder) or True,
             "resources": self._confirmResources,
             "export": export_cases,
@@ -546,16 +548,16 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         })
         if stopped is not None:
             if stopped[1]:
-                slicer.util.errorDisplay(stopped[1], windowTitle="SFR Segmenter")
+                slicer.util.errorDisplay(stopped[1], windowTitle=TITLE)
             return
         job = started[0]
         self._log(("continuing: " if job.action == "continue" else "starting: ") + " ".join(job.args))
-        self.ui.statusLabel.text = "Starting..."
+        self.ui.statusLabel.text = _("Starting...")
         self.timer.start()
         self._updateButtons()
         self.refreshCases()
 
-    def onRetrain(self, *_):
+    def onRetrain(self, *_args):
         """Retrain after corrections: a warm start from the latest finished run when there is one."""
         self.onRun(warm_start=bool(runcontrol.finished_runs(self.projectFolder())))
 
@@ -564,8 +566,9 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         unsaved = self.logic.unsavedEdits()
         if not unsaved:
             return True
-        return slicer.util.confirmYesNoDisplay(edits.unsaved_message(unsaved, action) + f"\n\n{action} anyway?",
-                                               windowTitle="SFR Segmenter: unsaved corrections")
+        question = _("{action} anyway?").format(action=action)
+        return slicer.util.confirmYesNoDisplay(edits.unsaved_message(unsaved, action) + "\n\n" + question,
+                                               windowTitle=_("SFR Segmenter: unsaved corrections"))
 
     def _confirmResources(self):
         """Say what the chosen device offers; ask when it looks short for the chosen backbone."""
@@ -577,20 +580,20 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._log(f"device: {found}")
         if not warnings:
             return True
-        return slicer.util.confirmYesNoDisplay("\n\n".join(warnings) + "\n\nStart the run anyway?",
-                                               windowTitle="SFR Segmenter: GPU and memory")
+        return slicer.util.confirmYesNoDisplay("\n\n".join(warnings) + "\n\n" + _("Start the run anyway?"),
+                                               windowTitle=_("SFR Segmenter: GPU and memory"))
 
-    def onStop(self, *_):
+    def onStop(self, *_args):
         job = self.logic.job
         if job is None or not job.is_active():
             return
-        text = (f"Stop run {job.run_id or ''}?\n\nIt stops at its next safe point; everything finished is "
-                "kept, and Run SFR with the same settings continues it. (Closing the scene or Slicer "
-                "does not stop a run.)")
-        if not slicer.util.confirmOkCancelDisplay(text, windowTitle="SFR Segmenter: stop the run"):
+        text = _("Stop run {run}?\n\nIt stops at its next safe point; everything finished is kept, and Run SFR "
+                 "with the same settings continues it. (Closing the scene or Slicer does not stop a run.)"
+                 ).format(run=job.run_id or "")
+        if not slicer.util.confirmOkCancelDisplay(text, windowTitle=_("SFR Segmenter: stop the run")):
             return
         self.logic.stopRun()
-        self.ui.statusLabel.text = "Stopping at the next safe point..."
+        self.ui.statusLabel.text = _("Stopping at the next safe point...")
         self._updateButtons()
 
     def _onTimer(self):
@@ -616,10 +619,10 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Show how the followed run ended; its results and links come from the job's project."""
         self.timer.stop()
         messages = {
-            "done": "Finished",
-            "cancelled": "Stopped (Run SFR with the same settings continues where it stopped)",
-            "crashed": "The engine process ended without finishing (Run SFR continues it)",
-            "failed": f"Failed: {job.error or 'see the log'}",
+            "done": _("Finished"),
+            "cancelled": _("Stopped (Run SFR with the same settings continues where it stopped)"),
+            "crashed": _("The engine process ended without finishing (Run SFR continues it)"),
+            "failed": _("Failed: {error}").format(error=job.error or _("see the log")),
         }
         self.ui.statusLabel.text = messages.get(job.state, job.state)
         view = panelrules.finished_view(job.project, self.projectFolder(), job.run_id, job.state)
@@ -665,14 +668,14 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             combo.setCurrentIndex(combo.findData(shown))
         self._updateButtons()
 
-    def onLoadResults(self, *_):
+    def onLoadResults(self, *_args):
         referenceNodes = {entry.name: entry.volume for entry in self._cases}
         runId = self.ui.resultsRunComboBox.currentData or None
         try:
             with slicer.util.WaitCursor():
                 results = self.logic.loadResults(self.projectFolder(), runId, referenceNodes)
         except SFRError as exc:
-            slicer.util.errorDisplay(str(exc), windowTitle="SFR Segmenter")
+            slicer.util.errorDisplay(str(exc), windowTitle=TITLE)
             return
         self._fillFlagged(review.flagged_slices({r.case: r.review for r in results}))
         self.ui.reviewCaseComboBox.clear()
@@ -753,26 +756,27 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._log(f"error: {exc}")
 
     # ---------------------------------------------------------------- correct
-    def onAccept(self, *_):
+    def onAccept(self, *_args):
         result = self.selectedResult()
         if result is None:
             return
         if edits.has_unsaved_edits(result.segmentation) and not slicer.util.confirmYesNoDisplay(
-                f"{result.case}: the pseudo-label has edits that were not saved. Accept keeps the run's original "
-                "pseudo-label and leaves the edits out (Save correction keeps them).\n\nAccept the original?",
-                windowTitle="SFR Segmenter: unsaved corrections"):
+                _("{case}: the pseudo-label has edits that were not saved. Accept keeps the run's original "
+                  "pseudo-label and leaves the edits out (Save correction keeps them).\n\nAccept the original?"
+                  ).format(case=result.case),
+                windowTitle=_("SFR Segmenter: unsaved corrections")):
             return
         try:  # the run whose pseudo-label is shown, not the newest run
             record = provenance.accept_case(slicer.mrmlScene, self.projectFolder(), result.case,
                                             run_id=resultnodes.run_of(result.segmentation))
         except SFRError as exc:
-            slicer.util.errorDisplay(str(exc), windowTitle="SFR Segmenter")
+            slicer.util.errorDisplay(str(exc), windowTitle=TITLE)
             return
         result.segmentation.SetAttribute(mrmlnodes.ATTR_ACCEPTED, record["source"])
         self._log(f"{result.case}: pseudo-label accepted as its label")
         self.refreshCases()
 
-    def onSaveCorrection(self, *_):
+    def onSaveCorrection(self, *_args):
         result = self.selectedResult()
         if result is None:
             return
@@ -786,7 +790,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     segmentation_node=result.segmentation, reference=result.reference,
                 )
         except SFRError as exc:
-            slicer.util.errorDisplay(str(exc), windowTitle="SFR Segmenter")
+            slicer.util.errorDisplay(str(exc), windowTitle=TITLE)
             return
         self._log(f"{result.case}: correction saved as its label")
         self.refreshCases()
@@ -836,8 +840,8 @@ class SFRSegmenterTest(ScriptedLoadableModuleTest):
 
     def test_workflow(self):
         self.delayDisplay("Loading the sample: 2 labeled and 3 unlabeled hippocampus volumes")
-        sampledata.load_like_sample_data(slicer.mrmlScene, [path for path, _, _ in sampledata.sample_files()],
-                                         sampledata.sample_source())
+        paths = [entry[0] for entry in sampledata.sample_files()]
+        sampledata.load_like_sample_data(slicer.mrmlScene, paths, sampledata.sample_source())
         logic = SFRSegmenterLogic()
         project = self._projectFolder("workflow")
         exported = logic.exportProject(project, logic.sceneCases())

