@@ -15,6 +15,8 @@ import time
 
 import qt
 import slicer
+from slicer.i18n import tr as _  # marks a text for translation (Slicer's module template)
+from slicer.i18n import translate
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -37,8 +39,10 @@ from SFRSegmenterLogicLib import results as resultnodes  # noqa: E402
 from SFRSegmenterLogicLib import panelrules, partial, review, sampledata  # noqa: E402
 from SFRSegmenterLogicLib import estimate as run_estimate  # noqa: E402
 
-ROLE_CHOICES = [("", "Automatic"), ("labeled", "Labeled"), ("unlabeled", "Unlabeled"), ("validation", "Validation"),
-                (cases.EXCLUDED, "Excluded")]
+ROLE_CHOICES = [("", _("Automatic")), ("labeled", _("Labeled")), ("unlabeled", _("Unlabeled")),
+                ("validation", _("Validation")), (cases.EXCLUDED, _("Excluded"))]
+#: Window title of the panel's dialogs.
+TITLE = _("SFR Segmenter")
 
 
 #
@@ -49,17 +53,17 @@ ROLE_CHOICES = [("", "Automatic"), ("labeled", "Labeled"), ("unlabeled", "Unlabe
 class SFRSegmenter(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "SFR Segmenter"
-        self.parent.categories = ["Segmentation"]
+        self.parent.title = _("SFR Segmenter")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = ["Segmentations", "SegmentEditor"]
         self.parent.contributors = ["SFR Segmenter developers"]
-        self.parent.helpText = (
+        self.parent.helpText = _(
             "Label a few volumes, and SFR (Stitch, Fine-tune SAM, Re-train) segments the rest in "
             "the background. SFR+ scores each result and flags the slices worth a look; accept or "
             "correct them and retrain. See the <a href='https://github.com/SFRSegmenter/SlicerSFR#use-it-in-3d-slicer'>"
             "documentation</a>."
         )
-        self.parent.acknowledgementText = (
+        self.parent.acknowledgementText = _(
             "Method: Li et al., SFR / SFR+, IEEE Transactions on Medical Imaging, 2025. "
             "Sample data: Medical Segmentation Decathlon (hippocampus), CC-BY-SA 4.0."
         )
@@ -193,8 +197,9 @@ class SFRSegmenterLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def resourceWarnings(settings):
-        """What the chosen device offers and what is short for the chosen backbone (imports torch)."""
-        found = resources.probe(settings.device or "auto")
+        """What the chosen device offers and what is short for the chosen backbone, read in a short
+        child process (no torch and no CUDA context in Slicer's process)."""
+        found = resources.probe_in_subprocess(settings.device or "auto")
         return resources.describe(found), resources.warnings(found, settings.backbone, settings.device or "auto")
 
     # the run: detached, followed through its folder
@@ -253,8 +258,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self.ui = None
         self._cases = []
-        self._flagged = []
-        self._flaggedPosition = -1
+        self._flagged = panelrules.FlaggedCursor()
         self._notes = set()
         self._devicesProbed = False
         self._roles = {}  # case name -> role chosen in the table, kept across refreshes
@@ -359,7 +363,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # the run goes on (it works on the project folder, not on the scene); its nodes leave
         unsaved = self.logic.unsavedEdits()
         if unsaved:  # the close cannot be refused here: say what is lost
-            self._log("warning: " + edits.unsaved_message(unsaved, "Closing the scene"))
+            self._log("warning: " + edits.unsaved_message(unsaved, _("Closing the scene")))
         self.logic.results = {}
         self.ui.segmentEditorWidget.setSegmentationNode(None)
 
@@ -396,7 +400,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ---------------------------------------------------------------- cases table
 
-    def refreshCases(self, *_):
+    def refreshCases(self, *_args):
         if self.ui is None:
             return
         self._cases = self.logic.sceneCases()
@@ -451,9 +455,16 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ---------------------------------------------------------------- settings
     def _fillDevices(self, probeTorch):
+        """The device menu; with ``probeTorch`` the GPUs as a short child process sees them."""
         current = self.ui.deviceComboBox.currentData
+        choices = environment.available_devices(import_torch=False)
+        if probeTorch and not environment.missing_requirements():
+            try:
+                choices = resources.device_facts("auto")[1]
+            except SFRError as exc:
+                self._log(f"error: {exc}")
         self.ui.deviceComboBox.clear()
-        for choice in environment.available_devices(import_torch=probeTorch):
+        for choice in choices:
             self.ui.deviceComboBox.addItem(choice.label, choice.value)
         if current:
             self.ui.deviceComboBox.setCurrentIndex(max(0, self.ui.deviceComboBox.findData(current)))
@@ -465,13 +476,13 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with slicer.util.WaitCursor():
                 self._fillDevices(probeTorch=True)
 
-    def _updateDeviceInfo(self, *_):
+    def _updateDeviceInfo(self, *_args):
         text = self.ui.deviceComboBox.currentText
         if not self._devicesProbed:
             text = "GPU details appear once PyTorch is installed (expand Settings to detect)."
         self.ui.deviceInfoLabel.text = text
 
-    def _updateCheckpointEnabled(self, *_):
+    def _updateCheckpointEnabled(self, *_args):
         self.ui.checkpointPathLineEdit.enabled = self.ui.backboneComboBox.currentData != "lite_medsam"
 
     def settings(self):
@@ -488,13 +499,11 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         missing = environment.missing_requirements()
         if not missing:
             return True
-        text = (
-            "SFR Segmenter needs these Python packages, which are not installed yet:\n\n  "
-            + "\n  ".join(missing)
-            + "\n\nInstall them now? (This can take several minutes; Slicer's own SimpleITK, VTK "
-            "and numpy are left as they are.)"
-        )
-        if not slicer.util.confirmOkCancelDisplay(text, windowTitle="SFR Segmenter: install dependencies"):
+        text = _(
+            "SFR Segmenter needs these Python packages, which are not installed yet:\n\n  {packages}\n\n"
+            "Install them now? (This can take several minutes; Slicer's own SimpleITK, VTK and numpy are left "
+            "as they are.)").format(packages="\n  ".join(missing))
+        if not slicer.util.confirmOkCancelDisplay(text, windowTitle=_("SFR Segmenter: install dependencies")):
             return False
         with slicer.util.tryWithErrorDisplay("Installing the dependencies failed.", waitCursor=True):
             environment.install(missing, log=self._log)
@@ -502,35 +511,53 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return False
 
     # ---------------------------------------------------------------- run
-    def onRun(self, *_, warm_start=False):
-        if self._versionProblem:
-            slicer.util.errorDisplay(self._versionProblem, windowTitle="SFR Segmenter")
-            return
-        if not self.ensureDependencies():
-            return
-        if not self._confirmUnsavedEdits("Run SFR") or not self._confirmResources():
-            return
+    def onRun(self, *_args, warm_start=False):
+        """Run SFR: the checks of ``panelrules.RUN_STEPS`` in their order; nothing is written
+        before the export step."""
         folder = self.projectFolder()
-        try:
-            panelrules.check_project_free(folder)  # before any label file is written
+        settings = self.settings()
+        settings.warm_start = "latest" if warm_start else None  # from the latest finished run's models
+        entries = self.casesFromTable()
+        started = []
+
+        def refuse(message):
+            raise SFRError(message)
+
+        def export_cases():
             with slicer.util.WaitCursor():
                 self._log(f"exporting the cases into {folder}")
-                self.logic.exportProject(folder, self.casesFromTable())
+                self.logic.exportProject(folder, entries)
+            return True
+
+        def start():
             self.ui.logTextEdit.clear()
             self.ui.progressBar.setValue(0)
-            settings = self.settings()
-            settings.warm_start = "latest" if warm_start else None  # from the latest finished run's models
-            job = self.logic.startRun(folder, settings, self._onProgress, self._log, self._onFinished)
-        except SFRError as exc:
-            slicer.util.errorDisplay(str(exc), windowTitle="SFR Segmenter")
+            started.append(self.logic.startRun(folder, settings, self._onProgress, self._log, self._onFinished))
+            return True
+
+        stopped = panelrules.run_in_order({
+            "version": lambda: not self._versionProblem or refuse(self._versionProblem),
+            "dependencies": self.ensureDependencies,
+            "checkpoint": lambda: panelrules.check_checkpoint(settings) or True,
+            "cases": lambda: panelrules.check_cases(entries, folder) or True,
+            "unsaved_edits": lambda: self._confirmUnsavedEdits(_("Run SFR")),
+            "lock": lambda: panelrules.check_project_free(folder) or True,
+            "resources": self._confirmResources,
+            "export": export_cases,
+            "start": start,
+        })
+        if stopped is not None:
+            if stopped[1]:
+                slicer.util.errorDisplay(stopped[1], windowTitle=TITLE)
             return
+        job = started[0]
         self._log(("continuing: " if job.action == "continue" else "starting: ") + " ".join(job.args))
-        self.ui.statusLabel.text = "Starting..."
+        self.ui.statusLabel.text = _("Starting...")
         self.timer.start()
         self._updateButtons()
         self.refreshCases()
 
-    def onRetrain(self, *_):
+    def onRetrain(self, *_args):
         """Retrain after corrections: a warm start from the latest finished run when there is one."""
         self.onRun(warm_start=bool(runcontrol.finished_runs(self.projectFolder())))
 
@@ -539,8 +566,9 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         unsaved = self.logic.unsavedEdits()
         if not unsaved:
             return True
-        return slicer.util.confirmYesNoDisplay(edits.unsaved_message(unsaved, action) + f"\n\n{action} anyway?",
-                                               windowTitle="SFR Segmenter: unsaved corrections")
+        question = _("{action} anyway?").format(action=action)
+        return slicer.util.confirmYesNoDisplay(edits.unsaved_message(unsaved, action) + "\n\n" + question,
+                                               windowTitle=_("SFR Segmenter: unsaved corrections"))
 
     def _confirmResources(self):
         """Say what the chosen device offers; ask when it looks short for the chosen backbone."""
@@ -552,20 +580,20 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._log(f"device: {found}")
         if not warnings:
             return True
-        return slicer.util.confirmYesNoDisplay("\n\n".join(warnings) + "\n\nStart the run anyway?",
-                                               windowTitle="SFR Segmenter: GPU and memory")
+        return slicer.util.confirmYesNoDisplay("\n\n".join(warnings) + "\n\n" + _("Start the run anyway?"),
+                                               windowTitle=_("SFR Segmenter: GPU and memory"))
 
-    def onStop(self, *_):
+    def onStop(self, *_args):
         job = self.logic.job
         if job is None or not job.is_active():
             return
-        text = (f"Stop run {job.run_id or ''}?\n\nIt stops at its next safe point; everything finished is "
-                "kept, and Run SFR with the same settings continues it. (Closing the scene or Slicer "
-                "does not stop a run.)")
-        if not slicer.util.confirmOkCancelDisplay(text, windowTitle="SFR Segmenter: stop the run"):
+        text = _("Stop run {run}?\n\nIt stops at its next safe point; everything finished is kept, and Run SFR "
+                 "with the same settings continues it. (Closing the scene or Slicer does not stop a run.)"
+                 ).format(run=job.run_id or "")
+        if not slicer.util.confirmOkCancelDisplay(text, windowTitle=_("SFR Segmenter: stop the run")):
             return
         self.logic.stopRun()
-        self.ui.statusLabel.text = "Stopping at the next safe point..."
+        self.ui.statusLabel.text = _("Stopping at the next safe point...")
         self._updateButtons()
 
     def _onTimer(self):
@@ -588,17 +616,22 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateButtons()
 
     def _onFinished(self, job):
+        """Show how the followed run ended; its results and links come from the job's project."""
         self.timer.stop()
         messages = {
-            "done": "Finished",
-            "cancelled": "Stopped (Run SFR with the same settings continues where it stopped)",
-            "crashed": "The engine process ended without finishing (Run SFR continues it)",
-            "failed": f"Failed: {job.error or 'see the log'}",
+            "done": _("Finished"),
+            "cancelled": _("Stopped (Run SFR with the same settings continues where it stopped)"),
+            "crashed": _("The engine process ended without finishing (Run SFR continues it)"),
+            "failed": _("Failed: {error}").format(error=job.error or _("see the log")),
         }
         self.ui.statusLabel.text = messages.get(job.state, job.state)
-        self.ui.linksLabel.text = provenance.links_html(self.projectFolder(), job.run_id)
+        view = panelrules.finished_view(job.project, self.projectFolder(), job.run_id, job.state)
+        self.ui.linksLabel.text = provenance.links_html(view["project"], job.run_id)
+        if view["message"]:
+            self._log(view["message"])
         if job.state == "done":
             self.ui.progressBar.setValue(100)
+        if view["load"]:
             self._fillRuns(justFinished=job.run_id)
             self.onLoadResults()
         self._updateButtons()
@@ -610,16 +643,12 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         logging.info(f"SFRSegmenter: {text}")
 
     def _updateButtons(self):
-        running = self.logic.job is not None and self.logic.job.is_active()
-        self.ui.runButton.enabled = not running and not self._versionProblem
-        self.ui.retrainButton.enabled = not running and not self._versionProblem
-        self.ui.stopButton.enabled = running and self.logic.job.state in ("launching", "running")
-        self.ui.loadResultsButton.enabled = not running and self.ui.resultsRunComboBox.count > 0
-        hasResults = bool(self.logic.results)
-        for button in (self.ui.acceptButton, self.ui.saveCorrectionButton):
-            button.enabled = hasResults and not running
-        for button in (self.ui.nextFlaggedButton, self.ui.previousFlaggedButton):
-            button.enabled = bool(self._flagged)
+        job = self.logic.job
+        enabled = panelrules.enabled_buttons(self._versionProblem, job.state if job is not None else None,
+                                             self.ui.resultsRunComboBox.count, bool(self.logic.results),
+                                             len(self._flagged))
+        for name, on in enabled.items():
+            getattr(self.ui, name).enabled = on
 
     # ---------------------------------------------------------------- results
     def _fillRuns(self, justFinished=None):
@@ -639,14 +668,14 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             combo.setCurrentIndex(combo.findData(shown))
         self._updateButtons()
 
-    def onLoadResults(self, *_):
+    def onLoadResults(self, *_args):
         referenceNodes = {entry.name: entry.volume for entry in self._cases}
         runId = self.ui.resultsRunComboBox.currentData or None
         try:
             with slicer.util.WaitCursor():
                 results = self.logic.loadResults(self.projectFolder(), runId, referenceNodes)
         except SFRError as exc:
-            slicer.util.errorDisplay(str(exc), windowTitle="SFR Segmenter")
+            slicer.util.errorDisplay(str(exc), windowTitle=TITLE)
             return
         self._fillFlagged(review.flagged_slices({r.case: r.review for r in results}))
         self.ui.reviewCaseComboBox.clear()
@@ -659,13 +688,13 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self._log(labelnext.summary(labelnext.read_label_next(runfolder.run_dir(self.projectFolder(), runId))))
         self._updateButtons()
-        if self._flagged:
+        if len(self._flagged):
             self.stepFlagged(+1)  # the views open on the worst slice of all cases
         else:
             self._showSelectedCase()
 
     def _fillFlagged(self, rows):
-        self._flagged, self._flaggedPosition = rows, -1
+        self._flagged = panelrules.FlaggedCursor(rows)
         table = self.ui.flaggedSlicesTableWidget
         table.setRowCount(len(rows))
         for i, row in enumerate(rows):
@@ -704,16 +733,20 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def stepFlagged(self, delta):
         """Show the next (+1) or previous (-1) flagged slice across all cases, worst first."""
-        position = review.step(self._flagged, self._flaggedPosition, delta)
-        if position >= 0:
-            self.ui.flaggedSlicesTableWidget.setCurrentCell(position, 0)  # shows it (currentCellChanged)
-            self.onFlaggedSliceClicked(position, 0)
+        entry = self._flagged.step(delta)
+        if entry is not None:
+            table = self.ui.flaggedSlicesTableWidget
+            wasBlocked = table.blockSignals(True)  # shown once, below
+            table.setCurrentCell(self._flagged.position, 0)
+            table.blockSignals(wasBlocked)
+            self._showFlagged(entry)
 
     def onFlaggedSliceClicked(self, row, column):
-        if not 0 <= row < len(self._flagged):
-            return
-        self._flaggedPosition = row
-        entry = self._flagged[row]
+        entry = self._flagged.select(row)
+        if entry is not None:
+            self._showFlagged(entry)
+
+    def _showFlagged(self, entry):
         index = self.ui.reviewCaseComboBox.findData(entry["case"])
         if index >= 0 and index != self.ui.reviewCaseComboBox.currentIndex:
             self.ui.reviewCaseComboBox.setCurrentIndex(index)  # shows the case
@@ -723,26 +756,27 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._log(f"error: {exc}")
 
     # ---------------------------------------------------------------- correct
-    def onAccept(self, *_):
+    def onAccept(self, *_args):
         result = self.selectedResult()
         if result is None:
             return
         if edits.has_unsaved_edits(result.segmentation) and not slicer.util.confirmYesNoDisplay(
-                f"{result.case}: the pseudo-label has edits that were not saved. Accept keeps the run's original "
-                "pseudo-label and leaves the edits out (Save correction keeps them).\n\nAccept the original?",
-                windowTitle="SFR Segmenter: unsaved corrections"):
+                _("{case}: the pseudo-label has edits that were not saved. Accept keeps the run's original "
+                  "pseudo-label and leaves the edits out (Save correction keeps them).\n\nAccept the original?"
+                  ).format(case=result.case),
+                windowTitle=_("SFR Segmenter: unsaved corrections")):
             return
         try:  # the run whose pseudo-label is shown, not the newest run
             record = provenance.accept_case(slicer.mrmlScene, self.projectFolder(), result.case,
                                             run_id=resultnodes.run_of(result.segmentation))
         except SFRError as exc:
-            slicer.util.errorDisplay(str(exc), windowTitle="SFR Segmenter")
+            slicer.util.errorDisplay(str(exc), windowTitle=TITLE)
             return
         result.segmentation.SetAttribute(mrmlnodes.ATTR_ACCEPTED, record["source"])
         self._log(f"{result.case}: pseudo-label accepted as its label")
         self.refreshCases()
 
-    def onSaveCorrection(self, *_):
+    def onSaveCorrection(self, *_args):
         result = self.selectedResult()
         if result is None:
             return
@@ -756,7 +790,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     segmentation_node=result.segmentation, reference=result.reference,
                 )
         except SFRError as exc:
-            slicer.util.errorDisplay(str(exc), windowTitle="SFR Segmenter")
+            slicer.util.errorDisplay(str(exc), windowTitle=TITLE)
             return
         self._log(f"{result.case}: correction saved as its label")
         self.refreshCases()
@@ -806,8 +840,8 @@ class SFRSegmenterTest(ScriptedLoadableModuleTest):
 
     def test_workflow(self):
         self.delayDisplay("Loading the sample: 2 labeled and 3 unlabeled hippocampus volumes")
-        sampledata.load_like_sample_data(slicer.mrmlScene, [path for path, _, _ in sampledata.sample_files()],
-                                         sampledata.sample_source())
+        paths = [entry[0] for entry in sampledata.sample_files()]
+        sampledata.load_like_sample_data(slicer.mrmlScene, paths, sampledata.sample_source())
         logic = SFRSegmenterLogic()
         project = self._projectFolder("workflow")
         exported = logic.exportProject(project, logic.sceneCases())

@@ -102,6 +102,43 @@ def test_event_tail_reads_complete_lines_only(tmp_path):
     assert jobs.EventTail(path, jobs.EventTail.size(path)).read() == []
 
 
+def test_following_a_long_run_reads_its_events_over_several_polls(tmp_path):
+    """Following a run from its start (after a restart) does not replay a long events.jsonl in one
+    timer tick: each poll reads at most POLL_BYTES and updates the progress once; the end is seen
+    only after the last event."""
+    run_id = "20260101-100000-0abc"
+    run = engine_jobs.runs_dir(tmp_path) / run_id
+    run.mkdir(parents=True)
+    total = 20000
+    with open(run / "events.jsonl", "w") as fh:
+        fh.write(json.dumps({"event": "stage", "stage": "finetune", "status": "start", "pipeline": True,
+                             "index": 2, "of": 5}) + "\n")
+        for step in range(1, total + 1):
+            fh.write(json.dumps({"event": "progress", "stage": "finetune", "step": step, "total": total,
+                                 "eta_s": 1.0}) + "\n")
+    size = (run / "events.jsonl").stat().st_size
+    assert size > 5 * jobs.SFRJob.POLL_BYTES
+    (run / engine_jobs.STATUS_NAME).write_text(json.dumps({"run_id": run_id, "state": "running"}))
+    engine_jobs.set_latest(tmp_path, run_id)
+    job = jobs.SFRJob.follow(tmp_path)
+    assert job is not None and job.run_id == run_id
+    updates, finished = [], []
+    job.on_progress = lambda j: updates.append(j.progress.step)
+    job.on_finished = finished.append
+    job.poll()
+    assert len(updates) == 1 and 0 < updates[0] < total  # one update, for part of the file
+    assert job._tail.offset <= jobs.SFRJob.POLL_BYTES
+    (run / engine_jobs.STATUS_NAME).write_text(json.dumps({"run_id": run_id, "state": "done"}))
+    polls = 1
+    while job.is_active() and polls < 1000:
+        job.poll()
+        polls += 1
+    assert polls >= size // jobs.SFRJob.POLL_BYTES
+    assert finished == [job] and job.state == "done"
+    assert updates[-1] == total and updates == sorted(updates)  # every event read before the end
+    assert job._tail.offset == size
+
+
 def test_runner_runs_a_real_engine_command(tmp_path, sample_dir):
     project = tmp_path / "proj"
     runner, lines, ended = process_runner.SubprocessRunner(), [], []

@@ -46,6 +46,9 @@ VERIFIED_ATTRIBUTES = {
     "slicer.util.arrayFromVolume": SLICER_UTIL,
     "slicer.util.updateVolumeFromArray": SLICER_UTIL,
     "slicer.util.VTKObservationMixin": SLICER_UTIL,
+    # translations (Base/Python/slicer/i18n.py; used as in Utilities/Templates/Modules/Scripted/TemplateKey.py)
+    "slicer.i18n.tr": "Base/Python/slicer/i18n.py (imported as _)",
+    "slicer.i18n.translate": "Base/Python/slicer/i18n.py (translate(context, text))",
     # application (Base/QTCore/qSlicerCoreApplication.h Q_PROPERTY cachePath, temporaryPath)
     "slicer.app.defaultScenePath": "Base/QTCore/qSlicerCoreApplication.h (Q_PROPERTY defaultScenePath)",
     "slicer.app.temporaryPath": "Base/QTCore/qSlicerCoreApplication.h (Q_PROPERTY temporaryPath)",
@@ -121,6 +124,7 @@ VERIFIED_METHODS = {
     "registerCustomSampleDataSource": "SampleData.SampleDataLogic (staticmethod; loadFileType list, checksums)",
     "downloadFileIntoCache": "SampleData.SampleDataLogic (uri, name, checksum)",
     "setCurrentCell": "QTableWidget",
+    "blockSignals": "QObject (as in Slicer's scripted modules: wasBlocked = widget.blockSignals(True))",
     "setProcessChannelMode": "QProcess",
     "setProcessEnvironment": "QProcess",
     "setWorkingDirectory": "QProcess",
@@ -457,3 +461,24 @@ def test_the_panel_logic_imports_before_the_engines_dependencies_are_installed()
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "imported" in done.stdout
+
+
+def test_the_panels_texts_are_marked_for_translation():
+    """As Slicer's module template does: ``_()`` (slicer.i18n.tr) on the module's title, help and
+    the dialogs' texts, ``translate("qSlicerAbstractCoreModule", ...)`` on the category, and no
+    ``_`` used as a throwaway name where it would hide the function."""
+    text = MODULE_FILE.read_text(encoding="utf-8")
+    assert "from slicer.i18n import tr as _" in text and "from slicer.i18n import translate" in text
+    assert 'self.parent.title = _("SFR Segmenter")' in text
+    assert 'translate("qSlicerAbstractCoreModule", "Segmentation")' in text
+    assert "self.parent.helpText = _(" in text and "self.parent.acknowledgementText = _(" in text
+    assert not re.findall(r'windowTitle="', text)  # every dialog title is marked
+    tree = ast.parse(text)
+    hiding = [node.arg for node in ast.walk(tree) if isinstance(node, ast.arg) and node.arg == "_"]
+    hiding += [node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and node.id == "_"
+               and isinstance(node.ctx, ast.Store)]
+    assert not hiding, "a parameter or variable named _ hides the translation function"
+    # a marked text is never an f-string (its placeholders are filled after translation)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "_":
+            assert all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in node.args), ast.unparse(node)

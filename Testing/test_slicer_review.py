@@ -323,3 +323,27 @@ def test_the_panel_shows_cases_by_estimated_dice_from_the_engines_review_schema(
     assert review.case_label("hippocampus_006", by_case["hippocampus_006"].review).startswith(
         "hippocampus_006 (estimated Dice 62 %, confidence ")
     assert review.case_label("x", {}) == "x"
+
+
+def test_the_panel_reads_gpu_facts_in_a_short_child_process_never_in_its_own():
+    """Slicer's process never imports torch for the GPU facts (torch.cuda.mem_get_info would make
+    a CUDA context there, holding GPU memory while Slicer runs): a fresh Python asks the child."""
+    import subprocess
+
+    code = "\n".join([
+        "import json, sys",
+        f"sys.path[:0] = [{str(REPO / 'SFRSegmenter')!r}, {str(REPO)!r}]",
+        "from SFRSegmenterLogicLib import resources",
+        "found, devices = resources.device_facts('auto', python=sys.executable)",
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'device': found.device, 'cores': found.cpu_cores,",
+        "                  'devices': [d.value for d in devices]}))",
+    ])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    said = json.loads(done.stdout.strip().splitlines()[-1])
+    assert said["torch"] is False
+    here = resources.probe("auto")
+    assert said["device"] == here.device and said["cores"] == here.cpu_cores
+    assert said["devices"][0] == "auto" and "cpu" in said["devices"]
+    with pytest.raises(SFRError, match="could not read the GPU and memory"):
+        resources.device_facts("auto", python=str(REPO / "no-such-python"))

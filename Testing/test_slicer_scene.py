@@ -630,6 +630,37 @@ def test_different_segment_names_are_one_message_and_nothing_is_written(user_sce
     assert project.classes == ["background", *CLASS_NAMES]
 
 
+def test_a_case_missing_one_structure_is_told_to_add_an_empty_segment_which_works(user_scene, tmp_path):
+    """One kidney, no tumour: the case lacks one structure. The message names the case and the
+    missing name and says an empty segment of that name labels it absent; nothing is written.
+    With the empty segment the export works and the engine's own checks accept the project."""
+    from SFRSegmenterLib.preflight import check_run
+    from SFRSegmenterLib.run.config import RunConfig
+
+    scene, nodes, segs, _ = user_scene
+    label = sample_label("hippocampus_003")
+    label[label == 2] = 0  # this case shows no posterior part
+    scene.RemoveNode(segs["hippocampus_003"])
+    seg = add_segmentation(scene, nodes["hippocampus_003"], label, CLASS_NAMES, "seg 3")
+    assert mrml_nodes.segment_names(seg) == ["anterior"]
+    with pytest.raises(SFRError) as err:
+        project_export.export_project(scene, tmp_path / "proj", case_discovery.scene_cases(scene))
+    text = str(err.value)
+    assert "hippocampus_003 has no 'posterior'" in text and "hippocampus_001 has no" not in text
+    assert "add an empty segment of that name" in text and "\n" not in text
+    assert not (tmp_path / "proj").exists()
+
+    seg.GetSegmentation().AddEmptySegment("", "posterior")
+    project = project_export.export_project(scene, tmp_path / "proj", case_discovery.scene_cases(scene))
+    assert project.classes == ["background", *CLASS_NAMES]
+    engine_project = load_project(tmp_path / "proj")
+    check_run(engine_project, RunConfig())  # the engine's preflight: labels readable, within the classes
+    case = next(c for c in engine_project.cases if c.name == "hippocampus_003")
+    written = read_label(engine_project.label_path(case)).array
+    assert sorted(np.unique(written)) == [0, 1]
+    assert np.array_equal(written, label)
+
+
 # --------------------------------------------------------------------------- results tied to a run
 
 

@@ -152,10 +152,26 @@ def scene_cases(scene) -> list:
 
 def check_segment_names(cases: list) -> None:
     """Every labeled case names its segments alike (ignoring case), so that one name is one
-    class; otherwise one message lists each case's names (nothing is written)."""
+    class; otherwise one message lists each case's names and what each case lacks, and says
+    that an empty segment of the missing name labels a structure absent from a case (nothing is
+    written)."""
     named = {e.name: segment_names(e.segmentation) for e in cases
              if e.segmentation is not None and e.effective_role in ("labeled", "validation")}
-    if len({frozenset(n.lower() for n in names) for names in named.values()}) > 1:
-        listing = "; ".join(f"{case}: {', '.join(names) or '(none)'}" for case, names in named.items())
-        raise SFRError("the labeled cases name their segments differently (" + listing + "). Rename the "
-                       "segments so that every labeled case uses the same names: each name is one class.")
+    if len({frozenset(n.lower() for n in names) for names in named.values()}) <= 1:
+        return
+    spelling = {}  # lower-case name -> its first spelling, in case order
+    for names in named.values():
+        for n in names:
+            spelling.setdefault(n.lower(), n)
+    listing = "; ".join(f"{case}: {', '.join(names) or '(none)'}" for case, names in named.items())
+    lacking = []
+    for case, names in named.items():
+        own = {n.lower() for n in names}
+        missing = [shown for key, shown in spelling.items() if key not in own]
+        if missing:
+            lacking.append(f"{case} has no {', '.join(repr(m) for m in missing)}")
+    raise SFRError(
+        "the labeled cases name their segments differently (" + listing + "); each name is one class: "
+        + "; ".join(lacking) + ". Where a structure is absent from a case, add an empty segment of that "
+        "name to its segmentation (Segment Editor: Add, then rename it), which labels it absent there; "
+        "where it is drawn under another name, rename that segment.")

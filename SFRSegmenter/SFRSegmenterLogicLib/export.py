@@ -133,6 +133,31 @@ def _check_entries(cases: list, provenance: dict) -> None:
             raise SFRError(f"case {entry.name!r} has unknown role {entry.role!r}")
         if entry.effective_role == "labeled" and entry.segmentation is None and entry.name not in provenance:
             raise SFRError(f"case {entry.name!r} is marked labeled but has no segmentation")
+        if entry.effective_role == "validation" and entry.segmentation is None and entry.name not in provenance:
+            raise SFRError(f"case {entry.name!r} is marked validation but has no segmentation: a validation case "
+                           "measures the result against its segmentation; pick it in the Segmentation column, or "
+                           "make the case unlabeled")
+
+
+def planned_roles(project_dir: "str | os.PathLike", cases: list) -> dict:
+    """``{case: role}`` :func:`export_project` gives the included cases, known before anything is
+    written: the table's role; automatic is labeled with a segmentation, else unlabeled, except
+    for a case accepted or corrected in this module, which keeps its label (labeled)."""
+    root = Path(project_dir)
+    provenance, labels = {}, {}
+    if (root / MANIFEST_NAME).exists():
+        project = load_project(root)
+        provenance = slicer_state(project)["provenance"]
+        labels = {c.name: c.label for c in project.cases}
+    roles = {}
+    for entry in cases:
+        if entry.role == EXCLUDED:
+            continue
+        role = entry.effective_role
+        if entry.segmentation is None and not entry.role and entry.name in provenance and labels.get(entry.name):
+            role = "labeled"
+        roles[entry.name] = role
+    return roles
 
 
 def export_project(scene, project_dir: "str | os.PathLike", cases: list, name: str = "") -> Project:

@@ -57,11 +57,17 @@ SSL_METHODS = _menu(runcontrol.SSL_METHODS, SSL_LABELS, RunSettings().ssl)
 
 
 class EventTail:
-    """New complete lines of a growing file (``events.jsonl``), from a byte offset on."""
+    """New complete lines of a growing file (``events.jsonl``), from a byte offset on.
+
+    :meth:`read` takes at most ``max_bytes`` a call when given, so following a long run from its
+    start spreads the file over several timer ticks instead of replaying it in one; ``more``
+    says whether the last read stopped before the end of the file.
+    """
 
     def __init__(self, path: "str | os.PathLike", offset: int = 0):
         self.path = Path(path)
         self.offset = offset
+        self.more = False
         self._partial = b""
 
     @staticmethod
@@ -71,12 +77,14 @@ class EventTail:
         except OSError:
             return 0
 
-    def read(self) -> list:
+    def read(self, max_bytes: "int | None" = None) -> list:
         try:
             with open(self.path, "rb") as fh:
                 fh.seek(self.offset)
-                data = fh.read()
+                data = fh.read(-1 if max_bytes is None else max_bytes)
+                self.more = max_bytes is not None and len(data) == max_bytes and bool(fh.read(1))
         except OSError:  # not written yet, or the run folder was deleted
+            self.more = False
             return []
         self.offset += len(data)
         lines = (self._partial + data).split(b"\n")
@@ -96,8 +104,12 @@ class SFRJob:
     ``runner`` runs the short launching command (see module docstring).  Callbacks:
     ``on_progress(job)`` after every event, ``on_log(text)`` for every log line,
     ``on_finished(job)`` once the run has ended (``state`` then is ``done``, ``cancelled``,
-    ``failed`` or ``crashed``; ``error`` says why a run could not start).
+    ``failed`` or ``crashed``; ``error`` says why a run could not start).  Following a run,
+    ``on_progress`` comes once per :meth:`poll`, after at most :attr:`POLL_BYTES` of events.
     """
+
+    #: Bytes of ``events.jsonl`` one :meth:`poll` reads (about a thousand events).
+    POLL_BYTES = 128 * 1024
 
     def __init__(
         self,
@@ -200,8 +212,9 @@ class SFRJob:
             return
         if not self.is_active() or self._tail is None:
             return
-        for line in self._tail.read():
-            self._line(line)
+        self._deliver(self._tail.read(self.POLL_BYTES))
+        if self._tail.more:
+            return  # the rest on the next polls; the end is seen once every event is read
         if not self.run_path.is_dir():
             self.error = f"the run folder {self.run_path} was deleted"
             self._end("failed")
@@ -220,8 +233,7 @@ class SFRJob:
             return
         if runcontrol.engine_pids(self.run_path):
             return  # final state written; the engine still writes its report and lock
-        for line in self._tail.read():
-            self._line(line)
+        self._deliver(self._tail.read())
         self.error = self.status.get("error") or (self.error if state == "failed" else None)
         self._end(state if state in FINAL_STATES else "failed")
 
@@ -257,13 +269,21 @@ class SFRJob:
         if self.on_log:
             self.on_log(text)
 
-    def _line(self, line: str) -> None:
+    def _line(self, line: str, notify: bool = True) -> bool:
+        """Feed one line; True when it was an event (``on_progress`` called when ``notify``)."""
         before = len(self.progress.log)
         event = self.progress.feed(line)
         for text in self.progress.log[before:]:
             if self.on_log:
                 self.on_log(text)
-        if event is not None and self.on_progress:
+        if event is not None and notify and self.on_progress:
+            self.on_progress(self)
+        return event is not None
+
+    def _deliver(self, lines: list) -> None:
+        """Feed the lines of one poll; ``on_progress`` once after them (not once per event)."""
+        events_seen = [self._line(line, notify=False) for line in lines]
+        if any(events_seen) and self.on_progress:
             self.on_progress(self)
 
     def _end(self, state: str) -> None:

@@ -1,6 +1,9 @@
 """GPU and memory, checked before a long run: what the panel says before it starts one.
 
-:func:`probe` reads what the chosen device offers (torch for the GPU, psutil for the RAM);
+:func:`probe` reads what the chosen device offers (torch for the GPU, psutil for the RAM); the
+panel calls it through :func:`probe_in_subprocess`, in a short child process, so that Slicer's
+own process never imports torch nor creates a CUDA context (``mem_get_info`` makes one, which
+holds GPU memory for as long as Slicer runs);
 :func:`warnings` compares it with what a run of the chosen backbone is known to need.  Only
 measured needs are used, each from a benchmark under ``bench/results``; for a backbone without
 a measurement the panel says so instead of guessing.  The engine still retries with smaller
@@ -10,8 +13,12 @@ run, not a gate.
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 #: Peak GPU memory of SAM fine-tuning at the engine's defaults on CUDA (bf16, batch 2, no
 #: activation checkpointing), in GiB: bench/results/sam_gpu.md.
@@ -96,3 +103,60 @@ def describe(resources: Resources) -> str:
     if resources.ram_available_gib is not None:
         parts.append(f"{resources.ram_available_gib:.1f} GiB RAM available")
     return ", ".join(parts)
+
+
+# --------------------------------------------------------------------------- in a child process
+
+#: Seconds the child may take (importing torch the first time can be slow).
+PROBE_TIMEOUT_S = 180.0
+
+
+def _child_environment() -> dict:
+    """The engine's child environment, with this package importable too."""
+    from .runner import child_environment
+
+    env = child_environment()
+    here = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def device_facts(device: str = "auto", python: "str | None" = None, timeout_s: float = PROBE_TIMEOUT_S) -> tuple:
+    """``(Resources of device, [DeviceChoice, ...])``, read by a short child process
+    (``python -m SFRSegmenterLogicLib.resources DEVICE``), never in this process.  One line
+    (SFRError) when the child fails: its last error line."""
+    from SFRSegmenterLib.errors import SFRError
+
+    from .environment import DeviceChoice
+    from .runner import python_executable
+
+    args = [python or python_executable(), "-m", "SFRSegmenterLogicLib.resources", device]
+    try:
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s, env=_child_environment(),
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SFRError(f"could not read the GPU and memory: {exc}") from None
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        errors = [line for line in proc.stderr.splitlines() if line.strip()]
+        raise SFRError("could not read the GPU and memory: " + (errors[-1] if errors else f"exit {proc.returncode}"))
+    data = json.loads(lines[-1])
+    return Resources(**data["resources"]), [DeviceChoice(*choice) for choice in data["devices"]]
+
+
+def probe_in_subprocess(device: str = "auto", python: "str | None" = None) -> Resources:
+    """:func:`probe` in a short child process (see :func:`device_facts`)."""
+    return device_facts(device, python)[0]
+
+
+def _main(argv) -> int:
+    from .environment import available_devices
+
+    found = probe(argv[0] if argv else "auto")
+    devices = [[choice.value, choice.label] for choice in available_devices(import_torch=True)]
+    print(json.dumps({"resources": asdict(found), "devices": devices}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -186,6 +186,20 @@ def _config_from_args(args, project):
     return cfg
 
 
+#: How ``sfr run`` fetches the official SAM ViT-B file (stage F's ``download`` field).
+DOWNLOAD_HINT = "run again with --sam-option download=true on a machine with internet"
+
+
+def check_checkpoint(cfg) -> None:
+    """Stage F's base weights are there (or may be downloaded) before a run folder exists: a
+    missing ViT checkpoint is one line now, not a failure after stitching."""
+    from ..run.config import finetune_config
+    from ..sam.checkpoints import locate_checkpoint
+
+    stage = finetune_config(cfg)
+    locate_checkpoint(stage.backbone, stage.checkpoint, can_download=stage.download, download_hint=DOWNLOAD_HINT)
+
+
 def run(args) -> int:
     from ..run import config, job
 
@@ -217,6 +231,7 @@ def run(args) -> int:
         from ..run.budget import effective
 
         check_run(project, effective(cfg))  # everything the run needs, before the first stage
+        check_checkpoint(effective(cfg))
         run_id, path = jobs.new_run_id(), None
     # the lock first: only its holder creates a run folder or moves runs/latest, so of two starts
     # (a double click) the refused one leaves nothing behind

