@@ -45,7 +45,8 @@ from .volume import (
     volume_entry,
     volume_suffix,
 )
-from .outputs import RECORD_FILE, guard_output
+from .guard import guard_output
+from .outputs import RECORD_FILE
 from .write import write_segmentation, write_volume
 
 __all__ = [

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from ..errors import SFRError
 from .guard import check_output
+from .outputs import note_written
+from .raw import default_file_mode, sha256_file  # noqa: F401 - importable from here as before
 from .jsonfile import read_json  # noqa: F401 - the one JSON reader, importable from here as before
 from .volume import volume_suffix
 
@@ -34,20 +36,11 @@ class _atomic_path:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
-            from .outputs import note_written  # (outputs imports this module)
-
             note_written(self.path, self.tmp)  # recorded first: a kill in between leaves sfr's files
             os.replace(self.tmp, self.path)
         else:
             self.tmp.unlink(missing_ok=True)
         return False
-
-
-def default_file_mode() -> int:
-    """The mode a plain ``open(path, 'w')`` would give a new file (0666 less the umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def atomic_path(path: "str | os.PathLike", manifest: bool = False) -> _atomic_path:
@@ -72,22 +65,3 @@ def write_text_atomic(path: "str | os.PathLike", text: str, manifest: bool = Fal
 def write_json_atomic(path: "str | os.PathLike", data, manifest: bool = False) -> None:
     """Write ``data`` as indented JSON (and a final newline) to ``path`` all or nothing."""
     write_text_atomic(path, json.dumps(data, indent=2) + "\n", manifest)
-
-
-_SHA_CACHE: dict = {}
-
-
-def sha256_file(path: "str | os.PathLike") -> str:
-    """sha256 of a file's contents (remembered per path, size and modification time)."""
-    p = Path(path)
-    st = p.stat()
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        import hashlib
-
-        digest = hashlib.sha256()
-        with open(p, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        _SHA_CACHE[key] = digest.hexdigest()
-    return _SHA_CACHE[key]

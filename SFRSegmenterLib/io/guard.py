@@ -15,6 +15,7 @@ from typing import Iterable
 
 from ..errors import SFRError
 from .jsonfile import read_json
+from .outputs import check_replace, claim
 from .volume import volume_suffix
 
 #: The manifest's file name (defined here so the guard needs no import of ``manifest``).
@@ -130,8 +131,6 @@ def check_output(path: "str | os.PathLike", manifest: bool = False) -> None:
         for key in keys:
             if key in inputs:
                 raise SFRError(f"refusing to overwrite {inputs[key]}; choose another output", path)
-    from .outputs import check_replace  # (outputs imports this module)
-
     check_replace(path)  # a claimed output folder: only what sfr wrote is replaced
 
 
@@ -152,3 +151,31 @@ def inside(folder: "str | os.PathLike", name: str) -> Path:
     if full == base:
         raise SFRError(f"output name {name!r} is not a file name", target)
     return target
+
+
+def _manifests_at_or_above(path: "str | os.PathLike"):
+    start = Path(os.path.abspath(os.fspath(path)))
+    for top in (start, Path(os.path.realpath(start))):
+        for folder in (top, *top.parents):
+            candidate = folder / MANIFEST_FILE
+            if candidate.is_file():
+                yield candidate
+
+
+def protect_projects(paths, why_prefix: str = "") -> None:
+    """Protect the images and labels of every project at or above each of ``paths`` (the model,
+    the images, the output, the project given), wherever its manifest says they lie."""
+    for p in paths:
+        if p is None:
+            continue
+        for manifest in _manifests_at_or_above(p):
+            for key, why in _project_inputs(manifest).items():
+                _PROTECTED.setdefault(key, why_prefix + why)
+
+
+def guard_output(out: "str | os.PathLike", overwrite: bool = False, file: bool = False, related=()) -> None:
+    """The output rule for one command, before any work: claim ``out`` (a folder, or with
+    ``file`` the one output file) and protect every project identified from ``out`` and the
+    ``related`` paths (the model, the images, the project given)."""
+    claim(out, overwrite, file=file)
+    protect_projects([out, *related])

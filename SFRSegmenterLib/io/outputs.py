@@ -10,8 +10,9 @@
    (:func:`protect_projects`; a manifest may keep its images outside its folder, so its own
    image and label paths are protected, wherever they lie), and the command's own inputs.
 
-The checks run in :func:`~.guard.check_output` (every writer calls it) and the record is
-updated by the one atomic writer, so a claimed folder is guarded whichever writer writes.
+The checks run in :func:`~.guard.check_output` (every writer calls it; :func:`~.guard.guard_output`
+claims a command's ``--out`` and protects the projects) and the record is updated by the one
+atomic writer, so a claimed folder is guarded whichever writer writes.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import os
 from pathlib import Path
 
 from ..errors import SFRError
+from .jsonfile import read_json
+from .raw import sha256_file, write_record_json
 
 #: The record of what ``sfr`` wrote in an output folder.
 RECORD_FILE = ".sfr-written.json"
@@ -50,16 +53,12 @@ def _claimed(path: Path):
 
 
 def _read_record(folder: Path) -> dict:
-    from .files import read_json
-
     data = read_json(folder / RECORD_FILE, "record of sfr's outputs", missing={}, damaged={})
     files = data.get("files") if isinstance(data, dict) else None
     return files if isinstance(files, dict) else {}
 
 
 def _stamp(path: Path, with_digest: bool = True) -> dict:
-    from .files import sha256_file
-
     st = path.stat()
     entry = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
     if with_digest:
@@ -102,8 +101,6 @@ def note_written(path: "str | os.PathLike", content: "str | os.PathLike | None" 
     """Add ``path`` to the record of its claimed folder, atomically: its contents are ``content``
     (the atomic writer's temporary file, recorded before the rename puts it in place; a rename
     keeps the modification time) or ``path`` itself."""
-    from .files import write_json_atomic
-
     path = Path(path)
     source = Path(content) if content is not None else path
     if path.name == RECORD_FILE or _claimed(path)[0] is None or not source.is_file():
@@ -115,7 +112,7 @@ def note_written(path: "str | os.PathLike", content: "str | os.PathLike | None" 
         earlier = [old.get("sha256"), *(old.get("earlier") or [])]
         entry["earlier"] = [d for d in dict.fromkeys(earlier) if d and d != entry["sha256"]][:EARLIER_VERSIONS]
         files[path.name] = entry
-        write_json_atomic(path.parent / RECORD_FILE, {"written_by": "sfr", "files": dict(sorted(files.items()))})
+        write_record_json(path.parent / RECORD_FILE, {"written_by": "sfr", "files": dict(sorted(files.items()))})
 
 
 class _folder_lock:
@@ -139,35 +136,3 @@ class _folder_lock:
         if self.fd is not None:
             os.close(self.fd)  # closing releases the lock
         return False
-
-
-def _manifests_at_or_above(path: "str | os.PathLike"):
-    from .guard import MANIFEST_FILE
-
-    start = Path(os.path.abspath(os.fspath(path)))
-    for top in (start, Path(os.path.realpath(start))):
-        for folder in (top, *top.parents):
-            candidate = folder / MANIFEST_FILE
-            if candidate.is_file():
-                yield candidate
-
-
-def protect_projects(paths, why_prefix: str = "") -> None:
-    """Protect the images and labels of every project at or above each of ``paths`` (the model,
-    the images, the output, the project given), wherever its manifest says they lie."""
-    from .guard import _PROTECTED, _project_inputs
-
-    for p in paths:
-        if p is None:
-            continue
-        for manifest in _manifests_at_or_above(p):
-            for key, why in _project_inputs(manifest).items():
-                _PROTECTED.setdefault(key, why_prefix + why)
-
-
-def guard_output(out: "str | os.PathLike", overwrite: bool = False, file: bool = False, related=()) -> None:
-    """The output rule for one command, before any work: claim ``out`` (a folder, or with
-    ``file`` the one output file) and protect every project identified from ``out`` and the
-    ``related`` paths (the model, the images, the project given)."""
-    claim(out, overwrite, file=file)
-    protect_projects([out, *related])
