@@ -70,6 +70,7 @@ def summarize_run(run: Path) -> dict:
     # rule changed is re-judged by today's sfrplus.choose_round; 'published' is what it published)
     records = [sfrplus.RoundRecord.from_json(rec) for rec in rounds.get("rounds", [])]
     out["published_by_current_rule"] = records[sfrplus.choose_round(records)].round if records else None
+    out["rejudged"] = rejudge(run)
     for rec in rounds.get("rounds", []):
         entries = round_entries(run, rec["round"])
         cases = rec["cases"]
@@ -95,6 +96,43 @@ def summarize_run(run: Path) -> dict:
         }
         out["rounds"].append(row)
     return out
+
+
+def rejudge(run: Path) -> dict:
+    """The run's rounds judged again with today's calibration and trust rule, by the product's own
+    functions on the run's cached measurements: ``quality.estimate`` (through the pipeline's
+    ``with_estimates``), the run's trust policy (``sfrplus.build_policy`` on its configuration), and
+    ``sfrplus.round_record`` / ``choose_round``.  The later rounds' *outputs* stay what the run's
+    own decisions made them: this says how the estimate ranks and which round it would publish,
+    not what a run with it would have trained."""
+    from SFRSegmenterLib.manifest import load_project
+    from SFRSegmenterLib.run import config as run_config
+    from SFRSegmenterLib.run import pipeline as run_pipeline
+
+    cfg_json = _json(run / "config.json", {})
+    fields = {f for f in run_config.RunConfig.__dataclass_fields__}
+    cfg = run_config.RunConfig(**{k: v for k, v in cfg_json.items() if k in fields})
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pipe = run_pipeline.Pipeline(load_project(run.parents[1]), Path(tmp) / "run", cfg)
+        records, rows = [], []
+        n = len(_json(run / "rounds.json", {}).get("rounds", []))
+        for r in range(n):
+            entries = pipe.with_estimates(round_entries(run, r))
+            trusted = pipe.trust(entries)
+            rec = sfrplus.round_record(r, entries, trusted, records[-1] if records else None,
+                                       pipe._labeled_mm3(), [], [])
+            records.append(rec)
+            est = [entries[c]["estimated_dice"] for c in entries]
+            dice = [entries[c].get("dice") for c in entries]
+            t = [entries[c]["dice"] for c in entries if trusted[c]]
+            u = [entries[c]["dice"] for c in entries if not trusted[c]]
+            rows.append({"round": r, "estimate": quality.accuracy(est, dice), "mean_estimated_dice": rec.mean_estimated_dice,
+                         "mean_dice": rec.mean_dice, "trusted": sorted(c for c in entries if trusted[c]),
+                         "trusted_minus_untrusted": round(float(np.mean(t) - np.mean(u)), 6) if t and u else None})
+        chosen = sfrplus.choose_round(records) if records else None
+    return {"calibration": quality.DEFAULT.to_json(), "rounds": rows, "would_publish": chosen}
 
 
 def signal_table(entries: dict) -> dict:
@@ -192,6 +230,15 @@ def write(result: dict, name: str) -> None:
             sg = r["signals"]
             lines.append(f"| {run['seed']} | {r['round']} | {sg['agreement']} | {sg['structure_confidence']} | "
                          f"{sg['size_error']} | {sg['case_confidence']} |")
+    lines += ["", "## The same rounds judged with today's calibration (the product's estimate, trust rule and round choice on each run's cached measurements)", "",
+              f"Calibration: `{json.dumps(quality.DEFAULT.to_json())}`. The rounds' outputs are those the run's own decisions made.", "",
+              "| seed | round | mean Dice | est. mean | Spearman est. | MAE est. | trusted - untrusted | would publish |", "|---|---|---|---|---|---|---|---|"]
+    for run in result["runs"]:
+        rj = run.get("rejudged") or {}
+        for row in rj.get("rounds", []):
+            lines.append(f"| {run['seed']} | {row['round']} | {_pct(row['mean_dice'])} | {_pct(row['mean_estimated_dice'])} | "
+                         f"{row['estimate']['spearman']} | {_pct(row['estimate']['mae'])} | {_pct(row['trusted_minus_untrusted'])} | "
+                         f"{'yes' if row['round'] == rj.get('would_publish') else ''} |")
     fit = result.get("fit") or {}
     if fit.get("folds"):
         lines += ["", "## Calibration fitted on the other runs, scored on the one left out (per class)", "",
