@@ -95,10 +95,14 @@ def test_pipeline_confidence_stage_outputs_stay_inside_the_stage(finished, tmp_p
     from SFRSegmenterLib.errors import SFRError
 
     root, run = finished
-    pipe = _pipeline(_project_with_bad_case(root), tmp_path / "run")
-    pipe.runner.records["retrain-r0"] = {"key": "the finished run's V-Net"}
+    project = _project_with_bad_case(root)
+    pipe = _pipeline(project, tmp_path / "run")
+    pipe.runner.records.update({"retrain-r0": {"key": "the finished run's V-Net"},
+                                "pseudolabel-r0": {"key": "the finished run's SAM labels"}})
+    sam = run / "stages" / "pseudolabel-r0"  # SAM's label each case is compared with
+    sam_labels = {c.name: sam / f"{CASES[2] if c.name == BAD else c.name}.nii.gz" for c in project.by_role("unlabeled")}
     with pytest.raises(SFRError) as exc:
-        pipe.stage_confidence(0, run / "stages" / "retrain-r0", None)
+        pipe.stage_confidence(0, run / "stages" / "retrain-r0", sam_labels)
     _refused(exc, tmp_path / "run" / "stages" / "confidence-r0", BAD + "_lowconf.nii.gz")
     assert not list((tmp_path / "run" / "stages").glob("*.nii.gz"))
 
@@ -131,7 +135,7 @@ def test_pipeline_finalize_refuses_a_case_name_read_from_a_stage_file(finished, 
     pipe.runner.records.update({"confidence-r0": {"key": "c"}, "retrain-r0": {"key": "r"}})
     before = set(p.name for p in (tmp_path / "run").iterdir())
     with pytest.raises(SFRError) as exc:
-        pipe.finalize(cf, run / "stages" / "retrain-r0", [])
+        pipe.finalize(cf, run / "stages" / "retrain-r0", [], 0)
     _refused(exc, tmp_path / "run" / "pseudo", BAD + ".nii.gz")
     assert not [n for n in set(p.name for p in (tmp_path / "run").iterdir()) - before if n.endswith(".nii.gz")]
 
