@@ -36,8 +36,12 @@ class _atomic_path:
         if exc_type is None:
             from .outputs import note_written  # (outputs imports this module)
 
-            note_written(self.path, self.tmp)  # recorded first: a kill in between leaves sfr's files
-            os.replace(self.tmp, self.path)
+            try:
+                note_written(self.path, self.tmp)  # recorded first: a kill in between leaves sfr's files
+                os.replace(self.tmp, self.path)
+            except BaseException:
+                self.tmp.unlink(missing_ok=True)  # a failed rename (name too long, disk) leaves no stray file
+                raise
         else:
             self.tmp.unlink(missing_ok=True)
         return False

@@ -23,6 +23,8 @@ _PROTECTED: dict = {}
 _MANIFEST_CACHE: dict = {}
 #: The file the engine's writers were last asked to write (a full disk's error names it).
 LAST_OUTPUT: "str | None" = None
+#: Bytes a file name holds on the usual file systems (ext4, XFS, APFS, NTFS in UTF-16 units).
+NAME_MAX = 255
 
 
 def _guard_keys(path: "str | os.PathLike") -> set:
@@ -119,6 +121,10 @@ def check_output(path: "str | os.PathLike", manifest: bool = False) -> None:
     """
     global LAST_OUTPUT
     LAST_OUTPUT = os.fspath(path)
+    size = len(os.fsencode(os.path.basename(LAST_OUTPUT)))
+    if size > NAME_MAX:  # refused before the write, not as an OSError after the work
+        raise SFRError(f"the output file name is {size} bytes, more than the {NAME_MAX} a file name holds; "
+                       "give the input a shorter name", path)
     keys = _guard_keys(path)
     for key in keys:
         if key in _PROTECTED:

@@ -118,6 +118,28 @@ def note_written(path: "str | os.PathLike", content: "str | os.PathLike | None" 
         write_json_atomic(path.parent / RECORD_FILE, {"written_by": "sfr", "files": dict(sorted(files.items()))})
 
 
+def move_own(src: "str | os.PathLike", dst: "str | os.PathLike") -> None:
+    """Rename one of sfr's files inside its folder (a save keeping its previous files aside),
+    through the output guard: ``src`` and ``dst`` are both checked (neither may be a file sfr did
+    not write, nor an input), and ``dst`` is recorded before the rename (a kill in between leaves
+    it sfr's)."""
+    from .guard import check_output
+
+    check_output(src)
+    check_output(dst)
+    note_written(dst, src)
+    os.replace(src, dst)
+
+
+def remove_own(path: "str | os.PathLike") -> None:
+    """Delete ``path`` (no file: nothing to do) only where the output guard lets sfr replace it."""
+    from .guard import check_output
+
+    if os.path.lexists(path):
+        check_output(path)
+        os.unlink(path)
+
+
 class _folder_lock:
     """An exclusive lock on a folder while its record is updated (processes of one torchrun job
     write their cases into one folder); a no-op where ``fcntl`` is missing (Windows)."""
