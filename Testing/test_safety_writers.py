@@ -7,6 +7,7 @@ siblings: each test failed on the code before its fix (real files, real ``sfr`` 
   checkpoint written beside it).
 * ``sfr predict`` / ``review`` of an image whose case name is too long for its output names wrote
   the label, then failed on the confidence map naming a temporary file, and left it behind.
+* ``sfr run --warm-start`` refused the runs of a moved project ("belongs to another project").
 """
 
 from __future__ import annotations
@@ -67,3 +68,23 @@ def test_predict_refuses_a_case_name_too_long_for_its_outputs_before_any_work(tm
         proc = run_sfr(command, "--model", run / "vnet", "--images", images, "--out", out, "--device", "cpu")
         assert_one_line(proc, image, "bytes")
         assert not out.exists() or not list(out.iterdir())  # before the fix: a label and a stray .tmp file
+
+
+def test_a_moved_project_warm_starts_from_its_runs(tmp_path):
+    root = make_project(tmp_path)
+    assert run_sfr("run", root, *TINY).returncode == 0
+    moved = tmp_path / "moved"
+    root.rename(moved)
+    proc = run_sfr("run", moved, "--warm-start", *TINY)
+    assert proc.returncode == 0, proc.stderr  # before the fix: "belongs to another project", exit 2
+    # a run copied into another project with other cases is still refused
+    other = make_project(tmp_path / "b")
+    manifest = (other / "sfr-project.json").read_text()
+    (other / "sfr-project.json").write_text(manifest.replace(CASES[2], "hippocampus_099"))
+    for folder in ("images", "labels"):
+        shutil.copy(other / folder / f"{CASES[2]}.nii.gz", other / folder / "hippocampus_099.nii.gz")
+    (other / "runs").mkdir()
+    source = moved / "runs" / (moved / "runs" / "latest").read_text().strip()
+    shutil.copytree(source, other / "runs" / source.name)
+    proc = run_sfr("run", other, "--warm-start", source.name, *TINY)
+    assert_one_line(proc, "another project")
