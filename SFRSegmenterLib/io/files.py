@@ -10,7 +10,9 @@ from pathlib import Path
 
 from ..errors import SFRError
 from .guard import check_output
+from .digest import sha256_file  # noqa: F401 - importable from here as before
 from .jsonfile import read_json  # noqa: F401 - the one JSON reader, importable from here as before
+from .record import note_written
 from .volume import volume_suffix
 
 __all__ = ["atomic_path", "default_file_mode", "read_json", "sha256_file", "write_json_atomic", "write_text_atomic"]
@@ -34,8 +36,6 @@ class _atomic_path:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
-            from .outputs import note_written  # (outputs imports this module)
-
             try:
                 note_written(self.path, self.tmp)  # recorded first: a kill in between leaves sfr's files
                 os.replace(self.tmp, self.path)
@@ -76,22 +76,3 @@ def write_text_atomic(path: "str | os.PathLike", text: str, manifest: bool = Fal
 def write_json_atomic(path: "str | os.PathLike", data, manifest: bool = False) -> None:
     """Write ``data`` as indented JSON (and a final newline) to ``path`` all or nothing."""
     write_text_atomic(path, json.dumps(data, indent=2) + "\n", manifest)
-
-
-_SHA_CACHE: dict = {}
-
-
-def sha256_file(path: "str | os.PathLike") -> str:
-    """sha256 of a file's contents (remembered per path, size and modification time)."""
-    p = Path(path)
-    st = p.stat()
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        import hashlib
-
-        digest = hashlib.sha256()
-        with open(p, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        _SHA_CACHE[key] = digest.hexdigest()
-    return _SHA_CACHE[key]

@@ -15,6 +15,7 @@ from typing import Iterable
 
 from ..errors import SFRError
 from .jsonfile import read_json
+from .record import check_replace
 from .volume import volume_suffix
 
 #: The manifest's file name (defined here so the guard needs no import of ``manifest``).
@@ -136,8 +137,6 @@ def check_output(path: "str | os.PathLike", manifest: bool = False) -> None:
         for key in keys:
             if key in inputs:
                 raise SFRError(f"refusing to overwrite {inputs[key]}; choose another output", path)
-    from .outputs import check_replace  # (outputs imports this module)
-
     check_replace(path)  # a claimed output folder: only what sfr wrote is replaced
 
 
