@@ -30,7 +30,8 @@ from .clock import utcnow
 from .collapse import ClassBalance
 from .device import describe_device, resolve_device
 from .errors import Cancelled, SFRError
-from .io import atomic_path, read_image, read_json, read_label
+from .io import atomic_path, check_outputs, read_image, read_json, read_label
+from .io.outputs import move_own, remove_own
 from .manifest import Project, write_json_atomic
 from .project_folders import SAM_MODEL_META
 from .sam import augment
@@ -49,6 +50,8 @@ MODEL_META = SAM_MODEL_META  # one name, in project_folders.py
 PARTS_FILE = "sam_parts.pt"
 STATE_FILE = "train_state.pt"
 PREV = ".prev"  # suffix of the previous save's files while a save is in progress
+#: Every file a save writes, moves or removes in the model folder.
+SAVED_FILES = (PARTS_FILE, STATE_FILE, MODEL_META, PARTS_FILE + PREV, STATE_FILE + PREV)
 FORMAT = "sfr-sam-model"
 FORMAT_VERSION = 1
 
@@ -208,6 +211,7 @@ def finetune(
     ``out_dir`` is required: only ``sfr finetune`` knows the default ``PROJECT/models/sam``
     (:mod:`.project_folders`)."""
     out_dir = Path(out_dir)
+    check_outputs(out_dir / name for name in SAVED_FILES)  # before any work (a user's file in --out)
     spec = get_spec(cfg.backbone)
     if cfg.iterations < 1 or cfg.batch_size < 1 or cfg.save_every < 1:
         raise SFRError("iterations, batch size and save interval must be >= 1")
@@ -315,7 +319,7 @@ def finetune(
         # kill anywhere in here leaves a resumable folder
         for name in (PARTS_FILE, STATE_FILE):
             if (out_dir / name).exists():
-                os.replace(out_dir / name, out_dir / (name + PREV))
+                move_own(out_dir / name, out_dir / (name + PREV))  # through the output guard
         with atomic_path(out_dir / PARTS_FILE) as tmp:
             torch.save(parts, tmp)
         with atomic_path(out_dir / STATE_FILE) as tmp:
@@ -332,7 +336,7 @@ def finetune(
         )
         write_json_atomic(out_dir / MODEL_META, meta)
         for name in (PARTS_FILE, STATE_FILE):
-            (out_dir / (name + PREV)).unlink(missing_ok=True)
+            remove_own(out_dir / (name + PREV))
 
     cache = None
     if cfg.embedding_cache and start < cfg.iterations:

@@ -66,9 +66,22 @@ def _proc_start(pid: int) -> str | None:
         return None
 
 
-def pid_alive(pid: int, proc_start: str | None = None) -> bool:
-    """True when ``pid`` runs (and, if ``proc_start`` is given and knowable, is the same process)."""
-    if pid <= 0:
+#: The largest process id any system gives (a C int); a larger "pid" in a record is malformed.
+PID_MAX = 2 ** 31 - 1
+
+
+def valid_pid(value) -> "int | None":
+    """``value`` when it can be a process id (an integer 1..PID_MAX), else None (a hand-edited or
+    damaged record: a string, a list, a number os.kill cannot take)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= PID_MAX:
+        return None
+    return value
+
+
+def pid_alive(pid: "int | None", proc_start: str | None = None) -> bool:
+    """True when ``pid`` runs (and, if ``proc_start`` is given and knowable, is the same process);
+    False for anything that cannot be a process id."""
+    if valid_pid(pid) is None:
         return False
     if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows
         import psutil
@@ -109,15 +122,14 @@ class ProjectLock:
     @staticmethod
     def read(path: Path) -> dict | None:
         """The lock's record; None when there is no lock, ``{}`` when it is unreadable or malformed
-        (not a JSON object, a pid that is not an integer, a host that is not a name): such a lock
+        (not a JSON object, a pid that is not a process id, a host that is not a name): such a lock
         is judged like a half-written one (stale once old, see :meth:`_judge`)."""
         info = read_json(path, "project lock", missing=None, damaged={})
         if info is None:
             return None
         if not isinstance(info, dict):
             return {}
-        pid, host = info.get("pid"), info.get("host")
-        if isinstance(pid, bool) or not isinstance(pid, int) or not isinstance(host, str):
+        if valid_pid(info.get("pid")) is None or not isinstance(info.get("host"), str):
             return {}
         return info
 
@@ -126,7 +138,7 @@ class ProjectLock:
         """True/False for a lock of this host; None when it belongs to another host."""
         if info.get("host") != socket.gethostname():
             return None
-        return pid_alive(int(info.get("pid", -1)), info.get("proc_start"))
+        return pid_alive(info.get("pid"), info.get("proc_start"))
 
     def check_free(self) -> None:
         """Raise SFRError if a live run holds the lock (clears a stale one)."""
@@ -282,6 +294,8 @@ def read_status(run_path: Path) -> dict:
     status = read_json(path, "run status file", missing=None)
     if status is None:
         status = {"state": "unknown", "run_id": Path(run_path).name}
+    if not isinstance(status, dict):
+        raise SFRError("the run status file is not a JSON object (damaged or edited by hand)", path)
     if status.get("state") == "starting" and not status.get("pid"):
         launcher = read_json(RunFolder(run_path).launcher, "launcher record", missing=None, damaged=None)
         if launcher:
@@ -289,7 +303,7 @@ def read_status(run_path: Path) -> dict:
     if status.get("state") in ("starting", "running"):
         host_ok = status.get("host") in (None, socket.gethostname())
         pid = status.get("pid")
-        if host_ok and pid and not pid_alive(int(pid), status.get("proc_start")):
+        if host_ok and pid and not pid_alive(pid, status.get("proc_start")):  # a malformed pid runs nothing
             # every way out of a run writes a final state: a missing process means it was
             # killed (kill -9, power loss) or crashed hard
             status["state"] = "crashed"

@@ -145,6 +145,12 @@ class RunFolder:
                 out[str(entry["case"])] = entry
         return out
 
+    def cases_not_in(self, case_names) -> list:
+        """The cases this run reviewed that ``case_names`` (a project's) lacks, sorted.  A run whose
+        recorded project lies elsewhere is this project's own (moved or renamed as a whole) only
+        when this is empty; else it was copied from another project."""
+        return sorted(set(self.read_review()) - {str(c) for c in case_names})
+
     def pseudo_cases(self) -> list:
         """Names of the cases with a pseudo-label in the run, sorted."""
         if not self.pseudo.is_dir():

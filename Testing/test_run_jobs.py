@@ -44,6 +44,7 @@ def status(sfr, root, cli=False):
 def progress_steps(run, stage_name):
     """Progress steps reported while pipeline stage ``stage_name`` ran, per attempt."""
     attempts, current = [], None
+    kind = stage_name.rsplit("-r", 1)[0]  # the training's own steps, not the embedding cache's ("embed")
     for line in (run / "events.jsonl").read_text().splitlines():
         try:
             e = json.loads(line)
@@ -53,8 +54,8 @@ def progress_steps(run, stage_name):
             current = e["stage"]
             if current == stage_name:
                 attempts.append([])
-        elif e["event"] == "progress" and current == stage_name and attempts and e["stage"] != "embed":
-            attempts[-1].append(e["step"])  # the training loop's steps (the embedding cache is rebuilt)
+        elif e["event"] == "progress" and current == stage_name and attempts and e.get("stage") == kind:
+            attempts[-1].append(e["step"])
     return attempts
 
 

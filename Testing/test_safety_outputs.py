@@ -95,12 +95,12 @@ def test_pipeline_confidence_stage_outputs_stay_inside_the_stage(finished, tmp_p
     from SFRSegmenterLib.errors import SFRError
 
     root, run = finished
-    pipe = _pipeline(_project_with_bad_case(root), tmp_path / "run")
+    project = _project_with_bad_case(root)
+    pipe = _pipeline(project, tmp_path / "run")
     pipe.runner.records.update({"retrain-r0": {"key": "the finished run's V-Net"},
                                 "pseudolabel-r0": {"key": "the finished run's SAM labels"}})
-    # SAM's pseudo-label each case is compared with (the bad case borrows a real one)
-    sam = run / "stages" / "pseudolabel-r0"
-    sam_labels = {c: sam / f"{c}.nii.gz" for c in CASES[2:]} | {BAD: sam / f"{CASES[2]}.nii.gz"}
+    sam = run / "stages" / "pseudolabel-r0"  # SAM's label each case is compared with
+    sam_labels = {c.name: sam / f"{CASES[2] if c.name == BAD else c.name}.nii.gz" for c in project.by_role("unlabeled")}
     with pytest.raises(SFRError) as exc:
         pipe.stage_confidence(0, run / "stages" / "retrain-r0", sam_labels)
     _refused(exc, tmp_path / "run" / "stages" / "confidence-r0", BAD + "_lowconf.nii.gz")

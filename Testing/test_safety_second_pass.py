@@ -64,6 +64,42 @@ def test_a_malformed_lock_is_one_line_and_cleared_once_stale(tmp_path):
     assert not lock.exists()
 
 
+def test_a_lock_or_status_with_a_pid_out_of_range_or_of_another_type_is_never_a_traceback(tmp_path):
+    """A pid no process can have (2**31, 10**30: os.kill overflows), a string or a list, in the lock
+    or in status.json, and a status.json that is not a JSON object: before the fix each was a
+    traceback (OverflowError, ValueError, TypeError, AttributeError) on every sfr run/status/cancel."""
+    import os
+    import socket
+    import time
+
+    from test_safety import TINY, make_project
+
+    root = make_project(tmp_path)
+    lock = root / "runs" / ".lock"
+    lock.parent.mkdir(exist_ok=True)
+    for pid in (2 ** 31, 10 ** 30):
+        text = json.dumps({"pid": pid, "host": socket.gethostname(), "run_id": "x"})
+        lock.write_text(text)
+        proc = run_sfr("run", root, *TINY)
+        assert_one_line(proc, str(lock), "malformed")
+        assert lock.read_text() == text
+    old = time.time() - 3600
+    os.utime(lock, (old, old))
+    proc = run_sfr("run", root, *TINY)
+    assert proc.returncode == 0, proc.stderr
+    assert "malformed stale lock" in proc.stderr and not lock.exists()
+    status = root / "runs" / (root / "runs" / "latest").read_text().strip() / "status.json"
+    for pid in (2 ** 31, 10 ** 30, "abc", [1]):  # a run "running" in a process that cannot exist
+        status.write_text(json.dumps({"state": "running", "pid": pid, "host": socket.gethostname()}))
+        proc = run_sfr("status", root, "--json")
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert json.loads(proc.stdout)["state"] == "crashed"
+    status.write_text("[1, 2]")
+    for command in (("status",), ("cancel",), ("run", "--resume")):
+        proc = run_sfr(command[0], root, *command[1:])
+        assert_one_line(proc, str(status), "not a JSON object")
+
+
 def test_an_unlabeled_cases_optional_label_is_checked_before_training(tmp_path):
     from SFRSegmenterLib.manifest import load_project
     from test_safety import TINY, make_project

@@ -119,6 +119,28 @@ def guard_outputs(images, out, model, overwrite: bool) -> None:
     guard_output(out, overwrite, related=[model, *(images if isinstance(images, list) else [images])])
     for item in images if isinstance(images, list) else [images]:
         protect_folder(item, "an input image of this command")
+    check_name_lengths(images)
+
+
+#: The longest suffix an output of ``predict`` or ``review`` adds to a case name.
+LONGEST_SUFFIX = "_confidence.nii.gz"
+
+
+def check_name_lengths(images) -> None:
+    """Refuse, naming the image, a case whose output names would not fit a file name (255 bytes),
+    before any work (they failed after inference, leaving a label and a temporary file)."""
+    import os
+
+    from ..errors import SFRError
+    from ..io.guard import NAME_MAX
+    from ..retrain.inference import case_paths
+
+    for name, image in case_paths(images).items():
+        size = len(os.fsencode(name + LONGEST_SUFFIX))
+        if size > NAME_MAX:
+            raise SFRError(f"the case name of this image is {len(os.fsencode(name))} bytes; its output "
+                           f"{name[:12]}...{LONGEST_SUFFIX} would be {size} bytes, more than the {NAME_MAX} "
+                           "a file name holds: rename the image", image)
 
 
 def _check_outputs(images, out, model, overwrite: bool) -> None:

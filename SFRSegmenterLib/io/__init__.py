@@ -45,8 +45,7 @@ from .volume import (
     volume_entry,
     volume_suffix,
 )
-from .guard import guard_output
-from .outputs import RECORD_FILE
+from .outputs import RECORD_FILE, guard_output
 from .write import write_segmentation, write_volume
 
 __all__ = [

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from ..errors import SFRError
 from .guard import check_output
-from .outputs import note_written
-from .raw import default_file_mode, sha256_file  # noqa: F401 - importable from here as before
+from .digest import sha256_file  # noqa: F401 - importable from here as before
 from .jsonfile import read_json  # noqa: F401 - the one JSON reader, importable from here as before
+from .record import note_written
 from .volume import volume_suffix
 
 __all__ = ["atomic_path", "default_file_mode", "read_json", "sha256_file", "write_json_atomic", "write_text_atomic"]
@@ -36,11 +36,22 @@ class _atomic_path:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
-            note_written(self.path, self.tmp)  # recorded first: a kill in between leaves sfr's files
-            os.replace(self.tmp, self.path)
+            try:
+                note_written(self.path, self.tmp)  # recorded first: a kill in between leaves sfr's files
+                os.replace(self.tmp, self.path)
+            except BaseException:
+                self.tmp.unlink(missing_ok=True)  # a failed rename (name too long, disk) leaves no stray file
+                raise
         else:
             self.tmp.unlink(missing_ok=True)
         return False
+
+
+def default_file_mode() -> int:
+    """The mode a plain ``open(path, 'w')`` would give a new file (0666 less the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_path(path: "str | os.PathLike", manifest: bool = False) -> _atomic_path:

@@ -15,7 +15,7 @@ from typing import Iterable
 
 from ..errors import SFRError
 from .jsonfile import read_json
-from .outputs import check_replace, claim
+from .record import check_replace
 from .volume import volume_suffix
 
 #: The manifest's file name (defined here so the guard needs no import of ``manifest``).
@@ -24,6 +24,8 @@ _PROTECTED: dict = {}
 _MANIFEST_CACHE: dict = {}
 #: The file the engine's writers were last asked to write (a full disk's error names it).
 LAST_OUTPUT: "str | None" = None
+#: Bytes a file name holds on the usual file systems (ext4, XFS, APFS, NTFS in UTF-16 units).
+NAME_MAX = 255
 
 
 def _guard_keys(path: "str | os.PathLike") -> set:
@@ -120,6 +122,10 @@ def check_output(path: "str | os.PathLike", manifest: bool = False) -> None:
     """
     global LAST_OUTPUT
     LAST_OUTPUT = os.fspath(path)
+    size = len(os.fsencode(os.path.basename(LAST_OUTPUT)))
+    if size > NAME_MAX:  # refused before the write, not as an OSError after the work
+        raise SFRError(f"the output file name is {size} bytes, more than the {NAME_MAX} a file name holds; "
+                       "give the input a shorter name", path)
     keys = _guard_keys(path)
     for key in keys:
         if key in _PROTECTED:
@@ -151,31 +157,3 @@ def inside(folder: "str | os.PathLike", name: str) -> Path:
     if full == base:
         raise SFRError(f"output name {name!r} is not a file name", target)
     return target
-
-
-def _manifests_at_or_above(path: "str | os.PathLike"):
-    start = Path(os.path.abspath(os.fspath(path)))
-    for top in (start, Path(os.path.realpath(start))):
-        for folder in (top, *top.parents):
-            candidate = folder / MANIFEST_FILE
-            if candidate.is_file():
-                yield candidate
-
-
-def protect_projects(paths, why_prefix: str = "") -> None:
-    """Protect the images and labels of every project at or above each of ``paths`` (the model,
-    the images, the output, the project given), wherever its manifest says they lie."""
-    for p in paths:
-        if p is None:
-            continue
-        for manifest in _manifests_at_or_above(p):
-            for key, why in _project_inputs(manifest).items():
-                _PROTECTED.setdefault(key, why_prefix + why)
-
-
-def guard_output(out: "str | os.PathLike", overwrite: bool = False, file: bool = False, related=()) -> None:
-    """The output rule for one command, before any work: claim ``out`` (a folder, or with
-    ``file`` the one output file) and protect every project identified from ``out`` and the
-    ``related`` paths (the model, the images, the project given)."""
-    claim(out, overwrite, file=file)
-    protect_projects([out, *related])

@@ -22,7 +22,7 @@ from ..collapse import ClassBalance
 from .names import AUGMENT_NAMES
 from ..device import describe_device, resolve_device
 from ..errors import Cancelled, SFRError
-from ..io import atomic_path, write_json_atomic
+from ..io import atomic_path, check_outputs, write_json_atomic
 from ..manifest import Project
 from ..shard import dist_info as _dist_info
 from ..training import check_finite_loss, check_finite_weights, check_same_run, differences, read_state, save_due
@@ -145,6 +145,7 @@ def retrain(
     if cfg.use_sam and pseudo_dir is None:
         raise SFRError("training with SAM pseudo-labels needs their folder (pseudo_dir); use_sam=False trains without")
     out_dir = Path(out_dir)
+    check_outputs(out_dir / name for name in (CHECKPOINT_FILE, MODEL_FILE, META_FILE))  # before any work
     pseudo_dir = Path(pseudo_dir) if pseudo_dir is not None else None
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))

@@ -69,7 +69,11 @@ def latest_finished(project_root: Path) -> str:
     raise SFRError("--warm-start: no finished run in this project to start from (run 'sfr run' first)", runs)
 
 
-def _run_folder(project_root: Path, run: str) -> Path:
+def _run_folder(project_root: Path, run: str, case_names=()) -> Path:
+    """The folder of ``run`` in this project's ``runs/``; a run recorded for a project elsewhere is
+    accepted when it is this project moved or renamed (every case it reviewed is the project's)."""
+    from ..runfolder import RunFolder
+
     runs = jobs.runs_dir(project_root)
     given = Path(run)
     path = given if (given.is_absolute() or len(given.parts) > 1) else runs / run
@@ -77,7 +81,8 @@ def _run_folder(project_root: Path, run: str) -> Path:
         raise SFRError(f"--warm-start: no run {run!r} (expected a run id under {runs} or a run folder)", path)
     config = read_json(path / CONFIG_JSON, "run configuration")
     recorded = config.get("project") if isinstance(config, dict) else None
-    if path.resolve().parent != runs.resolve() or (recorded and Path(recorded).resolve() != Path(project_root).resolve()):
+    moved = isinstance(recorded, str) and bool(recorded) and Path(recorded).resolve() != Path(project_root).resolve()
+    if path.resolve().parent != runs.resolve() or (moved and RunFolder(path).cases_not_in(case_names)):
         raise SFRError(f"--warm-start: run {path.name} belongs to another project ({recorded or path.parent.parent}), "
                        f"not {Path(project_root).resolve()}", path)
     return path
@@ -86,7 +91,7 @@ def _run_folder(project_root: Path, run: str) -> Path:
 def resolve(project, run: "str | None") -> WarmStart:
     """The models of the finished run ``run`` (``None`` or :data:`LATEST`: the latest finished run)."""
     root = Path(project.root)
-    path = _run_folder(root, latest_finished(root) if run in (None, LATEST) else run)
+    path = _run_folder(root, latest_finished(root) if run in (None, LATEST) else run, [c.name for c in project.cases])
     state = jobs.read_status(path).get("state")
     if state != "done":
         raise SFRError(f"--warm-start: run {path.name} is not finished (state {state}); resume it or name another", path)
