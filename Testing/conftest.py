@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def hold_project_lock(folder) -> subprocess.Popen:
+    """A real process holding ``folder``'s project lock (as a run started on the command line
+    would), returned once it holds it; the caller kills it."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import time
+            from SFRSegmenterLib import jobs
+            jobs.ProjectLock({str(folder)!r}, "cli-run").acquire()
+            print("held", flush=True)
+            time.sleep(60)
+        """)],
+        stdout=subprocess.PIPE, text=True, cwd=str(REPO),
+    )
+    assert holder.stdout.readline().strip() == "held"
+    return holder

