@@ -39,7 +39,7 @@ from .sam.checkpoints import load_state_dict, sha256_file
 from .sam.config import _RESUME_KEYS, FinetuneConfig, resolved_warmup  # noqa: F401 (FinetuneConfig: public here too)
 from .sam.layout import Layout, resolve_layout
 from .sam.loss import dice_ce_loss
-from .sam.model import set_grad_checkpointing, train_mode, trainable_parts
+from .sam.model import CLASS_BIAS, init_class_bias, set_grad_checkpointing, train_mode, trainable_parts
 from .sam.preprocess import METHODS as PREPROCESS_METHODS
 from .sam.preprocess import normalize
 from .sam import build_segmenter, count_parameters, get_spec
@@ -138,6 +138,19 @@ def build_embedding_cache(model, cases, layout, plan, cfg, device, bf16):
     return torch.cat(embs), torch.cat(labs)
 
 
+def label_priors(labels: torch.Tensor, k: int) -> list:
+    """The fraction of each of ``k`` classes among the pixels of ``labels`` that carry a label
+    (stitching padding and unannotated voxels, IGNORE_INDEX, left out)."""
+    y = labels.reshape(-1).long()
+    y = y[y != IGNORE_INDEX]
+    counts = torch.bincount(y.clamp(0, k - 1), minlength=k)[:k].double()
+    return (counts / max(1, int(y.numel()))).tolist()
+
+
+#: mosaics sampled (their own random stream) to measure the class priors without a cache
+PRIOR_SAMPLES = 8
+
+
 def _autocast(device: torch.device, bf16: bool):
     if bf16:
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -160,6 +173,8 @@ def load_parts(model, path: Path) -> None:
     """Load saved trained parts into ``model``; keys and shapes must match exactly."""
     parts = load_state_dict(path)
     own = trainable_parts(model)
+    if CLASS_BIAS in own and CLASS_BIAS not in parts:  # saved before the decoder had class offsets
+        parts = {**parts, CLASS_BIAS: torch.zeros_like(own[CLASS_BIAS])}
     missing = sorted(set(own) - set(parts))
     unexpected = sorted(set(parts) - set(own))
     shapes = sorted(k for k in set(own) & set(parts) if own[k].shape != parts[k].shape)
@@ -343,6 +358,9 @@ def finetune(
         model.eval()
         cache = build_embedding_cache(model, cases, layout, plan, cfg, device, bf16)
         train_mode(model)
+    if prev is None and init_from is None and cfg.prior_bias:
+        labels = cache[1] if cache is not None else sample_batch(cases, layout, plan, cfg, 0, stream=3, size=PRIOR_SAMPLES)[1]
+        meta["class_prior_bias"] = init_class_bias(model, label_priors(labels, project.num_classes))
     progress = events.Progress("finetune", cfg.iterations, start=start)
     balance = ClassBalance("finetune", project.classes, cfg.iterations, IGNORE_INDEX)
     t0 = time.monotonic() - float(meta["train_seconds"])

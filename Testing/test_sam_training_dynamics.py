@@ -82,3 +82,49 @@ def test_frozen_encoder_gives_inference_embeddings_while_training(sample_dir, sa
     loss.backward()
     lora = [p for n, p in model.image_encoder.named_parameters() if ".lora_" in n]
     assert lora and any(p.grad is not None and p.grad.abs().sum() > 0 for p in lora)
+
+
+def test_prior_bias_starts_at_the_label_distribution(sample_dir, sample_cases, one_torch_thread):
+    """With the class offsets at the log priors the first softmax is the label distribution and the
+    first cross-entropy the priors' entropy, below ln K (stage F, issue 20 item 4)."""
+    from SFRSegmenterLib.finetune import label_priors
+    from SFRSegmenterLib.sam.model import init_class_bias
+
+    torch.manual_seed(0)
+    model = build_segmenter("lite_medsam", num_classes=3, lora_rank=0)
+    x, y = _batch(sample_dir, sample_cases[0], size=2)
+    priors = label_priors(y, 3)
+    assert abs(sum(priors) - 1) < 1e-6 and priors[0] > 0.8 and min(priors[1:]) > 0
+    bias = init_class_bias(model, priors)
+    assert abs(sum(bias)) < 1e-5 and bias[0] > max(bias[1:])
+    train_mode(model)
+    with torch.no_grad():
+        logits = model.logits(x)
+    prob = torch.softmax(logits, 1)[0, :, 0, 0]
+    assert torch.allclose(prob, torch.tensor(priors, dtype=prob.dtype), atol=1e-4)
+    ce = float(F.cross_entropy(logits, y, ignore_index=255))
+    entropy = -sum(p * math.log(p) for p in priors)
+    assert abs(ce - entropy) < 1e-3 and ce < math.log(3) - 0.3
+
+
+def test_parts_saved_without_class_offsets_load_as_zero(tmp_path, sample_dir, sample_cases, one_torch_thread):
+    """A SAM model saved before the decoder had class offsets predicts as it did."""
+    from SFRSegmenterLib.finetune import load_parts
+    from SFRSegmenterLib.sam.model import CLASS_BIAS, trainable_parts
+
+    torch.manual_seed(0)
+    old = build_segmenter("lite_medsam", num_classes=3, lora_rank=0)
+    with torch.no_grad():
+        for head in old.mask_decoder.output_hypernetworks_mlps:
+            head.layers[-1].weight.normal_(0, 0.05)
+    parts = {k: v for k, v in trainable_parts(old).items() if k != CLASS_BIAS}
+    torch.save(parts, tmp_path / "parts.pt")
+    new = build_segmenter("lite_medsam", num_classes=3, lora_rank=0)
+    with torch.no_grad():
+        new.mask_decoder.class_bias.fill_(3.0)
+    load_parts(new, tmp_path / "parts.pt")
+    assert torch.count_nonzero(new.mask_decoder.class_bias) == 0
+    x, _ = _batch(sample_dir, sample_cases[0], size=1)
+    old.eval(), new.eval()
+    with torch.no_grad():
+        assert torch.equal(old(x), new(x))

@@ -42,6 +42,9 @@ class FinetuneConfig:
     # CPU-friendly mode: with lora_rank 0 the encoder is frozen, so the embeddings of
     # ``embedding_cache`` augmented mosaics are computed once and the decoder trains on them.
     embedding_cache: int = 0
+    # start the decoder's per-class logit offsets at the training labels' log class priors (the
+    # first softmax is the label distribution); False: every class at logit 0
+    prior_bias: bool = True
 
 
 AUTO_WARMUP = 50

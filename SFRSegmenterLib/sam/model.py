@@ -5,7 +5,9 @@ positional encoding, and its mask tokens are resized to ``num_classes + 1`` (bac
 included).  Tokens and hypernetwork heads start as copies of the pretrained ones, but the last
 layer of every head starts at zero, so every class starts at logit 0 (uniform softmax, first
 cross-entropy ln K): a copied head would start at the pretrained token's "no object" bias and
-the first steps would swing between all-foreground and all-background (docs/stage-f.md).  The output is low-resolution
+the first steps would swing between all-foreground and all-background (docs/stage-f.md).  SAM's
+heads have no additive term, so the decoder gets one per class (``class_bias``, zero unless
+fine-tuning sets it to the training labels' log priors: :func:`init_class_bias`).  The output is low-resolution
 logits ``[B, K, 4h, 4w]`` (``h x w`` = image embedding size); :meth:`SamSegmenter.logits`
 upsamples them bilinearly to the canvas.
 """
@@ -54,7 +56,9 @@ class SamSegmenter(nn.Module):
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1
         )
         bu, cu, hu, wu = up.shape
-        return (hyper @ up.reshape(bu, cu, hu * wu)).reshape(bu, -1, hu, wu)
+        out = (hyper @ up.reshape(bu, cu, hu * wu)).reshape(bu, -1, hu, wu)
+        bias = getattr(dec, "class_bias", None)
+        return out if bias is None else out + bias.reshape(1, -1, 1, 1).to(out.dtype)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits at canvas resolution (bilinear upsampling of the low-resolution output)."""
@@ -83,8 +87,30 @@ def resize_mask_tokens(decoder: nn.Module, k: int) -> None:
                 last.bias.zero_()
     decoder.output_hypernetworks_mlps = heads
     decoder.num_mask_tokens = k
+    # one additive logit per class (saved with the decoder's parts); 0 changes nothing
+    decoder.class_bias = nn.Parameter(torch.zeros(k))
     # The IoU head scores prompted masks; prompt-free segmentation does not use it.
     decoder.iou_prediction_head = None
+
+
+#: The parameter the class priors go to; models saved before it existed load with zeros.
+CLASS_BIAS = "mask_decoder.class_bias"
+
+
+def init_class_bias(model: "SamSegmenter", priors) -> list:
+    """Set the per-class logit offset to the centred log ``priors`` (fractions of the training
+    pixels per class), so the first softmax is the label distribution and the first steps learn
+    where the classes are instead of how frequent they are (as stage R's output bias,
+    retrain/networks.init_output_bias).  Returns the offsets set."""
+    p = torch.as_tensor([max(float(v), 1e-4) for v in priors], dtype=torch.float32)
+    bias = torch.log(p / p.sum())
+    bias = bias - bias.mean()
+    target = model.mask_decoder.class_bias
+    if target.numel() != bias.numel():
+        raise ValueError(f"{bias.numel()} priors for {target.numel()} classes")
+    with torch.no_grad():
+        target.copy_(bias)
+    return [round(float(v), 6) for v in bias]
 
 
 def encoder_blocks(encoder: nn.Module) -> list:
