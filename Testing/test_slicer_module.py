@@ -123,6 +123,8 @@ VERIFIED_METHODS = {
     # Sample Data: Modules/Scripted/SampleData/SampleData.py (SampleDataLogic)
     "registerCustomSampleDataSource": "SampleData.SampleDataLogic (staticmethod; loadFileType list, checksums)",
     "downloadFileIntoCache": "SampleData.SampleDataLogic (uri, name, checksum)",
+    "currentNode": "qMRMLNodeComboBox (Libs/MRML/Widgets/qMRMLNodeComboBox.h; the .ui gives it the scene through "
+                   "mrmlSceneChanged(vtkMRMLScene*) -> setMRMLScene, as Utilities/Templates/Modules/Scripted's .ui does)",
     "setCurrentCell": "QTableWidget",
     "blockSignals": "QObject (as in Slicer's scripted modules: wasBlocked = widget.blockSignals(True))",
     "setProcessChannelMode": "QProcess",
