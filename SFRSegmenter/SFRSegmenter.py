@@ -426,10 +426,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except SFRError as exc:
             states = {}
             self._log(f"error: {exc}")
-        segmentations = [
-            n for n in slicer.util.getNodesByClass("vtkMRMLSegmentationNode")
-            if n.GetAttribute(mrmlnodes.ATTR_KIND) is None or n.GetAttribute(mrmlnodes.ATTR_ACCEPTED)
-        ]
+        segmentations = cases.pickable_segmentations(slicer.mrmlScene)
         table = self.ui.casesTableWidget
         table.setRowCount(len(self._cases))
         for row, entry in enumerate(self._cases):
@@ -440,11 +437,8 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             segCombo.addItem("(none)", "")
             for seg in segmentations:
                 segCombo.addItem(seg.GetName(), seg.GetID())
-            picked = self._picks.get(entry.name)
-            if picked is not None and (picked == "" or slicer.mrmlScene.GetNodeByID(picked) is not None):
-                segCombo.setCurrentIndex(max(0, segCombo.findData(picked)))
-            elif entry.segmentation is not None:
-                segCombo.setCurrentIndex(max(0, segCombo.findData(entry.segmentation.GetID())))
+            picked = cases.picked_segmentation_id(slicer.mrmlScene, self._picks.get(entry.name), entry.segmentation)
+            segCombo.setCurrentIndex(max(0, segCombo.findData(picked)))
             segCombo.connect("currentIndexChanged(int)", lambda _i, n=entry.name, c=segCombo: self._picks.__setitem__(n, c.currentData))
             table.setCellWidget(row, 1, segCombo)
             roleCombo = qt.QComboBox()
@@ -524,12 +518,12 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return False
 
     # ---------------------------------------------------------------- run
-    def onRun(self, *_args, warm_start=False):
+    def onRun(self, *_args, warm_start=None):
         """Run SFR: the checks of ``panelrules.RUN_STEPS`` in their order; nothing is written
         before the export step."""
         folder = self.projectFolder()
         settings = self.settings()
-        settings.warm_start = "latest" if warm_start else None  # from the latest finished run's models
+        settings.warm_start = warm_start  # Retrain: from the newest finished run's models
         entries = self.casesFromTable()
         started = []
 
@@ -572,7 +566,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onRetrain(self, *_args):
         """Retrain after corrections: a warm start from the latest finished run when there is one."""
-        self.onRun(warm_start=bool(runcontrol.finished_runs(self.projectFolder())))
+        self.onRun(warm_start=panelrules.retrain_warm_start(self.projectFolder()))
 
     def _confirmUnsavedEdits(self, action):
         """True when no pseudo-label has unsaved edits, or the user goes on without them."""

@@ -214,3 +214,36 @@ def test_a_shrinking_plan_and_a_restarting_step_counter_never_move_the_bar_back(
         assert progress.stages_total == 10
     assert bar == sorted(bar) and bar[-1] == pytest.approx(0.9)
     assert progress.status_text() == "stage 6/6 metrics"
+
+
+# --------------------------------------------------------------------------- rules moved out of the widget
+
+
+def test_the_table_offers_the_users_and_applied_segmentations_never_a_runs_results(finished_project, tmp_path):
+    from SFRSegmenterLogicLib import results as result_loading
+
+    scene, project_dir, run = finished_project
+    volume = load_volume(scene, SAMPLE / "images" / f"{NEXT_PATIENT}.nii.gz", "next patient")
+    (tmp_path / "work").mkdir()
+    applied, _ = apply_to(scene, project_dir, volume, tmp_path / "work")
+    pseudo = result_loading.load_results(scene, project_dir, run_id=run.run_id)[0].segmentation
+    offered = case_discovery.pickable_segmentations(scene)
+    users = [e.segmentation for e in case_discovery.scene_cases(scene) if e.segmentation is not None]
+    assert applied.segmentation in offered and all(seg in offered for seg in users)
+    assert pseudo not in offered
+    pseudo.SetAttribute(mrml_nodes.ATTR_ACCEPTED, "accepted")
+    assert pseudo in case_discovery.pickable_segmentations(scene)
+    # a pick is kept while its node exists; "" (none) is a pick too; else the segmentation found
+    found = users[0]
+    assert case_discovery.picked_segmentation_id(scene, applied.segmentation.GetID(), found) == applied.segmentation.GetID()
+    assert case_discovery.picked_segmentation_id(scene, "", found) == ""
+    assert case_discovery.picked_segmentation_id(scene, "vtkMRMLSegmentationNode999", found) == found.GetID()
+    assert case_discovery.picked_segmentation_id(scene, None, None) == ""
+
+
+def test_retrain_starts_from_the_newest_finished_run_only_when_there_is_one(finished_project, tmp_path):
+    from SFRSegmenterLogicLib import panelrules
+
+    _, project_dir, _ = finished_project
+    assert panelrules.retrain_warm_start(project_dir) == "latest"
+    assert panelrules.retrain_warm_start(tmp_path / "new project") is None

@@ -38,7 +38,6 @@ VERIFIED_ATTRIBUTES = {
     "slicer.util.confirmOkCancelDisplay": SLICER_UTIL,
     "slicer.util.confirmYesNoDisplay": SLICER_UTIL,
     "slicer.util.errorDisplay": SLICER_UTIL,
-    "slicer.util.getNodesByClass": SLICER_UTIL,
     "slicer.util.loadUI": SLICER_UTIL,
     "slicer.util.settingsValue": SLICER_UTIL,
     "slicer.util.tryWithErrorDisplay": SLICER_UTIL,

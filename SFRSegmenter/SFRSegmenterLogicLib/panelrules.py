@@ -40,6 +40,12 @@ def state_run(project_root):
     return runs[0]["run_id"] if runs else None
 
 
+def retrain_warm_start(project_root):
+    """What Retrain starts from: ``"latest"`` (the newest finished run's models, the engine's
+    ``--warm-start latest``) when a run has finished, else None (from scratch, as Run)."""
+    return "latest" if state_run(project_root) is not None else None
+
+
 # --------------------------------------------------------------------------- checkpoint
 
 #: How the panel gives a checkpoint file (the Settings section's field).
