@@ -33,11 +33,11 @@ if os.path.isdir(os.path.join(_REPO_ROOT, "SFRSegmenterLib")) and _REPO_ROOT not
 
 from SFRSegmenterLib import runcontrol  # noqa: E402
 from SFRSegmenterLib.errors import SFRError  # noqa: E402
+from SFRSegmenterLogicLib import apply as applymodel  # noqa: E402
 from SFRSegmenterLogicLib import cases, edits, environment, export, jobs, provenance, resources  # noqa: E402
 from SFRSegmenterLogicLib import nodes as mrmlnodes  # noqa: E402
 from SFRSegmenterLogicLib import results as resultnodes  # noqa: E402
 from SFRSegmenterLogicLib import panelrules, partial, review, sampledata  # noqa: E402
-from SFRSegmenterLogicLib import estimate as run_estimate  # noqa: E402
 
 ROLE_CHOICES = [("", _("Automatic")), ("labeled", _("Labeled")), ("unlabeled", _("Unlabeled")),
                 ("validation", _("Validation")), (cases.EXCLUDED, _("Excluded"))]
@@ -174,6 +174,7 @@ class SFRSegmenterLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self.runnerFactory = runnerFactory or QProcessRunner
         self.job = None
+        self.applyJob = None
         self.results = {}
 
     @staticmethod
@@ -229,6 +230,17 @@ class SFRSegmenterLogic(ScriptedLoadableModuleLogic):
     def stopRun(self):
         if self.job is not None:
             self.job.stop()
+
+    def applyModel(self, volume, projectFolder, runId=None, device="auto", onLog=None, onFinished=None):
+        """Segment ``volume`` with a finished run's network (``sfr predict``) into new nodes."""
+        if self.applyJob is not None and self.applyJob.is_active():
+            raise SFRError("the model is already being applied; wait until it has finished")
+        job = applymodel.ApplyJob(slicer.mrmlScene, projectFolder, volume, run_id=runId, runner=self.runnerFactory(),
+                                  device=device, work_root=slicer.app.temporaryPath)
+        job.on_log, job.on_finished = onLog, onFinished
+        job.start()
+        self.applyJob = job
+        return job
 
     # results and review
     def finishedRuns(self, projectFolder):
@@ -305,6 +317,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._setupSegmentEditor()
         self.ui.saveCorrectionButton.connect("clicked(bool)", self.onSaveCorrection)
         self.ui.retrainButton.connect("clicked(bool)", self.onRetrain)
+        self.ui.applyModelButton.connect("clicked(bool)", self.onApplyModel)
 
         self.timer = qt.QTimer()
         self.timer.setInterval(250)
@@ -413,10 +426,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except SFRError as exc:
             states = {}
             self._log(f"error: {exc}")
-        segmentations = [
-            n for n in slicer.util.getNodesByClass("vtkMRMLSegmentationNode")
-            if n.GetAttribute(mrmlnodes.ATTR_KIND) is None or n.GetAttribute(mrmlnodes.ATTR_ACCEPTED)
-        ]
+        segmentations = cases.pickable_segmentations(slicer.mrmlScene)
         table = self.ui.casesTableWidget
         table.setRowCount(len(self._cases))
         for row, entry in enumerate(self._cases):
@@ -427,11 +437,8 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             segCombo.addItem("(none)", "")
             for seg in segmentations:
                 segCombo.addItem(seg.GetName(), seg.GetID())
-            picked = self._picks.get(entry.name)
-            if picked is not None and (picked == "" or slicer.mrmlScene.GetNodeByID(picked) is not None):
-                segCombo.setCurrentIndex(max(0, segCombo.findData(picked)))
-            elif entry.segmentation is not None:
-                segCombo.setCurrentIndex(max(0, segCombo.findData(entry.segmentation.GetID())))
+            picked = cases.picked_segmentation_id(slicer.mrmlScene, self._picks.get(entry.name), entry.segmentation)
+            segCombo.setCurrentIndex(max(0, segCombo.findData(picked)))
             segCombo.connect("currentIndexChanged(int)", lambda _i, n=entry.name, c=segCombo: self._picks.__setitem__(n, c.currentData))
             table.setCellWidget(row, 1, segCombo)
             roleCombo = qt.QComboBox()
@@ -511,12 +518,12 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return False
 
     # ---------------------------------------------------------------- run
-    def onRun(self, *_args, warm_start=False):
+    def onRun(self, *_args, warm_start=None):
         """Run SFR: the checks of ``panelrules.RUN_STEPS`` in their order; nothing is written
         before the export step."""
         folder = self.projectFolder()
         settings = self.settings()
-        settings.warm_start = "latest" if warm_start else None  # from the latest finished run's models
+        settings.warm_start = warm_start  # Retrain: from the newest finished run's models
         entries = self.casesFromTable()
         started = []
 
@@ -559,7 +566,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onRetrain(self, *_args):
         """Retrain after corrections: a warm start from the latest finished run when there is one."""
-        self.onRun(warm_start=bool(runcontrol.finished_runs(self.projectFolder())))
+        self.onRun(warm_start=panelrules.retrain_warm_start(self.projectFolder()))
 
     def _confirmUnsavedEdits(self, action):
         """True when no pseudo-label has unsaved edits, or the user goes on without them."""
@@ -609,8 +616,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.timer.stop()
 
     def _onProgress(self, job):
-        # the engine's whole-run fraction and estimate (status.json) when the run has them
-        fraction, text = run_estimate.panel_progress(job.status, job.progress.overall, job.progress.status_text())
+        fraction, text = job.progress.panel(job.status)  # never goes back; a total fixed from the start
         self.ui.progressBar.setValue(int(round(100 * fraction)))
         self.ui.statusLabel.text = text
         self._updateButtons()
@@ -646,7 +652,8 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         job = self.logic.job
         enabled = panelrules.enabled_buttons(self._versionProblem, job.state if job is not None else None,
                                              self.ui.resultsRunComboBox.count, bool(self.logic.results),
-                                             len(self._flagged))
+                                             len(self._flagged),
+                                             self.logic.applyJob is not None and self.logic.applyJob.is_active())
         for name, on in enabled.items():
             getattr(self.ui, name).enabled = on
 
@@ -794,6 +801,23 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._log(f"{result.case}: correction saved as its label")
         self.refreshCases()
+
+    # ---------------------------------------------------------------- apply the model
+    def onApplyModel(self, *_args):
+        """Segment the chosen volume with the network of the run chosen under Results."""
+        try:
+            self.logic.applyModel(self.ui.applyVolumeSelector.currentNode(), self.projectFolder(),
+                                  self.ui.resultsRunComboBox.currentData or None, self.settings().device,
+                                  self._log, self._onApplied)
+        except SFRError as exc:
+            slicer.util.errorDisplay(str(exc), windowTitle=TITLE)
+            return
+        self._updateButtons()
+
+    def _onApplied(self, job):
+        if job.state != "done":
+            slicer.util.errorDisplay(job.error or _("Applying the model failed; see the log."), windowTitle=TITLE)
+        self._updateButtons()
 
 
 #

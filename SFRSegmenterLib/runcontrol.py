@@ -7,6 +7,8 @@ flags themselves.  Three command lines, all for ``python -m SFRSegmenterLib``:
 * :func:`continue_command`: ``--progress json run PROJECT --resume [--device D] --detach``
   (``--resume`` takes the saved configuration; only the device may change)
 * :func:`stop_command`: ``cancel PROJECT --wait --timeout T --kill``
+* :func:`predict_command`: ``predict --model RUN/vnet --images IMAGE --out OUT --device D --json``
+  (a finished run's network applied to one more volume: the Slicer module's *Apply model*)
 
 :func:`next_action` says which of start and continue fits a project and a settings object;
 :func:`request_stop` asks a run to stop at its next safe point and :func:`kill_run` ends it
@@ -103,6 +105,16 @@ def continue_command(project, device: str | None = None, detach: bool = True, pr
 def stop_command(project, timeout_s: float = 60.0) -> list:
     """``sfr`` arguments that stop the running run: cancel, wait, then end its processes."""
     return ["cancel", str(project), "--wait", "--timeout", f"{float(timeout_s):g}", "--kill"]
+
+
+def predict_command(model, images, out, device: str | None = None) -> list:
+    """``sfr`` arguments that segment ``images`` (files) with a finished run's network ``model``
+    (``RUN/vnet``) into ``out``; the per-case results are printed as JSON."""
+    images = [images] if isinstance(images, (str, Path)) else list(images)
+    args = ["predict", "--model", str(model), "--images", *map(str, images), "--out", str(out)]
+    if device:
+        args += ["--device", device]
+    return args + ["--json"]
 
 
 def config_of(settings: RunSettings) -> dict:

@@ -38,7 +38,6 @@ VERIFIED_ATTRIBUTES = {
     "slicer.util.confirmOkCancelDisplay": SLICER_UTIL,
     "slicer.util.confirmYesNoDisplay": SLICER_UTIL,
     "slicer.util.errorDisplay": SLICER_UTIL,
-    "slicer.util.getNodesByClass": SLICER_UTIL,
     "slicer.util.loadUI": SLICER_UTIL,
     "slicer.util.settingsValue": SLICER_UTIL,
     "slicer.util.tryWithErrorDisplay": SLICER_UTIL,
@@ -123,6 +122,8 @@ VERIFIED_METHODS = {
     # Sample Data: Modules/Scripted/SampleData/SampleData.py (SampleDataLogic)
     "registerCustomSampleDataSource": "SampleData.SampleDataLogic (staticmethod; loadFileType list, checksums)",
     "downloadFileIntoCache": "SampleData.SampleDataLogic (uri, name, checksum)",
+    "currentNode": "qMRMLNodeComboBox (Libs/MRML/Widgets/qMRMLNodeComboBox.h; the .ui gives it the scene through "
+                   "mrmlSceneChanged(vtkMRMLScene*) -> setMRMLScene, as Utilities/Templates/Modules/Scripted's .ui does)",
     "setCurrentCell": "QTableWidget",
     "blockSignals": "QObject (as in Slicer's scripted modules: wasBlocked = widget.blockSignals(True))",
     "setProcessChannelMode": "QProcess",

@@ -97,6 +97,7 @@ def test_buttons_follow_the_run_state_and_are_the_panels_own():
                                          "loadResultsButton"))
         assert busy["stopButton"] == (state != "stopping")  # a stop already asked is not asked again
         assert busy["nextFlaggedButton"] and busy["previousFlaggedButton"]  # looking is harmless
+        assert busy["applyModelButton"]  # reads a finished run's network only
     for state in FINAL_STATES:
         ended = panelrules.enabled_buttons(None, state, finished_runs=1, results_loaded=False, flagged_slices=0)
         assert ended["runButton"] and ended["retrainButton"] and ended["loadResultsButton"]
@@ -104,7 +105,10 @@ def test_buttons_follow_the_run_state_and_are_the_panels_own():
                                           "nextFlaggedButton", "previousFlaggedButton"))
     old = panelrules.enabled_buttons("Slicer 5.8 is too old", None, finished_runs=1)
     assert not old["runButton"] and not old["retrainButton"] and old["loadResultsButton"]
+    assert not old["applyModelButton"]  # the engine's predict does not run there either
     assert not panelrules.enabled_buttons(None, None, finished_runs=0)["loadResultsButton"]
+    assert not panelrules.enabled_buttons(None, None, finished_runs=0)["applyModelButton"]
+    assert not panelrules.enabled_buttons(None, None, finished_runs=1, applying=True)["applyModelButton"]
 
 
 def test_the_widget_sets_every_button_from_the_rules():

@@ -175,3 +175,24 @@ def check_segment_names(cases: list) -> None:
         + "; ".join(lacking) + ". Where a structure is absent from a case, add an empty segment of that "
         "name to its segmentation (Segment Editor: Add, then rename it), which labels it absent there; "
         "where it is drawn under another name, rename that segment.")
+
+
+# --------------------------------------------------------------------------- the table's picks
+
+
+def pickable_segmentations(scene) -> list:
+    """The segmentations the table's Segmentation column offers: the user's own, pseudo-labels
+    accepted in this module, and the results of Apply model (so the next patient's applied
+    segmentation, checked or corrected, can become its label); never a run's other results."""
+    from .nodes import ATTR_ACCEPTED, ATTR_KIND, KIND_PREDICTION
+
+    return [seg for seg in nodes_of_class(scene, "vtkMRMLSegmentationNode")
+            if seg.GetAttribute(ATTR_KIND) in (None, KIND_PREDICTION) or seg.GetAttribute(ATTR_ACCEPTED)]
+
+
+def picked_segmentation_id(scene, picked: "str | None", found) -> str:
+    """The node ID the Segmentation column selects for a case: the user's pick (``""`` = none)
+    while that node still exists, else the segmentation found for the volume, else none."""
+    if picked is not None and (picked == "" or scene.GetNodeByID(picked) is not None):
+        return picked
+    return found.GetID() if found is not None else ""

@@ -38,6 +38,8 @@ KIND_PSEUDO = "pseudo_label"
 KIND_LOWCONF = "low_confidence"
 KIND_CONFIDENCE = "confidence"
 KIND_IMAGE = "project_image"
+#: A segmentation made by applying a run's network to a loaded volume (:mod:`.apply`).
+KIND_PREDICTION = "prediction"
 
 #: Segment colours by class value (class 1 first); Slicer-like soft tones.
 CLASS_COLORS = [

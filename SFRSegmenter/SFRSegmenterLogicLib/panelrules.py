@@ -40,6 +40,12 @@ def state_run(project_root):
     return runs[0]["run_id"] if runs else None
 
 
+def retrain_warm_start(project_root):
+    """What Retrain starts from: ``"latest"`` (the newest finished run's models, the engine's
+    ``--warm-start latest``) when a run has finished, else None (from scratch, as Run)."""
+    return "latest" if state_run(project_root) is not None else None
+
+
 # --------------------------------------------------------------------------- checkpoint
 
 #: How the panel gives a checkpoint file (the Settings section's field).
@@ -61,17 +67,19 @@ def check_checkpoint(settings) -> None:
 
 #: The panel's buttons (object names in ``Resources/UI/SFRSegmenter.ui``).
 BUTTONS = ("runButton", "retrainButton", "stopButton", "loadResultsButton", "acceptButton",
-           "saveCorrectionButton", "nextFlaggedButton", "previousFlaggedButton")
+           "saveCorrectionButton", "nextFlaggedButton", "previousFlaggedButton", "applyModelButton")
 
 
 def enabled_buttons(version_problem=None, job_state=None, finished_runs: int = 0, results_loaded: bool = False,
-                    flagged_slices: int = 0) -> dict:
+                    flagged_slices: int = 0, applying: bool = False) -> dict:
     """``{button name: enabled}`` for the panel's state.
 
     ``job_state`` is the followed run's state (``SFRLogicLib.jobs``: launching, running,
     stopping, done, ...) or None.  While a run is active nothing that writes the project
     (Run, Retrain, Accept, Save correction) or replaces the loaded results is enabled; Stop only
     while the run can still be asked to stop; a Slicer too old for the engine runs nothing.
+    Apply model reads only a finished run's network, so a run in progress does not stop it; one
+    application at a time (``applying``).
     """
     from .jobs import ACTIVE_STATES
 
@@ -86,6 +94,7 @@ def enabled_buttons(version_problem=None, job_state=None, finished_runs: int = 0
         "saveCorrectionButton": results_loaded and not active,
         "nextFlaggedButton": flagged_slices > 0,
         "previousFlaggedButton": flagged_slices > 0,
+        "applyModelButton": finished_runs > 0 and not applying and not version_problem,
     }
 
 
@@ -128,9 +137,26 @@ def check_cases(entries, project_root) -> None:
         raise SFRError("no labeled case: draw a segmentation on at least one volume, or pick it in the "
                        "Segmentation column")
     if not any(role == "unlabeled" for role in roles.values()):
-        raise SFRError(f"every case is labeled ({len(labeled)}): SFR has nothing left to segment. Load the next "
-                       "volumes into Slicer (they are unlabeled cases) and press Retrain: it learns from all "
-                       f"{len(labeled)} labeled cases and pseudo-labels the new ones")
+        raise SFRError(every_case_labeled(len(labeled), project_root))
+
+
+def every_case_labeled(labeled: int, project_root) -> str:
+    """What Run and Retrain say when no case is left to pseudo-label: SFR learns from unlabeled
+    volumes, so a run needs one; the model of a finished run already segments a new volume
+    (Apply model), and loading the next volumes lets Retrain learn from every label."""
+    from .apply import model_runs
+
+    text = (f"every case is labeled ({labeled}): SFR has nothing left to pseudo-label, so there is nothing "
+            "to run. Load the next volumes into Slicer (they are unlabeled cases) and press Retrain: it learns "
+            f"from all {labeled} labeled cases and pseudo-labels the new ones")
+    try:
+        models = model_runs(project_root)
+    except SFRError:
+        models = []
+    if models:
+        text += (f". Or segment a volume now with the model of run {models[0][0]}: choose it under Apply the "
+                 "model and press Apply model")
+    return text
 
 
 # --------------------------------------------------------------------------- flagged slices

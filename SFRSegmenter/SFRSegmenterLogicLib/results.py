@@ -167,15 +167,28 @@ def _new_result_node(scene, project: Project, case: str, run_id: str, reference)
 def _load_classes(scene, project: Project, path: Path, case: str, reference):
     """The pseudo-label's classes as segments of a new node, one per class, in class order."""
     run_id = path.name
-    label_path = runfolder.case_file(path, case)
-    label_node = read_node(scene, label_path, "vtkMRMLLabelMapVolumeNode", "__sfr_pseudo__")
+    return import_classes(scene, project, runfolder.case_file(path, case), reference,
+                          lambda: _new_result_node(scene, project, case, run_id, reference),
+                          {TAG_KIND: KIND_PSEUDO, TAG_RUN: run_id, TAG_CASE: case})
+
+
+def import_classes(scene, project: Project, label_path: Path, reference, new_node, tags: dict):
+    """A label map file (value *i* = class ``project.classes[i]``) as the segments of the node
+    ``new_node()`` makes once the file is read and lies on ``reference``'s voxel grid: one segment
+    per class, in class order, named and coloured as the project's classes (empty ones too, so
+    every class stays editable), each tagged with ``tags`` and its class value."""
+    label_node = read_node(scene, label_path, "vtkMRMLLabelMapVolumeNode", "__sfr_label__")
+    seg_node = None
     try:
         _check_on_grid(label_node, reference, label_path)
         values = sorted(int(v) for v in np.unique(volume_array(label_node)) if v != 0)
-        seg_node = _new_result_node(scene, project, case, run_id, reference)
+        seg_node = new_node()
         new_ids = _import_label(scene, seg_node, label_node) if values else []
         if len(new_ids) != len(values):
             raise SFRError(f"imported {len(new_ids)} segments for label values {values}", label_path)
+    except SFRError:
+        remove_node(scene, seg_node)  # no half-made node stays in the scene
+        raise
     finally:
         remove_node(scene, label_node)
     segmentation = seg_node.GetSegmentation()
@@ -192,7 +205,7 @@ def _load_classes(scene, project: Project, path: Path, case: str, reference):
         segment.SetColor(*(style.get("color") or class_color(value)))
         if style.get("terminology"):
             segment.SetTag(segment.GetTerminologyEntryTagName(), style["terminology"])
-        set_tags(segment, {TAG_KIND: KIND_PSEUDO, TAG_CLASS: str(value), TAG_RUN: run_id, TAG_CASE: case})
+        set_tags(segment, {**tags, TAG_CLASS: str(value)})
         segmentation.SetSegmentIndex(sid, value - 1)  # segments in class order
     return seg_node
 
@@ -231,9 +244,20 @@ def _load_confidence(scene, project: Project, path: Path, case: str, reference):
     conf_path = runfolder.case_file(path, case, "confidence")
     if not conf_path.exists():
         return None
-    confidence = read_node(scene, conf_path, "vtkMRMLScalarVolumeNode", f"{case} confidence")
-    _check_on_grid(confidence, reference, conf_path)
-    for key, value in ((ATTR_KIND, KIND_CONFIDENCE), (ATTR_CASE, case), (ATTR_RUN, path.name)):
+    return load_confidence_map(scene, project, conf_path, reference, f"{case} confidence",
+                               {ATTR_KIND: KIND_CONFIDENCE, ATTR_CASE: case, ATTR_RUN: path.name})
+
+
+def load_confidence_map(scene, project: Project, conf_path: Path, reference, name: str, attributes: dict):
+    """A confidence map file as a new scalar volume ``name`` on ``reference``'s grid, coloured
+    from the lowest possible confidence (1 / classes) to 1."""
+    confidence = read_node(scene, conf_path, "vtkMRMLScalarVolumeNode", name)
+    try:
+        _check_on_grid(confidence, reference, conf_path)
+    except SFRError:
+        remove_node(scene, confidence)
+        raise
+    for key, value in attributes.items():
         confidence.SetAttribute(key, value)
     confidence.CreateDefaultDisplayNodes()
     display = confidence.GetDisplayNode()
