@@ -53,7 +53,8 @@ PREV = ".prev"  # suffix of the previous save's files while a save is in progres
 #: Every file a save writes, moves or removes in the model folder.
 SAVED_FILES = (PARTS_FILE, STATE_FILE, MODEL_META, PARTS_FILE + PREV, STATE_FILE + PREV)
 FORMAT = "sfr-sam-model"
-FORMAT_VERSION = 1
+#: 2: the decoder's parts hold ``mask_decoder.class_bias`` (version 1 parts load with it at zero)
+FORMAT_VERSION = 2
 
 
 @dataclass

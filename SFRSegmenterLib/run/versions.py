@@ -11,6 +11,7 @@ the outputs identical (refactoring, messages, speed) need no bump.
 
 History (one line per bump):
     finetune 2: the stage-F head and BatchNorm fix; SAM models of version 1 are never reused.
+    finetune 3: the decoder's class offsets start at the log class priors (prior_bias).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 #: the per-case keys of a stage use its own number.
 STAGE_VERSIONS = {
     "stitch": 1,
-    "finetune": 2,
+    "finetune": 3,
     "pseudolabel": 1,
     "retrain": 1,
     "confidence": 1,
