@@ -10,10 +10,11 @@ folder and starts ::
 
 whose N processes (this module's :func:`main`) make exactly that call: stage R splits the global
 batch over them (:mod:`..retrain.train`, DDP), the pseudo-labels and the confidence stage's
-new cases split the cases (:mod:`..shard`).  The main process (rank 0) prints its events as JSON lines; the pipeline
-re-emits them as its own (:func:`..events.forward`), so ``status.json``, ``events.jsonl``, the
-log and the overall progress see what they see in one process.  Every process polls the run's
-cancel file (what ``sfr cancel`` writes); in stage R they agree on the iteration they stop at.
+new cases split the cases (:mod:`..shard`).  The main process (rank 0) prints its events as JSON
+lines; the pipeline re-emits them as its own (:func:`..events.forward`), so ``status.json``,
+``events.jsonl``, the log and the overall progress see what they see in one process.  Every
+process polls the run's cancel file (what ``sfr cancel`` writes); in stage R they agree on the
+iteration they stop at, in the confidence stage each takes no further case.
 Each process writes its outcome (done, cancelled, :class:`SFRError`, another error) to
 ``rank<R>.json`` in the spec folder, the main process with the function's return value when the
 pipeline needs it (:data:`RESULTS`, JSON); :func:`call` returns that value, or raises the same kind

@@ -18,8 +18,8 @@
 Each stage method builds its key (:mod:`.cache`) and calls one library function with explicit
 inputs: the model folder, the pseudo-label folder, the SAM model the pseudo-labels must come
 from, the cases (stage R, the pseudo-labels and the confidence stage's new cases through
-:func:`.distributed.call`: in this process, or on ``--processes N`` torchrun processes).  The methods are :class:`..sfrplus.RoundStages`; reuse and resume are
-:class:`~.cache.StageCache`'s.
+:func:`.distributed.call`: in this process, or on ``--processes N`` torchrun processes).  The
+methods are :class:`..sfrplus.RoundStages`; reuse and resume are :class:`~.cache.StageCache`'s.
 """
 
 from __future__ import annotations
@@ -231,17 +231,19 @@ class Pipeline:
                     largest: bool, total: int, done) -> None:
         """:func:`.stages.review_cases` of ``todo`` into the stage folder ``d``, each entry recorded
         in ``done`` (its ``cases.json``) with its key: at once in one process, once they meet on
-        ``--processes N`` (each process writes its cases' maps).  A cancel keeps the cases done."""
+        ``--processes N`` (each process writes its cases' maps; one case alone is not worth the
+        start of N processes).  A cancel keeps the cases done."""
+        processes = min(self.processes, len(todo))
 
         def record(c, entry):
             done.record(c, {"key": case_keys[c], **entry})
 
-        computed = distributed.call("confidence", self.processes, self.run_path, self.runner.should_stop,
-                                    self.project, model_dir=model_dir, out_dir=d, cases=list(todo),
-                                    settings=settings, sam_labels={c: sam_labels[c] for c in todo},
-                                    largest_component=largest, class_mm3=self._class_mm3(), device=self.cfg.device,
-                                    done_before=total - len(todo), **({"on_case": record} if self.processes == 1 else {}))
-        if self.processes > 1:
+        computed = distributed.call("confidence", processes, self.run_path, self.runner.should_stop, self.project,
+                                    model_dir=model_dir, out_dir=d, cases=list(todo), settings=settings,
+                                    sam_labels={c: sam_labels[c] for c in todo}, largest_component=largest,
+                                    class_mm3=self._class_mm3(), device=self.cfg.device, done_before=total - len(todo),
+                                    **({"on_case": record} if processes == 1 else {}))
+        if processes > 1:
             for c in todo:
                 if c in computed:
                     record(c, computed[c])
