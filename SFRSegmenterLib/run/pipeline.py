@@ -204,7 +204,7 @@ class Pipeline:
             done = self.runner.cases(d)
             bar = events.Progress("confidence", len(names))
             todo = []  # the cases predicted anew, after those found done or reused
-            for c in names:
+            for i, c in enumerate(names):
                 self.runner.check_cancel()
                 inside(d, f"{c}{LAST_MAP}")  # the case's files stay in the stage folder
                 entry = done.have(c, case_keys[c], LAST_MAP)
@@ -216,7 +216,7 @@ class Pipeline:
                 if entry.get("params") != settings:
                     entry = stages.review_again(entry, self.project.case(c), self.project, d, settings)
                 done.record(c, entry)
-                bar.update(len(names) - len(todo), case=c)
+                bar.update(i + 1 - len(todo), case=c)
             if todo:
                 self._review_new(d, model_dir, todo, case_keys, settings, sam_labels, largest, len(names), done)
             # in the order of the cases, as one case after the other leaves it
