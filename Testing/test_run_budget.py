@@ -158,6 +158,41 @@ def test_an_estimate_that_cannot_be_made_is_logged_and_the_run_goes_on(tmp_path,
     assert not [e for e in seen if e["event"] == "estimate"]
 
 
+def test_the_estimate_divides_the_split_stages_by_the_processes_only_where_they_are_faster():
+    """On N GPUs the cases and stage R's iterations are split N ways; on the CPU the processes share
+    the cores, so only cores the calibration left idle count; each split stage pays the launch."""
+    from SFRSegmenterLib.run.estimate import STAGE_OVERHEAD_S, parallel_speedup, stage_seconds
+
+    counts = {"iterations_sam": 10, "embedding_cache": 0, "iterations_vnet": 100, "sam_windows": 40,
+              "vnet_windows": 20, "validation_windows": 5}
+    sam = {"slabs": 1, "encoder_s": 0.5, "decoder_s": 0.5, "build_s": 1.0, "train_step_s": 1.0}
+    vnet = {"train_step_s": 0.2, "window_s": 1.0}
+    one = stage_seconds(counts, sam, vnet, 0)
+    assert stage_seconds(counts, sam, vnet, 0, parallel_speedup(1, "cuda")) == one
+    launch, o = STAGE_OVERHEAD_S["launch"], STAGE_OVERHEAD_S
+
+    def per_case_work(stages):  # what the processes split: the stage minus its fixed parts
+        return {"pseudolabel-r0": stages["pseudolabel-r0"] - o["pseudolabel"] - sam["build_s"],
+                "retrain-r0": stages["retrain-r0"] - o["retrain"], "confidence-r0": stages["confidence-r0"] - o["confidence"]}
+
+    work = per_case_work(one)
+    assert work == pytest.approx({"pseudolabel-r0": 40.0, "retrain-r0": 20.0, "confidence-r0": 20.0})
+    for speedup, factor in ((parallel_speedup(4, "cuda"), 4),
+                            # the calibration used both cores: two processes of one thread each gain nothing
+                            (parallel_speedup(2, "cpu", calibration_threads=2, process_threads=1, cores=2), 1),
+                            # one thread calibrated, 4 idle cores, 2 processes of 2 threads: twice, not 4 times
+                            (parallel_speedup(2, "cpu", calibration_threads=1, process_threads=2, cores=4), 2),
+                            (parallel_speedup(4, "cpu", calibration_threads=2, process_threads=1, cores=4), 2)):
+        assert speedup["cases"] == speedup["retrain"] == factor, speedup
+        split = stage_seconds(counts, sam, vnet, 0, speedup)
+        assert per_case_work({k: v - launch for k, v in split.items()}) == pytest.approx(
+            {k: v / factor for k, v in work.items()}, abs=0.06)  # stage_seconds rounds to 0.1 s
+        for name in ("stitch", "finetune-r0", "metrics"):  # the stages of the run's own process
+            assert split[name] == one[name]
+    why = parallel_speedup(2, "cpu", calibration_threads=2, process_threads=1, cores=2)["why"]
+    assert "share 2 CPU cores" in why and "x1" in why
+
+
 def test_overall_progress_skips_reused_stages_and_weights_by_the_estimate():
     from SFRSegmenterLib.run.progress import Overall
 

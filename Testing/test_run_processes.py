@@ -1,4 +1,5 @@
-"""``sfr run --processes N``: stage R and the pseudo-labels on N torchrun processes (gloo on the CPU).
+"""``sfr run --processes N``: stage R, the pseudo-labels and the confidence stage on N torchrun
+processes (gloo on the CPU).
 
 Real ``sfr run`` subprocesses on the bundled hippocampus cases with the tiny test SAM (its output
 is meaningless; these tests compare one process with two, not accuracy), real torchrun children.
@@ -73,22 +74,29 @@ def _events(run):
     return [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_give_the_results_of_one(tmp_path, sample_dir):
-    """The same short run in two projects: one process, then two (stage R data-parallel, the
-    pseudo-labels split by case); same stage keys, same V-Net weights and pseudo-labels."""
-    import torch
-
+@pytest.fixture(scope="module")
+def one_and_two(tmp_path_factory, sample_dir):
+    """The same short run in two projects: ``{1: run, 2: run}``, one process, then two."""
     from conftest import run_sfr
-    from SFRSegmenterLib.io import read_image
 
     runs = {}
     for n in (1, 2):
-        root = make_project(tmp_path / f"proj{n}", sample_dir)
+        root = make_project(tmp_path_factory.mktemp(f"proj{n}") / "proj", sample_dir)
         t0 = time.monotonic()
         run_sfr("run", root, *EXACT, "--processes", str(n), check=True)
         runs[n] = latest(root)
         print(f"{n} process(es): {time.monotonic() - t0:.1f} s")
-    one, two = runs[1], runs[2]
+    return runs
+
+
+def test_two_processes_give_the_results_of_one(one_and_two, tmp_path):
+    """One process, then two (stage R data-parallel, the pseudo-labels and the confidence stage
+    split by case): same stage keys, same V-Net weights, pseudo-labels and confidence stage."""
+    import torch
+
+    from SFRSegmenterLib.io import read_image
+
+    one, two = one_and_two[1], one_and_two[2]
     assert json.loads((two / "config.json").read_text())["processes"] == 2
     assert json.loads((one / "config.json").read_text())["processes"] == 1
     assert {k: v["key"] for k, v in stages(one).items()} == {k: v["key"] for k, v in stages(two).items()}
@@ -110,12 +118,89 @@ def test_two_processes_give_the_results_of_one(tmp_path, sample_dir):
         assert np.abs(read_image(f).array - read_image(two / "pseudo" / f.name).array).max() < 1e-2
     log = (two / "log.txt").read_text()
     assert "on 2 processes" in log and "x 2 processes" in log
+    # the confidence stage: one new case in each process, equal to one process with the same inputs
+    assert "confidence: 2 of 2 case(s) computed by 2 processes (process 0: 1, process 1: 1)" in log
+    estimate = next(e for e in _events(two) if e["event"] == "estimate")  # counted for 2 processes sharing the CPU
+    assert estimate["processes"]["processes"] == 2 and "CPU cores" in estimate["processes"]["why"]
+    _equal_to_one_process(two, tmp_path / "again")
     # the processes' events arrive in the run's events as the one process's do
     for run in (one, two):
         retrain = [e for e in _events(run) if e["event"] == "progress" and e["stage"] == "retrain"]
         assert retrain and retrain[-1]["step"] == retrain[-1]["total"] == 3
     assert ("overall" in retrain[-1]) == ("overall" in [e for e in _events(one) if e["event"] == "progress"][-1])
     assert json.loads((two / "status.json").read_text())["state"] == "done"
+
+
+def _close(a, b, path=""):
+    """Equal, floats up to 1e-5 (what the processes' thread counts change in their sums)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), path
+        for k in a:
+            _close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) or isinstance(b, float):
+        assert b is not None and abs(float(a) - float(b)) <= 1e-5, (path, a, b)
+    else:
+        assert a == b, (path, a, b)
+
+
+def _equal_to_one_process(run, again):
+    """``run``'s confidence stage (computed by 2 processes) computed again by the pipeline on one
+    process, in the run folder ``again``, from the same V-Net and SAM pseudo-labels: the same maps
+    (labels exactly, confidence up to 1e-5) and the same ``cases.json`` entries (but their keys:
+    the stages it reads are named anew here, so that nothing is reused from ``run``).  On the way
+    it is cancelled through the run's cancel file once its first case is done: that case is kept
+    and the resumed stage predicts only the other."""
+    import dataclasses
+
+    from SFRSegmenterLib import events, jobs
+    from SFRSegmenterLib.errors import Cancelled
+    from SFRSegmenterLib.io import read_image
+    from SFRSegmenterLib.manifest import load_project
+    from SFRSegmenterLib.review import CASE_SUFFIXES
+    from SFRSegmenterLib.run.config import load_run_config
+    from SFRSegmenterLib.run.pipeline import Pipeline
+
+    project = load_project(run.parent.parent)
+    names = [c.name for c in project.by_role("unlabeled")]
+    pipe = Pipeline(project, again, dataclasses.replace(load_run_config(run), processes=1))
+    pipe.runner.records.update({"retrain-r0": {"key": "the V-Net of run two"},
+                                "pseudolabel-r0": {"key": "the SAM labels of run two"}})
+    sam = run / "stages" / "pseudolabel-r0"
+    sam_labels = {c: sam / f"{c}.nii.gz" for c in names}
+
+    def cancel_after_the_first_case(record):  # what `sfr cancel` writes, while the stage runs
+        if record.get("event") == "progress" and record.get("stage") == "confidence" and record.get("step") == 1:
+            jobs.request_cancel(again)
+
+    events.add_sink(cancel_after_the_first_case)
+    try:
+        with pytest.raises(Cancelled):
+            pipe.stage_confidence(0, run / "stages" / "retrain-r0", sam_labels)
+    finally:
+        events.remove_sink(cancel_after_the_first_case)
+    cf = again / "stages" / "confidence-r0"
+    assert pipe.runner.records["confidence-r0"]["status"] == "cancelled"
+    assert list(json.loads((cf / "cases.json").read_text())) == names[:1]
+    first = (cf / f"{names[0]}.nii.gz").stat().st_mtime_ns
+    (again / jobs.CANCEL_NAME).unlink()  # as `sfr run --resume` does
+    assert pipe.stage_confidence(0, run / "stages" / "retrain-r0", sam_labels) == cf
+    assert (cf / f"{names[0]}.nii.gz").stat().st_mtime_ns == first  # kept, not predicted again
+    two = run / "stages" / "confidence-r0"
+    one_entries, two_entries = (json.loads((d / "cases.json").read_text()) for d in (cf, two))
+    assert list(one_entries) == list(two_entries) == names
+    for c in names:
+        _close({k: v for k, v in one_entries[c].items() if k != "key"},
+               {k: v for k, v in two_entries[c].items() if k != "key"}, c)
+        for suffix in CASE_SUFFIXES:
+            a, b = read_image(cf / f"{c}{suffix}").array, read_image(two / f"{c}{suffix}").array
+            if suffix == "_confidence.nii.gz":
+                assert np.allclose(a, b, rtol=0, atol=1e-5), (c, suffix)
+            else:
+                assert np.array_equal(a, b), (c, suffix)
 
 
 def test_cancel_stops_the_processes_at_a_safe_point_and_resume_finishes(tmp_path, sample_dir):

@@ -121,7 +121,8 @@ def add_parser(sub) -> None:
                      "warm_start_from in config.json")
     add_device(job, default=None, help=DEVICE_HELP + " (default auto)")  # None: --resume keeps the saved one
     job.add_argument("--processes", metavar="N",
-                     help="run stage R (data-parallel) and the pseudo-labels (cases split) on N processes (or auto) under "
+                     help="run stage R (data-parallel), the pseudo-labels and the confidence stage (cases split) on N "
+                     "processes (or auto) under "
                      "torchrun: one per GPU, or gloo on the CPU; auto (the default): one per CUDA device when "
                      "there are several, else 1; saved in config.json as the number")
     job.add_argument("--no-report", action="store_true", help="do not write report.html at the end")

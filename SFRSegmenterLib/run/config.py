@@ -41,8 +41,8 @@ class RunConfig:
     ssl: str | None = None  # None: stage R's default
     network: str | None = None
     device: str = "auto"
-    # stage R and the pseudo-labels on N torchrun processes (run/distributed.py); "auto" (one per
-    # CUDA device when there are several) is resolved to a number when the run is created
+    # stage R, the pseudo-labels and the confidence stage on N torchrun processes (run/distributed.py);
+    # "auto" (one per CUDA device when there are several) is resolved to a number when the run is created
     processes: "int | str" = "auto"
     iterations_sam: int | None = None
     iterations_vnet: int | None = None

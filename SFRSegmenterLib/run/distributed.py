@@ -1,4 +1,5 @@
-"""Stage R and the pseudo-labels of ``sfr run`` on several processes (``--processes N|auto``).
+"""Stage R, the pseudo-labels and the confidence stage of ``sfr run`` on several processes
+(``--processes N|auto``).
 
 With more than one process the pipeline (:mod:`.pipeline`) does not call the library function
 in its own process: :func:`call` writes the call (the function's name, the stage
@@ -8,14 +9,17 @@ folder and starts ::
     python -m torch.distributed.run --standalone --nproc_per_node N -m SFRSegmenterLib.run.distributed SPEC
 
 whose N processes (this module's :func:`main`) make exactly that call: stage R splits the global
-batch over them (:mod:`..retrain.train`, DDP), the pseudo-labels split the cases
-(:mod:`..shard`).  The main process (rank 0) prints its events as JSON lines; the pipeline
-re-emits them as its own (:func:`..events.forward`), so ``status.json``, ``events.jsonl``, the
-log and the overall progress see what they see in one process.  Every process polls the run's
-cancel file (what ``sfr cancel`` writes); in stage R they agree on the iteration they stop at.
+batch over them (:mod:`..retrain.train`, DDP), the pseudo-labels and the confidence stage's
+new cases split the cases (:mod:`..shard`).  The main process (rank 0) prints its events as JSON
+lines; the pipeline re-emits them as its own (:func:`..events.forward`), so ``status.json``,
+``events.jsonl``, the log and the overall progress see what they see in one process.  Every
+process polls the run's cancel file (what ``sfr cancel`` writes); in stage R they agree on the
+iteration they stop at, in the confidence stage each takes no further case.
 Each process writes its outcome (done, cancelled, :class:`SFRError`, another error) to
-``rank<R>.json`` in the spec folder; :func:`call` raises the same kind of error in the pipeline
-(an out-of-memory message stays one, so :func:`.oom.with_oom_retry` still halves the batch).
+``rank<R>.json`` in the spec folder, the main process with the function's return value when the
+pipeline needs it (:data:`RESULTS`, JSON); :func:`call` returns that value, or raises the same kind
+of error in the pipeline (an out-of-memory message stays one, so :func:`.oom.with_oom_retry` still
+halves the batch).
 
 Results equal one process's when the configuration allows it (:func:`exact`: no dropout, no
 batch normalisation; the stage key then ignores the number of processes); otherwise the number
@@ -37,7 +41,10 @@ from ..errors import Cancelled, SFRError
 
 #: The library functions a run may call on several processes: ``{name: (module, function)}``.
 FUNCTIONS = {"retrain": ("SFRSegmenterLib.retrain", "retrain"),
-             "pseudolabel": ("SFRSegmenterLib.pseudolabel", "pseudolabel")}
+             "pseudolabel": ("SFRSegmenterLib.pseudolabel", "pseudolabel"),
+             "confidence": ("SFRSegmenterLib.run.stages", "review_cases")}
+#: The functions whose return value (the main process's, JSON) :func:`call` returns from N processes.
+RESULTS = ("confidence",)
 AUTO = "auto"
 SPEC_JSON = "spec.json"
 
@@ -114,7 +121,8 @@ def key_parts(processes: int, retrain_cfg) -> list:
 
 def call(name: str, processes: int, run_path: Path, should_stop, project, config=None, **kwargs):
     """``FUNCTIONS[name](project, [config], should_stop=..., **kwargs)``: in this process when
-    ``processes`` is 1, else on ``processes`` torchrun processes (nothing returned then)."""
+    ``processes`` is 1, else on ``processes`` torchrun processes (then the main process's return
+    value for a function of :data:`RESULTS`, None for the others)."""
     module, function = FUNCTIONS[name]
     if processes <= 1:
         import importlib
@@ -129,8 +137,8 @@ def call(name: str, processes: int, run_path: Path, should_stop, project, config
         (folder / SPEC_JSON).write_text(json.dumps(spec), encoding="utf-8")
         events.log(f"{name} on {processes} processes (torchrun)")
         rc, tail = _launch(folder, processes)
-        _raise_outcome(folder, processes, rc, tail, name)
-    return None
+        outcomes = _raise_outcome(folder, processes, rc, tail, name)
+    return _decode(outcomes[0].get("result")) if name in RESULTS else None
 
 
 def command(spec_folder: Path, processes: int) -> list:
@@ -140,10 +148,18 @@ def command(spec_folder: Path, processes: int) -> list:
             "-m", __name__, str(Path(spec_folder) / SPEC_JSON)]
 
 
+def threads_per_process(processes: int) -> int:
+    """The CPU threads each of ``processes`` processes gets: ``OMP_NUM_THREADS`` when it is set,
+    else the cores shared out (torchrun would set 1 and warn)."""
+    given = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if given.isdigit() and int(given) >= 1:
+        return int(given)
+    return max(1, (os.cpu_count() or 1) // max(1, int(processes)))
+
+
 def _launch(folder: Path, processes: int) -> tuple:
     env = dict(os.environ)
-    # the cores shared out (torchrun would set 1 and warn)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(processes))))
+    env.setdefault("OMP_NUM_THREADS", str(threads_per_process(processes)))
     stderr_path = folder / "stderr.txt"
     with open(stderr_path, "w", encoding="utf-8") as err:
         proc = subprocess.Popen(command(folder, processes), stdout=subprocess.PIPE, stderr=err, env=env,
@@ -174,7 +190,8 @@ def _forward_line(line: str) -> None:
         events.log(line)
 
 
-def _raise_outcome(folder: Path, processes: int, rc: int, tail: list, name: str) -> None:
+def _raise_outcome(folder: Path, processes: int, rc: int, tail: list, name: str) -> list:
+    """Every process's outcome, in rank order, when all of them are done; else the error they tell."""
     outcomes = []
     for rank in range(processes):
         p = folder / f"rank{rank}.json"
@@ -193,6 +210,7 @@ def _raise_outcome(folder: Path, processes: int, rc: int, tail: list, name: str)
     if rc != 0 or len(outcomes) < processes:
         last = tail[-1] if tail else "no message"
         raise RuntimeError(f"{name} on {processes} processes (torchrun) ended with exit status {rc}: {last}")
+    return outcomes
 
 
 def _encode(value):
@@ -247,8 +265,10 @@ def main(argv=None) -> int:
 
         fn = getattr(importlib.import_module(module), function)
         config = _config(spec["function"], spec.get("config"))
-        fn(load_project(spec["project"]), *([config] if config is not None else []),
-           should_stop=jobs.stop_checker(Path(spec["run"])), **_decode(spec["kwargs"]))
+        result = fn(load_project(spec["project"]), *([config] if config is not None else []),
+                    should_stop=jobs.stop_checker(Path(spec["run"])), **_decode(spec["kwargs"]))
+        if rank == 0 and spec["function"] in RESULTS:
+            outcome["result"] = _encode(result)
     except Cancelled as exc:
         outcome, code = {"outcome": "cancelled", "message": str(exc)}, jobs.EXIT_CANCELLED
     except SFRError as exc:

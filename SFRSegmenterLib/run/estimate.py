@@ -9,6 +9,13 @@ step times into seconds per stage with the run's counts (iterations, embedding c
 per case from the image headers, rounds).  A later SFR+ round is counted as if it pseudo-labeled
 every unlabeled case again (an upper bound: only the cases not trusted are).
 
+On ``--processes N`` (:mod:`.distributed`) the stages split over the processes are faster by what
+:func:`parallel_speedup` says is honest for the device: the pseudo-labels' and the confidence
+stage's per-case work (the cases split) and stage R's iterations (the batch split) are divided by
+N on N GPUs; on the CPU the processes share the cores, so only the cores the calibration left idle
+count (a calibration that used every core: no speed-up).  Each of those stages then also pays the
+start of N processes (``STAGE_OVERHEAD_S["launch"]``).
+
 The estimate is an event, ``{"event": "estimate", "seconds": S, "stages": {...}, "budget": ...,
 "calibration": {...}}``, and a log line; a run whose estimate cannot be made logs why and goes on.
 """
@@ -25,7 +32,9 @@ REPEATS, SLOW_S = 3, 1.0
 #: seconds added to each stage's timed steps for its work outside them (reading volumes, loading
 #: models, writing files): fixed allowances of the order of that work on the bundled sample
 STAGE_OVERHEAD_S = {"stitch": 0.2, "finetune": 1.0, "pseudolabel": 0.5, "retrain": 1.0, "confidence": 0.3,
-                    "metrics": 0.2}
+                    "metrics": 0.2, "launch": 10.0}  # launch: torchrun starting N processes that import torch
+#: the stages :mod:`.distributed` runs on N processes
+SPLIT_STAGES = ("pseudolabel", "retrain", "confidence")
 
 
 def about(seconds: float) -> str:
@@ -140,19 +149,53 @@ def calibrate_vnet(project, rt_cfg, device) -> dict:
     return {"network": rt_cfg.network, "crop": list(crop), "train_step_s": step_s, "window_s": fwd_s}
 
 
-def stage_seconds(counts: dict, sam: dict, vnet: dict, rounds: int) -> dict:
+def parallel_speedup(processes: int, device_kind: str, calibration_threads: int = 1,
+                     process_threads: "int | None" = None, cores: "int | None" = None) -> dict:
+    """How much faster the stages of :data:`SPLIT_STAGES` go on ``processes`` processes than the
+    calibration measured in this one: ``{"processes", "cases", "retrain", "why"}`` (``cases``: the
+    pseudo-labels' and the confidence stage's per-case work; ``retrain``: stage R's iterations).
+
+    On CUDA each process has its own GPU: N.  On the CPU the processes share the cores
+    (``cores``; each process has ``process_threads`` threads, :func:`.distributed.threads_per_process`):
+    only the threads beyond the ``calibration_threads`` the calibration already used count, whole
+    multiples of them and at most N; a calibration that used every core gets no speed-up."""
+    n = max(1, int(processes))
+    if n == 1:
+        return {"processes": 1, "cases": 1.0, "retrain": 1.0, "why": "one process"}
+    if device_kind == "cuda":
+        return {"processes": n, "cases": float(n), "retrain": float(n), "why": f"{n} GPUs, one process each"}
+    if cores is None:
+        import os
+
+        cores = os.cpu_count() or 1
+    if process_threads is None:
+        from .distributed import threads_per_process
+
+        process_threads = threads_per_process(n)
+    used = max(1, int(calibration_threads))
+    busy = min(int(cores), n * max(1, int(process_threads)))  # the cores the N processes keep busy
+    factor = float(max(1, min(n, busy // used)))
+    return {"processes": n, "cases": factor, "retrain": factor,
+            "why": f"{n} processes share {cores} CPU cores ({process_threads} thread(s) each; the calibration "
+                   f"used {used}): x{factor:g}"}
+
+
+def stage_seconds(counts: dict, sam: dict, vnet: dict, rounds: int, speedup: "dict | None" = None) -> dict:
     """Seconds per stage (the names ``sfr run`` gives its stages) from step times and counts.
 
     ``counts``: iterations_sam, embedding_cache, iterations_vnet, sam_windows (SAM windows over
     every unlabeled case), vnet_windows (V-Net windows over every unlabeled case), validation_windows.
+    ``speedup``: :func:`parallel_speedup` of the run's processes (None: one process).
     """
     o = STAGE_OVERHEAD_S
+    speedup = speedup or parallel_speedup(1, "cpu")
+    launch = o["launch"] if speedup["processes"] > 1 else 0.0
     sam_window = sam["slabs"] * (sam["encoder_s"] + sam["decoder_s"])
     finetune = (o["finetune"] + sam["build_s"] + counts["embedding_cache"] * sam["slabs"] * sam["encoder_s"]
                 + counts["iterations_sam"] * sam["train_step_s"])
-    pseudo = o["pseudolabel"] + sam["build_s"] + counts["sam_windows"] * sam_window
-    retrain = o["retrain"] + counts["iterations_vnet"] * vnet["train_step_s"]
-    confidence = o["confidence"] + counts["vnet_windows"] * vnet["window_s"]
+    pseudo = launch + o["pseudolabel"] + sam["build_s"] + counts["sam_windows"] * sam_window / speedup["cases"]
+    retrain = launch + o["retrain"] + counts["iterations_vnet"] * vnet["train_step_s"] / speedup["retrain"]
+    confidence = launch + o["confidence"] + counts["vnet_windows"] * vnet["window_s"] / speedup["cases"]
     out = {"stitch": o["stitch"]}
     for r in range(rounds + 1):
         out.update({f"finetune-r{r}": finetune, f"pseudolabel-r{r}": pseudo, f"retrain-r{r}": retrain,
@@ -176,31 +219,36 @@ def _counts(project, cfg, ft_cfg, rt_cfg, sam: dict, vnet: dict) -> dict:
             "validation_windows": sum(count_windows(s, vnet["crop"], vstride) for s in val)}
 
 
-def estimate_run(project, cfg) -> dict:
-    """The estimate event's fields for a run with (effective) configuration ``cfg``."""
+def estimate_run(project, cfg, processes: int = 1) -> dict:
+    """The estimate event's fields for a run with (effective) configuration ``cfg`` on
+    ``processes`` processes (resolved, :func:`.distributed.resolve_processes`)."""
+    import torch
+
     from ..device import resolve_device
     from .config import finetune_config, retrain_config
 
     ft_cfg, rt_cfg = finetune_config(cfg), retrain_config(cfg)
     t0 = time.perf_counter()
     sam = calibrate_sam(project, ft_cfg, resolve_device(ft_cfg.device))
-    vnet = calibrate_vnet(project, rt_cfg, resolve_device(rt_cfg.device))
+    vnet_device = resolve_device(rt_cfg.device)
+    vnet = calibrate_vnet(project, rt_cfg, vnet_device)
     counts = _counts(project, cfg, ft_cfg, rt_cfg, sam, vnet)
-    stages = stage_seconds(counts, sam, vnet, cfg.resolved_rounds)
+    speedup = parallel_speedup(processes, vnet_device.type, torch.get_num_threads())
+    stages = stage_seconds(counts, sam, vnet, cfg.resolved_rounds, speedup)
     choice = cfg.budget_choice or {}
     embed = counts["embedding_cache"] * sam["slabs"] * sam["encoder_s"]
     return {"seconds": round(sum(stages.values()), 1), "stages": stages, "budget": choice.get("name"),
             "embed_share": round(embed / stages["finetune-r0"], 4) if stages["finetune-r0"] else 0.0,
             "device": choice.get("device"), "method": "calibration",
-            "calibration_s": round(time.perf_counter() - t0, 2), "counts": counts,
+            "calibration_s": round(time.perf_counter() - t0, 2), "counts": counts, "processes": speedup,
             "steps": {"sam": {k: (round(v, 5) if isinstance(v, float) else v) for k, v in sam.items()},
                       "vnet": {k: (round(v, 5) if isinstance(v, float) else v) for k, v in vnet.items()}}}
 
 
-def emit_estimate(project, cfg) -> "dict | None":
+def emit_estimate(project, cfg, processes: int = 1) -> "dict | None":
     """Emit the estimate event and its log line; when it cannot be made, log why and return None."""
     try:
-        est = estimate_run(project, cfg)
+        est = estimate_run(project, cfg, processes)
     except Exception as exc:  # noqa: BLE001 - the run goes on without an estimate
         events.log(f"no estimate of the run's duration: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
                    "warning")
@@ -208,5 +256,6 @@ def emit_estimate(project, cfg) -> "dict | None":
     events.emit("estimate", **est)
     events.log(f"estimate: {about(est['seconds'])} for the whole run with budget "
                f"{est['budget']} (calibrated in {est['calibration_s']:.1f} s: SAM step "
-               f"{est['steps']['sam']['train_step_s']:.3f} s, V-Net step {est['steps']['vnet']['train_step_s']:.3f} s)")
+               f"{est['steps']['sam']['train_step_s']:.3f} s, V-Net step {est['steps']['vnet']['train_step_s']:.3f} s)"
+               + (f"; {est['processes']['why']}" if est["processes"]["processes"] > 1 else ""))
     return est

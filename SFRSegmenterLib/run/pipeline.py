@@ -17,9 +17,9 @@
 
 Each stage method builds its key (:mod:`.cache`) and calls one library function with explicit
 inputs: the model folder, the pseudo-label folder, the SAM model the pseudo-labels must come
-from, the cases (stage R and the pseudo-labels through :func:`.distributed.call`: in this process, or
-on ``--processes N`` torchrun processes).  The methods are :class:`..sfrplus.RoundStages`; reuse and resume are
-:class:`~.cache.StageCache`'s.
+from, the cases (stage R, the pseudo-labels and the confidence stage's new cases through
+:func:`.distributed.call`: in this process, or on ``--processes N`` torchrun processes).  The
+methods are :class:`..sfrplus.RoundStages`; reuse and resume are :class:`~.cache.StageCache`'s.
 """
 
 from __future__ import annotations
@@ -74,12 +74,12 @@ class Pipeline:
         # a warm start: stage F and stage R start from a finished run's models (..warmstart)
         self.warm = warmstart.resolve(project, cfg.warm_start_from) if cfg.warm_start_from else None
         self.warm_key = self.warm.key() if self.warm else None
-        # stage R and the pseudo-labels on this many torchrun processes (..distributed)
+        # stage R, the pseudo-labels and the confidence stage on this many torchrun processes (..distributed)
         from ..device import resolve_device
 
         self.processes, why = distributed.resolve_processes(cfg.processes, resolve_device(cfg.device))
         if self.processes > 1:
-            events.log(f"stage R and the pseudo-labels on {self.processes} processes ({why})")
+            events.log(f"stage R, the pseudo-labels and the confidence stage on {self.processes} processes ({why})")
 
     def labeled_fingerprint(self) -> list:
         return [[c.name, self.sha[c.name], self.label_sha[c.name]] for c in self.labeled]
@@ -202,30 +202,54 @@ class Pipeline:
 
         def fn(d: Path, resume: bool):
             done = self.runner.cases(d)
-            model = None
             bar = events.Progress("confidence", len(names))
+            todo = []  # the cases predicted anew, after those found done or reused
             for i, c in enumerate(names):
                 self.runner.check_cancel()
                 inside(d, f"{c}{LAST_MAP}")  # the case's files stay in the stage folder
                 entry = done.have(c, case_keys[c], LAST_MAP)
                 if entry is None and (found := done.reuse(c, case_keys[c], CASE_SUFFIXES)):
                     entry = found[1]
-                case = self.project.case(c)
-                if entry is not None and entry.get("params") != settings:
-                    entry = stages.review_again(entry, case, self.project, d, settings)
-                elif entry is None:
-                    if model is None:
-                        from ..retrain.inference import load_model
-
-                        model = load_model(model_dir, self.cfg.device)
-                    entry = {"key": case_keys[c],
-                             **stages.review_new(model, case, self.project, d, settings, sam_labels[c],
-                                                 largest, self._class_mm3())}
+                if entry is None:
+                    todo.append(c)
+                    continue
+                if entry.get("params") != settings:
+                    entry = stages.review_again(entry, self.project.case(c), self.project, d, settings)
                 done.record(c, entry)
-                bar.update(i + 1, case=c)
+                bar.update(i + 1 - len(todo), case=c)
+            if todo:
+                self._review_new(d, model_dir, todo, case_keys, settings, sam_labels, largest, len(names), done)
+            # in the order of the cases, as one case after the other leaves it
+            done.entries = {**{c: done.entries[c] for c in names},
+                            **{c: e for c, e in done.entries.items() if c not in names}}
+            done.save()
             return {"cases": names}
 
         return self.runner.run_stage(f"confidence-r{r}", key, fn)
+
+    def _review_new(self, d: Path, model_dir: Path, todo: list, case_keys: dict, settings: dict, sam_labels: dict,
+                    largest: bool, total: int, done) -> None:
+        """:func:`.stages.review_cases` of ``todo`` into the stage folder ``d``, each entry recorded
+        in ``done`` (its ``cases.json``) with its key: at once in one process, once they meet on
+        ``--processes N`` (each process writes its cases' maps; one case alone is not worth the
+        start of N processes).  A cancel keeps the cases done."""
+        processes = min(self.processes, len(todo))
+
+        def record(c, entry):
+            done.record(c, {"key": case_keys[c], **entry})
+
+        computed = distributed.call("confidence", processes, self.run_path, self.runner.should_stop, self.project,
+                                    model_dir=model_dir, out_dir=d, cases=list(todo), settings=settings,
+                                    sam_labels={c: sam_labels[c] for c in todo}, largest_component=largest,
+                                    class_mm3=self._class_mm3(), device=self.cfg.device, done_before=total - len(todo),
+                                    **({"on_case": record} if processes == 1 else {}))
+        if processes > 1:
+            for c in todo:
+                if c in computed:
+                    record(c, computed[c])
+        if len(computed) < len(todo):  # the processes stopped early: only a cancel does that
+            self.runner.check_cancel()
+            raise RuntimeError(f"the confidence stage returned {len(computed)} of {len(todo)} cases")
 
     # ---------------------------------------------------------------- SFR+ decisions
     def _labeled_mm3(self) -> list:
@@ -254,7 +278,7 @@ class Pipeline:
     # ---------------------------------------------------------------- the whole run
     def run(self) -> dict:
         rounds = self.cfg.resolved_rounds
-        estimate = emit_estimate(self.project, self.cfg)  # before stage F; None: logged why
+        estimate = emit_estimate(self.project, self.cfg, self.processes)  # before stage F; None: logged why
         if estimate:
             overall.start(estimate)  # one fraction and ETA across stages (ended by job.execute)
         self.runner.planned = 2 + 4 * (rounds + 1)

@@ -1,6 +1,7 @@
 """Stage bodies of ``sfr run`` that are not one library call: the stitch pictures, the confidence
-stage's per-case review (through :mod:`..review`, the library ``sfr review`` uses), the hidden-
-ground-truth scores and the validation predictions.  Every input is an argument."""
+stage's per-case review (through :mod:`..review`, the library ``sfr review`` uses; the new cases
+on one or several processes, :func:`review_cases`), the hidden-ground-truth scores and the
+validation predictions.  Every input is an argument."""
 
 from __future__ import annotations
 
@@ -100,6 +101,54 @@ def review_new(model, case, project: Project, out_dir: Path, settings: dict, sam
                             project.num_classes)
     return {**case_measurements(review, img), "params": settings, "signals": signals,
             **score(project, case, review.label, sam_label)}
+
+
+def review_cases(project: Project, model_dir: Path, out_dir: Path, cases: list, settings: dict, sam_labels: dict,
+                 largest_component: bool = False, class_mm3: "list | None" = None, device: str = "auto",
+                 should_stop=None, on_case=None, done_before: int = 0) -> dict:
+    """:func:`review_new` of every case in ``cases`` with the V-Net in ``model_dir``: ``{case: entry}``
+    in the order of ``cases``; ``sam_labels[case]``: SAM's pseudo-label it is compared with.
+
+    Under torchrun (``sfr run --processes N``, :mod:`.distributed`) the cases are split over the
+    processes as the pseudo-labels' are (:mod:`..shard`): each process writes its cases' maps, the
+    processes meet once and every one returns all the entries; the main process logs who computed
+    how many.  ``should_stop`` is polled before each case: a process told to stop takes no further
+    case, and the cases done by then are returned (the caller tells a cancel by the missing ones).
+    ``on_case(case, entry)``: called by the process that computed a case, right after it (one
+    process: the pipeline records it at once).  The main process's progress counts from
+    ``done_before`` cases (those the caller did not need to compute)."""
+    from .. import events
+    from ..retrain.inference import load_model
+    from ..shard import sharded, voxel_counts
+
+    out_dir = Path(out_dir)
+    selected = {name: project.case(name) for name in cases}
+    with sharded(device) as shard:
+        sizes = voxel_counts({n: project.image_path(c) for n, c in selected.items()}) if shard.world > 1 else {}
+        own = shard.mine(list(cases), sizes)
+        model = load_model(model_dir, shard.device)
+        total = done_before + len(cases)
+        bar = events.Progress("confidence", total, start=done_before) if shard.main else None
+        results = {}
+        for i, name in enumerate(own):
+            if should_stop is not None and should_stop():
+                break
+            sam = sam_labels.get(name)
+            results[name] = review_new(model, selected[name], project, out_dir, settings,
+                                       None if sam is None else Path(sam), largest_component, class_mm3)
+            if on_case is not None:
+                on_case(name, results[name])
+            if bar is not None:  # this process's share stands for the whole stage's
+                bar.update(done_before + round((i + 1) * len(cases) / len(own)), case=name)
+        shard.report("confidence", list(results))
+        if shard.world > 1:
+            parts = shard.gather(results)
+            if shard.main:
+                events.log(f"confidence: {sum(map(len, parts))} of {len(cases)} case(s) computed by {shard.world} "
+                           "processes (" + ", ".join(f"process {r}: {len(p)}" for r, p in enumerate(parts)) + ")")
+            for part in parts:
+                results.update(part)
+    return {name: results[name] for name in cases if name in results}
 
 
 def review_again(entry: dict, case, project: Project, out_dir: Path, settings: dict) -> dict:
