@@ -64,6 +64,14 @@ def child_environment(base: dict | None = None) -> dict:
     return env
 
 
+def logic_environment(base: dict | None = None) -> dict:
+    """:func:`child_environment` with this package importable too (``python -m
+    SFRSegmenterLogicLib.x`` children: the GPU facts, the checkpoint download, the install check)."""
+    env = child_environment(base)
+    env["PYTHONPATH"] = str(_HERE.parent) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
 # --------------------------------------------------------------------------- runner
 
 
