@@ -3,9 +3,11 @@
 The Qt layer here is thin: the widget is laid out in ``Resources/UI/SFRSegmenter.ui`` and every
 decision about MRML nodes, project files and the background run lives in the plain-Python
 package ``SFRSegmenterLogicLib`` (tested with pytest on ``slicer-core``).  The engine
-(``SFRSegmenterLib``) runs detached in its own process, started with ``QProcess`` from the
-command lines of the engine's run contract (``SFRSegmenterLib.runcontrol``): closing the scene
-or Slicer does not stop it, and entering the module follows a running run again.
+(``SFRSegmenterLib``) runs detached in its own process, started from the command lines of the
+engine's run contract (``SFRSegmenterLib.runcontrol``): closing the scene or Slicer does not stop
+it, and entering the module follows a running run again.  Every child process (the run's launcher,
+Apply model, the install, a checkpoint download) goes through the logic's ``SubprocessRunner``,
+whose output a reader thread collects and the panel's timer delivers: the window never waits.
 """
 
 import logging
@@ -35,9 +37,11 @@ from SFRSegmenterLib import runcontrol  # noqa: E402
 from SFRSegmenterLib.errors import SFRError  # noqa: E402
 from SFRSegmenterLogicLib import apply as applymodel  # noqa: E402
 from SFRSegmenterLogicLib import cases, edits, environment, export, jobs, provenance, resources  # noqa: E402
+from SFRSegmenterLogicLib import checkpoints as checkpointoffers  # noqa: E402
 from SFRSegmenterLogicLib import nodes as mrmlnodes  # noqa: E402
 from SFRSegmenterLogicLib import results as resultnodes  # noqa: E402
 from SFRSegmenterLogicLib import panelrules, partial, review, sampledata  # noqa: E402
+from SFRSegmenterLogicLib.runner import SubprocessRunner  # noqa: E402
 
 ROLE_CHOICES = [("", _("Automatic")), ("labeled", _("Labeled")), ("unlabeled", _("Unlabeled")),
                 ("validation", _("Validation")), (cases.EXCLUDED, _("Excluded"))]
@@ -80,87 +84,6 @@ def registerSampleData():
 
 
 #
-# Process runner on QProcess (the plain-Python one is runner.SubprocessRunner)
-#
-
-
-class QProcessRunner:
-    """Runs the engine with ``QProcess``: output arrives through Qt signals, the UI never blocks."""
-
-    def __init__(self):
-        self.on_line = None
-        self.on_finished = None
-        self.process = None
-        self.returncode = None
-        self._partial = ""
-        self._done = False
-
-    def start(self, args, env=None, cwd=None):
-        self.process = qt.QProcess()
-        self.process.setProcessChannelMode(qt.QProcess.MergedChannels)
-        if env is not None:
-            processEnvironment = qt.QProcessEnvironment()
-            for key, value in env.items():
-                processEnvironment.insert(key, value)
-            self.process.setProcessEnvironment(processEnvironment)
-        if cwd:
-            self.process.setWorkingDirectory(cwd)
-        self.process.connect("readyReadStandardOutput()", self._onReadyRead)
-        self.process.connect("finished(int,QProcess::ExitStatus)", self._onFinished)
-        self.process.connect("errorOccurred(QProcess::ProcessError)", self._onError)
-        self._partial, self._done, self.returncode = "", False, None
-        self.process.start(args[0], [str(a) for a in args[1:]])
-
-    def _onReadyRead(self):
-        data = bytes(self.process.readAllStandardOutput().data()).decode("utf-8", errors="replace")
-        lines = (self._partial + data).split("\n")
-        self._partial = lines.pop()
-        for line in lines:
-            if self.on_line:
-                self.on_line(line.rstrip("\r"))
-
-    def _finish(self, returncode):
-        if self._done:
-            return
-        self._done = True
-        self.returncode = returncode
-        if self.on_finished:
-            self.on_finished(returncode)
-
-    def _onFinished(self, exitCode, exitStatus):
-        self._onReadyRead()
-        if self._partial and self.on_line:
-            self.on_line(self._partial)
-        self._partial = ""
-        self._finish(exitCode if exitStatus == qt.QProcess.NormalExit else -9)
-
-    def _onError(self, error):
-        if error == qt.QProcess.FailedToStart:
-            if self.on_line:
-                self.on_line(f"error: could not start {self.process.program()}")
-            self._finish(-1)
-
-    def poll(self):
-        pass  # Qt delivers output and the end through signals
-
-    def is_running(self):
-        return self.process is not None and self.process.state() != qt.QProcess.NotRunning
-
-    def terminate(self):
-        if self.is_running():
-            self.process.terminate()
-
-    def kill(self):
-        if self.is_running():
-            self.process.kill()
-
-    def wait(self, timeout):
-        if self.is_running():
-            self.process.waitForFinished(int(timeout * 1000))
-        return not self.is_running()
-
-
-#
 # Logic
 #
 
@@ -170,12 +93,38 @@ class SFRSegmenterLogic(ScriptedLoadableModuleLogic):
 
     SETTINGS_KEY_PROJECT = "SFRSegmenter/LastProjectFolder"
 
-    def __init__(self, runnerFactory=None):
+    def __init__(self, runnerFactory=SubprocessRunner):
         ScriptedLoadableModuleLogic.__init__(self)
-        self.runnerFactory = runnerFactory or QProcessRunner
-        self.job = None
-        self.applyJob = None
+        self.runnerFactory = runnerFactory
+        self.job = None  # the run followed (jobs.SFRJob)
+        self.applyJob = None  # Apply model (apply.ApplyJob)
+        self.task = None  # the install or a checkpoint download (tasks.CommandJob)
         self.results = {}
+
+    def activeJobs(self):
+        return [job for job in (self.job, self.applyJob, self.task) if job is not None and job.is_active()]
+
+    def poll(self):
+        """Deliver the output of every active job (from the panel's timer); the errors, one line each."""
+        errors = []
+        for job in self.activeJobs():
+            try:
+                job.poll()
+            except SFRError as exc:
+                errors.append(f"error: {exc}")
+        return errors
+
+    def taskActive(self):
+        return self.task is not None and self.task.is_active()
+
+    def startTask(self, job, onLine, onFinished):
+        """Start the install or a checkpoint download (one at a time)."""
+        if self.taskActive():
+            raise SFRError(f"{self.task.what} is still running; wait until it has finished")
+        job.on_line, job.on_finished = onLine, onFinished
+        self.task = job
+        job.start()
+        return job
 
     @staticmethod
     def defaultProjectFolder():
@@ -186,10 +135,6 @@ class SFRSegmenterLogic(ScriptedLoadableModuleLogic):
 
     def rememberProjectFolder(self, folder):
         qt.QSettings().setValue(self.SETTINGS_KEY_PROJECT, folder)
-
-    # cases and export
-    def sceneCases(self):
-        return cases.scene_cases(slicer.mrmlScene)
 
     def exportProject(self, projectFolder, entries):
         project = export.export_project(slicer.mrmlScene, projectFolder, entries)
@@ -242,20 +187,10 @@ class SFRSegmenterLogic(ScriptedLoadableModuleLogic):
         self.applyJob = job
         return job
 
-    # results and review
-    def finishedRuns(self, projectFolder):
-        return runcontrol.finished_runs(projectFolder)
-
     def loadResults(self, projectFolder, runId=None, referenceNodes=None):
         results = resultnodes.load_results(slicer.mrmlScene, projectFolder, run_id=runId, reference_nodes=referenceNodes)
         self.results = {r.case: r for r in results}
         return results
-
-    def caseStates(self, projectFolder):
-        return provenance.case_states(projectFolder)
-
-    def unsavedEdits(self):
-        return edits.unsaved_results(slicer.mrmlScene)
 
 
 #
@@ -374,7 +309,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event):
         # the run goes on (it works on the project folder, not on the scene); its nodes leave
-        unsaved = self.logic.unsavedEdits()
+        unsaved = edits.unsaved_results(slicer.mrmlScene)
         if unsaved:  # the close cannot be refused here: say what is lost
             self._log("warning: " + edits.unsaved_message(unsaved, _("Closing the scene")))
         self.logic.results = {}
@@ -406,23 +341,22 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Follow a run of this project that is still running (started before, perhaps in an
         earlier session): progress, log and Stop work as for a run started now."""
         job = self.logic.followRun(self.projectFolder(), self._onProgress, self._log, self._onFinished)
-        if job is not None and not self.timer.isActive():
+        if job is not None and job.action == "follow" and not self.timer.isActive():
             self._log(f"following run {job.run_id}, which is still running")
-            self.timer.start()
-        self._updateButtons()
+        self._followJobs()
 
     # ---------------------------------------------------------------- cases table
 
     def refreshCases(self, *_args):
         if self.ui is None:
             return
-        self._cases = self.logic.sceneCases()
+        self._cases = cases.scene_cases(slicer.mrmlScene)
         for note in cases.skipped_volumes(slicer.mrmlScene):
             if note not in self._notes:  # each once, not at every refresh
                 self._notes.add(note)
                 self._log(note)
         try:
-            states = self.logic.caseStates(self.projectFolder())
+            states = provenance.case_states(self.projectFolder())
         except SFRError as exc:
             states = {}
             self._log(f"error: {exc}")
@@ -501,21 +435,50 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             device=self.ui.deviceComboBox.currentData or "auto",
         )
 
-    # ---------------------------------------------------------------- dependencies
+    # ---------------------------------------------------------------- install, checkpoint download
     def ensureDependencies(self):
+        """True when the engine's packages are there; else offer the install, which runs in child
+        processes (Run stops here; press it again once the install has finished)."""
         missing = environment.missing_requirements()
         if not missing:
             return True
-        text = _(
-            "SFR Segmenter needs these Python packages, which are not installed yet:\n\n  {packages}\n\n"
-            "Install them now? (This can take several minutes; Slicer's own SimpleITK, VTK and numpy are left "
-            "as they are.)").format(packages="\n  ".join(missing))
-        if not slicer.util.confirmOkCancelDisplay(text, windowTitle=_("SFR Segmenter: install dependencies")):
-            return False
-        with slicer.util.tryWithErrorDisplay("Installing the dependencies failed.", waitCursor=True):
-            environment.install(missing, log=self._log)
-            return not environment.missing_requirements()
+        if slicer.util.confirmOkCancelDisplay(environment.install_question(missing),
+                                              windowTitle=_("SFR Segmenter: install dependencies")):
+            job = environment.install_job(missing, slicer.app.temporaryPath, self.logic.runnerFactory)
+            self._startTask(job, lambda done: environment.install_outcome(done, missing, sys.modules))
         return False
+
+    def _checkCheckpoint(self, settings):
+        """The backbone's checkpoint is there, or offered for download (Run stops meanwhile)."""
+        offer = checkpointoffers.download_offer(settings)
+        if offer is not None and slicer.util.confirmYesNoDisplay(
+                checkpointoffers.offer_question(offer), windowTitle=_("SFR Segmenter: download the checkpoint")):
+            job = checkpointoffers.download_job(offer, self.logic.runnerFactory)
+            self._startTask(job, lambda done: checkpointoffers.download_outcome(done, offer))
+            return False
+        panelrules.check_checkpoint(settings)  # one line naming the missing file
+        return True
+
+    def _startTask(self, job, outcome):
+        """Run the install or a download: its lines in the log and the status line as they come,
+        and at its end one message (``outcome(job)``) naming what failed, if anything did."""
+        def onLine(kind, text):
+            if kind == "status":
+                self.ui.statusLabel.text = text
+            else:
+                self._log(text)
+
+        def onFinished(done):
+            message = outcome(done)
+            self.ui.statusLabel.text = message
+            self._log(message)
+            if done.state != "done":
+                slicer.util.errorDisplay(message, windowTitle=TITLE)
+            self._fillDevices(probeTorch=self._devicesProbed)
+            self._updateButtons()
+
+        self.logic.startTask(job, onLine, onFinished)
+        self._followJobs()
 
     # ---------------------------------------------------------------- run
     def onRun(self, *_args, warm_start=None):
@@ -545,7 +508,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         stopped = panelrules.run_in_order({
             "version": lambda: not self._versionProblem or refuse(self._versionProblem),
             "dependencies": self.ensureDependencies,
-            "checkpoint": lambda: panelrules.check_checkpoint(settings) or True,
+            "checkpoint": lambda: self._checkCheckpoint(settings),
             "cases": lambda: panelrules.check_cases(entries, folder) or True,
             "unsaved_edits": lambda: self._confirmUnsavedEdits(_("Run SFR")),
             "lock": lambda: panelrules.check_project_free(folder) or True,
@@ -560,8 +523,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         job = started[0]
         self._log(("continuing: " if job.action == "continue" else "starting: ") + " ".join(job.args))
         self.ui.statusLabel.text = _("Starting...")
-        self.timer.start()
-        self._updateButtons()
+        self._followJobs()
         self.refreshCases()
 
     def onRetrain(self, *_args):
@@ -570,7 +532,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _confirmUnsavedEdits(self, action):
         """True when no pseudo-label has unsaved edits, or the user goes on without them."""
-        unsaved = self.logic.unsavedEdits()
+        unsaved = edits.unsaved_results(slicer.mrmlScene)
         if not unsaved:
             return True
         question = _("{action} anyway?").format(action=action)
@@ -603,16 +565,16 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = _("Stopping at the next safe point...")
         self._updateButtons()
 
+    def _followJobs(self):
+        """Deliver the jobs' output from the timer while one is active; set the buttons."""
+        if self.logic.activeJobs() and not self.timer.isActive():
+            self.timer.start()
+        self._updateButtons()
+
     def _onTimer(self):
-        job = self.logic.job
-        if job is None:
-            self.timer.stop()
-            return
-        try:
-            job.poll()
-        except SFRError as exc:
-            self._log(f"error: {exc}")
-        if not job.is_active():
+        for error in self.logic.poll():
+            self._log(error)
+        if not self.logic.activeJobs():
             self.timer.stop()
 
     def _onProgress(self, job):
@@ -623,7 +585,6 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _onFinished(self, job):
         """Show how the followed run ended; its results and links come from the job's project."""
-        self.timer.stop()
         messages = {
             "done": _("Finished"),
             "cancelled": _("Stopped (Run SFR with the same settings continues where it stopped)"),
@@ -653,7 +614,8 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         enabled = panelrules.enabled_buttons(self._versionProblem, job.state if job is not None else None,
                                              self.ui.resultsRunComboBox.count, bool(self.logic.results),
                                              len(self._flagged),
-                                             self.logic.applyJob is not None and self.logic.applyJob.is_active())
+                                             self.logic.applyJob is not None and self.logic.applyJob.is_active(),
+                                             self.logic.taskActive())
         for name, on in enabled.items():
             getattr(self.ui, name).enabled = on
 
@@ -664,7 +626,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         chosen = combo.currentData
         combo.clear()
         try:
-            runs = self.logic.finishedRuns(self.projectFolder())
+            runs = runcontrol.finished_runs(self.projectFolder())
         except (SFRError, OSError) as exc:
             runs = []
             self._log(f"error: {exc}")
@@ -812,7 +774,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except SFRError as exc:
             slicer.util.errorDisplay(str(exc), windowTitle=TITLE)
             return
-        self._updateButtons()
+        self._followJobs()
 
     def _onApplied(self, job):
         if job.state != "done":
@@ -868,7 +830,7 @@ class SFRSegmenterTest(ScriptedLoadableModuleTest):
         sampledata.load_like_sample_data(slicer.mrmlScene, paths, sampledata.sample_source())
         logic = SFRSegmenterLogic()
         project = self._projectFolder("workflow")
-        exported = logic.exportProject(project, logic.sceneCases())
+        exported = logic.exportProject(project, cases.scene_cases(slicer.mrmlScene))
         self.assertEqual(len(exported.by_role("labeled")), 2)
 
         self.delayDisplay("Running SFR in the background")
@@ -899,5 +861,5 @@ class SFRSegmenterTest(ScriptedLoadableModuleTest):
         record = provenance.accept_case(slicer.mrmlScene, project, first.case,
                                         run_id=resultnodes.run_of(first.segmentation))
         self.assertEqual(record["source"], "accepted")
-        self.assertEqual(logic.caseStates(project)[first.case], "accepted")
+        self.assertEqual(provenance.case_states(project)[first.case], "accepted")
         self.delayDisplay("Test passed")

@@ -174,3 +174,15 @@ def test_download_progress_goes_to_the_status_line():
     assert offers.show_download_line('{"event": "log", "message": "downloading x -> y"}') == ("log", "downloading x -> y")
     assert offers.show_download_line('{"event": "result", "path": "p"}') is None
     assert offers.show_download_line("error: boom") == ("log", "error: boom")
+
+
+def test_the_download_outcome_is_one_line(empty_cache):
+    from SFRSegmenterLogicLib.tasks import CommandJob
+
+    offer = offers.download_offer(runcontrol.RunSettings(backbone="vit_b"))
+    job = CommandJob([], what="x")
+    job.state = "done"
+    assert offers.download_outcome(job, offer) == (f"Checkpoint {OFFICIAL} downloaded and checked (sha256) into "
+                                                   f"{empty_cache}. Press Run SFR to start.")
+    job.state, job.error = "failed", "downloading x failed: no route"
+    assert offers.download_outcome(job, offer) == "Downloading the checkpoint failed: downloading x failed: no route"

@@ -90,6 +90,14 @@ def download_job(offer: Offer, runner_factory=SubprocessRunner, python: "str | N
     return CommandJob([step], runner_factory, what=f"Checkpoint {offer.name}")
 
 
+def download_outcome(job: CommandJob, offer: Offer) -> str:
+    """One line for the panel once the download ended."""
+    if job.state != "done":
+        return f"Downloading the checkpoint failed: {job.error or 'see the log'}"
+    return (f"Checkpoint {offer.name} downloaded and checked (sha256) into {offer.dest.parent}. "
+            "Press Run SFR to start.")
+
+
 def _main(argv) -> int:
     """``NAME DIR``: download the official file NAME into DIR (sha256 checked), exit 2 on failure."""
     from SFRSegmenterLib import events

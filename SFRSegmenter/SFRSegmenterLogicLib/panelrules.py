@@ -71,7 +71,7 @@ BUTTONS = ("runButton", "retrainButton", "stopButton", "loadResultsButton", "acc
 
 
 def enabled_buttons(version_problem=None, job_state=None, finished_runs: int = 0, results_loaded: bool = False,
-                    flagged_slices: int = 0, applying: bool = False) -> dict:
+                    flagged_slices: int = 0, applying: bool = False, busy: bool = False) -> dict:
     """``{button name: enabled}`` for the panel's state.
 
     ``job_state`` is the followed run's state (``SFRLogicLib.jobs``: launching, running,
@@ -79,12 +79,13 @@ def enabled_buttons(version_problem=None, job_state=None, finished_runs: int = 0
     (Run, Retrain, Accept, Save correction) or replaces the loaded results is enabled; Stop only
     while the run can still be asked to stop; a Slicer too old for the engine runs nothing.
     Apply model reads only a finished run's network, so a run in progress does not stop it; one
-    application at a time (``applying``).
+    application at a time (``applying``).  While the dependencies are being installed or a
+    checkpoint downloaded (``busy``), nothing that needs them starts (Run, Retrain, Apply model).
     """
     from .jobs import ACTIVE_STATES
 
     active = job_state in ACTIVE_STATES
-    can_run = not active and not version_problem
+    can_run = not active and not version_problem and not busy
     return {
         "runButton": can_run,
         "retrainButton": can_run,
@@ -94,7 +95,7 @@ def enabled_buttons(version_problem=None, job_state=None, finished_runs: int = 0
         "saveCorrectionButton": results_loaded and not active,
         "nextFlaggedButton": flagged_slices > 0,
         "previousFlaggedButton": flagged_slices > 0,
-        "applyModelButton": finished_runs > 0 and not applying and not version_problem,
+        "applyModelButton": finished_runs > 0 and not applying and not version_problem and not busy,
     }
 
 

@@ -63,6 +63,7 @@ class CommandJob:
         self.error: "str | None" = None
         self.index = -1
         self.runner = None
+        self.runners: list = []  # every step's runner, kept until the job is dropped
         self.on_line: "Callable[[str, str], None] | None" = None
         self.on_finished: "Callable[[CommandJob], None] | None" = None
 
@@ -112,6 +113,7 @@ class CommandJob:
         self._say("status", f"{self.what}: step {self.index + 1} of {len(self.steps)}, {step.label}")
         self._say("log", f"{step.label}: {' '.join(str(a) for a in step.args)}")
         self.runner = self.runner_factory()
+        self.runners.append(self.runner)
         self.runner.on_line = self._line
         self.runner.on_finished = self._ended
         try:
