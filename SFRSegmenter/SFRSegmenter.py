@@ -35,12 +35,9 @@ if os.path.isdir(os.path.join(_REPO_ROOT, "SFRSegmenterLib")) and _REPO_ROOT not
 
 from SFRSegmenterLib import runcontrol  # noqa: E402
 from SFRSegmenterLib.errors import SFRError  # noqa: E402
-from SFRSegmenterLogicLib import apply as applymodel  # noqa: E402
 from SFRSegmenterLogicLib import cases, edits, environment, export, jobs, provenance, resources  # noqa: E402
 from SFRSegmenterLogicLib import checkpoints as checkpointoffers  # noqa: E402
-from SFRSegmenterLogicLib import nodes as mrmlnodes  # noqa: E402
-from SFRSegmenterLogicLib import results as resultnodes  # noqa: E402
-from SFRSegmenterLogicLib import panelrules, partial, review, sampledata  # noqa: E402
+from SFRSegmenterLogicLib import panelrules, review, sampledata, session  # noqa: E402
 from SFRSegmenterLogicLib.runner import SubprocessRunner  # noqa: E402
 
 ROLE_CHOICES = [("", _("Automatic")), ("labeled", _("Labeled")), ("unlabeled", _("Unlabeled")),
@@ -88,43 +85,14 @@ def registerSampleData():
 #
 
 
-class SFRSegmenterLogic(ScriptedLoadableModuleLogic):
-    """Slicer-facing entry points; the work is done by ``SFRSegmenterLogicLib``."""
+class SFRSegmenterLogic(ScriptedLoadableModuleLogic, session.PanelJobs):
+    """Slicer-facing entry points; the jobs are ``session.PanelJobs``' (Qt-free, tested)."""
 
     SETTINGS_KEY_PROJECT = "SFRSegmenter/LastProjectFolder"
 
     def __init__(self, runnerFactory=SubprocessRunner):
         ScriptedLoadableModuleLogic.__init__(self)
-        self.runnerFactory = runnerFactory
-        self.job = None  # the run followed (jobs.SFRJob)
-        self.applyJob = None  # Apply model (apply.ApplyJob)
-        self.task = None  # the install or a checkpoint download (tasks.CommandJob)
-        self.results = {}
-
-    def activeJobs(self):
-        return [job for job in (self.job, self.applyJob, self.task) if job is not None and job.is_active()]
-
-    def poll(self):
-        """Deliver the output of every active job (from the panel's timer); the errors, one line each."""
-        errors = []
-        for job in self.activeJobs():
-            try:
-                job.poll()
-            except SFRError as exc:
-                errors.append(f"error: {exc}")
-        return errors
-
-    def taskActive(self):
-        return self.task is not None and self.task.is_active()
-
-    def startTask(self, job, onLine, onFinished):
-        """Start the install or a checkpoint download (one at a time)."""
-        if self.taskActive():
-            raise SFRError(f"{self.task.what} is still running; wait until it has finished")
-        job.on_line, job.on_finished = onLine, onFinished
-        self.task = job
-        job.start()
-        return job
+        session.PanelJobs.__init__(self, slicer.mrmlScene, runnerFactory, slicer.app.temporaryPath)
 
     @staticmethod
     def defaultProjectFolder():
@@ -147,50 +115,6 @@ class SFRSegmenterLogic(ScriptedLoadableModuleLogic):
         child process (no torch and no CUDA context in Slicer's process)."""
         found = resources.probe_in_subprocess(settings.device or "auto")
         return resources.describe(found), resources.warnings(found, settings.backbone, settings.device or "auto")
-
-    # the run: detached, followed through its folder
-    def _connect(self, job, onProgress, onLog, onFinished):
-        job.on_progress, job.on_log, job.on_finished = onProgress, onLog, onFinished
-        self.job = job
-        return job
-
-    def startRun(self, projectFolder, settings, onProgress=None, onLog=None, onFinished=None):
-        """Start a new run, or continue the stopped one with the same settings."""
-        if self.job is not None and self.job.is_active():
-            raise SFRError("a run is already running on this project; stop it first")
-        job = self._connect(jobs.SFRJob(projectFolder, settings=settings, runner=self.runnerFactory()),
-                            onProgress, onLog, onFinished)
-        job.start()
-        return job
-
-    def followRun(self, projectFolder, onProgress=None, onLog=None, onFinished=None):
-        """Follow the project's running run (started earlier, perhaps before a restart), or None."""
-        if self.job is not None and self.job.is_active():
-            if os.path.abspath(self.job.project) == os.path.abspath(projectFolder):
-                return self.job
-            return None  # the panel follows one run at a time; the other one goes on
-        job = jobs.SFRJob.follow(projectFolder)
-        return self._connect(job, onProgress, onLog, onFinished) if job is not None else None
-
-    def stopRun(self):
-        if self.job is not None:
-            self.job.stop()
-
-    def applyModel(self, volume, projectFolder, runId=None, device="auto", onLog=None, onFinished=None):
-        """Segment ``volume`` with a finished run's network (``sfr predict``) into new nodes."""
-        if self.applyJob is not None and self.applyJob.is_active():
-            raise SFRError("the model is already being applied; wait until it has finished")
-        job = applymodel.ApplyJob(slicer.mrmlScene, projectFolder, volume, run_id=runId, runner=self.runnerFactory(),
-                                  device=device, work_root=slicer.app.temporaryPath)
-        job.on_log, job.on_finished = onLog, onFinished
-        job.start()
-        self.applyJob = job
-        return job
-
-    def loadResults(self, projectFolder, runId=None, referenceNodes=None):
-        results = resultnodes.load_results(slicer.mrmlScene, projectFolder, run_id=runId, reference_nodes=referenceNodes)
-        self.results = {r.case: r for r in results}
-        return results
 
 
 #
@@ -340,7 +264,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _followRunningRun(self):
         """Follow a run of this project that is still running (started before, perhaps in an
         earlier session): progress, log and Stop work as for a run started now."""
-        job = self.logic.followRun(self.projectFolder(), self._onProgress, self._log, self._onFinished)
+        job = self.logic.follow_run(self.projectFolder(), self._onProgress, self._log, self._onFinished)
         if job is not None and job.action == "follow" and not self.timer.isActive():
             self._log(f"following run {job.run_id}, which is still running")
         self._followJobs()
@@ -444,7 +368,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return True
         if slicer.util.confirmOkCancelDisplay(environment.install_question(missing),
                                               windowTitle=_("SFR Segmenter: install dependencies")):
-            job = environment.install_job(missing, slicer.app.temporaryPath, self.logic.runnerFactory)
+            job = environment.install_job(missing, slicer.app.temporaryPath, self.logic.runner_factory)
             self._startTask(job, lambda done: environment.install_outcome(done, missing, sys.modules))
         return False
 
@@ -453,7 +377,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         offer = checkpointoffers.download_offer(settings)
         if offer is not None and slicer.util.confirmYesNoDisplay(
                 checkpointoffers.offer_question(offer), windowTitle=_("SFR Segmenter: download the checkpoint")):
-            job = checkpointoffers.download_job(offer, self.logic.runnerFactory)
+            job = checkpointoffers.download_job(offer, self.logic.runner_factory)
             self._startTask(job, lambda done: checkpointoffers.download_outcome(done, offer))
             return False
         panelrules.check_checkpoint(settings)  # one line naming the missing file
@@ -477,7 +401,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._fillDevices(probeTorch=self._devicesProbed)
             self._updateButtons()
 
-        self.logic.startTask(job, onLine, onFinished)
+        self.logic.start_task(job, onLine, onFinished)
         self._followJobs()
 
     # ---------------------------------------------------------------- run
@@ -502,7 +426,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         def start():
             self.ui.logTextEdit.clear()
             self.ui.progressBar.setValue(0)
-            started.append(self.logic.startRun(folder, settings, self._onProgress, self._log, self._onFinished))
+            started.append(self.logic.start_run(folder, settings, self._onProgress, self._log, self._onFinished))
             return True
 
         stopped = panelrules.run_in_order({
@@ -561,20 +485,20 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                  ).format(run=job.run_id or "")
         if not slicer.util.confirmOkCancelDisplay(text, windowTitle=_("SFR Segmenter: stop the run")):
             return
-        self.logic.stopRun()
+        self.logic.stop_run()
         self.ui.statusLabel.text = _("Stopping at the next safe point...")
         self._updateButtons()
 
     def _followJobs(self):
         """Deliver the jobs' output from the timer while one is active; set the buttons."""
-        if self.logic.activeJobs() and not self.timer.isActive():
+        if self.logic.active_jobs() and not self.timer.isActive():
             self.timer.start()
         self._updateButtons()
 
     def _onTimer(self):
         for error in self.logic.poll():
             self._log(error)
-        if not self.logic.activeJobs():
+        if not self.logic.active_jobs():
             self.timer.stop()
 
     def _onProgress(self, job):
@@ -610,12 +534,9 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         logging.info(f"SFRSegmenter: {text}")
 
     def _updateButtons(self):
-        job = self.logic.job
-        enabled = panelrules.enabled_buttons(self._versionProblem, job.state if job is not None else None,
-                                             self.ui.resultsRunComboBox.count, bool(self.logic.results),
-                                             len(self._flagged),
-                                             self.logic.applyJob is not None and self.logic.applyJob.is_active(),
-                                             self.logic.taskActive())
+        enabled = panelrules.enabled_buttons(self._versionProblem, finished_runs=self.ui.resultsRunComboBox.count,
+                                             results_loaded=bool(self.logic.results), flagged_slices=len(self._flagged),
+                                             **self.logic.state())
         for name, on in enabled.items():
             getattr(self.ui, name).enabled = on
 
@@ -642,7 +563,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         runId = self.ui.resultsRunComboBox.currentData or None
         try:
             with slicer.util.WaitCursor():
-                results = self.logic.loadResults(self.projectFolder(), runId, referenceNodes)
+                results = self.logic.load_results(self.projectFolder(), runId, referenceNodes)
         except SFRError as exc:
             slicer.util.errorDisplay(str(exc), windowTitle=TITLE)
             return
@@ -650,12 +571,10 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.reviewCaseComboBox.clear()
         for r in review.review_order(results):
             self.ui.reviewCaseComboBox.addItem(review.case_label(r.case, r.review), r.case)
-        runId = resultnodes.run_of(results[0].segmentation) if results else runId
+        runId, lines = self.logic.results_summary(self.projectFolder(), results, runId)
         self.ui.linksLabel.text = provenance.links_html(self.projectFolder(), runId)
-        self._log(f"loaded {len(results)} pseudo-labeled cases of run {runId}")
-        from SFRSegmenterLib import labelnext, runfolder
-
-        self._log(labelnext.summary(labelnext.read_label_next(runfolder.run_dir(self.projectFolder(), runId))))
+        for line in lines:
+            self._log(line)
         self._updateButtons()
         if len(self._flagged):
             self.stepFlagged(+1)  # the views open on the worst slice of all cases
@@ -735,40 +654,26 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                   ).format(case=result.case),
                 windowTitle=_("SFR Segmenter: unsaved corrections")):
             return
-        try:  # the run whose pseudo-label is shown, not the newest run
-            record = provenance.accept_case(slicer.mrmlScene, self.projectFolder(), result.case,
-                                            run_id=resultnodes.run_of(result.segmentation))
-        except SFRError as exc:
-            slicer.util.errorDisplay(str(exc), windowTitle=TITLE)
-            return
-        result.segmentation.SetAttribute(mrmlnodes.ATTR_ACCEPTED, record["source"])
-        self._log(f"{result.case}: pseudo-label accepted as its label")
-        self.refreshCases()
+        self._saveLabel(self.logic.accept, result.case)
 
     def onSaveCorrection(self, *_args):
         result = self.selectedResult()
-        if result is None:
-            return
+        if result is not None:
+            self._saveLabel(self.logic.save_correction, result.case)
+
+    def _saveLabel(self, save, case):
         try:
-            if partial.is_partial(result.segmentation):  # only the corrected slices become annotated
-                partial.save_corrected_slices(slicer.mrmlScene, self.projectFolder(), result.case, result.segmentation,
-                                              result.reference, run_id=resultnodes.run_of(result.segmentation))
-            else:
-                provenance.accept_case(
-                    slicer.mrmlScene, self.projectFolder(), result.case, run_id=resultnodes.run_of(result.segmentation),
-                    segmentation_node=result.segmentation, reference=result.reference,
-                )
+            self._log(save(self.projectFolder(), case))
         except SFRError as exc:
             slicer.util.errorDisplay(str(exc), windowTitle=TITLE)
             return
-        self._log(f"{result.case}: correction saved as its label")
         self.refreshCases()
 
     # ---------------------------------------------------------------- apply the model
     def onApplyModel(self, *_args):
         """Segment the chosen volume with the network of the run chosen under Results."""
         try:
-            self.logic.applyModel(self.ui.applyVolumeSelector.currentNode(), self.projectFolder(),
+            self.logic.apply_model(self.ui.applyVolumeSelector.currentNode(), self.projectFolder(),
                                   self.ui.resultsRunComboBox.currentData or None, self.settings().device,
                                   self._log, self._onApplied)
         except SFRError as exc:
@@ -793,9 +698,6 @@ class SFRSegmenterTest(ScriptedLoadableModuleTest):
     The whole workflow with a real ``sfr run`` (tiny test backbone, CPU, minutes) runs on demand:
     set ``SFR_SLICER_FULL_TEST=1`` before Reload and Test, or call ``test_workflow()``."""
 
-    #: Settings of a fast run; the tiny backbone is the engine's test model.
-    RUN_SETTINGS = dict(backbone="tiny_test", ssl="mean_teacher", sfr_plus=True, device="cpu",
-                        iterations_sam=5, iterations_vnet=5)
     TIMEOUT_S = float(os.environ.get("SFR_SLICER_TEST_TIMEOUT", "1800"))
 
     def setUp(self):
@@ -825,41 +727,6 @@ class SFRSegmenterTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Sample and project: passed")
 
     def test_workflow(self):
-        self.delayDisplay("Loading the sample: 2 labeled and 3 unlabeled hippocampus volumes")
-        paths = [entry[0] for entry in sampledata.sample_files()]
-        sampledata.load_like_sample_data(slicer.mrmlScene, paths, sampledata.sample_source())
-        logic = SFRSegmenterLogic()
-        project = self._projectFolder("workflow")
-        exported = logic.exportProject(project, cases.scene_cases(slicer.mrmlScene))
-        self.assertEqual(len(exported.by_role("labeled")), 2)
-
-        self.delayDisplay("Running SFR in the background")
-        finished = []
-        job = logic.startRun(project, runcontrol.RunSettings(**self.RUN_SETTINGS), onFinished=finished.append)
-        deadline = time.monotonic() + self.TIMEOUT_S
-        while not finished and time.monotonic() < deadline:
-            slicer.app.processEvents()  # the UI stays responsive while the engine works
-            job.poll()
-            time.sleep(0.05)
-        if not finished:
-            logic.stopRun()
-            self.fail("sfr run did not finish in time")
-        self.assertEqual(job.state, "done", "\n".join(job.progress.log[-30:]))
-
-        self.delayDisplay("Loading the results and stepping through the flagged slices")
-        results = logic.loadResults(project, job.run_id)
-        self.assertEqual({r.case for r in results}, set(sampledata.UNLABELED))
-        rows = review.flagged_slices({r.case: r.review for r in results})
-        if rows:
-            review.show_flagged(slicer.mrmlScene, logic.results, rows[review.step(rows, -1, +1)])
-        first = results[0]
-        if first.confidence is not None:
-            review.show_low_confidence(slicer.mrmlScene, first.reference, first.confidence)
-            review.hide_low_confidence(slicer.mrmlScene)
-
-        self.delayDisplay("Accepting one pseudo-label")
-        record = provenance.accept_case(slicer.mrmlScene, project, first.case,
-                                        run_id=resultnodes.run_of(first.segmentation))
-        self.assertEqual(record["source"], "accepted")
-        self.assertEqual(provenance.case_states(project)[first.case], "accepted")
-        self.delayDisplay("Test passed")
+        report = sampledata.workflow_check(slicer.mrmlScene, self._projectFolder("workflow"), SFRSegmenterLogic(),
+                                           slicer.app.processEvents, self.TIMEOUT_S, say=self.delayDisplay)
+        self.delayDisplay(f"Test passed: {report}")
