@@ -35,15 +35,25 @@ if os.path.isdir(os.path.join(_REPO_ROOT, "SFRSegmenterLib")) and _REPO_ROOT not
 
 from SFRSegmenterLib import runcontrol  # noqa: E402
 from SFRSegmenterLib.errors import SFRError  # noqa: E402
-from SFRSegmenterLogicLib import cases, edits, environment, export, jobs, provenance, resources  # noqa: E402
+from SFRSegmenterLogicLib import cases, edits, environment, jobs, provenance  # noqa: E402
 from SFRSegmenterLogicLib import checkpoints as checkpointoffers  # noqa: E402
 from SFRSegmenterLogicLib import panelrules, review, sampledata, session  # noqa: E402
 from SFRSegmenterLogicLib.runner import SubprocessRunner  # noqa: E402
 
-ROLE_CHOICES = [("", _("Automatic")), ("labeled", _("Labeled")), ("unlabeled", _("Unlabeled")),
-                ("validation", _("Validation")), (cases.EXCLUDED, _("Excluded"))]
+ROLE_CHOICES = [(_("Automatic"), ""), (_("Labeled"), "labeled"), (_("Unlabeled"), "unlabeled"),
+                (_("Validation"), "validation"), (_("Excluded"), cases.EXCLUDED)]
 #: Window title of the panel's dialogs.
 TITLE = _("SFR Segmenter")
+
+
+def fillCombo(combo, items, current=None):
+    """Put ``(label, data)`` items into ``combo``; select the item whose data is ``current``."""
+    combo.clear()
+    for label, data in items:
+        combo.addItem(label, data)
+    if current is not None:
+        combo.setCurrentIndex(max(0, combo.findData(current)))
+    return combo
 
 
 #
@@ -104,18 +114,6 @@ class SFRSegmenterLogic(ScriptedLoadableModuleLogic, session.PanelJobs):
     def rememberProjectFolder(self, folder):
         qt.QSettings().setValue(self.SETTINGS_KEY_PROJECT, folder)
 
-    def exportProject(self, projectFolder, entries):
-        project = export.export_project(slicer.mrmlScene, projectFolder, entries)
-        export.check_ready_to_run(project)
-        return project
-
-    @staticmethod
-    def resourceWarnings(settings):
-        """What the chosen device offers and what is short for the chosen backbone, read in a short
-        child process (no torch and no CUDA context in Slicer's process)."""
-        found = resources.probe_in_subprocess(settings.device or "auto")
-        return resources.describe(found), resources.warnings(found, settings.backbone, settings.device or "auto")
-
 
 #
 # Widget
@@ -144,10 +142,8 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = SFRSegmenterLogic()
         self._versionProblem = environment.version_problem(environment.slicer_version())
 
-        for value, label in jobs.BACKBONES:
-            self.ui.backboneComboBox.addItem(label, value)
-        for value, label in jobs.SSL_METHODS:
-            self.ui.sslComboBox.addItem(label, value)
+        fillCombo(self.ui.backboneComboBox, [(label, value) for value, label in jobs.BACKBONES])
+        fillCombo(self.ui.sslComboBox, [(label, value) for value, label in jobs.SSL_METHODS])
         self._fillDevices(probeTorch=False)
         self.ui.projectPathLineEdit.currentPath = self.logic.rememberedProjectFolder()
         for table in (self.ui.casesTableWidget, self.ui.flaggedSlicesTableWidget):
@@ -284,55 +280,32 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except SFRError as exc:
             states = {}
             self._log(f"error: {exc}")
-        segmentations = cases.pickable_segmentations(slicer.mrmlScene)
         table = self.ui.casesTableWidget
-        table.setRowCount(len(self._cases))
-        for row, entry in enumerate(self._cases):
-            item = qt.QTableWidgetItem(entry.name)
-            item.setToolTip(entry.volume.GetName())
-            table.setItem(row, 0, item)
-            segCombo = qt.QComboBox()
-            segCombo.addItem("(none)", "")
-            for seg in segmentations:
-                segCombo.addItem(seg.GetName(), seg.GetID())
-            picked = cases.picked_segmentation_id(slicer.mrmlScene, self._picks.get(entry.name), entry.segmentation)
-            segCombo.setCurrentIndex(max(0, segCombo.findData(picked)))
-            segCombo.connect("currentIndexChanged(int)", lambda _i, n=entry.name, c=segCombo: self._picks.__setitem__(n, c.currentData))
-            table.setCellWidget(row, 1, segCombo)
-            roleCombo = qt.QComboBox()
-            for value, label in ROLE_CHOICES:
-                roleCombo.addItem(label, value)
-            roleCombo.setCurrentIndex(max(0, roleCombo.findData(self._roles.get(entry.name, ""))))
-            roleCombo.connect("currentIndexChanged(int)", lambda _i, n=entry.name, c=roleCombo: self._roles.__setitem__(n, c.currentData))
-            table.setCellWidget(row, 2, roleCombo)
-            table.setItem(row, 3, qt.QTableWidgetItem(states.get(entry.name, "new")))
+        rows = cases.table_rows(slicer.mrmlScene, self._cases, self._picks, self._roles, states)
+        table.setRowCount(len(rows))
+        for index, row in enumerate(rows):
+            item = qt.QTableWidgetItem(row.name)
+            item.setToolTip(row.volume_name)
+            table.setItem(index, 0, item)
+            for column, choices, value, chosen in ((1, row.choices, row.picked, self._picks),
+                                                   (2, ROLE_CHOICES, row.role, self._roles)):
+                combo = fillCombo(qt.QComboBox(), choices, value)
+                combo.connect("currentIndexChanged(int)",
+                              lambda _i, n=row.name, c=combo, d=chosen: d.__setitem__(n, c.currentData))
+                table.setCellWidget(index, column, combo)
+            table.setItem(index, 3, qt.QTableWidgetItem(row.state))
         self._fillRuns()
 
     def casesFromTable(self):
-        table = self.ui.casesTableWidget
-        entries = []
-        for row, entry in enumerate(self._cases):
-            segId = table.cellWidget(row, 1).currentData
-            role = table.cellWidget(row, 2).currentData
-            segmentation = slicer.mrmlScene.GetNodeByID(segId) if segId else None
-            entries.append(cases.CaseEntry(entry.volume, segmentation, role or "", entry.name))
-        return entries
+        return cases.entries_from_table(slicer.mrmlScene, self._cases, self._picks, self._roles)
 
     # ---------------------------------------------------------------- settings
     def _fillDevices(self, probeTorch):
         """The device menu; with ``probeTorch`` the GPUs as a short child process sees them."""
-        current = self.ui.deviceComboBox.currentData
-        choices = environment.available_devices(import_torch=False)
-        if probeTorch and not environment.missing_requirements():
-            try:
-                choices = resources.device_facts("auto")[1]
-            except SFRError as exc:
-                self._log(f"error: {exc}")
-        self.ui.deviceComboBox.clear()
-        for choice in choices:
-            self.ui.deviceComboBox.addItem(choice.label, choice.value)
-        if current:
-            self.ui.deviceComboBox.setCurrentIndex(max(0, self.ui.deviceComboBox.findData(current)))
+        choices, error = self.logic.device_choices(probeTorch)
+        if error:
+            self._log(error)
+        fillCombo(self.ui.deviceComboBox, [(c.label, c.value) for c in choices], self.ui.deviceComboBox.currentData)
         self._updateDeviceInfo()
 
     def _onSettingsCollapsed(self, collapsed):
@@ -420,7 +393,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         def export_cases():
             with slicer.util.WaitCursor():
                 self._log(f"exporting the cases into {folder}")
-                self.logic.exportProject(folder, entries)
+                self.logic.export_project(folder, entries)
             return True
 
         def start():
@@ -466,7 +439,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _confirmResources(self):
         """Say what the chosen device offers; ask when it looks short for the chosen backbone."""
         try:
-            found, warnings = self.logic.resourceWarnings(self.settings())
+            found, warnings = self.logic.resource_warnings(self.settings())
         except ImportError as exc:  # torch or psutil missing: the install step reports it
             self._log(f"could not check the GPU and memory: {exc}")
             return True
@@ -543,19 +516,14 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ---------------------------------------------------------------- results
     def _fillRuns(self, justFinished=None):
         """The finished runs of the project, newest first, in the results combo box."""
-        combo = self.ui.resultsRunComboBox
-        chosen = combo.currentData
-        combo.clear()
         try:
             runs = runcontrol.finished_runs(self.projectFolder())
         except (SFRError, OSError) as exc:
             runs = []
             self._log(f"error: {exc}")
-        for status in runs:
-            combo.addItem(f"{status['run_id']} ({status.get('finished') or 'finished'})", status["run_id"])
-        shown = panelrules.run_to_show([st["run_id"] for st in runs], chosen, justFinished)
-        if shown is not None:
-            combo.setCurrentIndex(combo.findData(shown))
+        shown = panelrules.run_to_show([st["run_id"] for st in runs], self.ui.resultsRunComboBox.currentData, justFinished)
+        fillCombo(self.ui.resultsRunComboBox,
+                  [(f"{st['run_id']} ({st.get('finished') or 'finished'})", st["run_id"]) for st in runs], shown)
         self._updateButtons()
 
     def onLoadResults(self, *_args):
@@ -568,9 +536,8 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(str(exc), windowTitle=TITLE)
             return
         self._fillFlagged(review.flagged_slices({r.case: r.review for r in results}))
-        self.ui.reviewCaseComboBox.clear()
-        for r in review.review_order(results):
-            self.ui.reviewCaseComboBox.addItem(review.case_label(r.case, r.review), r.case)
+        fillCombo(self.ui.reviewCaseComboBox, [(review.case_label(r.case, r.review), r.case)
+                                               for r in review.review_order(results)])
         runId, lines = self.logic.results_summary(self.projectFolder(), results, runId)
         self.ui.linksLabel.text = provenance.links_html(self.projectFolder(), runId)
         for line in lines:

@@ -53,7 +53,6 @@ VERIFIED_ATTRIBUTES = {
     "slicer.app.connect": "QObject::connect (PythonQt)",
     # scene (Libs/MRML/Core/vtkMRMLScene.h)
     "slicer.mrmlScene.Clear": "Libs/MRML/Core/vtkMRMLScene.h",
-    "slicer.mrmlScene.GetNodeByID": "Libs/MRML/Core/vtkMRMLScene.h",
     "slicer.mrmlScene.StartCloseEvent": "Libs/MRML/Core/vtkMRMLScene.h (SceneEventType)",
     "slicer.mrmlScene.EndCloseEvent": "Libs/MRML/Core/vtkMRMLScene.h (SceneEventType)",
     "slicer.mrmlScene.NodeAddedEvent": "Libs/MRML/Core/vtkMRMLScene.h (SceneEventType)",
@@ -120,7 +119,6 @@ VERIFIED_METHODS = {
     "horizontalHeader": "QTableView",
     "verticalHeader": "QTableView",
     "setCellWidget": "QTableWidget",
-    "cellWidget": "QTableWidget",
     "appendPlainText": "QPlainTextEdit",
     "findData": "QComboBox",
     "isActive": "QTimer",

@@ -120,7 +120,7 @@ def test_the_widget_runs_the_steps_of_the_rules():
     assert "panelrules.run_in_order({" in body
     for name in panelrules.RUN_STEPS:
         assert f'"{name}":' in body, name
-    assert "exportProject" in body[body.index("def export_cases"):body.index("def start")]
+    assert "export_project" in body[body.index("def export_cases"):body.index("def start")]
 
 
 # --------------------------------------------------------------------------- cases, before the export

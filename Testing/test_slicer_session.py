@@ -64,3 +64,32 @@ def test_the_self_tests_whole_loop_runs_on_real_mrml(tmp_path):
     report = sampledata.workflow_check(scene, tmp_path / "proj", timeout_s=800, say=lambda text: None)
     assert report["results"] == sorted(sampledata.UNLABELED)
     assert provenance.case_states(tmp_path / "proj")[report["accepted"]] == "accepted"
+
+
+def test_the_cases_table_keeps_picks_and_roles_and_gives_what_it_shows(user_scene):
+    from SFRSegmenterLogicLib import cases
+
+    scene, nodes, segs, _ = user_scene
+    entries = cases.scene_cases(scene)
+    rows = {row.name: row for row in cases.table_rows(scene, entries, {}, {}, {"hippocampus_001": "labeled"})}
+    assert rows["hippocampus_001"].picked == segs["hippocampus_001"].GetID() and rows["hippocampus_001"].state == "labeled"
+    assert rows["hippocampus_004"].picked == "" and rows["hippocampus_004"].state == "new"
+    assert rows["hippocampus_004"].choices[0] == ("(none)", "")
+    assert {seg.GetID() for seg in segs.values()} <= {node_id for _, node_id in rows["hippocampus_004"].choices}
+    picks = {"hippocampus_004": segs["hippocampus_003"].GetID(), "hippocampus_001": ""}
+    roles = {"hippocampus_006": "validation"}
+    rows = {row.name: row for row in cases.table_rows(scene, entries, picks, roles, {})}
+    assert rows["hippocampus_004"].picked == segs["hippocampus_003"].GetID() and rows["hippocampus_001"].picked == ""
+    assert rows["hippocampus_006"].role == "validation" and rows["hippocampus_003"].role == ""
+    shown = {entry.name: entry for entry in cases.entries_from_table(scene, entries, picks, roles)}
+    assert shown["hippocampus_004"].segmentation is segs["hippocampus_003"]
+    assert shown["hippocampus_001"].segmentation is None and shown["hippocampus_001"].effective_role == "unlabeled"
+    assert shown["hippocampus_006"].role == "validation"
+    scene.RemoveNode(segs["hippocampus_003"])  # a picked node removed: back to what was found
+    rows = {row.name: row for row in cases.table_rows(scene, cases.scene_cases(scene), picks, roles, {})}
+    assert rows["hippocampus_004"].picked == ""
+
+
+def test_device_menu_without_probing_is_auto_and_cpu():
+    choices, error = session.PanelJobs.device_choices(probe=False)
+    assert [c.value for c in choices] == ["auto", "cpu"] and error is None

@@ -47,6 +47,37 @@ class PanelJobs:
         return {"job_state": self.job.state if self.job is not None else None,
                 "applying": self._active(self.apply_job), "busy": self._active(self.task)}
 
+    # ---------------------------------------------------------------- before a run
+    def export_project(self, project, entries):
+        """Write the table's cases into the project and check it can run (``export``)."""
+        from .export import check_ready_to_run, export_project
+
+        exported = export_project(self.scene, project, entries)
+        check_ready_to_run(exported)
+        return exported
+
+    @staticmethod
+    def resource_warnings(settings) -> tuple:
+        """``(what the chosen device offers, [what is short for the backbone])``, read in a short
+        child process (no torch and no CUDA context in Slicer's process)."""
+        from . import resources
+
+        found = resources.probe_in_subprocess(settings.device or "auto")
+        return resources.describe(found), resources.warnings(found, settings.backbone, settings.device or "auto")
+
+    @staticmethod
+    def device_choices(probe: bool) -> tuple:
+        """``([environment.DeviceChoice], error or None)`` for the Device menu: ``auto`` and the CPU,
+        or with ``probe`` (and torch installed) the GPUs a short child process sees."""
+        from . import environment, resources
+
+        if probe and not environment.missing_requirements():
+            try:
+                return resources.device_facts("auto")[1], None
+            except SFRError as exc:
+                return environment.available_devices(import_torch=False), f"error: {exc}"
+        return environment.available_devices(import_torch=False), None
+
     # ---------------------------------------------------------------- the run
     def _connect(self, job, on_progress, on_log, on_finished):
         job.on_progress, job.on_log, job.on_finished = on_progress, on_log, on_finished
