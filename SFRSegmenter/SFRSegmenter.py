@@ -553,9 +553,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         table = self.ui.flaggedSlicesTableWidget
         table.setRowCount(len(rows))
         for i, row in enumerate(rows):
-            trusted = row.get("trusted")
-            values = [row["case"], str(row["index"]), f"{row['confidence']:.3f}", "" if trusted is None else ("yes" if trusted else "no")]
-            for col, value in enumerate(values):
+            for col, value in enumerate(review.flagged_cells(row)):
                 table.setItem(i, col, qt.QTableWidgetItem(value))
 
     def selectedResult(self):

@@ -142,6 +142,8 @@ def test_flagged_cursor_steps_across_cases_worst_first_and_wraps():
     assert panelrules.FlaggedCursor([]).step(+1) is None
     fresh = panelrules.FlaggedCursor(rows)
     assert fresh.step(-1)["index"] == 4  # previous from nothing: the last row
+    assert review.flagged_cells(rows[0]) == ["case_a", "9", "0.200", "yes"]
+    assert review.flagged_cells(rows[1])[3] == "no" and review.flagged_cells({**rows[1], "trusted": None})[3] == ""
 
 
 # --------------------------------------------------------------------------- a finished run
