@@ -82,6 +82,7 @@ def torch_too_old() -> bool:
 
 def missing_requirements(include_torch: bool = True) -> list:
     """Pip requirement strings of the engine's dependencies that are not importable (or too old)."""
+    importlib.invalidate_caches()  # packages an install child process just added are seen
     missing = [req for module, req in REQUIREMENTS if not _have(module)]
     if include_torch and (not _have(TORCH[0]) or torch_too_old()):
         missing.insert(0, TORCH[1])
