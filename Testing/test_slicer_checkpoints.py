@@ -186,3 +186,9 @@ def test_the_download_outcome_is_one_line(empty_cache):
                                                    f"{empty_cache}. Press Run SFR to start.")
     job.state, job.error = "failed", "downloading x failed: no route"
     assert offers.download_outcome(job, offer) == "Downloading the checkpoint failed: downloading x failed: no route"
+
+
+def test_the_checkpoint_field_applies_to_the_backbones_that_take_a_file():
+    assert [name for name in ("vit_b", "vit_l", "vit_h", "medsam_vit_b") if panelrules.takes_checkpoint(name)] == \
+        ["vit_b", "vit_l", "vit_h", "medsam_vit_b"]
+    assert not any(panelrules.takes_checkpoint(name) for name in ("lite_medsam", "tiny_test", None, "nonsense"))

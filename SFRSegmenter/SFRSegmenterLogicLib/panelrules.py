@@ -52,6 +52,15 @@ def retrain_warm_start(project_root):
 CHECKPOINT_GIVE = "choose the file under Settings > Checkpoint"
 
 
+def takes_checkpoint(backbone) -> bool:
+    """Whether the Settings' Checkpoint field applies to ``backbone``: not for weights a package
+    bundles (LiteMedSAM) nor for the randomly initialised test model (the engine's registry)."""
+    from SFRSegmenterLib.sam.registry import BACKBONES
+
+    spec = BACKBONES.get(backbone)
+    return spec is not None and not spec.bundled and not spec.test_only
+
+
 def check_checkpoint(settings) -> None:
     """Raise SFRError (one line naming the file) when the chosen backbone's base weights are not
     there: the engine's own check (``sam.checkpoints.locate_checkpoint``, no torch), run before

@@ -1,8 +1,8 @@
 """Short jobs made of child processes run one after another: installing the engine's packages,
 downloading a checkpoint.
 
-A :class:`CommandJob` runs its :class:`Step` s through the panel's runner (a ``QProcess`` in
-Slicer, :class:`~.runner.SubprocessRunner` in tests), so Slicer's window stays responsive: each
+A :class:`CommandJob` runs its :class:`Step` s through the panel's runner
+(:class:`~.runner.SubprocessRunner`, polled by the panel's timer), so Slicer's window stays responsive: each
 output line reaches ``on_line(kind, text)`` as it comes (``kind`` ``"log"`` for the log panel,
 ``"status"`` for the status line), and at the end ``on_finished(job)`` is called once with
 ``state`` ``done`` or ``failed``.  A step that fails stops the job; ``error`` is then one
