@@ -387,9 +387,6 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         entries = self.casesFromTable()
         started = []
 
-        def refuse(message):
-            raise SFRError(message)
-
         def export_cases():
             with slicer.util.WaitCursor():
                 self._log(f"exporting the cases into {folder}")
@@ -403,7 +400,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return True
 
         stopped = panelrules.run_in_order({
-            "version": lambda: not self._versionProblem or refuse(self._versionProblem),
+            "version": lambda: panelrules.check_version(self._versionProblem),
             "dependencies": self.ensureDependencies,
             "checkpoint": lambda: self._checkCheckpoint(settings),
             "cases": lambda: panelrules.check_cases(entries, folder) or True,

@@ -136,6 +136,14 @@ def run_in_order(steps: dict):
     return None
 
 
+def check_version(version_problem) -> bool:
+    """Run's first step: raise SFRError with ``version_problem`` (``environment.version_problem``)
+    when this Slicer cannot run the engine; True otherwise."""
+    if version_problem:
+        raise SFRError(version_problem)
+    return True
+
+
 def check_cases(entries, project_root) -> None:
     """Raise SFRError before anything is exported when the table gives the run no labeled or
     no unlabeled case (a case accepted in this panel counts as labeled, as the export makes it)."""
