@@ -158,7 +158,8 @@ def test_the_download_child_fails_with_one_message_naming_the_file(empty_cache, 
     job.on_finished = ended.append
     job.start()
     assert job.wait(120) and ended == [job] and job.state == "failed"
-    assert job.error.startswith(f"downloading {OFFICIAL} failed: ") and "download failed" in job.error
+    assert job.error.startswith(f"downloading {OFFICIAL} failed: ") and "could not download it" in job.error
+    assert "Settings > Checkpoint" in job.error and "--download" not in job.error  # the panel's way, not the CLI's
     assert "Traceback" not in job.error and "\n" not in job.error
     assert ("log", "error: " + job.error) in shown and shown[0][0] == "status"
     assert list(empty_cache.iterdir()) == [] and blocked.read_text() == ""

@@ -4,7 +4,7 @@
 official file (the engine's registry, ``SFRSegmenterLib.sam.registry``, gives its URL and
 sha256), no other file was given, and the file is not in the engine's cache
 (``sam.checkpoints.cache_dir()``) yet.  :func:`download_job` fetches it with the engine's own
-checksummed download (``sam.checkpoints.download_official``) in a short child process
+checksummed download (``sam.checkpoints.fetch_verified``, as ``download_official`` uses it) in a short child process
 (``python -m SFRSegmenterLogicLib.checkpoints NAME DIR``) through the panel's runner, so Slicer
 stays responsive and the file appears in the cache only once its sha256 matches (a temporary
 sibling, renamed when checked; another checksum leaves nothing there).
@@ -24,6 +24,10 @@ from pathlib import Path
 
 from .runner import SubprocessRunner, logic_environment, python_executable
 from .tasks import CommandJob, Step, failure_reason
+
+
+#: Where the panel takes a checkpoint file the user has.
+CHECKPOINT_FIELD = "Settings > Checkpoint"
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,7 @@ def offer_question(offer: Offer) -> str:
     return (f"The {offer.backbone} backbone needs the official checkpoint {offer.name}{size}, which is not on "
             f"this computer.\n\nDownload it now from\n  {offer.url}\ninto\n  {offer.dest.parent}?\n\n"
             f"It is kept only if its sha256 is {offer.sha256}. Slicer stays usable meanwhile; press Run SFR "
-            "again once it is there. (Or choose a file you have under Settings > Checkpoint.)")
+            f"again once it is there. (Or choose a file you have under {CHECKPOINT_FIELD}.)")
 
 
 def show_download_line(line: str):
@@ -99,16 +103,24 @@ def download_outcome(job: CommandJob, offer: Offer) -> str:
 
 
 def _main(argv) -> int:
-    """``NAME DIR``: download the official file NAME into DIR (sha256 checked), exit 2 on failure."""
+    """``NAME DIR``: download the official file NAME into DIR with the engine's checksummed copy
+    (``sam.checkpoints.fetch_verified``); one ``error:`` line in the panel's words and exit 2 on a
+    failure."""
     from SFRSegmenterLib import events
     from SFRSegmenterLib.errors import SFRError
-    from SFRSegmenterLib.sam.checkpoints import KNOWN_CHECKPOINTS, download_official
+    from SFRSegmenterLib.sam.checkpoints import KNOWN_CHECKPOINTS, fetch_verified
 
     events.configure("json")
     try:
-        if len(argv) != 2 or argv[0] not in KNOWN_CHECKPOINTS:
-            raise SFRError(f"usage: NAME DIR, NAME one of {', '.join(KNOWN_CHECKPOINTS)}")
-        path = download_official(argv[0], Path(argv[1]))
+        if len(argv) != 2 or not (KNOWN_CHECKPOINTS.get(argv[0]) or (None, None, None))[2]:
+            raise SFRError("usage: NAME DIR, NAME one of "
+                           + ", ".join(name for name, known in KNOWN_CHECKPOINTS.items() if known[2]))
+        sha256, size, url = KNOWN_CHECKPOINTS[argv[0]]
+        try:
+            path = fetch_verified(url, sha256, Path(argv[1]) / argv[0], size)
+        except OSError as exc:
+            raise SFRError(f"could not download it ({exc}); check the internet connection, or choose a file you "
+                           f"have under {CHECKPOINT_FIELD}", url) from None
     except SFRError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
