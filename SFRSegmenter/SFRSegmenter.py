@@ -3,9 +3,11 @@
 The Qt layer here is thin: the widget is laid out in ``Resources/UI/SFRSegmenter.ui`` and every
 decision about MRML nodes, project files and the background run lives in the plain-Python
 package ``SFRSegmenterLogicLib`` (tested with pytest on ``slicer-core``).  The engine
-(``SFRSegmenterLib``) runs detached in its own process, started with ``QProcess`` from the
-command lines of the engine's run contract (``SFRSegmenterLib.runcontrol``): closing the scene
-or Slicer does not stop it, and entering the module follows a running run again.
+(``SFRSegmenterLib``) runs detached in its own process, started from the command lines of the
+engine's run contract (``SFRSegmenterLib.runcontrol``): closing the scene or Slicer does not stop
+it, and entering the module follows a running run again.  Every child process (the run's launcher,
+Apply model, the install, a checkpoint download) goes through the logic's ``SubprocessRunner``,
+whose output a reader thread collects and the panel's timer delivers: the window never waits.
 """
 
 import logging
@@ -33,16 +35,25 @@ if os.path.isdir(os.path.join(_REPO_ROOT, "SFRSegmenterLib")) and _REPO_ROOT not
 
 from SFRSegmenterLib import runcontrol  # noqa: E402
 from SFRSegmenterLib.errors import SFRError  # noqa: E402
-from SFRSegmenterLogicLib import apply as applymodel  # noqa: E402
-from SFRSegmenterLogicLib import cases, edits, environment, export, jobs, provenance, resources  # noqa: E402
-from SFRSegmenterLogicLib import nodes as mrmlnodes  # noqa: E402
-from SFRSegmenterLogicLib import results as resultnodes  # noqa: E402
-from SFRSegmenterLogicLib import panelrules, partial, review, sampledata  # noqa: E402
+from SFRSegmenterLogicLib import cases, edits, environment, jobs, provenance  # noqa: E402
+from SFRSegmenterLogicLib import checkpoints as checkpointoffers  # noqa: E402
+from SFRSegmenterLogicLib import panelrules, review, sampledata, session  # noqa: E402
+from SFRSegmenterLogicLib.runner import SubprocessRunner  # noqa: E402
 
-ROLE_CHOICES = [("", _("Automatic")), ("labeled", _("Labeled")), ("unlabeled", _("Unlabeled")),
-                ("validation", _("Validation")), (cases.EXCLUDED, _("Excluded"))]
+ROLE_CHOICES = [(_("Automatic"), ""), (_("Labeled"), "labeled"), (_("Unlabeled"), "unlabeled"),
+                (_("Validation"), "validation"), (_("Excluded"), cases.EXCLUDED)]
 #: Window title of the panel's dialogs.
 TITLE = _("SFR Segmenter")
+
+
+def fillCombo(combo, items, current=None):
+    """Put ``(label, data)`` items into ``combo``; select the item whose data is ``current``."""
+    combo.clear()
+    for label, data in items:
+        combo.addItem(label, data)
+    if current is not None:
+        combo.setCurrentIndex(max(0, combo.findData(current)))
+    return combo
 
 
 #
@@ -80,102 +91,18 @@ def registerSampleData():
 
 
 #
-# Process runner on QProcess (the plain-Python one is runner.SubprocessRunner)
-#
-
-
-class QProcessRunner:
-    """Runs the engine with ``QProcess``: output arrives through Qt signals, the UI never blocks."""
-
-    def __init__(self):
-        self.on_line = None
-        self.on_finished = None
-        self.process = None
-        self.returncode = None
-        self._partial = ""
-        self._done = False
-
-    def start(self, args, env=None, cwd=None):
-        self.process = qt.QProcess()
-        self.process.setProcessChannelMode(qt.QProcess.MergedChannels)
-        if env is not None:
-            processEnvironment = qt.QProcessEnvironment()
-            for key, value in env.items():
-                processEnvironment.insert(key, value)
-            self.process.setProcessEnvironment(processEnvironment)
-        if cwd:
-            self.process.setWorkingDirectory(cwd)
-        self.process.connect("readyReadStandardOutput()", self._onReadyRead)
-        self.process.connect("finished(int,QProcess::ExitStatus)", self._onFinished)
-        self.process.connect("errorOccurred(QProcess::ProcessError)", self._onError)
-        self._partial, self._done, self.returncode = "", False, None
-        self.process.start(args[0], [str(a) for a in args[1:]])
-
-    def _onReadyRead(self):
-        data = bytes(self.process.readAllStandardOutput().data()).decode("utf-8", errors="replace")
-        lines = (self._partial + data).split("\n")
-        self._partial = lines.pop()
-        for line in lines:
-            if self.on_line:
-                self.on_line(line.rstrip("\r"))
-
-    def _finish(self, returncode):
-        if self._done:
-            return
-        self._done = True
-        self.returncode = returncode
-        if self.on_finished:
-            self.on_finished(returncode)
-
-    def _onFinished(self, exitCode, exitStatus):
-        self._onReadyRead()
-        if self._partial and self.on_line:
-            self.on_line(self._partial)
-        self._partial = ""
-        self._finish(exitCode if exitStatus == qt.QProcess.NormalExit else -9)
-
-    def _onError(self, error):
-        if error == qt.QProcess.FailedToStart:
-            if self.on_line:
-                self.on_line(f"error: could not start {self.process.program()}")
-            self._finish(-1)
-
-    def poll(self):
-        pass  # Qt delivers output and the end through signals
-
-    def is_running(self):
-        return self.process is not None and self.process.state() != qt.QProcess.NotRunning
-
-    def terminate(self):
-        if self.is_running():
-            self.process.terminate()
-
-    def kill(self):
-        if self.is_running():
-            self.process.kill()
-
-    def wait(self, timeout):
-        if self.is_running():
-            self.process.waitForFinished(int(timeout * 1000))
-        return not self.is_running()
-
-
-#
 # Logic
 #
 
 
-class SFRSegmenterLogic(ScriptedLoadableModuleLogic):
-    """Slicer-facing entry points; the work is done by ``SFRSegmenterLogicLib``."""
+class SFRSegmenterLogic(ScriptedLoadableModuleLogic, session.PanelJobs):
+    """Slicer-facing entry points; the jobs are ``session.PanelJobs``' (Qt-free, tested)."""
 
     SETTINGS_KEY_PROJECT = "SFRSegmenter/LastProjectFolder"
 
-    def __init__(self, runnerFactory=None):
+    def __init__(self, runnerFactory=SubprocessRunner):
         ScriptedLoadableModuleLogic.__init__(self)
-        self.runnerFactory = runnerFactory or QProcessRunner
-        self.job = None
-        self.applyJob = None
-        self.results = {}
+        session.PanelJobs.__init__(self, slicer.mrmlScene, runnerFactory, slicer.app.temporaryPath)
 
     @staticmethod
     def defaultProjectFolder():
@@ -186,76 +113,6 @@ class SFRSegmenterLogic(ScriptedLoadableModuleLogic):
 
     def rememberProjectFolder(self, folder):
         qt.QSettings().setValue(self.SETTINGS_KEY_PROJECT, folder)
-
-    # cases and export
-    def sceneCases(self):
-        return cases.scene_cases(slicer.mrmlScene)
-
-    def exportProject(self, projectFolder, entries):
-        project = export.export_project(slicer.mrmlScene, projectFolder, entries)
-        export.check_ready_to_run(project)
-        return project
-
-    @staticmethod
-    def resourceWarnings(settings):
-        """What the chosen device offers and what is short for the chosen backbone, read in a short
-        child process (no torch and no CUDA context in Slicer's process)."""
-        found = resources.probe_in_subprocess(settings.device or "auto")
-        return resources.describe(found), resources.warnings(found, settings.backbone, settings.device or "auto")
-
-    # the run: detached, followed through its folder
-    def _connect(self, job, onProgress, onLog, onFinished):
-        job.on_progress, job.on_log, job.on_finished = onProgress, onLog, onFinished
-        self.job = job
-        return job
-
-    def startRun(self, projectFolder, settings, onProgress=None, onLog=None, onFinished=None):
-        """Start a new run, or continue the stopped one with the same settings."""
-        if self.job is not None and self.job.is_active():
-            raise SFRError("a run is already running on this project; stop it first")
-        job = self._connect(jobs.SFRJob(projectFolder, settings=settings, runner=self.runnerFactory()),
-                            onProgress, onLog, onFinished)
-        job.start()
-        return job
-
-    def followRun(self, projectFolder, onProgress=None, onLog=None, onFinished=None):
-        """Follow the project's running run (started earlier, perhaps before a restart), or None."""
-        if self.job is not None and self.job.is_active():
-            if os.path.abspath(self.job.project) == os.path.abspath(projectFolder):
-                return self.job
-            return None  # the panel follows one run at a time; the other one goes on
-        job = jobs.SFRJob.follow(projectFolder)
-        return self._connect(job, onProgress, onLog, onFinished) if job is not None else None
-
-    def stopRun(self):
-        if self.job is not None:
-            self.job.stop()
-
-    def applyModel(self, volume, projectFolder, runId=None, device="auto", onLog=None, onFinished=None):
-        """Segment ``volume`` with a finished run's network (``sfr predict``) into new nodes."""
-        if self.applyJob is not None and self.applyJob.is_active():
-            raise SFRError("the model is already being applied; wait until it has finished")
-        job = applymodel.ApplyJob(slicer.mrmlScene, projectFolder, volume, run_id=runId, runner=self.runnerFactory(),
-                                  device=device, work_root=slicer.app.temporaryPath)
-        job.on_log, job.on_finished = onLog, onFinished
-        job.start()
-        self.applyJob = job
-        return job
-
-    # results and review
-    def finishedRuns(self, projectFolder):
-        return runcontrol.finished_runs(projectFolder)
-
-    def loadResults(self, projectFolder, runId=None, referenceNodes=None):
-        results = resultnodes.load_results(slicer.mrmlScene, projectFolder, run_id=runId, reference_nodes=referenceNodes)
-        self.results = {r.case: r for r in results}
-        return results
-
-    def caseStates(self, projectFolder):
-        return provenance.case_states(projectFolder)
-
-    def unsavedEdits(self):
-        return edits.unsaved_results(slicer.mrmlScene)
 
 
 #
@@ -285,10 +142,8 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = SFRSegmenterLogic()
         self._versionProblem = environment.version_problem(environment.slicer_version())
 
-        for value, label in jobs.BACKBONES:
-            self.ui.backboneComboBox.addItem(label, value)
-        for value, label in jobs.SSL_METHODS:
-            self.ui.sslComboBox.addItem(label, value)
+        fillCombo(self.ui.backboneComboBox, [(label, value) for value, label in jobs.BACKBONES])
+        fillCombo(self.ui.sslComboBox, [(label, value) for value, label in jobs.SSL_METHODS])
         self._fillDevices(probeTorch=False)
         self.ui.projectPathLineEdit.currentPath = self.logic.rememberedProjectFolder()
         for table in (self.ui.casesTableWidget, self.ui.flaggedSlicesTableWidget):
@@ -374,7 +229,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event):
         # the run goes on (it works on the project folder, not on the scene); its nodes leave
-        unsaved = self.logic.unsavedEdits()
+        unsaved = edits.unsaved_results(slicer.mrmlScene)
         if unsaved:  # the close cannot be refused here: say what is lost
             self._log("warning: " + edits.unsaved_message(unsaved, _("Closing the scene")))
         self.logic.results = {}
@@ -405,76 +260,52 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _followRunningRun(self):
         """Follow a run of this project that is still running (started before, perhaps in an
         earlier session): progress, log and Stop work as for a run started now."""
-        job = self.logic.followRun(self.projectFolder(), self._onProgress, self._log, self._onFinished)
-        if job is not None and not self.timer.isActive():
+        job = self.logic.follow_run(self.projectFolder(), self._onProgress, self._log, self._onFinished)
+        if job is not None and job.action == "follow" and not self.timer.isActive():
             self._log(f"following run {job.run_id}, which is still running")
-            self.timer.start()
-        self._updateButtons()
+        self._followJobs()
 
     # ---------------------------------------------------------------- cases table
 
     def refreshCases(self, *_args):
         if self.ui is None:
             return
-        self._cases = self.logic.sceneCases()
+        self._cases = cases.scene_cases(slicer.mrmlScene)
         for note in cases.skipped_volumes(slicer.mrmlScene):
             if note not in self._notes:  # each once, not at every refresh
                 self._notes.add(note)
                 self._log(note)
         try:
-            states = self.logic.caseStates(self.projectFolder())
+            states = provenance.case_states(self.projectFolder())
         except SFRError as exc:
             states = {}
             self._log(f"error: {exc}")
-        segmentations = cases.pickable_segmentations(slicer.mrmlScene)
         table = self.ui.casesTableWidget
-        table.setRowCount(len(self._cases))
-        for row, entry in enumerate(self._cases):
-            item = qt.QTableWidgetItem(entry.name)
-            item.setToolTip(entry.volume.GetName())
-            table.setItem(row, 0, item)
-            segCombo = qt.QComboBox()
-            segCombo.addItem("(none)", "")
-            for seg in segmentations:
-                segCombo.addItem(seg.GetName(), seg.GetID())
-            picked = cases.picked_segmentation_id(slicer.mrmlScene, self._picks.get(entry.name), entry.segmentation)
-            segCombo.setCurrentIndex(max(0, segCombo.findData(picked)))
-            segCombo.connect("currentIndexChanged(int)", lambda _i, n=entry.name, c=segCombo: self._picks.__setitem__(n, c.currentData))
-            table.setCellWidget(row, 1, segCombo)
-            roleCombo = qt.QComboBox()
-            for value, label in ROLE_CHOICES:
-                roleCombo.addItem(label, value)
-            roleCombo.setCurrentIndex(max(0, roleCombo.findData(self._roles.get(entry.name, ""))))
-            roleCombo.connect("currentIndexChanged(int)", lambda _i, n=entry.name, c=roleCombo: self._roles.__setitem__(n, c.currentData))
-            table.setCellWidget(row, 2, roleCombo)
-            table.setItem(row, 3, qt.QTableWidgetItem(states.get(entry.name, "new")))
+        rows = cases.table_rows(slicer.mrmlScene, self._cases, self._picks, self._roles, states)
+        table.setRowCount(len(rows))
+        for index, row in enumerate(rows):
+            item = qt.QTableWidgetItem(row.name)
+            item.setToolTip(row.volume_name)
+            table.setItem(index, 0, item)
+            for column, choices, value, chosen in ((1, row.choices, row.picked, self._picks),
+                                                   (2, ROLE_CHOICES, row.role, self._roles)):
+                combo = fillCombo(qt.QComboBox(), choices, value)
+                combo.connect("currentIndexChanged(int)",
+                              lambda _i, n=row.name, c=combo, d=chosen: d.__setitem__(n, c.currentData))
+                table.setCellWidget(index, column, combo)
+            table.setItem(index, 3, qt.QTableWidgetItem(row.state))
         self._fillRuns()
 
     def casesFromTable(self):
-        table = self.ui.casesTableWidget
-        entries = []
-        for row, entry in enumerate(self._cases):
-            segId = table.cellWidget(row, 1).currentData
-            role = table.cellWidget(row, 2).currentData
-            segmentation = slicer.mrmlScene.GetNodeByID(segId) if segId else None
-            entries.append(cases.CaseEntry(entry.volume, segmentation, role or "", entry.name))
-        return entries
+        return cases.entries_from_table(slicer.mrmlScene, self._cases, self._picks, self._roles)
 
     # ---------------------------------------------------------------- settings
     def _fillDevices(self, probeTorch):
         """The device menu; with ``probeTorch`` the GPUs as a short child process sees them."""
-        current = self.ui.deviceComboBox.currentData
-        choices = environment.available_devices(import_torch=False)
-        if probeTorch and not environment.missing_requirements():
-            try:
-                choices = resources.device_facts("auto")[1]
-            except SFRError as exc:
-                self._log(f"error: {exc}")
-        self.ui.deviceComboBox.clear()
-        for choice in choices:
-            self.ui.deviceComboBox.addItem(choice.label, choice.value)
-        if current:
-            self.ui.deviceComboBox.setCurrentIndex(max(0, self.ui.deviceComboBox.findData(current)))
+        choices, error = self.logic.device_choices(probeTorch)
+        if error:
+            self._log(error)
+        fillCombo(self.ui.deviceComboBox, [(c.label, c.value) for c in choices], self.ui.deviceComboBox.currentData)
         self._updateDeviceInfo()
 
     def _onSettingsCollapsed(self, collapsed):
@@ -490,7 +321,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.deviceInfoLabel.text = text
 
     def _updateCheckpointEnabled(self, *_args):
-        self.ui.checkpointPathLineEdit.enabled = self.ui.backboneComboBox.currentData != "lite_medsam"
+        self.ui.checkpointPathLineEdit.enabled = panelrules.takes_checkpoint(self.ui.backboneComboBox.currentData)
 
     def settings(self):
         return runcontrol.RunSettings(
@@ -501,21 +332,50 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             device=self.ui.deviceComboBox.currentData or "auto",
         )
 
-    # ---------------------------------------------------------------- dependencies
+    # ---------------------------------------------------------------- install, checkpoint download
     def ensureDependencies(self):
+        """True when the engine's packages are there; else offer the install, which runs in child
+        processes (Run stops here; press it again once the install has finished)."""
         missing = environment.missing_requirements()
         if not missing:
             return True
-        text = _(
-            "SFR Segmenter needs these Python packages, which are not installed yet:\n\n  {packages}\n\n"
-            "Install them now? (This can take several minutes; Slicer's own SimpleITK, VTK and numpy are left "
-            "as they are.)").format(packages="\n  ".join(missing))
-        if not slicer.util.confirmOkCancelDisplay(text, windowTitle=_("SFR Segmenter: install dependencies")):
-            return False
-        with slicer.util.tryWithErrorDisplay("Installing the dependencies failed.", waitCursor=True):
-            environment.install(missing, log=self._log)
-            return not environment.missing_requirements()
+        if slicer.util.confirmOkCancelDisplay(environment.install_question(missing),
+                                              windowTitle=_("SFR Segmenter: install dependencies")):
+            job = environment.install_job(missing, slicer.app.temporaryPath, self.logic.runner_factory)
+            self._startTask(job, lambda done: environment.install_outcome(done, missing, sys.modules))
         return False
+
+    def _checkCheckpoint(self, settings):
+        """The backbone's checkpoint is there, or offered for download (Run stops meanwhile)."""
+        offer = checkpointoffers.download_offer(settings)
+        if offer is not None and slicer.util.confirmYesNoDisplay(
+                checkpointoffers.offer_question(offer), windowTitle=_("SFR Segmenter: download the checkpoint")):
+            job = checkpointoffers.download_job(offer, self.logic.runner_factory)
+            self._startTask(job, lambda done: checkpointoffers.download_outcome(done, offer))
+            return False
+        panelrules.check_checkpoint(settings)  # one line naming the missing file
+        return True
+
+    def _startTask(self, job, outcome):
+        """Run the install or a download: its lines in the log and the status line as they come,
+        and at its end one message (``outcome(job)``) naming what failed, if anything did."""
+        def onLine(kind, text):
+            if kind == "status":
+                self.ui.statusLabel.text = text
+            else:
+                self._log(text)
+
+        def onFinished(done):
+            message = outcome(done)
+            self.ui.statusLabel.text = message
+            self._log(message)
+            if done.state != "done":
+                slicer.util.errorDisplay(message, windowTitle=TITLE)
+            self._fillDevices(probeTorch=self._devicesProbed)
+            self._updateButtons()
+
+        self.logic.start_task(job, onLine, onFinished)
+        self._followJobs()
 
     # ---------------------------------------------------------------- run
     def onRun(self, *_args, warm_start=None):
@@ -527,25 +387,22 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         entries = self.casesFromTable()
         started = []
 
-        def refuse(message):
-            raise SFRError(message)
-
         def export_cases():
             with slicer.util.WaitCursor():
                 self._log(f"exporting the cases into {folder}")
-                self.logic.exportProject(folder, entries)
+                self.logic.export_project(folder, entries)
             return True
 
         def start():
             self.ui.logTextEdit.clear()
             self.ui.progressBar.setValue(0)
-            started.append(self.logic.startRun(folder, settings, self._onProgress, self._log, self._onFinished))
+            started.append(self.logic.start_run(folder, settings, self._onProgress, self._log, self._onFinished))
             return True
 
         stopped = panelrules.run_in_order({
-            "version": lambda: not self._versionProblem or refuse(self._versionProblem),
+            "version": lambda: panelrules.check_version(self._versionProblem),
             "dependencies": self.ensureDependencies,
-            "checkpoint": lambda: panelrules.check_checkpoint(settings) or True,
+            "checkpoint": lambda: self._checkCheckpoint(settings),
             "cases": lambda: panelrules.check_cases(entries, folder) or True,
             "unsaved_edits": lambda: self._confirmUnsavedEdits(_("Run SFR")),
             "lock": lambda: panelrules.check_project_free(folder) or True,
@@ -560,8 +417,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         job = started[0]
         self._log(("continuing: " if job.action == "continue" else "starting: ") + " ".join(job.args))
         self.ui.statusLabel.text = _("Starting...")
-        self.timer.start()
-        self._updateButtons()
+        self._followJobs()
         self.refreshCases()
 
     def onRetrain(self, *_args):
@@ -570,7 +426,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _confirmUnsavedEdits(self, action):
         """True when no pseudo-label has unsaved edits, or the user goes on without them."""
-        unsaved = self.logic.unsavedEdits()
+        unsaved = edits.unsaved_results(slicer.mrmlScene)
         if not unsaved:
             return True
         question = _("{action} anyway?").format(action=action)
@@ -580,7 +436,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _confirmResources(self):
         """Say what the chosen device offers; ask when it looks short for the chosen backbone."""
         try:
-            found, warnings = self.logic.resourceWarnings(self.settings())
+            found, warnings = self.logic.resource_warnings(self.settings())
         except ImportError as exc:  # torch or psutil missing: the install step reports it
             self._log(f"could not check the GPU and memory: {exc}")
             return True
@@ -599,20 +455,20 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                  ).format(run=job.run_id or "")
         if not slicer.util.confirmOkCancelDisplay(text, windowTitle=_("SFR Segmenter: stop the run")):
             return
-        self.logic.stopRun()
+        self.logic.stop_run()
         self.ui.statusLabel.text = _("Stopping at the next safe point...")
         self._updateButtons()
 
+    def _followJobs(self):
+        """Deliver the jobs' output from the timer while one is active; set the buttons."""
+        if self.logic.active_jobs() and not self.timer.isActive():
+            self.timer.start()
+        self._updateButtons()
+
     def _onTimer(self):
-        job = self.logic.job
-        if job is None:
-            self.timer.stop()
-            return
-        try:
-            job.poll()
-        except SFRError as exc:
-            self._log(f"error: {exc}")
-        if not job.is_active():
+        for error in self.logic.poll():
+            self._log(error)
+        if not self.logic.active_jobs():
             self.timer.stop()
 
     def _onProgress(self, job):
@@ -623,7 +479,6 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _onFinished(self, job):
         """Show how the followed run ended; its results and links come from the job's project."""
-        self.timer.stop()
         messages = {
             "done": _("Finished"),
             "cancelled": _("Stopped (Run SFR with the same settings continues where it stopped)"),
@@ -649,30 +504,23 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         logging.info(f"SFRSegmenter: {text}")
 
     def _updateButtons(self):
-        job = self.logic.job
-        enabled = panelrules.enabled_buttons(self._versionProblem, job.state if job is not None else None,
-                                             self.ui.resultsRunComboBox.count, bool(self.logic.results),
-                                             len(self._flagged),
-                                             self.logic.applyJob is not None and self.logic.applyJob.is_active())
+        enabled = panelrules.enabled_buttons(self._versionProblem, finished_runs=self.ui.resultsRunComboBox.count,
+                                             results_loaded=bool(self.logic.results), flagged_slices=len(self._flagged),
+                                             **self.logic.state())
         for name, on in enabled.items():
             getattr(self.ui, name).enabled = on
 
     # ---------------------------------------------------------------- results
     def _fillRuns(self, justFinished=None):
         """The finished runs of the project, newest first, in the results combo box."""
-        combo = self.ui.resultsRunComboBox
-        chosen = combo.currentData
-        combo.clear()
         try:
-            runs = self.logic.finishedRuns(self.projectFolder())
+            runs = runcontrol.finished_runs(self.projectFolder())
         except (SFRError, OSError) as exc:
             runs = []
             self._log(f"error: {exc}")
-        for status in runs:
-            combo.addItem(f"{status['run_id']} ({status.get('finished') or 'finished'})", status["run_id"])
-        shown = panelrules.run_to_show([st["run_id"] for st in runs], chosen, justFinished)
-        if shown is not None:
-            combo.setCurrentIndex(combo.findData(shown))
+        shown = panelrules.run_to_show([st["run_id"] for st in runs], self.ui.resultsRunComboBox.currentData, justFinished)
+        fillCombo(self.ui.resultsRunComboBox,
+                  [(f"{st['run_id']} ({st.get('finished') or 'finished'})", st["run_id"]) for st in runs], shown)
         self._updateButtons()
 
     def onLoadResults(self, *_args):
@@ -680,20 +528,17 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         runId = self.ui.resultsRunComboBox.currentData or None
         try:
             with slicer.util.WaitCursor():
-                results = self.logic.loadResults(self.projectFolder(), runId, referenceNodes)
+                results = self.logic.load_results(self.projectFolder(), runId, referenceNodes)
         except SFRError as exc:
             slicer.util.errorDisplay(str(exc), windowTitle=TITLE)
             return
         self._fillFlagged(review.flagged_slices({r.case: r.review for r in results}))
-        self.ui.reviewCaseComboBox.clear()
-        for r in review.review_order(results):
-            self.ui.reviewCaseComboBox.addItem(review.case_label(r.case, r.review), r.case)
-        runId = resultnodes.run_of(results[0].segmentation) if results else runId
+        fillCombo(self.ui.reviewCaseComboBox, [(review.case_label(r.case, r.review), r.case)
+                                               for r in review.review_order(results)])
+        runId, lines = self.logic.results_summary(self.projectFolder(), results, runId)
         self.ui.linksLabel.text = provenance.links_html(self.projectFolder(), runId)
-        self._log(f"loaded {len(results)} pseudo-labeled cases of run {runId}")
-        from SFRSegmenterLib import labelnext, runfolder
-
-        self._log(labelnext.summary(labelnext.read_label_next(runfolder.run_dir(self.projectFolder(), runId))))
+        for line in lines:
+            self._log(line)
         self._updateButtons()
         if len(self._flagged):
             self.stepFlagged(+1)  # the views open on the worst slice of all cases
@@ -705,9 +550,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         table = self.ui.flaggedSlicesTableWidget
         table.setRowCount(len(rows))
         for i, row in enumerate(rows):
-            trusted = row.get("trusted")
-            values = [row["case"], str(row["index"]), f"{row['confidence']:.3f}", "" if trusted is None else ("yes" if trusted else "no")]
-            for col, value in enumerate(values):
+            for col, value in enumerate(review.flagged_cells(row)):
                 table.setItem(i, col, qt.QTableWidgetItem(value))
 
     def selectedResult(self):
@@ -773,46 +616,32 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                   ).format(case=result.case),
                 windowTitle=_("SFR Segmenter: unsaved corrections")):
             return
-        try:  # the run whose pseudo-label is shown, not the newest run
-            record = provenance.accept_case(slicer.mrmlScene, self.projectFolder(), result.case,
-                                            run_id=resultnodes.run_of(result.segmentation))
-        except SFRError as exc:
-            slicer.util.errorDisplay(str(exc), windowTitle=TITLE)
-            return
-        result.segmentation.SetAttribute(mrmlnodes.ATTR_ACCEPTED, record["source"])
-        self._log(f"{result.case}: pseudo-label accepted as its label")
-        self.refreshCases()
+        self._saveLabel(self.logic.accept, result.case)
 
     def onSaveCorrection(self, *_args):
         result = self.selectedResult()
-        if result is None:
-            return
+        if result is not None:
+            self._saveLabel(self.logic.save_correction, result.case)
+
+    def _saveLabel(self, save, case):
         try:
-            if partial.is_partial(result.segmentation):  # only the corrected slices become annotated
-                partial.save_corrected_slices(slicer.mrmlScene, self.projectFolder(), result.case, result.segmentation,
-                                              result.reference, run_id=resultnodes.run_of(result.segmentation))
-            else:
-                provenance.accept_case(
-                    slicer.mrmlScene, self.projectFolder(), result.case, run_id=resultnodes.run_of(result.segmentation),
-                    segmentation_node=result.segmentation, reference=result.reference,
-                )
+            self._log(save(self.projectFolder(), case))
         except SFRError as exc:
             slicer.util.errorDisplay(str(exc), windowTitle=TITLE)
             return
-        self._log(f"{result.case}: correction saved as its label")
         self.refreshCases()
 
     # ---------------------------------------------------------------- apply the model
     def onApplyModel(self, *_args):
         """Segment the chosen volume with the network of the run chosen under Results."""
         try:
-            self.logic.applyModel(self.ui.applyVolumeSelector.currentNode(), self.projectFolder(),
+            self.logic.apply_model(self.ui.applyVolumeSelector.currentNode(), self.projectFolder(),
                                   self.ui.resultsRunComboBox.currentData or None, self.settings().device,
                                   self._log, self._onApplied)
         except SFRError as exc:
             slicer.util.errorDisplay(str(exc), windowTitle=TITLE)
             return
-        self._updateButtons()
+        self._followJobs()
 
     def _onApplied(self, job):
         if job.state != "done":
@@ -831,9 +660,6 @@ class SFRSegmenterTest(ScriptedLoadableModuleTest):
     The whole workflow with a real ``sfr run`` (tiny test backbone, CPU, minutes) runs on demand:
     set ``SFR_SLICER_FULL_TEST=1`` before Reload and Test, or call ``test_workflow()``."""
 
-    #: Settings of a fast run; the tiny backbone is the engine's test model.
-    RUN_SETTINGS = dict(backbone="tiny_test", ssl="mean_teacher", sfr_plus=True, device="cpu",
-                        iterations_sam=5, iterations_vnet=5)
     TIMEOUT_S = float(os.environ.get("SFR_SLICER_TEST_TIMEOUT", "1800"))
 
     def setUp(self):
@@ -863,41 +689,6 @@ class SFRSegmenterTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Sample and project: passed")
 
     def test_workflow(self):
-        self.delayDisplay("Loading the sample: 2 labeled and 3 unlabeled hippocampus volumes")
-        paths = [entry[0] for entry in sampledata.sample_files()]
-        sampledata.load_like_sample_data(slicer.mrmlScene, paths, sampledata.sample_source())
-        logic = SFRSegmenterLogic()
-        project = self._projectFolder("workflow")
-        exported = logic.exportProject(project, logic.sceneCases())
-        self.assertEqual(len(exported.by_role("labeled")), 2)
-
-        self.delayDisplay("Running SFR in the background")
-        finished = []
-        job = logic.startRun(project, runcontrol.RunSettings(**self.RUN_SETTINGS), onFinished=finished.append)
-        deadline = time.monotonic() + self.TIMEOUT_S
-        while not finished and time.monotonic() < deadline:
-            slicer.app.processEvents()  # the UI stays responsive while the engine works
-            job.poll()
-            time.sleep(0.05)
-        if not finished:
-            logic.stopRun()
-            self.fail("sfr run did not finish in time")
-        self.assertEqual(job.state, "done", "\n".join(job.progress.log[-30:]))
-
-        self.delayDisplay("Loading the results and stepping through the flagged slices")
-        results = logic.loadResults(project, job.run_id)
-        self.assertEqual({r.case for r in results}, set(sampledata.UNLABELED))
-        rows = review.flagged_slices({r.case: r.review for r in results})
-        if rows:
-            review.show_flagged(slicer.mrmlScene, logic.results, rows[review.step(rows, -1, +1)])
-        first = results[0]
-        if first.confidence is not None:
-            review.show_low_confidence(slicer.mrmlScene, first.reference, first.confidence)
-            review.hide_low_confidence(slicer.mrmlScene)
-
-        self.delayDisplay("Accepting one pseudo-label")
-        record = provenance.accept_case(slicer.mrmlScene, project, first.case,
-                                        run_id=resultnodes.run_of(first.segmentation))
-        self.assertEqual(record["source"], "accepted")
-        self.assertEqual(logic.caseStates(project)[first.case], "accepted")
-        self.delayDisplay("Test passed")
+        report = sampledata.workflow_check(slicer.mrmlScene, self._projectFolder("workflow"), SFRSegmenterLogic(),
+                                           slicer.app.processEvents, self.TIMEOUT_S, say=self.delayDisplay)
+        self.delayDisplay(f"Test passed: {report}")

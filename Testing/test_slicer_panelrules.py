@@ -109,6 +109,9 @@ def test_buttons_follow_the_run_state_and_are_the_panels_own():
     assert not panelrules.enabled_buttons(None, None, finished_runs=0)["loadResultsButton"]
     assert not panelrules.enabled_buttons(None, None, finished_runs=0)["applyModelButton"]
     assert not panelrules.enabled_buttons(None, None, finished_runs=1, applying=True)["applyModelButton"]
+    installing = panelrules.enabled_buttons(None, None, finished_runs=1, results_loaded=True, busy=True)
+    assert not any(installing[b] for b in ("runButton", "retrainButton", "applyModelButton"))  # they need it
+    assert installing["loadResultsButton"] and installing["acceptButton"]  # reviewing needs no new package
 
 
 def test_the_widget_sets_every_button_from_the_rules():
@@ -139,6 +142,8 @@ def test_flagged_cursor_steps_across_cases_worst_first_and_wraps():
     assert panelrules.FlaggedCursor([]).step(+1) is None
     fresh = panelrules.FlaggedCursor(rows)
     assert fresh.step(-1)["index"] == 4  # previous from nothing: the last row
+    assert review.flagged_cells(rows[0]) == ["case_a", "9", "0.200", "yes"]
+    assert review.flagged_cells(rows[1])[3] == "no" and review.flagged_cells({**rows[1], "trusted": None})[3] == ""
 
 
 # --------------------------------------------------------------------------- a finished run

@@ -120,7 +120,7 @@ def test_the_widget_runs_the_steps_of_the_rules():
     assert "panelrules.run_in_order({" in body
     for name in panelrules.RUN_STEPS:
         assert f'"{name}":' in body, name
-    assert "exportProject" in body[body.index("def export_cases"):body.index("def start")]
+    assert "export_project" in body[body.index("def export_cases"):body.index("def start")]
 
 
 # --------------------------------------------------------------------------- cases, before the export
@@ -155,3 +155,15 @@ def test_a_validation_case_without_a_segmentation_is_refused_not_dropped(labeled
     assert "no segmentation" in str(err.value)
     assert not (tmp_path / "proj").exists()
     np.testing.assert_equal(len(entries), 2)
+
+
+def test_an_old_slicer_stops_run_at_the_first_step_with_its_message(labeled_scene, tmp_path):
+    from SFRSegmenterLogicLib import environment
+
+    scene, seg = labeled_scene
+    calls = []
+    steps = _steps(scene, tmp_path / "proj", runcontrol.RunSettings(), calls)
+    problem = environment.version_problem((5, 8))
+    steps["version"] = lambda: panelrules.check_version(problem)
+    assert panelrules.run_in_order(steps) == ("version", problem) and calls == []
+    assert panelrules.check_version(None) is True and not (tmp_path / "proj").exists()

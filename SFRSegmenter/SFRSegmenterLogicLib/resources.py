@@ -18,7 +18,6 @@ import os
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 #: Peak GPU memory of SAM fine-tuning at the engine's defaults on CUDA (bf16, batch 2, no
 #: activation checkpointing), in GiB: bench/results/sam_gpu.md.
@@ -111,16 +110,6 @@ def describe(resources: Resources) -> str:
 PROBE_TIMEOUT_S = 180.0
 
 
-def _child_environment() -> dict:
-    """The engine's child environment, with this package importable too."""
-    from .runner import child_environment
-
-    env = child_environment()
-    here = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
-
-
 def device_facts(device: str = "auto", python: "str | None" = None, timeout_s: float = PROBE_TIMEOUT_S) -> tuple:
     """``(Resources of device, [DeviceChoice, ...])``, read by a short child process
     (``python -m SFRSegmenterLogicLib.resources DEVICE``), never in this process.  One line
@@ -128,11 +117,11 @@ def device_facts(device: str = "auto", python: "str | None" = None, timeout_s: f
     from SFRSegmenterLib.errors import SFRError
 
     from .environment import DeviceChoice
-    from .runner import python_executable
+    from .runner import logic_environment, python_executable
 
     args = [python or python_executable(), "-m", "SFRSegmenterLogicLib.resources", device]
     try:
-        proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s, env=_child_environment(),
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s, env=logic_environment(),
                               stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise SFRError(f"could not read the GPU and memory: {exc}") from None

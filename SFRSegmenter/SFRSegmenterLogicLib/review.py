@@ -74,6 +74,13 @@ def flagged_slices(review: dict) -> list:
     return rows
 
 
+def flagged_cells(row: dict) -> list:
+    """The flagged-slices table's texts for one row: case, slice index, confidence, trusted."""
+    trusted = row.get("trusted")
+    return [row["case"], str(row["index"]), f"{row['confidence']:.3f}",
+            "" if trusted is None else ("yes" if trusted else "no")]
+
+
 def step(rows: list, position: int, delta: int = 1) -> int:
     """The row after (``delta=1``) or before (``-1``) ``position``, wrapping; -1 when no rows.
     From no position (-1), next is the worst row and previous the last."""

@@ -1,10 +1,11 @@
 """Starting the engine's short processes from the Slicer module: which Python, which
 environment, and a plain-Python runner.
 
-A *runner* starts one process and reports its output lines and its end.  The Slicer widget uses
-a ``QProcess`` runner (``SFRSegmenter.py``); :class:`SubprocessRunner` here is the plain Python
-one.  Both have ``start(args, env, cwd)``, ``poll()``, ``is_running()``, ``terminate()``,
-``kill()``, ``wait(timeout)`` and call ``on_line(str)`` / ``on_finished(int)``.
+A *runner* starts one process and reports its output lines and its end: ``start(args, env,
+cwd)``, ``poll()``, ``is_running()``, ``terminate()``, ``kill()``, ``wait(timeout)``, calling
+``on_line(str)`` / ``on_finished(int)``.  :class:`SubprocessRunner` is the one the panel uses
+for every child process (its reader thread collects the output; the panel's timer calls
+``poll()``, so Slicer's window never waits on a process) and the one the tests use.
 
 Nothing here imports Qt, so it runs under plain Python and pytest.
 """
@@ -61,6 +62,14 @@ def child_environment(base: dict | None = None) -> dict:
         env["PYTHONPATH"] = engine + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("PYTHONIOENCODING", "utf-8")
+    return env
+
+
+def logic_environment(base: dict | None = None) -> dict:
+    """:func:`child_environment` with this package importable too (``python -m
+    SFRSegmenterLogicLib.x`` children: the GPU facts, the checkpoint download, the install check)."""
+    env = child_environment(base)
+    env["PYTHONPATH"] = str(_HERE.parent) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
 

@@ -106,3 +106,66 @@ def quick_check(scene, project_dir: "str | os.PathLike", paths: list | None = No
     labeled = [c.name for c in project.by_role("labeled")]
     assert labeled == list(LABELED), labeled
     return {"cases": sorted(cases), "labeled": labeled, "classes": list(project.classes)}
+
+
+#: Settings of the self-test's fast run; the tiny backbone is the engine's test model.
+WORKFLOW_SETTINGS = dict(backbone="tiny_test", ssl="mean_teacher", sfr_plus=True, device="cpu",
+                         iterations_sam=5, iterations_vnet=5)
+
+
+def workflow_check(scene, project_dir: "str | os.PathLike", jobs=None, process_events=None,
+                   timeout_s: float = 1800.0, say=print) -> dict:
+    """The whole clinician loop on the bundled sample, as the panel drives it: load, export, a real
+    detached ``sfr run`` (tiny test backbone, CPU) followed to its end, results loaded, the flagged
+    slices stepped through, the overlay shown and hidden, one pseudo-label accepted.
+
+    ``jobs`` is the panel's ``session.PanelJobs`` (a new one on ``scene`` by default);
+    ``process_events`` is called while the run goes on (Slicer: ``slicer.app.processEvents``).
+    Raises ``AssertionError`` (or ``SFRError``) on a failure; returns what it checked.
+    """
+    import time
+
+    from SFRSegmenterLib.runcontrol import RunSettings
+
+    from . import provenance, review
+    from .cases import scene_cases
+    from .export import check_ready_to_run, export_project
+    from .session import PanelJobs
+
+    jobs = jobs or PanelJobs(scene)
+    say("Loading the sample: 2 labeled and 3 unlabeled hippocampus volumes")
+    load_like_sample_data(scene, [entry[0] for entry in sample_files()], sample_source())
+    project = export_project(scene, project_dir, scene_cases(scene))
+    check_ready_to_run(project)
+    assert len(project.by_role("labeled")) == len(LABELED)
+
+    say("Running SFR in the background")
+    finished = []
+    job = jobs.start_run(project_dir, RunSettings(**WORKFLOW_SETTINGS), on_finished=finished.append)
+    deadline = time.monotonic() + timeout_s
+    while not finished and time.monotonic() < deadline:
+        if process_events:
+            process_events()  # the UI stays responsive while the engine works
+        jobs.poll()
+        time.sleep(0.05)
+    if not finished:
+        jobs.stop_run()
+        raise AssertionError("sfr run did not finish in time")
+    assert job.state == "done", "\n".join(job.progress.log[-30:])
+
+    say("Loading the results and stepping through the flagged slices")
+    results = jobs.load_results(project_dir, job.run_id)
+    assert {r.case for r in results} == set(UNLABELED), sorted(r.case for r in results)
+    rows = review.flagged_slices({r.case: r.review for r in results})
+    if rows:
+        review.show_flagged(scene, jobs.results, rows[review.step(rows, -1, +1)])
+    first = results[0]
+    if first.confidence is not None:
+        review.show_low_confidence(scene, first.reference, first.confidence)
+        review.hide_low_confidence(scene)
+
+    say("Accepting one pseudo-label")
+    jobs.accept(project_dir, first.case)
+    assert provenance.case_states(project_dir)[first.case] == "accepted"
+    return {"run": job.run_id, "results": sorted(r.case for r in results), "flagged": len(rows),
+            "accepted": first.case}

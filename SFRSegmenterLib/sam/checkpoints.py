@@ -113,33 +113,43 @@ def missing_checkpoint_message(name: str, backbone: str, give: str = "pass --che
 
 
 def download_official(name: str = DOWNLOADABLE, dest_dir: "Path | None" = None) -> Path:
-    """Download an official checkpoint once, with a progress bar and a sha256 check."""
+    """Download an official checkpoint once into ``dest_dir`` (default :func:`cache_dir`), with
+    a progress bar and a sha256 check (:func:`fetch_verified`)."""
     sha, size, url = KNOWN_CHECKPOINTS[name]
     if url is None:
         raise SFRError(f"{name} cannot be downloaded")
-    dest_dir = Path(dest_dir) if dest_dir else cache_dir()
-    dest = dest_dir / name
+    dest = (Path(dest_dir) if dest_dir else cache_dir()) / name
     if dest.exists() and sha256_file(dest) == sha:
         return dest
-    events.log(f"downloading {url} -> {dest}")
-    digest = hashlib.sha256()
     try:
-        with atomic_path(dest) as part:  # the file appears only once complete and checked
-            with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as fh:
-                total = int(resp.headers.get("Content-Length") or size or 0)
-                bar = events.Progress("download", max(total, 1))
-                done = 0
-                for block in iter(lambda: resp.read(1 << 20), b""):
-                    fh.write(block)
-                    digest.update(block)
-                    done += len(block)
-                    bar.update(min(done, max(total, 1)), mb=round(done / 2**20, 1))
-            if digest.hexdigest() != sha:
-                raise SFRError(f"downloaded file has sha256 {digest.hexdigest()}, expected {sha}", url)
+        return fetch_verified(url, sha, dest, size)
     except OSError as exc:
         raise SFRError(
             f"download failed ({exc}); {missing_checkpoint_message(name, 'vit_b')}", url
         ) from None
+
+
+def fetch_verified(url: str, sha256: str, dest: "str | os.PathLike", size: "int | None" = None) -> Path:
+    """Copy ``url`` (any URL ``urllib`` opens, ``file:`` included) to ``dest`` only when its sha256
+    is ``sha256``: the bytes go to a temporary sibling, which becomes ``dest`` once complete and
+    checked; another checksum is one SFRError and nothing is placed (an existing ``dest`` is left
+    as it was).  OSError when the URL cannot be read."""
+    dest = Path(dest)
+    events.log(f"downloading {url} -> {dest}")
+    digest = hashlib.sha256()
+    with atomic_path(dest) as part:  # the file appears only once complete and checked
+        with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as fh:
+            total = int(resp.headers.get("Content-Length") or size or 0)
+            bar = events.Progress("download", max(total, 1))
+            done = 0
+            for block in iter(lambda: resp.read(1 << 20), b""):
+                fh.write(block)
+                digest.update(block)
+                done += len(block)
+                bar.update(min(done, max(total, 1)), mb=round(done / 2**20, 1))
+        if digest.hexdigest() != sha256:
+            raise SFRError(f"downloaded file has sha256 {digest.hexdigest()}, expected {sha256}; "
+                           f"{dest.name} was not saved", url)
     return dest
 
 
