@@ -74,3 +74,9 @@ def test_a_few_lora_steps_lower_the_loss_on_a_real_case(tmp_path, sample_dir):
     assert meta["num_masks"] == 3 and meta["lora_blocks"] == 10
     # augmentation off and a crop of whole slices: nearly the same batch every step; a first LoRA + decoder step must help
     assert len(curve) == 2 and curve[-1] < 0.9 * curve[0], curve
+    # the class offsets started at the training mosaics' log priors (background the most frequent)
+    # and two AdamW steps of lr <= 1e-3 moved them by at most 2e-3 each
+    bias = meta["class_prior_bias"]
+    assert len(bias) == 3 and abs(sum(bias)) < 1e-4 and bias[0] > max(bias[1:]) + 2
+    saved = torch.load(out / meta["parts_file"], weights_only=True)["mask_decoder.class_bias"]
+    assert torch.allclose(saved, torch.tensor(bias), atol=2.5e-3), (saved, bias)
