@@ -202,6 +202,13 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if getattr(self, "timer", None) is not None:
             self.timer.stop()
 
+    def onReload(self):
+        # the logic and engine packages load again from disk with the module file (reloading.py)
+        from SFRSegmenterLogicLib import reloading
+
+        reloading.forget_packages()
+        ScriptedLoadableModuleWidget.onReload(self)
+
     def enter(self):
         self.refreshCases()
         self._followRunningRun()

@@ -166,3 +166,19 @@ def test_the_install_runs_in_the_background_and_names_what_failed(module, monkey
                                                "sfr-no-such-package==1.0 failed: ")
     assert "sfr-no-such-package" in text.split("failed: ")[-1] and "Traceback" not in "\n".join(log)
     assert any(line.startswith("installing sfr-no-such-package==1.0: ") for line in log)  # the command, logged
+
+
+def test_reload_forgets_the_logic_packages_before_slicer_reloads_the_module(module, monkeypatch):
+    """The widget's own onReload: the packages are gone from sys.modules when Slicer's reload
+    (the base class's onReload, here a stand-in that records) re-executes the module file."""
+    from SFRSegmenterLogicLib import reloading
+
+    loaded, _ = module
+    probe = types.ModuleType("sfr_reload_probe.logic")
+    monkeypatch.setitem(sys.modules, "sfr_reload_probe.logic", probe)
+    monkeypatch.setattr(reloading, "PACKAGES", ("sfr_reload_probe",))
+    seen = []
+    monkeypatch.setattr(loaded.ScriptedLoadableModuleWidget, "onReload",
+                        lambda self: seen.append("sfr_reload_probe.logic" in sys.modules), raising=False)
+    loaded.SFRSegmenterWidget.onReload(loaded.SFRSegmenterWidget.__new__(loaded.SFRSegmenterWidget))
+    assert seen == [False]
