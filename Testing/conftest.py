@@ -10,6 +10,13 @@ from pathlib import Path
 
 import pytest
 
+#: One math-library thread in this process and in every engine process a test starts (they inherit
+#: the environment): the test models are tiny, and on a 2-core machine shared with other work a
+#: second OpenMP thread spin-waits for a busy core (a V-Net step measured 8-24 s with 2 threads under
+#: load, 1.2-1.6 s with 1).  Set before anything imports torch; a value the caller set wins.
+for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "SFRSegmenterLib" / "sample_data" / "hippocampus"
 SHARED_DATA = REPO.parent / "shared" / "data"
