@@ -173,7 +173,11 @@ def _counts(project, cfg, ft_cfg, rt_cfg, sam: dict, vnet: dict) -> dict:
     unl = _shapes(project, project.by_role("unlabeled"))
     val = _shapes(project, project.by_role("validation"))
     vstride = resolve_stride(vnet["crop"])
-    return {"iterations_sam": int(ft_cfg.iterations), "embedding_cache": int(ft_cfg.embedding_cache),
+    from ..finetune import drawn_entries
+
+    # the mosaics the cache computes: those the run's iterations draw
+    cached = len(drawn_entries(ft_cfg)) if ft_cfg.embedding_cache else 0
+    return {"iterations_sam": int(ft_cfg.iterations), "embedding_cache": cached,
             "iterations_vnet": int(rt_cfg.iterations),
             "sam_windows": sum(count_windows(s, sam["crop"], sam_stride) for s in unl),
             "vnet_windows": sum(count_windows(s, vnet["crop"], vstride) for s in unl),
