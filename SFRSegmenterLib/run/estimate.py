@@ -237,7 +237,10 @@ def estimate_run(project, cfg, run_path=None) -> dict:
         sam = calibrate_sam(project, ft_cfg, sam_device)
         vnet = calibrate_vnet(project, rt_cfg, vnet_device)
         if record is not None:
-            write_json_atomic(record, {"key": key, "sam": sam, "vnet": vnet})
+            try:
+                write_json_atomic(record, {"key": key, "sam": sam, "vnet": vnet})
+            except OSError:  # a full disk: the estimate stands, a resume calibrates again
+                pass
     counts = _counts(project, cfg, ft_cfg, rt_cfg, sam, vnet)
     stages = stage_seconds(counts, sam, vnet, cfg.resolved_rounds)
     choice = cfg.budget_choice or {}
