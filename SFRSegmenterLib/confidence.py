@@ -40,7 +40,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.ndimage import binary_dilation
 
 #: SFR+ threshold on the case confidence (paper default).
 TAU = 0.985
@@ -123,6 +122,8 @@ def region_of_interest(conf: np.ndarray, label: np.ndarray, margin: int = MARGIN
         footprint = np.zeros((1, 3, 3), dtype=bool)
         footprint[0, 1, :] = True
         footprint[0, :, 1] = True
+        from scipy.ndimage import binary_dilation  # here: every ``sfr`` command imports this module
+
         candidate = binary_dilation(candidate, structure=footprint, iterations=int(margin))
     return candidate
 

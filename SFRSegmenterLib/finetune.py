@@ -124,19 +124,38 @@ def sample_batch(cases: list, layout: Layout, plan, cfg: FinetuneConfig, iterati
     return x.contiguous(), y
 
 
+def cache_picks(cfg, iteration: int) -> np.ndarray:
+    """The embedding-cache entries (of ``cfg.embedding_cache``) the batch of ``iteration`` trains on."""
+    return np.random.default_rng([int(cfg.seed), 2, int(iteration)]).integers(int(cfg.embedding_cache),
+                                                                                size=cfg.batch_size)
+
+
+def drawn_entries(cfg, start: int = 0) -> list:
+    """The cache entries iterations ``start`` .. ``cfg.iterations`` draw, sorted: the only ones
+    worth computing (a short run draws a few of the cache's mosaics, a long one all of them)."""
+    drawn, size = set(), int(cfg.embedding_cache)
+    for it in range(int(start), int(cfg.iterations)):
+        drawn.update(int(j) for j in cache_picks(cfg, it))
+        if len(drawn) == size:
+            break
+    return sorted(drawn)
+
+
 @torch.no_grad()
-def build_embedding_cache(model, cases, layout, plan, cfg, device, bf16):
-    """Encoder outputs of ``cfg.embedding_cache`` augmented mosaics (frozen encoder only)."""
+def build_embedding_cache(model, cases, layout, plan, cfg, device, bf16, entries=None):
+    """Encoder outputs of the augmented mosaics ``entries`` (default: all ``cfg.embedding_cache``;
+    frozen encoder only), each computed alone from its own seed: ``(embeddings, labels, {entry: row})``."""
+    entries = list(range(cfg.embedding_cache)) if entries is None else list(entries)
     embs, labs = [], []
-    bar = events.Progress("embed", cfg.embedding_cache)
-    for j in range(cfg.embedding_cache):
+    bar = events.Progress("embed", len(entries))
+    for n, j in enumerate(entries):
         x, y = sample_batch(cases, layout, plan, cfg, j, stream=1, size=1)
         with _autocast(device, bf16):
             emb = model.image_encoder(x.to(device))
         embs.append(emb.float().cpu().to(torch.float16))
         labs.append(y)
-        bar.update(j + 1)
-    return torch.cat(embs), torch.cat(labs)
+        bar.update(n + 1)
+    return torch.cat(embs), torch.cat(labs), {j: row for row, j in enumerate(entries)}
 
 
 def label_priors(labels: torch.Tensor, k: int) -> list:
@@ -357,7 +376,7 @@ def finetune(
     cache = None
     if cfg.embedding_cache and start < cfg.iterations:
         model.eval()
-        cache = build_embedding_cache(model, cases, layout, plan, cfg, device, bf16)
+        cache = build_embedding_cache(model, cases, layout, plan, cfg, device, bf16, drawn_entries(cfg, start))
         train_mode(model)
     if prev is None and init_from is None and cfg.prior_bias:
         labels = cache[1] if cache is not None else sample_batch(cases, layout, plan, cfg, 0, stream=3, size=PRIOR_SAMPLES)[1]
@@ -385,9 +404,9 @@ def finetune(
             with _autocast(device, bf16):
                 logits = model.logits(x)
         else:
-            pick = np.random.default_rng([int(cfg.seed), 2, it]).integers(len(cache[0]), size=cfg.batch_size)
-            emb = cache[0][torch.from_numpy(pick)].to(device).float()
-            y = cache[1][torch.from_numpy(pick)].to(device)
+            rows = torch.tensor([cache[2][int(j)] for j in cache_picks(cfg, it)])
+            emb = cache[0][rows].to(device).float()
+            y = cache[1][rows].to(device)
             with _autocast(device, bf16):
                 logits = model.upsample(model.decode(emb))
         loss = dice_ce_loss(logits.float(), y)

@@ -11,6 +11,7 @@ their owners (status: :mod:`.jobs`; stages: :mod:`.run.cache`; review entries: :
     RUN/status.json  RUN/launcher.json    state of the run, the detached process that started it
     RUN/cancel-request                    present once ``sfr cancel`` asked the run to stop
     RUN/events.jsonl  RUN/log.txt         every progress event, the human log
+    RUN/calibration.json                  the estimate's step times, reused when the run resumes
     RUN/stages.json  RUN/stages/<stage>/  stage records and folders (``<kind>-r<round>`` per round)
     RUN/rounds.json  RUN/metrics.json  RUN/slices.json
     RUN/review.json                       {"cases": [{"case", "confidence", "trusted", "flagged_slices", ...}]}
@@ -49,6 +50,7 @@ class RunFolder:
     CANCEL = "cancel-request"
     EVENTS = "events.jsonl"
     LOG = "log.txt"
+    CALIBRATION = "calibration.json"
     STAGES = "stages.json"
     STAGES_FOLDER = "stages"
     ROUNDS = "rounds.json"
@@ -88,6 +90,7 @@ class RunFolder:
     cancel_request = property(lambda self: self.path / self.CANCEL)
     events = property(lambda self: self.path / self.EVENTS)
     log = property(lambda self: self.path / self.LOG)
+    calibration = property(lambda self: self.path / self.CALIBRATION)
     stages = property(lambda self: self.path / self.STAGES)
     rounds = property(lambda self: self.path / self.ROUNDS)
     metrics = property(lambda self: self.path / self.METRICS)

@@ -10,6 +10,13 @@ from pathlib import Path
 
 import pytest
 
+#: One math-library thread in this process and in every engine process a test starts (they inherit
+#: the environment): the test models are tiny, and on a 2-core machine shared with other work a
+#: second OpenMP thread spin-waits for a busy core (a V-Net step measured 8-24 s with 2 threads under
+#: load, 1.2-1.6 s with 1).  Set before anything imports torch; a value the caller set wins.
+for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "SFRSegmenterLib" / "sample_data" / "hippocampus"
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -62,6 +69,44 @@ def copy_samples(dest: Path, names) -> tuple:
 @pytest.fixture
 def sfr():
     return run_sfr
+
+
+@pytest.fixture(scope="session")
+def tiny_run_copy(tmp_path_factory):
+    """``copy(dest) -> (root, run)``: a copy at ``dest`` of one project with a finished plain
+    ``sfr run`` (test_run_pipeline's project and TINY settings: 5 bundled cases, 2 labeled, 1 for
+    validation, scans read where they lie).  The run is made once per session, on first use;
+    every module that starts from it writes only into its own copy."""
+    import shutil
+
+    from test_run_pipeline import TINY, latest, make_project
+
+    master = make_project(tmp_path_factory.mktemp("tiny-run") / "proj", SAMPLE)
+    run_sfr("run", master, *TINY, check=True)
+
+    def copy(dest: Path) -> tuple:
+        shutil.copytree(master, dest)
+        return dest, latest(dest)
+
+    return copy
+
+
+@pytest.fixture(scope="session")
+def safety_run_copy(tmp_path_factory):
+    """``copy(dest) -> (root, run)``: the same for test_safety's project (4 bundled cases copied
+    into PROJECT/images and PROJECT/labels, 2 labeled) and its TINY settings (no report)."""
+    import shutil
+
+    from test_safety import TINY, make_project
+
+    master = make_project(tmp_path_factory.mktemp("safety-run"))
+    run_sfr("run", master, *TINY, check=True)
+
+    def copy(dest: Path) -> tuple:
+        shutil.copytree(master, dest)
+        return dest, dest / "runs" / (dest / "runs" / "latest").read_text().strip()
+
+    return copy
 
 
 @pytest.fixture(scope="module")

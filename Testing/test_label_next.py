@@ -7,7 +7,6 @@ import json
 import pytest
 
 from SFRSegmenterLib.labelnext import rank_cases
-from test_run_pipeline import TINY, latest, make_project
 
 
 def entry(case, conf, size=1000.0, slices=10, **extra):
@@ -41,12 +40,8 @@ def test_every_case_once():
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, sample_dir):
-    from conftest import run_sfr
-
-    root = make_project(tmp_path_factory.mktemp("next") / "proj", sample_dir)
-    run_sfr("run", root, *TINY, check=True)
-    return root, latest(root)
+def finished(tmp_path_factory, tiny_run_copy):
+    return tiny_run_copy(tmp_path_factory.mktemp("next") / "proj")
 
 
 def test_run_and_review_write_label_next(finished, sfr, tmp_path):

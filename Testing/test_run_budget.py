@@ -4,6 +4,7 @@ with nothing written, and the estimate against a real short run."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -191,6 +192,28 @@ def test_the_estimate_divides_the_split_stages_by_the_processes_only_where_they_
             assert split[name] == one[name]
     why = parallel_speedup(2, "cpu", calibration_threads=2, process_threads=1, cores=2)["why"]
     assert "share 2 CPU cores" in why and "x1" in why
+
+
+def test_a_saved_calibration_is_reused_only_for_the_same_settings_on_the_same_machine(tmp_path, one_torch_thread):
+    """``RUN/calibration.json``: an attempt of the run with the same key reuses the step times (a
+    resume times nothing again); other settings calibrate again and replace the record."""
+    from SFRSegmenterLib.manifest import load_project
+    from SFRSegmenterLib.run import estimate
+
+    project = load_project(_project(tmp_path))
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = RunConfig(backbone="tiny_test", iterations_sam=2, iterations_vnet=2, device="cpu",
+                    vnet_options={"filters": 4})
+    first = estimate.estimate_run(project, cfg, run)
+    assert not first["calibration_reused"] and (run / "calibration.json").exists()
+    again = estimate.estimate_run(project, cfg, run)
+    assert again["calibration_reused"] and again["steps"] == first["steps"]
+    assert again["calibration_s"] < first["calibration_s"]
+    other = estimate.estimate_run(project, dataclasses.replace(cfg, vnet_options={"filters": 2}), run)
+    assert not other["calibration_reused"]
+    saved = json.loads((run / "calibration.json").read_text())
+    assert saved["vnet"]["train_step_s"] == pytest.approx(other["steps"]["vnet"]["train_step_s"], abs=1e-5)
 
 
 def test_overall_progress_skips_reused_stages_and_weights_by_the_estimate():

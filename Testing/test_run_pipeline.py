@@ -41,19 +41,17 @@ def stages(run):
 
 
 @pytest.fixture(scope="module")
-def sfr_runs(tmp_path_factory, sample_dir):
-    """A plain SFR run, then an SFR+ run (1 round) with tau splitting the cases."""
+def sfr_runs(tmp_path_factory, tiny_run_copy):
+    """A plain SFR run (the session's, copied), then an SFR+ run (1 round) with tau splitting the cases."""
     from conftest import run_sfr
 
-    root = make_project(tmp_path_factory.mktemp("e2e") / "proj", sample_dir)
-    first = run_sfr("run", root, *TINY, check=True)
-    sfr_run = latest(root)
+    root, sfr_run = tiny_run_copy(tmp_path_factory.mktemp("e2e") / "proj")
     confs = [c["confidence"] for c in json.loads((sfr_run / "review.json").read_text())["cases"]]
     tau = statistics.median(confs)
     # --min-structure 0: the paper's rule (confidence only), so that the median tau splits the cases
     second = run_sfr("--progress", "json", "run", root, *TINY, "--sfr-plus", "--rounds", "1", "--tau", repr(tau),
                      "--min-structure", "0", "--trust", "confidence", check=True)
-    return {"root": root, "sfr": sfr_run, "plus": latest(root), "tau": tau, "stdout": [first.stdout, second.stdout]}
+    return {"root": root, "sfr": sfr_run, "plus": latest(root), "tau": tau, "stdout": second.stdout}
 
 
 def test_run_folder_has_every_result(sfr_runs, sample_dir):
@@ -90,7 +88,7 @@ def test_run_folder_has_every_result(sfr_runs, sample_dir):
     for meta in (vnet_meta, sam_meta):
         assert len(meta["class_balance"]["classes"]) == 2 and "collapsed" in meta["class_balance"]
     # --progress json printed the same kind of events on stdout, ending with the result
-    out = [json.loads(line) for line in sfr_runs["stdout"][1].splitlines() if line.startswith("{")]
+    out = [json.loads(line) for line in sfr_runs["stdout"].splitlines() if line.startswith("{")]
     assert out[-1]["event"] == "result" and out[-1]["run_id"] == run.name
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "done"

@@ -51,12 +51,9 @@ def make_project(tmp: Path, labeled=2) -> Path:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
+def finished(tmp_path_factory, safety_run_copy):
     """A project with a finished tiny run (its SAM model and V-Net are used as real models)."""
-    root = make_project(tmp_path_factory.mktemp("safety"))
-    run_sfr("run", root, *TINY, check=True)
-    run = root / "runs" / (root / "runs" / "latest").read_text().strip()
-    return root, run
+    return safety_run_copy(tmp_path_factory.mktemp("safety") / "proj")
 
 
 # --------------------------------------------------------------------------- inputs are sacred

@@ -17,16 +17,14 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import SAMPLE, copy_samples, run_sfr
-from test_safety import CASES, TINY, assert_one_line, digest_tree, make_project
+from test_safety import CASES, assert_one_line, digest_tree, make_project
 
 BAD = "../x"  # a case name that slipped past manifest validation (the library called directly)
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    root = make_project(tmp_path_factory.mktemp("outputs"))
-    run_sfr("run", root, *TINY, check=True)
-    return root, root / "runs" / (root / "runs" / "latest").read_text().strip()
+def finished(tmp_path_factory, safety_run_copy):
+    return safety_run_copy(tmp_path_factory.mktemp("outputs") / "proj")
 
 
 def _project_with_bad_case(root: Path, role="unlabeled", first=True):

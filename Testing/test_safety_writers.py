@@ -70,9 +70,8 @@ def test_predict_refuses_a_case_name_too_long_for_its_outputs_before_any_work(tm
         assert not out.exists() or not list(out.iterdir())  # before the fix: a label and a stray .tmp file
 
 
-def test_a_moved_project_warm_starts_from_its_runs(tmp_path):
-    root = make_project(tmp_path)
-    assert run_sfr("run", root, *TINY).returncode == 0
+def test_a_moved_project_warm_starts_from_its_runs(tmp_path, safety_run_copy):
+    root, _ = safety_run_copy(tmp_path / "proj")  # a project with a finished run, made elsewhere
     moved = tmp_path / "moved"
     root.rename(moved)
     proc = run_sfr("run", moved, "--warm-start", *TINY)

@@ -41,6 +41,37 @@ def _same(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+
+def test_the_embedding_cache_computes_only_the_mosaics_drawn_and_resumes_equal(project, tmp_path):
+    """A 4-iteration run with a 16-mosaic cache encodes only the mosaics its batches draw (before:
+    all 16); cancelled after 2 iterations and resumed, it encodes those the last 2 draw and ends
+    with the uninterrupted run's model (every mosaic comes from its own seed)."""
+    from SFRSegmenterLib import events
+    from SFRSegmenterLib.finetune import cache_picks, drawn_entries
+
+    cfg = _cfg(iterations=4, embedding_cache=16, lora_rank=0, save_every=100)
+    assert drawn_entries(cfg) == sorted({int(j) for it in range(4) for j in cache_picks(cfg, it)})
+    assert 0 < len(drawn_entries(cfg)) <= 8 and drawn_entries(cfg, 2) == sorted(
+        {int(j) for it in (2, 3) for j in cache_picks(cfg, it)})
+    seen = []
+    events.add_sink(seen.append)
+    try:
+        full = finetune(project, cfg, out_dir=tmp_path / "full")
+        calls = {"n": 0}
+
+        def stop_after_two():
+            calls["n"] += 1
+            return calls["n"] > 2
+
+        with pytest.raises(Cancelled):
+            finetune(project, cfg, out_dir=tmp_path / "part", should_stop=stop_after_two)
+        resumed = finetune(project, cfg, out_dir=tmp_path / "part", resume=True)
+    finally:
+        events.remove_sink(seen.append)
+    totals = [e["total"] for e in seen if e["event"] == "progress" and e["stage"] == "embed" and e["step"] == 1]
+    assert totals == [len(drawn_entries(cfg)), len(drawn_entries(cfg)), len(drawn_entries(cfg, 2))]
+    assert _same(_parts(full), _parts(resumed))
+
 def test_resume_after_cancel_equals_uninterrupted(project, tmp_path):
     full = finetune(project, _cfg(), out_dir=tmp_path / "full")
     calls = {"n": 0}

@@ -24,12 +24,8 @@ def runs_of(root):
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, sample_dir):
-    from conftest import run_sfr
-
-    root = make_project(tmp_path_factory.mktemp("warm") / "proj", sample_dir)
-    run_sfr("run", root, *TINY, check=True)
-    return root, latest(root)
+def finished(tmp_path_factory, tiny_run_copy):
+    return tiny_run_copy(tmp_path_factory.mktemp("warm") / "proj")
 
 
 def test_the_short_schedule_is_a_fifth_of_the_source_runs_unless_given(finished):

@@ -16,6 +16,10 @@ N on N GPUs; on the CPU the processes share the cores, so only the cores the cal
 count (a calibration that used every core: no speed-up).  Each of those stages then also pays the
 start of N processes (``STAGE_OVERHEAD_S["launch"]``).
 
+The step times are kept in the run folder (``RUN/calibration.json``, keyed by the machine, the
+device, the thread count, the stage settings and the image shapes): a resumed run on the same
+machine reuses them instead of timing the same steps again.
+
 The estimate is an event, ``{"event": "estimate", "seconds": S, "stages": {...}, "budget": ...,
 "calibration": {...}}``, and a log line; a run whose estimate cannot be made logs why and goes on.
 """
@@ -212,26 +216,77 @@ def _counts(project, cfg, ft_cfg, rt_cfg, sam: dict, vnet: dict) -> dict:
     unl = _shapes(project, project.by_role("unlabeled"))
     val = _shapes(project, project.by_role("validation"))
     vstride = resolve_stride(vnet["crop"])
-    return {"iterations_sam": int(ft_cfg.iterations), "embedding_cache": int(ft_cfg.embedding_cache),
+    from ..finetune import drawn_entries
+
+    # the mosaics the cache computes: those the run's iterations draw
+    cached = len(drawn_entries(ft_cfg)) if ft_cfg.embedding_cache else 0
+    return {"iterations_sam": int(ft_cfg.iterations), "embedding_cache": cached,
             "iterations_vnet": int(rt_cfg.iterations),
             "sam_windows": sum(count_windows(s, sam["crop"], sam_stride) for s in unl),
             "vnet_windows": sum(count_windows(s, vnet["crop"], vstride) for s in unl),
             "validation_windows": sum(count_windows(s, vnet["crop"], vstride) for s in val)}
 
 
-def estimate_run(project, cfg, processes: int = 1) -> dict:
+def calibration_key(project, ft_cfg, rt_cfg, sam_device, vnet_device) -> str:
+    """What the step times depend on: this machine, its devices and thread count, the stage
+    settings and the image shapes (a resumed run on another machine calibrates again)."""
+    import dataclasses
+    import hashlib
+    import json
+    import socket
+
+    import torch
+
+    cases = project.by_role("labeled") + project.by_role("unlabeled")
+    parts = [socket.gethostname(), str(sam_device), str(vnet_device), torch.get_num_threads(), torch.__version__,
+             dataclasses.asdict(ft_cfg), dataclasses.asdict(rt_cfg), project.num_classes,
+             _shapes(project, project.by_role("labeled")), _shapes(project, cases)]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:20]
+
+
+def _saved_calibration(path, key: str) -> "dict | None":
+    from ..io import read_json
+
+    if path is None or not path.exists():
+        return None
+    try:
+        saved = read_json(path, "calibration", missing={})
+    except Exception:  # noqa: BLE001 - a damaged record: calibrate again
+        return None
+    if not isinstance(saved, dict) or saved.get("key") != key:
+        return None
+    sam, vnet = saved.get("sam"), saved.get("vnet")
+    return {"sam": sam, "vnet": vnet} if isinstance(sam, dict) and isinstance(vnet, dict) else None
+
+
+def estimate_run(project, cfg, run_path=None, processes: int = 1) -> dict:
     """The estimate event's fields for a run with (effective) configuration ``cfg`` on
-    ``processes`` processes (resolved, :func:`.distributed.resolve_processes`)."""
+    ``processes`` processes (resolved, :func:`.distributed.resolve_processes`); with
+    ``run_path``, the step times saved there by an earlier attempt of the same run on the same
+    machine are reused (``calibration_reused``), and new ones are saved."""
     import torch
 
     from ..device import resolve_device
+    from ..io import write_json_atomic
+    from ..runfolder import RunFolder
     from .config import finetune_config, retrain_config
 
     ft_cfg, rt_cfg = finetune_config(cfg), retrain_config(cfg)
     t0 = time.perf_counter()
-    sam = calibrate_sam(project, ft_cfg, resolve_device(ft_cfg.device))
-    vnet_device = resolve_device(rt_cfg.device)
-    vnet = calibrate_vnet(project, rt_cfg, vnet_device)
+    sam_device, vnet_device = resolve_device(ft_cfg.device), resolve_device(rt_cfg.device)
+    record = RunFolder(run_path).calibration if run_path is not None else None
+    key = calibration_key(project, ft_cfg, rt_cfg, sam_device, vnet_device)
+    saved = _saved_calibration(record, key)
+    if saved:
+        sam, vnet = saved["sam"], saved["vnet"]
+    else:
+        sam = calibrate_sam(project, ft_cfg, sam_device)
+        vnet = calibrate_vnet(project, rt_cfg, vnet_device)
+        if record is not None:
+            try:
+                write_json_atomic(record, {"key": key, "sam": sam, "vnet": vnet})
+            except OSError:  # a full disk: the estimate stands, a resume calibrates again
+                pass
     counts = _counts(project, cfg, ft_cfg, rt_cfg, sam, vnet)
     speedup = parallel_speedup(processes, vnet_device.type, torch.get_num_threads())
     stages = stage_seconds(counts, sam, vnet, cfg.resolved_rounds, speedup)
@@ -239,23 +294,24 @@ def estimate_run(project, cfg, processes: int = 1) -> dict:
     embed = counts["embedding_cache"] * sam["slabs"] * sam["encoder_s"]
     return {"seconds": round(sum(stages.values()), 1), "stages": stages, "budget": choice.get("name"),
             "embed_share": round(embed / stages["finetune-r0"], 4) if stages["finetune-r0"] else 0.0,
-            "device": choice.get("device"), "method": "calibration",
+            "device": choice.get("device"), "method": "calibration", "calibration_reused": bool(saved),
             "calibration_s": round(time.perf_counter() - t0, 2), "counts": counts, "processes": speedup,
             "steps": {"sam": {k: (round(v, 5) if isinstance(v, float) else v) for k, v in sam.items()},
                       "vnet": {k: (round(v, 5) if isinstance(v, float) else v) for k, v in vnet.items()}}}
 
 
-def emit_estimate(project, cfg, processes: int = 1) -> "dict | None":
+def emit_estimate(project, cfg, run_path=None, processes: int = 1) -> "dict | None":
     """Emit the estimate event and its log line; when it cannot be made, log why and return None."""
     try:
-        est = estimate_run(project, cfg, processes)
+        est = estimate_run(project, cfg, run_path, processes)
     except Exception as exc:  # noqa: BLE001 - the run goes on without an estimate
         events.log(f"no estimate of the run's duration: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
                    "warning")
         return None
     events.emit("estimate", **est)
-    events.log(f"estimate: {about(est['seconds'])} for the whole run with budget "
-               f"{est['budget']} (calibrated in {est['calibration_s']:.1f} s: SAM step "
+    how = ("step times of an earlier attempt of this run reused" if est["calibration_reused"]
+           else f"calibrated in {est['calibration_s']:.1f} s")
+    events.log(f"estimate: {about(est['seconds'])} for the whole run with budget {est['budget']} ({how}: SAM step "
                f"{est['steps']['sam']['train_step_s']:.3f} s, V-Net step {est['steps']['vnet']['train_step_s']:.3f} s)"
                + (f"; {est['processes']['why']}" if est["processes"]["processes"] > 1 else ""))
     return est

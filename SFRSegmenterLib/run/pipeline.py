@@ -278,7 +278,7 @@ class Pipeline:
     # ---------------------------------------------------------------- the whole run
     def run(self) -> dict:
         rounds = self.cfg.resolved_rounds
-        estimate = emit_estimate(self.project, self.cfg, self.processes)  # before stage F; None: logged why
+        estimate = emit_estimate(self.project, self.cfg, self.run_path, self.processes)  # before stage F; None: logged why
         if estimate:
             overall.start(estimate)  # one fraction and ETA across stages (ended by job.execute)
         self.runner.planned = 2 + 4 * (rounds + 1)

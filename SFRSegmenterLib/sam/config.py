@@ -40,7 +40,8 @@ class FinetuneConfig:
     preprocess: "str | None" = None  # intensity normalisation (sam.preprocess.METHODS); None: the backbone's
     threads: "int | None" = None  # torch CPU threads; None: leave as is
     # CPU-friendly mode: with lora_rank 0 the encoder is frozen, so the embeddings of
-    # ``embedding_cache`` augmented mosaics are computed once and the decoder trains on them.
+    # ``embedding_cache`` augmented mosaics are computed once and the decoder trains on them
+    # (only those the iterations draw: finetune.drawn_entries).
     embedding_cache: int = 0
     # start the decoder's per-class logit offsets at the training labels' log class priors (the
     # first softmax is the label distribution); False: every class at logit 0
