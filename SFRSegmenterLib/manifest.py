@@ -214,9 +214,14 @@ def parse_classes(spec: "str | None", labels: Iterable[int] = ()) -> list:
         if n < 2:
             raise SFRError(f"--classes needs at least 2 classes (background included), got {n}")
         return ["background"] + [f"class_{i}" for i in range(1, n)]
-    names = [s.strip() for s in spec.split(",") if s.strip()]
+    names = [s.strip() for s in spec.split(",")]
+    if any(not n for n in names):
+        raise SFRError(f"--classes {spec!r} has an empty name: give names separated by single commas, background first")
     if len(names) < 2:
         raise SFRError("--classes needs at least 2 names, background first")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise SFRError(f"--classes names must be unique; given more than once: {', '.join(twice)}")
     return names
 
 

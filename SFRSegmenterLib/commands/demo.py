@@ -52,6 +52,9 @@ def make_demo_project(out: Path, labeled: int = 2, unlabeled: int | None = None)
     from ..manifest import MANIFEST_NAME, init_project, load_project
 
     if (out / MANIFEST_NAME).exists():
+        if not (out / "ATTRIBUTION.md").exists():  # what every demo project holds from its start
+            raise SFRError("this is an SFR project that 'sfr demo' did not make; choose another --out, "
+                           "or use 'sfr run' on it", out)
         return load_project(out)
     if out.exists() and any(out.iterdir()):
         raise SFRError("folder exists and is not an SFR project; choose another --out", out)
@@ -62,7 +65,11 @@ def make_demo_project(out: Path, labeled: int = 2, unlabeled: int | None = None)
         with open(fd, "w") as fh:
             fh.write("\n".join(names[: labeled + unlabeled]) + "\n")
     try:
-        return init_project(out, SAMPLE / "images", SAMPLE / "labels", labeled=labeled, cases=cases)
+        project = init_project(out, SAMPLE / "images", SAMPLE / "labels", labeled=labeled, cases=cases)
+        import shutil
+
+        shutil.copy2(SAMPLE / "ATTRIBUTION.md", out / "ATTRIBUTION.md")  # also marks the folder as the demo's
+        return project
     finally:
         if cases:
             Path(cases).unlink(missing_ok=True)
@@ -97,18 +104,20 @@ def run(args) -> int:
     from ..run import config, job
 
     out = Path(args.out).resolve()
+    cfg = demo_config(args)
+    if cfg.backbone:  # what can be checked without the project, before it is written
+        from ..sam.registry import get_spec
+
+        get_spec(cfg.backbone)
     project = make_demo_project(out, DEMO_SETTINGS["labeled"], 2 if args.quick else None)
     n_unl = len(project.by_role("unlabeled"))
-    import shutil
-
-    if not (out / "ATTRIBUTION.md").exists():
-        shutil.copy2(SAMPLE / "ATTRIBUTION.md", out / "ATTRIBUTION.md")
+    if not n_unl:
+        raise SFRError("this demo project has no unlabeled case left to pseudo-label; choose another --out", out)
     if events.mode() != "json":
-        print(f"demo project: {out} (2 labeled, {n_unl} unlabeled hippocampus MRI)\n"
+        print(f"demo project: {out} ({len(project.by_role('labeled'))} labeled, {n_unl} unlabeled hippocampus MRI)\n"
               "data: Medical Segmentation Decathlon Task04 (Simpson et al. 2019, arXiv:1902.09063), "
               "CC-BY-SA 4.0; see ATTRIBUTION.md", flush=True)
     jobs.ProjectLock(project.root, "?").check_free()
-    cfg = demo_config(args)
     from ..device import resolve_device
     from ..run.budget import resolve
 

@@ -103,9 +103,11 @@ def run(args) -> int:
                          window=args.window, batch=args.window_batch, largest_component=args.largest_component)
     if not is_main_process():  # under torchrun only rank 0 reports (every rank has all results)
         return 0
+    from .. import events
+
     if args.json:
         print(json.dumps(res, indent=2))
-    else:
+    elif events.mode() != "json":  # --progress json: stdout holds JSON events only
         for name, r in res.items():
             print(f"{name}: {r['label']} (mean confidence {r['mean_confidence']:.3f}, {r['seconds']:.1f} s)")
     return 0

@@ -57,9 +57,11 @@ def run(args) -> int:
                            **{k: v for k, v in given.items() if v is not None})  # else review's defaults
     if not is_main_process():  # under torchrun only rank 0 reports
         return 0
+    from .. import events
+
     if args.json:
         print(json.dumps(result, indent=2))
-    else:
+    elif events.mode() != "json":  # --progress json: stdout holds JSON events only
         for e in result["cases"]:
             worst = ", ".join(str(s["index"]) for s in e["flagged_slices"]) or "none"
             print(f"{e['case']}: confidence {e['confidence']:.4f} {'trusted' if e['trusted'] else 'review'} "

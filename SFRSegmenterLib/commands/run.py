@@ -151,6 +151,9 @@ def config_from_args(args):
         cfg.device = args.device
     if args.no_report:
         cfg.report = False
+    if getattr(args, "warm_start", None) is not None and not str(args.warm_start).strip():
+        # an empty RUN (an unset "$RUN" in a script) is not a request for a full run
+        raise SFRError("--warm-start got an empty run id: give a run id, or --warm-start alone for the latest finished run")
     if getattr(args, "warm_start", None):
         cfg.warm_start_from = args.warm_start  # a run id once `sfr run` resolved it (..run.warmstart)
     from ..run.distributed import parse_processes

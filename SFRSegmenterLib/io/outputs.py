@@ -80,6 +80,14 @@ def protect_projects(paths, why_prefix: str = "") -> None:
 def guard_output(out: "str | os.PathLike", overwrite: bool = False, file: bool = False, related=()) -> None:
     """The output rule for one command, before any work: claim ``out`` (a folder, or with
     ``file`` the one output file) and protect every project identified from ``out`` and the
-    ``related`` paths (the model, the images, the project given)."""
+    ``related`` paths (the model, the images, the project given).  ``--out`` naming a file where
+    a folder is written (or a folder where a file is) is refused here, before any work."""
+    from ..errors import SFRError
+
+    target = Path(out)
+    if not file and (target.is_file() or (target.exists() and not target.is_dir())):
+        raise SFRError("--out must be a folder (the outputs are written into it), and this is a file", target)
+    if file and target.is_dir():
+        raise SFRError("--out must be a file name, and this is a folder", target)
     claim(out, overwrite, file=file)
     protect_projects([out, *related])
