@@ -97,6 +97,9 @@ def test_the_published_round_is_the_best_estimated_one_that_did_not_drift():
     assert sfrplus.choose_round(worse) == 0 and "0.6500 vs 0.7000" in worse[1].why
     tie = [rec(0, 0.70), rec(1, 0.70)]
     assert sfrplus.choose_round(tie) == 0  # plain SFR unless a round is estimated better
+    close = [rec(0, 0.70), rec(1, 0.715)]  # a lead within the estimate's error is not enough
+    assert sfrplus.choose_round(close) == 0 and "margin" in close[1].why
+    assert sfrplus.choose_round(close, margin=0.0) == 1
     unknown = [rec(0, None), rec(1, 0.9)]
     assert sfrplus.choose_round(unknown) == 1 and "paper's rule" in unknown[1].why
 
