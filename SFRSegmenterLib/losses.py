@@ -54,3 +54,11 @@ def dice_ce(
         inter, denom = inter[..., 1:], denom[..., 1:]
     dice = 1.0 - ((2.0 * inter + smooth) / (denom + smooth)).mean()
     return 0.5 * (ce + dice)
+
+
+def log_prior_logits(priors) -> torch.Tensor:
+    """Logits whose softmax is the class distribution ``priors`` (each at least 1e-4), centred to
+    mean 0: the starting offsets of an output layer (stage F's class offsets, stage R's bias)."""
+    p = torch.as_tensor([max(float(v), 1e-4) for v in priors], dtype=torch.float32)
+    bias = torch.log(p / p.sum())
+    return bias - bias.mean()

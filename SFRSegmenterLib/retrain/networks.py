@@ -167,9 +167,9 @@ def init_output_bias(model: nn.Module, priors) -> list:
     softmax predicts every voxel with the labeled cases' class frequencies: the first loss is the
     priors' entropy (at most ln K) and no early step is spent pulling the bias toward background.
     Returns the bias set."""
-    p = torch.as_tensor([max(float(v), 1e-4) for v in priors], dtype=torch.float32)
-    bias = torch.log(p / p.sum())
-    bias = bias - bias.mean()
+    from ..losses import log_prior_logits
+
+    bias = log_prior_logits(priors)
     out = getattr(model, "out", None)
     if not isinstance(out, nn.Conv3d) or out.bias is None or out.bias.numel() != bias.numel():
         raise ValueError(f"{type(model).__name__} has no output convolution with {bias.numel()} biases")

@@ -102,9 +102,9 @@ def init_class_bias(model: "SamSegmenter", priors) -> list:
     pixels per class), so the first softmax is the label distribution and the first steps learn
     where the classes are instead of how frequent they are (as stage R's output bias,
     retrain/networks.init_output_bias).  Returns the offsets set."""
-    p = torch.as_tensor([max(float(v), 1e-4) for v in priors], dtype=torch.float32)
-    bias = torch.log(p / p.sum())
-    bias = bias - bias.mean()
+    from ..losses import log_prior_logits
+
+    bias = log_prior_logits(priors)
     target = model.mask_decoder.class_bias
     if target.numel() != bias.numel():
         raise ValueError(f"{bias.numel()} priors for {target.numel()} classes")
