@@ -234,8 +234,9 @@ def run(args) -> int:
         from ..preflight import check_run
         from ..run.budget import effective
 
-        check_run(project, effective(cfg))  # everything the run needs, before the first stage
-        check_checkpoint(effective(cfg))
+        settings = effective(cfg)
+        check_run(project, settings)  # everything the run needs, before the first stage
+        check_checkpoint(settings)
         run_id, path = jobs.new_run_id(), None
     # the lock first: only its holder creates a run folder or moves runs/latest, so of two starts
     # (a double click) the refused one leaves nothing behind
