@@ -216,13 +216,16 @@ def engine_pids(run_path) -> list:
         pid = rec.get("pid")
         if not isinstance(pid, int) or pid in pids or rec.get("host") not in (None, socket.gethostname()):
             continue
-        if jobs.pid_alive(pid, rec.get("proc_start")) and _is_engine(pid):
+        if jobs.pid_alive(pid, rec.get("proc_start")) and _is_engine(pid, rec.get("proc_start") is not None):
             pids.append(pid)
     return pids
 
 
-def _is_engine(pid: int) -> bool:
-    """The process runs this engine (guards against a PID reused where start times are unknown)."""
+def _is_engine(pid: int, same_start: bool = False) -> bool:
+    """The process runs this engine (guards against a PID reused where start times are unknown).
+
+    ``same_start``: its start time matched the record's; then a process whose command line is
+    already gone (it is exiting: its memory is released before it ends) still counts."""
     import psutil
 
     try:
@@ -230,6 +233,8 @@ def _is_engine(pid: int) -> bool:
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return False
     except psutil.AccessDenied:
+        return True
+    if not cmdline and same_start:
         return True
     return any("SFRSegmenterLib" in part or Path(part).name in ("sfr", "sfr.exe") for part in cmdline)
 
