@@ -14,6 +14,9 @@ from .registry import get_spec
 if TYPE_CHECKING:  # pragma: no cover
     from .model import SamSegmenter
 
+#: The seed of the test-only backbone's random base weights.
+TEST_WEIGHTS_SEED = 0
+
 
 def build_segmenter(
     name: str,
@@ -32,6 +35,8 @@ def build_segmenter(
     from . import checkpoints
     from .checkpoints import resolve_checkpoint
     from .lora import add_lora
+    import torch
+
     from .model import SamSegmenter, resize_mask_tokens, set_trainable
 
     spec = get_spec(name)
@@ -47,7 +52,14 @@ def build_segmenter(
                 path,
             )
         state = checkpoints.load_state_dict(path)
-    arch = spec.build()
+    if spec.test_only and state is None:
+        # the test-only model's base weights from a fixed seed: the same encoder when training and
+        # when a saved model is loaded again (its frozen parts are not saved)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(TEST_WEIGHTS_SEED)
+            arch = spec.build()
+    else:
+        arch = spec.build()
     if state is not None:
         checkpoints.load_strict(arch, state, path, name)
         del state
