@@ -270,7 +270,13 @@ def finetune(
     cases = _load_cases(project, extra_labeled, preprocess)
     if not cases:
         raise SFRError("no labeled case to fine-tune on (mark at least one case 'labeled')", project.manifest_path)
-    layout = _layout(cfg, spec, [c.image.shape for c in cases])
+    if init_from is not None and not cfg.crop:
+        # a warm start keeps the stitching of the model it continues (its crop): the same windows,
+        # so the frozen encoder's stored embeddings of every case stay valid (..encoder_store)
+        cfg = replace(cfg, crop=tuple(int(v) for v in read_model_meta(Path(init_from))["layout"]["crop"]))
+    # the crop is cut to the *labeled* cases' extent: the same in every SFR+ round (its pseudo-labeled
+    # cases leave the windows, and so the stored embeddings, as they were)
+    layout = _layout(cfg, spec, [c.image.shape for c in cases if c.source == "labeled"])
     plan = layout.plan()
 
     prev = None

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from . import events
+from . import encoder_store, events
 from .device import describe_device, resolve_device
 from .errors import Cancelled, SFRError
 from .finetune import MODEL_META, PARTS_FILE, load_parts, read_model_meta
@@ -123,6 +123,7 @@ class SamWindows:
         self.model, self.plan = model, layout.plan()
         self.encoder_cache, self.cache_key = encoder_cache, cache_key
         self.device = next(model.parameters()).device
+        self.frozen = int(model.meta.get("lora_rank", 0)) == 0
 
     def __call__(self, tiles: np.ndarray, corners) -> torch.Tensor:
         model, plan, cache, S = self.model, self.plan, self.encoder_cache, self.plan.canvas
@@ -135,8 +136,10 @@ class SamWindows:
                 canv = stitch(tiles, plan, fill=0.0, mode="bilinear")  # [n, slabs, S, S]
                 t = torch.from_numpy(np.ascontiguousarray(canv, dtype=np.float32)).reshape(-1, 1, S, S)
                 emb = model.image_encoder(t.expand(-1, 3, -1, -1).to(self.device))
+                if self.frozen:  # decoded as stored and as stage F's training cache has them: fp16
+                    emb = emb.float().to(torch.float16).float()
                 if cache is not None:
-                    per = emb.float().cpu().to(torch.float16).reshape(n, plan.slabs, *emb.shape[1:])
+                    per = emb.cpu().to(torch.float16).reshape(n, plan.slabs, *emb.shape[1:])
                     for k, e in zip(keys, per):
                         cache[k] = e
             logits = model.upsample(model.decode(emb))
@@ -166,8 +169,13 @@ def pseudolabel(
     should_stop: "Callable[[], bool] | None" = None,
     overlap: float = SAM_OVERLAP,
     batch_size: int = 4,
+    embeddings_dir: "str | os.PathLike | None" = None,
 ) -> dict:
     """Pseudo-label ``cases`` (default: every unlabeled case); returns the per-case records.
+
+    ``embeddings_dir``: for a frozen-encoder model, the :class:`~.encoder_store.EncoderStore`
+    folder whose embeddings are reused and extended (the encoder then runs once per image and
+    encoder, whatever decoder follows); ignored for a model with a LoRA-adapted encoder.
 
     Under ``torchrun`` the cases are split over the processes (:mod:`.shard`): each writes its
     cases' files, and the main process writes ``pseudo-labels.json`` once all are done; every
@@ -185,6 +193,9 @@ def pseudolabel(
         mine = set(shard.mine(names, sizes))
         own = [c for c in selected if c.name in mine]
         model = load_sam_model(model_dir, shard.device)
+        store = None
+        if embeddings_dir is not None and encoder_store.frozen(model):
+            store = encoder_store.EncoderStore(embeddings_dir, model)
         index = _index_header(project, model, model_dir, out_dir)
         if shard.main:
             events.stage("pseudolabel", "start", cases=len(selected), device=str(shard.device), processes=shard.world)
@@ -198,7 +209,7 @@ def pseudolabel(
             if should_stop is not None and should_stop():
                 events.stage("pseudolabel", "cancelled", done=i)
                 raise Cancelled(f"pseudo-labelling stopped after {i} of {len(own)} cases")
-            record = _pseudolabel_case(project, case, model, out_dir, overlap, batch_size, should_stop)
+            record = _pseudolabel_case(project, case, model, out_dir, overlap, batch_size, should_stop, store)
             results[case.name] = record
             if shard.world == 1:  # the index follows every case (what a cancelled run leaves)
                 index["cases"][case.name] = record
@@ -237,11 +248,19 @@ def _index_header(project: Project, model, model_dir: Path, out_dir: Path) -> di
 
 
 def _pseudolabel_case(project: Project, case, model, out_dir: Path, overlap: float, batch_size: int,
-                      should_stop) -> dict:
+                      should_stop, store=None) -> dict:
     """Write one case's label and confidence map; return its index record."""
     image_path = project.image_path(case)
     image = read_image(image_path)
-    probs = predict_probabilities(model, image, overlap=overlap, batch_size=batch_size, should_stop=should_stop)
+    cache = stored = None
+    if store is not None:
+        stored = store.name(case.name, sha256_file(image_path), overlap)
+        cache = {(None, corner): emb for corner, emb in store.load(stored).items()}
+        known = len(cache)
+    probs = predict_probabilities(model, image, overlap=overlap, batch_size=batch_size, should_stop=should_stop,
+                                  encoder_cache=cache)
+    if store is not None and len(cache) > known:
+        store.save(stored, {corner: emb for (_, corner), emb in cache.items()})
     label = probs.argmax(axis=0).astype(np.uint8)
     confidence = probs.max(axis=0).astype(np.float32)
     np.clip(confidence, 0.0, 1.0, out=confidence)
@@ -249,7 +268,7 @@ def _pseudolabel_case(project: Project, case, model, out_dir: Path, overlap: flo
     conf_file = f"{case.name}_confidence.nii.gz"
     write_volume(image.with_array(label), inside(out_dir, label_file))
     write_volume(image.with_array(confidence), inside(out_dir, conf_file))
-    return {
+    record = {
         "image": str(image_path.resolve()),
         "image_sha256": sha256_file(image_path),
         "label": label_file,
@@ -258,3 +277,6 @@ def _pseudolabel_case(project: Project, case, model, out_dir: Path, overlap: flo
         "model_id": model.meta["model_id"],
         "created": utcnow(),
     }
+    if store is not None:  # windows whose encoder pass came from the store / was computed now
+        record["embeddings"] = {"file": stored, "reused": known, "computed": len(cache) - known}
+    return record

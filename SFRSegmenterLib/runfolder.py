@@ -19,6 +19,7 @@ their owners (status: :mod:`.jobs`; stages: :mod:`.run.cache`; review entries: :
     RUN/pseudo/<case>_confidence.nii.gz   voxel confidence (max softmax)
     RUN/pseudo/<case>_lowconf.nii.gz      low-confidence mask
     RUN/vnet/model.pt                     the final V-Net;  RUN/validation/<case>.nii.gz  its labels
+    RUN/embeddings/<case>-<key>.pt        a frozen SAM encoder's window embeddings (:mod:`.encoder_store`)
     RUN/report.html
 """
 
@@ -61,6 +62,7 @@ class RunFolder:
     VNET = "vnet"
     MODEL = "model.pt"
     VALIDATION = "validation"
+    EMBEDDINGS = "embeddings"
     REPORT = "report.html"
     STITCH_STAGE = "stitch"
     #: Every record a reader may want, in the order the report lists them.
@@ -100,6 +102,7 @@ class RunFolder:
     vnet = property(lambda self: self.path / self.VNET)
     model = property(lambda self: self.path / self.VNET / self.MODEL)
     validation = property(lambda self: self.path / self.VALIDATION)
+    embeddings = property(lambda self: self.path / self.EMBEDDINGS)
     report = property(lambda self: self.path / self.REPORT)
 
     # ------------------------------------------------------------ stages

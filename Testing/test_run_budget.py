@@ -238,3 +238,20 @@ def test_overall_progress_counts_the_embedding_cache_as_the_start_of_fine_tuning
     assert o.fields("embed", 32, 64)["overall"] == pytest.approx(0.1)
     assert o.fields("finetune", 150, 300)["overall"] == pytest.approx(0.35)
     assert o.fields("embed", 1, 64)["overall_eta_s"] == pytest.approx(200 - 100 * 0.4 / 64, abs=0.2)  # too early: the estimate
+
+
+def test_later_rounds_of_a_frozen_encoder_only_decode():
+    """A frozen encoder's embeddings are stored by round 0 (..encoder_store): the estimate charges
+    the later rounds' pseudo-labels the decoder only; with LoRA every round encodes again."""
+    from SFRSegmenterLib.run.estimate import STAGE_OVERHEAD_S, stage_seconds
+
+    counts = {"iterations_sam": 10, "embedding_cache": 4, "iterations_vnet": 100, "sam_windows": 40,
+              "vnet_windows": 20, "validation_windows": 5}
+    sam = {"slabs": 2, "encoder_s": 3.0, "decoder_s": 0.25, "build_s": 1.0, "train_step_s": 1.0}
+    vnet = {"train_step_s": 0.2, "window_s": 1.0}
+    lora = stage_seconds(counts, sam, vnet, 1)
+    frozen = stage_seconds({**counts, "frozen_encoder": True}, sam, vnet, 1)
+    assert lora["pseudolabel-r1"] == lora["pseudolabel-r0"] == frozen["pseudolabel-r0"]
+    fixed = STAGE_OVERHEAD_S["pseudolabel"] + sam["build_s"]
+    assert frozen["pseudolabel-r1"] == pytest.approx(fixed + 40 * 2 * 0.25, abs=0.06)
+    assert {k: v for k, v in frozen.items() if k != "pseudolabel-r1"} == {k: v for k, v in lora.items() if k != "pseudolabel-r1"}

@@ -188,7 +188,8 @@ def stage_seconds(counts: dict, sam: dict, vnet: dict, rounds: int, speedup: "di
     """Seconds per stage (the names ``sfr run`` gives its stages) from step times and counts.
 
     ``counts``: iterations_sam, embedding_cache, iterations_vnet, sam_windows (SAM windows over
-    every unlabeled case), vnet_windows (V-Net windows over every unlabeled case), validation_windows.
+    every unlabeled case), vnet_windows (V-Net windows over every unlabeled case), validation_windows,
+    frozen_encoder (LoRA rank 0: rounds after the first reuse the stored window embeddings).
     ``speedup``: :func:`parallel_speedup` of the run's processes (None: one process).
     """
     o = STAGE_OVERHEAD_S
@@ -198,11 +199,15 @@ def stage_seconds(counts: dict, sam: dict, vnet: dict, rounds: int, speedup: "di
     finetune = (o["finetune"] + sam["build_s"] + counts["embedding_cache"] * sam["slabs"] * sam["encoder_s"]
                 + counts["iterations_sam"] * sam["train_step_s"])
     pseudo = launch + o["pseudolabel"] + sam["build_s"] + counts["sam_windows"] * sam_window / speedup["cases"]
+    # a frozen encoder's window embeddings are stored by the first round (..encoder_store): later
+    # rounds only decode
+    later = (launch + o["pseudolabel"] + sam["build_s"] + counts["sam_windows"] * sam["slabs"] * sam["decoder_s"]
+             / speedup["cases"]) if counts.get("frozen_encoder") else pseudo
     retrain = launch + o["retrain"] + counts["iterations_vnet"] * vnet["train_step_s"] / speedup["retrain"]
     confidence = launch + o["confidence"] + counts["vnet_windows"] * vnet["window_s"] / speedup["cases"]
     out = {"stitch": o["stitch"]}
     for r in range(rounds + 1):
-        out.update({f"finetune-r{r}": finetune, f"pseudolabel-r{r}": pseudo, f"retrain-r{r}": retrain,
+        out.update({f"finetune-r{r}": finetune, f"pseudolabel-r{r}": pseudo if r == 0 else later, f"retrain-r{r}": retrain,
                     f"confidence-r{r}": confidence})
     out["metrics"] = o["metrics"] + counts["validation_windows"] * vnet["window_s"]
     return {k: round(v, 1) for k, v in out.items()}
@@ -221,6 +226,7 @@ def _counts(project, cfg, ft_cfg, rt_cfg, sam: dict, vnet: dict) -> dict:
     # the mosaics the cache computes: those the run's iterations draw
     cached = len(drawn_entries(ft_cfg)) if ft_cfg.embedding_cache else 0
     return {"iterations_sam": int(ft_cfg.iterations), "embedding_cache": cached,
+            "frozen_encoder": int(ft_cfg.lora_rank) == 0,
             "iterations_vnet": int(rt_cfg.iterations),
             "sam_windows": sum(count_windows(s, sam["crop"], sam_stride) for s in unl),
             "vnet_windows": sum(count_windows(s, vnet["crop"], vstride) for s in unl),

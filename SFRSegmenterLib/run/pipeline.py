@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import events, quality, sfrplus
+from .. import encoder_store, events, jobs, quality, sfrplus
 from ..errors import SFRError
 from ..labelnext import rank_cases
 from ..io import inside, read_json, sha256_file, write_json_atomic
@@ -80,6 +80,14 @@ class Pipeline:
         self.processes, why = distributed.resolve_processes(cfg.processes, resolve_device(cfg.device))
         if self.processes > 1:
             events.log(f"stage R, the pseudo-labels and the confidence stage on {self.processes} processes ({why})")
+
+    def earlier_embeddings(self) -> list:
+        """The frozen-encoder embedding folders of the project's other runs, newest first."""
+        from ..runfolder import RunFolder
+
+        runs = jobs.runs_dir(self.project.root)
+        others = sorted((p for p in runs.iterdir() if p.is_dir() and p != self.run_path), reverse=True) if runs.is_dir() else []
+        return [RunFolder(p).embeddings for p in others]
 
     def labeled_fingerprint(self) -> list:
         return [[c.name, self.sha[c.name], self.label_sha[c.name]] for c in self.labeled]
@@ -136,8 +144,12 @@ class Pipeline:
                                               and all((d / f"{c}{s}").exists() for s in PSEUDO_SUFFIXES))]
             if todo:  # written case by case; the cases done before a cancel are kept
                 extra = {} if self.cfg.pseudo_overlap is None else {"overlap": float(self.cfg.pseudo_overlap)}
+                embeddings = self.runner.folder.embeddings  # a frozen encoder runs once per image (..encoder_store)
+                if linked := encoder_store.link_earlier(embeddings, self.earlier_embeddings(), todo):
+                    events.log(f"reusing {linked} case(s) of frozen-encoder embeddings from earlier runs")
                 distributed.call("pseudolabel", self.processes, self.run_path, self.runner.should_stop, self.project,
-                                 model_dir=model_dir, out_dir=d, cases=todo, device=self.cfg.device, **extra)
+                                 model_dir=model_dir, out_dir=d, cases=todo, device=self.cfg.device,
+                                 embeddings_dir=embeddings, **extra)
             for c in cases:
                 done.entries.setdefault(c, {})["key"] = case_keys[c]
             done.save()

@@ -12,6 +12,10 @@ the outputs identical (refactoring, messages, speed) need no bump.
 History (one line per bump):
     finetune 2: the stage-F head and BatchNorm fix; SAM models of version 1 are never reused.
     finetune 3: the decoder's class offsets start at the log class priors (prior_bias).
+    finetune 4: the crop is cut to the labeled cases only (SFR+ rounds keep round 0's windows), a
+        warm start keeps its source model's crop.
+    pseudolabel 2: a frozen encoder's embeddings are decoded as float16 (as stored and as stage F
+        trains on them).
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ from __future__ import annotations
 #: the per-case keys of a stage use its own number.
 STAGE_VERSIONS = {
     "stitch": 1,
-    "finetune": 3,
-    "pseudolabel": 1,
+    "finetune": 4,
+    "pseudolabel": 2,
     "retrain": 1,
     "confidence": 1,
     "metrics": 1,
