@@ -18,7 +18,6 @@ from SFRSegmenterLib.runcontrol import RunSettings, config_of, start_command
 from test_run_pipeline import TINY, latest, make_project
 
 
-
 def runs_of(root):
     return sorted(p.name for p in (root / "runs").iterdir() if p.is_dir())
 
@@ -39,6 +38,47 @@ def test_the_short_schedule_is_a_fifth_of_the_source_runs_unless_given(finished)
     given = RunConfig(warm_start_from=first.name, iterations_vnet=7, sam_options={"iterations": 9})
     short_schedule(given, first)
     assert given.iterations_vnet == 7 and given.iterations_sam is None
+
+
+def test_a_frozen_encoder_warm_start_caches_a_fifth_of_the_mosaics(tmp_path, sfr, sample_dir):
+    """A frozen-encoder source run (the CPU budget) with 10 cached mosaics: the warm start caches 2,
+    unless the command line gives its own number."""
+    from test_run_pipeline import TINY, latest, make_project
+
+    root = make_project(tmp_path / "proj", sample_dir)
+    sfr("run", root, *TINY, "--sam-option", "lora_rank=0", "--sam-option", "embedding_cache=10", check=True)
+    first = latest(root)
+    cfg = RunConfig(warm_start_from=first.name)
+    short_schedule(cfg, first)
+    assert cfg.sam_options["embedding_cache"] == warm_iterations(10) == 2
+    given = RunConfig(warm_start_from=first.name, sam_options={"embedding_cache": 5})
+    short_schedule(given, first)
+    assert given.sam_options["embedding_cache"] == 5
+    sfr("run", root, *TINY, "--sam-option", "lora_rank=0", "--warm-start", check=True)
+    warm = latest(root)
+    assert finetune_config(load_run_config(warm)).embedding_cache == 2
+
+
+def test_a_warm_start_from_a_budget_run_runs_a_fifth_of_what_that_run_ran(finished, tmp_path):
+    """A run with no tuning options takes its schedule from the budget (config.json records the
+    choice, not iterations): the warm start's fifth is of the budget's iterations, not of the
+    stages' defaults (the paper's 6000)."""
+    from SFRSegmenterLib.run.budget import effective
+
+    _, first = finished
+    recorded = json.loads((first / "config.json").read_text())
+    assert recorded["budget_choice"]["settings"]["iterations_sam"] == 300
+    # the same run's record as a run without --iterations-* / --sam-option writes it
+    budget_run = tmp_path / first.name
+    budget_run.mkdir()
+    (budget_run / "config.json").write_text(json.dumps({**recorded, "iterations_sam": None, "iterations_vnet": None,
+                                                        "sam_options": {}}))
+    ran = effective(load_run_config(budget_run))
+    assert finetune_config(ran).iterations == 300 and retrain_config(ran).iterations == 400  # the CPU budget
+    cfg = RunConfig(warm_start_from=first.name)
+    short_schedule(cfg, budget_run)
+    assert (cfg.iterations_sam, cfg.iterations_vnet) == (60, 80)
+    assert cfg.sam_options["embedding_cache"] == warm_iterations(finetune_config(ran).embedding_cache)
 
 
 def test_warm_start_through_the_panels_command_line(finished, sfr):

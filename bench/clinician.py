@@ -238,7 +238,10 @@ def run_warm(args) -> dict:
                 case[key] = str((root / case[key]).resolve())
     (copy / "sfr-project.json").write_text(json.dumps(manifest, indent=2))
     # the warm start: 20 % of each stage's iterations (run/warmstart.py), from the first run's models
-    warm_proc = timed("run", root, *settings, "--warm-start")
+    # the warm start also caches a fifth of the mosaics (run/warmstart.py): no embedding_cache of its own
+    warm_settings = [v for i, v in enumerate(settings)
+                     if not (str(v).startswith("embedding_cache=") or (v == "--sam-option" and str(settings[i + 1]).startswith("embedding_cache=")))]
+    warm_proc = timed("run", root, *warm_settings, "--warm-start")
     full_proc = timed("run", copy, *settings, *schedule)
     t_warm, t_full = finish(warm_proc), finish(full_proc)
     warm, full = jobs.run_dir(root), jobs.run_dir(copy)

@@ -5,7 +5,9 @@ latest finished run).  The new run records ``warm_start_from`` (the run id) in i
 ``config.json``; its fine-tuning and re-training start from that run's final SAM model
 (``stages/finetune-r<final round>``) and V-Net (``vnet/``) with a short schedule of their own:
 :data:`WARM_FRACTION` of the iterations each stage ran in that run, unless given on the command
-line (:func:`short_schedule`; the new run's ``config.json`` records the numbers).
+line (:func:`short_schedule`; the new run's ``config.json`` records the numbers); with a frozen
+encoder, also that share of the source's cached training mosaics (``embedding_cache``), and the
+pseudo-labels decode the window embeddings the source run stored (:mod:`..encoder_store`).
 
 Refused, before anything is written (one line, exit 2): a run of another project, a run that
 did not finish, a run whose models have other classes than the project.
@@ -50,12 +52,20 @@ def warm_iterations(iterations: int) -> int:
 
 def short_schedule(cfg, source_run: Path) -> None:
     """Set ``cfg``'s iterations to :data:`WARM_FRACTION` of what ``source_run``'s stages ran, for
-    each stage whose iterations the command line did not give."""
+    each stage whose iterations the command line did not give; the same for stage F's cached
+    mosaics (frozen encoder) unless ``--sam-option embedding_cache`` was given."""
     from .config import finetune_config, load_run_config, retrain_config
 
-    source = load_run_config(source_run)
+    from .budget import effective
+
+    source = effective(load_run_config(source_run))  # what its stages ran, the budget's settings included
+    ft = finetune_config(source)
     if cfg.iterations_sam is None and "iterations" not in cfg.sam_options:
-        cfg.iterations_sam = warm_iterations(finetune_config(source).iterations)
+        cfg.iterations_sam = warm_iterations(ft.iterations)
+    if ft.embedding_cache and "embedding_cache" not in cfg.sam_options:
+        # the fifth of the iterations trains on a fifth of the cached mosaics: the encoder passes of
+        # the training cache are most of a short stage F on a CPU
+        cfg.sam_options = {**cfg.sam_options, "embedding_cache": warm_iterations(ft.embedding_cache)}
     if cfg.iterations_vnet is None and "iterations" not in cfg.vnet_options:
         cfg.iterations_vnet = warm_iterations(retrain_config(source).iterations)
 
