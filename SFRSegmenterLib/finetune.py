@@ -151,7 +151,7 @@ def build_embedding_cache(model, cases, layout, plan, cfg, device, bf16, entries
     for n, j in enumerate(entries):
         x, y = sample_batch(cases, layout, plan, cfg, j, stream=1, size=1)
         with _autocast(device, bf16):
-            emb = model.image_encoder(x.to(device))
+            emb = model.encode(x.to(device))
         embs.append(emb.float().cpu().to(torch.float16))
         labs.append(y)
         bar.update(n + 1)

@@ -135,7 +135,7 @@ class SamWindows:
             else:
                 canv = stitch(tiles, plan, fill=0.0, mode="bilinear")  # [n, slabs, S, S]
                 t = torch.from_numpy(np.ascontiguousarray(canv, dtype=np.float32)).reshape(-1, 1, S, S)
-                emb = model.image_encoder(t.expand(-1, 3, -1, -1).to(self.device))
+                emb = model.encode(t.expand(-1, 3, -1, -1).to(self.device))
                 if self.frozen:  # decoded as stored and as stage F's training cache has them: fp16
                     emb = emb.float().to(torch.float16).float()
                 if cache is not None:

@@ -68,17 +68,17 @@ def test_frozen_encoder_gives_inference_embeddings_while_training(sample_dir, sa
     stats = [m.running_mean.clone() for m in norms]
     model.eval()
     with torch.no_grad():
-        inference = model.image_encoder(x)
+        inference = model.encode(x)
     train_mode(model)
     assert model.mask_decoder.training and model.prompt_encoder.training
     assert not any(m.training for m in model.image_encoder.modules())
     with torch.no_grad():
-        training = model.image_encoder(x)
+        training = model.encode(x)
     rel = float((training - inference).norm() / inference.norm())
     assert rel < 1e-5, f"train-time embeddings differ from inference by {rel:.1%}"
     assert all(torch.equal(a, m.running_mean) for a, m in zip(stats, norms))
     # LoRA still trains in the encoder's inference mode
-    loss = model.image_encoder(x).float().pow(2).mean()
+    loss = model.encode(x).float().pow(2).mean()
     loss.backward()
     lora = [p for n, p in model.image_encoder.named_parameters() if ".lora_" in n]
     assert lora and any(p.grad is not None and p.grad.abs().sum() > 0 for p in lora)

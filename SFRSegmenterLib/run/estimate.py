@@ -96,8 +96,8 @@ def calibrate_sam(project, ft_cfg, device) -> dict:
     x1 = torch.zeros(1, 3, S, S, device=device)
     model.eval()
     with torch.no_grad():
-        enc_s = _timed(lambda: model.image_encoder(x1))
-        emb = model.image_encoder(x1)
+        enc_s = _timed(lambda: model.encode(x1))
+        emb = model.encode(x1)
     train_mode(model)
     n = int(ft_cfg.batch_size) * slabs
     y = torch.zeros(n, S, S, dtype=torch.long, device=device)

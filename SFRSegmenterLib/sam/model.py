@@ -39,7 +39,12 @@ class SamSegmenter(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``images [B, 3, S, S]`` -> low-resolution logits ``[B, K, s, s]``."""
-        return self.decode(self.image_encoder(images))
+        return self.decode(self.encode(images))
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """``images [B, 3, S, S]`` -> image embeddings ``[B, C, h, w]`` (contiguous: the encoder's
+        convolutions keep their weights channels-last, see :func:`.build.build_segmenter`)."""
+        return self.image_encoder(images).contiguous()
 
     def decode(self, emb: torch.Tensor) -> torch.Tensor:
         """Image embeddings ``[B, C, h, w]`` -> low-resolution logits ``[B, K, 4h, 4w]``."""
