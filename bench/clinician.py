@@ -3,6 +3,7 @@
     python bench/clinician.py sparse [--seeds 1337 1] [--iterations 300]
     python bench/clinician.py warm   [--seed 1337] [--iterations-sam 150 --iterations-vnet 300]
                                      [--unlabeled 8 --validation 4 --embedding-cache 64]
+    python bench/clinician.py corrections [--seed 1337]   # after 'warm', in the same --work folder
     python bench/clinician.py la-commands          # prints the LA cpu-half commands (not run here)
 
 * ``sparse``: equal annotation effort counted in annotated axial slices: one whole volume (every
@@ -15,6 +16,10 @@
   slices, 255 elsewhere: the cases become partially labeled through ``sfr init``); then
   ``sfr run --warm-start`` against a full ``sfr run`` after the same corrections: wall time and
   Dice (validation cases and the still-unlabeled cases, from the runs' metrics.json).
+* ``corrections``: is a flagged slice worth more than any slice? From the first run of ``warm``,
+  the same 3 cases get ground truth on as many *random* slices through their structure (seeded),
+  then the same warm start; the Dice gain over the first run per corrected slice, flagged against
+  random (validation cases and the still-unlabeled cases, per case from metrics.json).
 
 Results: ``bench/results/clinician_<experiment>.{json,md}``.  Run with OMP_NUM_THREADS=1.
 """
@@ -207,9 +212,7 @@ def run_warm(args) -> dict:
     work = Path(args.work) / f"warm-s{args.seed}"
     root = work / "p"
     labeled0, unlabeled0 = SAMPLE_CASES[:2], SAMPLE_CASES[2:2 + args.unlabeled]
-    settings = ["--backbone", "lite_medsam", "--device", "cpu", "--seed", args.seed, "--pseudo-overlap", "0",
-                "--sam-option", "lora_rank=0", "--sam-option", f"embedding_cache={args.embedding_cache}",
-                "--vnet-option", "filters=8", "--vnet-option", "dropout=0.0", "--no-report"]
+    settings = [*warm_settings_of(args), "--sam-option", f"embedding_cache={args.embedding_cache}"]
     schedule = ["--iterations-sam", args.iterations_sam, "--iterations-vnet", args.iterations_vnet]
     if not args.reuse_first:
         if work.exists():
@@ -239,9 +242,7 @@ def run_warm(args) -> dict:
     (copy / "sfr-project.json").write_text(json.dumps(manifest, indent=2))
     # the warm start: 20 % of each stage's iterations (run/warmstart.py), from the first run's models
     # the warm start also caches a fifth of the mosaics (run/warmstart.py): no embedding_cache of its own
-    warm_settings = [v for i, v in enumerate(settings)
-                     if not (str(v).startswith("embedding_cache=") or (v == "--sam-option" and str(settings[i + 1]).startswith("embedding_cache=")))]
-    warm_proc = timed("run", root, *warm_settings, "--warm-start")
+    warm_proc = timed("run", root, *warm_settings_of(args), "--warm-start")
     full_proc = timed("run", copy, *settings, *schedule)
     t_warm, t_full = finish(warm_proc), finish(full_proc)
     warm, full = jobs.run_dir(root), jobs.run_dir(copy)
@@ -254,6 +255,61 @@ def run_warm(args) -> dict:
             "warm_start": {"run": warm.name, **t_warm, "stage_s": stage_seconds(warm), **metrics_of(warm),
                            "warm_start_from": json.loads((warm / "config.json").read_text())["warm_start_from"]},
             "full_after": {"run": full.name, **t_full, "stage_s": stage_seconds(full), **metrics_of(full)}}
+
+
+def mean_dice_of(run: Path, part: str, cases) -> float:
+    """Mean Dice over ``cases`` (all classes) of one part of a run's metrics.json."""
+    rows = [r["dice"] for r in json.loads((run / "metrics.json").read_text())[part]["cases"] if r["case"] in set(cases)]
+    return float(np.mean(rows))
+
+
+def warm_settings_of(args) -> list:
+    """The demo's settings as options, less the cached mosaics: what ``run_warm`` gives its warm
+    start (run/warmstart.py sets the short schedule and the cache); the full runs add the cache."""
+    return ["--backbone", "lite_medsam", "--device", "cpu", "--seed", args.seed, "--pseudo-overlap", "0",
+            "--sam-option", "lora_rank=0", "--vnet-option", "filters=8", "--vnet-option", "dropout=0.0", "--no-report"]
+
+
+def run_corrections(args) -> dict:
+    """Flagged against random corrected slices, each followed by the same warm start from the
+    ``warm`` experiment's first run (its result file says which run, cases and slices)."""
+    warm = json.loads((RESULTS / "clinician_warm.json").read_text())
+    if int(warm["seed"]) != int(args.seed):
+        raise SystemExit(f"clinician_warm.json is of seed {warm['seed']}; run 'warm --seed {args.seed}' first")
+    work = Path(args.work) / f"warm-s{args.seed}"
+    first = work / "p" / "runs" / warm["first_run"]["run"]
+    labeled0 = warm["labeled"]
+    review = json.loads((first / "review.json").read_text())
+    unlabeled0 = [e["case"] for e in review["cases"]]
+    chosen = warm["corrected_cases"]
+    rng = np.random.default_rng([int(args.seed), 21])
+    random_slices, corrected = {}, {}
+    for c in chosen:  # as many slices as were flagged, drawn among the slices through the structure
+        gt = read_label(HIPPOCAMPUS / "labels" / f"{c}.nii.gz").array
+        n = len(warm["corrected_slices"][c])
+        random_slices[c] = sorted(int(v) for v in rng.choice(structure_slices(gt), size=n, replace=False))
+        corrected[c] = sparse_label(gt, random_slices[c])
+    rest = [c for c in unlabeled0 if c not in chosen]
+    root = work / "random" / "p"
+    if root.parent.exists():
+        shutil.rmtree(root.parent)
+    root.parent.mkdir(parents=True)
+    init_hippocampus(root, {**{c: None for c in labeled0}, **corrected}, rest, args.validation)
+    (root / "runs").mkdir(exist_ok=True)
+    shutil.copytree(first, root / "runs" / first.name, copy_function=os.link)
+    timing = finish(timed("run", root, *warm_settings_of(args), "--warm-start", first.name))
+    run = jobs.run_dir(root)
+    flagged_run = work / "p" / "runs" / warm["warm_start"]["run"]
+    validation = sorted({r["case"] for r in json.loads((first / "metrics.json").read_text())["validation"]["cases"]})
+    out = {"experiment": "corrections", "seed": args.seed, "cases": chosen, "rest": rest, "validation": validation,
+           "flagged_slices": warm["corrected_slices"], "random_slices": random_slices,
+           "slices": sum(len(v) for v in random_slices.values()), "random_run": run.name, **timing}
+    for name, r in (("first", first), ("flagged", flagged_run), ("random", run)):
+        out[name] = {"unlabeled": mean_dice_of(r, "pseudo_labels", rest), "validation": mean_dice_of(r, "validation", validation)}
+    for cond in ("flagged", "random"):
+        out[cond]["gain_per_slice"] = {part: (out[cond][part] - out["first"][part]) / out["slices"]
+                                       for part in ("unlabeled", "validation")}
+    return out
 
 
 # --------------------------------------------------------------------------- LA (prepared, not run here)
@@ -286,6 +342,22 @@ def markdown(result: dict) -> str:
             v = [100 * r["mean_dice"] for r in result["rows"] if r["condition"] == cond]
             lines.append(f"\n{cond}: mean {np.mean(v):.1f} (spread {min(v):.1f} .. {max(v):.1f}) over {len(v)} seed(s)")
         return "\n".join(lines) + "\n"
+    if result["experiment"] == "corrections":
+        lines = [f"# Flagged vs random corrected slices (hippocampus, seed {result['seed']})", "",
+                 f"The first run of clinician_warm.md; on {', '.join(result['cases'])}, {result['slices']} slices in all "
+                 "get the ground truth: the flagged ones, or as many random slices through the structure; then the "
+                 f"same warm start. Dice % on the {len(result['rest'])} still-unlabeled cases and the "
+                 f"{len(result['validation'])} validation cases; gain over the first run per corrected slice.", "",
+                 "| condition | slices per case | Dice unlabeled | Dice validation | gain per slice unlabeled | gain per slice validation |",
+                 "|---|---|---|---|---|---|"]
+        f = result["first"]
+        lines.append(f"| first run (no correction) | - | {100 * f['unlabeled']:.1f} | {100 * f['validation']:.1f} | - | - |")
+        for cond, slices in (("flagged", result["flagged_slices"]), ("random", result["random_slices"])):
+            r = result[cond]
+            lines.append(f"| {cond} | {'; '.join(f'{c}: {v}' for c, v in slices.items())} | {100 * r['unlabeled']:.1f} | "
+                         f"{100 * r['validation']:.1f} | {100 * r['gain_per_slice']['unlabeled']:+.2f} | "
+                         f"{100 * r['gain_per_slice']['validation']:+.2f} |")
+        return "\n".join(lines) + "\n"
     lines = ["# Warm start after corrections (hippocampus, sfr run, seed %s)" % result["seed"], "",
              f"Corrected: 5 flagged slices on {', '.join(result['corrected_cases'])} (the top 3 of label_next), "
              "ground truth on those slices, 255 elsewhere.", "",
@@ -308,7 +380,7 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("experiment", choices=("sparse", "warm", "la-commands"))
+    ap.add_argument("experiment", choices=("sparse", "warm", "corrections", "la-commands"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[1337, 1])
     ap.add_argument("--seed", type=int, default=1337)
     ap.add_argument("--iterations", type=int, default=300)
@@ -327,7 +399,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     t0 = time.monotonic()
-    result = run_sparse(args) if args.experiment == "sparse" else run_warm(args)
+    result = {"sparse": run_sparse, "warm": run_warm, "corrections": run_corrections}[args.experiment](args)
     result.update(machine=machine(1), wall_s=round(time.monotonic() - t0, 1))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"clinician_{args.experiment}.json").write_text(json.dumps(result, indent=2) + "\n")
