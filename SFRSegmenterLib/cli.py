@@ -66,7 +66,10 @@ def quiet_library_warnings() -> None:
 def main(argv=None) -> int:
     quiet_library_warnings()  # before the subcommands import torch
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # named by the subcommand that was given them: 'sfr run: error: ... (see 'sfr run --help')'
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+        (commands.get(getattr(args, "command", None)) or parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

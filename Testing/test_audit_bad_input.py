@@ -29,6 +29,22 @@ def test_predict_out_onto_a_file_is_refused_not_a_traceback(sfr, tiny_run_copy, 
     assert _digest(scan) == before
 
 
+def test_predict_on_a_missing_image_leaves_no_output_folder(sfr, tiny_run_copy, tmp_path):
+    root, run = tiny_run_copy(tmp_path / "p")
+    for command in ("predict", "review"):
+        out = tmp_path / f"out-{command}"
+        proc = sfr(command, "--model", run / "vnet", "--images", tmp_path / "nothere.nii.gz", "--out", out)
+        _one_line_exit_2(proc, "nothere.nii.gz", "not found")
+        assert not out.exists()
+
+
+def test_an_unknown_option_is_named_with_its_subcommand(sfr, tmp_path):
+    proc = sfr("run", tmp_path / "proj", "--bogus")
+    _one_line_exit_2(proc, "sfr run: error:", "--bogus", "sfr run --help")
+    proc = sfr("--bogus")
+    _one_line_exit_2(proc, "sfr: error:", "--bogus")
+
+
 def test_init_with_a_class_named_twice_writes_nothing(sfr, tmp_path):
     images, labels = copy_samples(tmp_path / "data", ["hippocampus_001", "hippocampus_003"])
     for spec, words in (("a,a,b", ("--classes", "a")), ("background,,a", ("--classes", "empty"))):

@@ -116,8 +116,13 @@ def run(args) -> int:
 def guard_outputs(images, out, model, overwrite: bool) -> None:
     """The output rule of ``predict`` and ``review`` (:mod:`..io.outputs`): ``--out`` claimed, the
     projects of the model, the images and the output protected, the images read protected."""
+    from ..errors import SFRError
     from ..io import guard_output, protect_folder
+    from ..retrain.inference import case_paths
 
+    for image in case_paths(images).values():  # before --out is claimed (made): nothing left behind
+        if not image.exists():
+            raise SFRError("file not found", image)
     guard_output(out, overwrite, related=[model, *(images if isinstance(images, list) else [images])])
     for item in images if isinstance(images, list) else [images]:
         protect_folder(item, "an input image of this command")

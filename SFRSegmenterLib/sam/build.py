@@ -16,6 +16,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: The seed of the test-only backbone's random base weights.
 TEST_WEIGHTS_SEED = 0
+#: The test-only backbones this process has warned about.
+_WARNED = set()
 
 
 def build_segmenter(
@@ -81,7 +83,8 @@ def build_segmenter(
     }
     if random_weights and not spec.test_only:
         model.meta["random_weights"] = True
-    if spec.test_only:
+    if spec.test_only and name not in _WARNED:  # once per process (a run builds it up to four times)
+        _WARNED.add(name)
         events.log("backbone tiny_test: randomly initialised TEST-ONLY model, predictions are meaningless", "warning")
     return model
 
