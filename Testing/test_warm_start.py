@@ -81,6 +81,27 @@ def test_a_warm_start_from_a_budget_run_runs_a_fifth_of_what_that_run_ran(finish
     assert cfg.sam_options["embedding_cache"] == warm_iterations(finetune_config(ran).embedding_cache)
 
 
+def test_warm_start_alone_continues_the_source_runs_models(tmp_path, sfr, sample_dir):
+    """``--warm-start`` without the source's tuning options (a 4-filter V-Net, a tiny SAM): the run
+    takes them from the source (it failed in stage R, after stage F, on the budget's 8 filters)."""
+    root = make_project(tmp_path / "proj", sample_dir)
+    sfr("run", root, *TINY, check=True)
+    first = latest(root)
+    proc = sfr("run", root, "--backbone", "tiny_test", "--device", "cpu", "--warm-start", "--no-report")
+    assert proc.returncode == 0, proc.stderr
+    warm = load_run_config(latest(root))
+    source = load_run_config(first)
+    assert retrain_config(warm).filters == retrain_config(source).filters == 4
+    assert warm.vnet_options["filters"] == 4 and warm.warm_start_from == first.name
+    runs = sorted(p.name for p in (root / "runs").iterdir())
+    for extra, words in ((["--vnet-option", "filters=8"], ("V-Net", "filters")),
+                         (["--sam-option", "lora_rank=2"], ("LoRA rank", "lora_rank"))):
+        given = sfr("run", root, "--backbone", "tiny_test", "--device", "cpu", "--warm-start", first.name, *extra)
+        lines = given.stderr.strip().splitlines()  # what the user gives wins, and is refused before any work
+        assert given.returncode == 2 and len(lines) == 1 and all(w in lines[0] for w in words), given.stderr
+        assert sorted(p.name for p in (root / "runs").iterdir()) == runs
+
+
 def test_warm_start_through_the_panels_command_line(finished, sfr):
     root, first = finished
     settings = RunSettings(backbone="tiny_test", sfr_plus=False, device="cpu",

@@ -230,11 +230,14 @@ def run(args) -> int:
             warm = warmstart.resolve(project, cfg.warm_start_from)
             cfg.warm_start_from = warm.run_id
             warmstart.short_schedule(cfg, warm.run_path)  # a fifth of what that run's stages ran
+            warmstart.inherit_settings(cfg, warm.run_path)  # its models' settings, unless given
         config.validate_config(cfg)
         from ..preflight import check_run
         from ..run.budget import effective
 
         settings = effective(cfg)
+        if cfg.warm_start_from:
+            warmstart.check_compatible(warm, settings)
         check_run(project, settings)  # everything the run needs, before the first stage
         check_checkpoint(settings)
         run_id, path = jobs.new_run_id(), None

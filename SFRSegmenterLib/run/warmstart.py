@@ -9,6 +9,9 @@ line (:func:`short_schedule`; the new run's ``config.json`` records the numbers)
 encoder, also that share of the source's cached training mosaics (``embedding_cache``), and the
 pseudo-labels decode the window embeddings the source run stored (:mod:`..encoder_store`).
 
+Settings the command line does not give are the source run's (:func:`inherit_settings`: the
+backbone, the V-Net's architecture, ...), so that ``--warm-start`` alone continues the same models.
+
 Refused, before anything is written (one line, exit 2): a run of another project, a run that
 did not finish, a run whose models have other classes than the project.
 """
@@ -68,6 +71,59 @@ def short_schedule(cfg, source_run: Path) -> None:
         cfg.sam_options = {**cfg.sam_options, "embedding_cache": warm_iterations(ft.embedding_cache)}
     if cfg.iterations_vnet is None and "iterations" not in cfg.vnet_options:
         cfg.iterations_vnet = warm_iterations(retrain_config(source).iterations)
+
+
+#: The settings a warm start takes from its source run unless the command line gives them: what
+#: shapes the models it continues (and how it sees the data).
+INHERITED = ("backbone", "checkpoint", "ssl", "network", "crop", "pseudo_overlap", "batch_size_sam")
+
+
+def inherit_settings(cfg, source_run: Path) -> list:
+    """Give ``cfg`` the source run's effective model settings (:data:`INHERITED`, and every
+    ``--sam-option``/``--vnet-option`` key but the iterations) that the command line did not give:
+    ``sfr run --warm-start`` alone continues the same models.  Returns the names taken."""
+    from .budget import effective
+    from .config import load_run_config
+
+    source = effective(load_run_config(source_run))
+    taken = []
+    for name in INHERITED:
+        if getattr(cfg, name) is None and getattr(source, name) is not None:
+            setattr(cfg, name, getattr(source, name))
+            taken.append(name)
+    for name in ("sam_options", "vnet_options"):
+        mine = dict(getattr(cfg, name))
+        for key, value in getattr(source, name).items():
+            if key not in mine and key != "iterations":
+                mine[key] = value
+                taken.append(f"{name[:-8]} {key}")
+        setattr(cfg, name, mine)
+    return taken
+
+
+#: What a V-Net's weights depend on (dropout has none): a warm start needs the same.
+VNET_SHAPE = ("filters", "norm", "residual")
+
+
+def check_compatible(warm: "WarmStart", cfg) -> None:
+    """Refuse, before the first stage, settings whose models cannot start from the source's: another
+    backbone or LoRA rank for stage F, another network or V-Net shape for stage R."""
+    from .config import finetune_config, retrain_config
+
+    sam = read_json(warm.sam_dir / SAM_MODEL_META, "SAM model metadata")
+    ft = finetune_config(cfg)
+    for what, theirs, mine, option in (("backbone", sam.get("backbone"), ft.backbone, "--backbone"),
+                                       ("LoRA rank", sam.get("lora_rank"), ft.lora_rank, "--sam-option lora_rank")):
+        if theirs is not None and theirs != mine:
+            raise SFRError(f"--warm-start: run {warm.run_id}'s SAM model has {what} {theirs}, this run {mine}: "
+                           f"drop {option} or start without --warm-start", warm.sam_dir / SAM_MODEL_META)
+    vnet = read_json(warm.vnet_dir / "meta.json", "V-Net metadata", missing={})
+    rt = retrain_config(cfg)
+    theirs = {k: (vnet.get("options") or {}).get(k) for k in VNET_SHAPE}
+    mine = {k: rt.network_options()[k] for k in VNET_SHAPE}
+    if vnet.get("network") not in (None, rt.network) or any(theirs[k] is not None and theirs[k] != mine[k] for k in VNET_SHAPE):
+        raise SFRError(f"--warm-start: run {warm.run_id}'s V-Net is {vnet.get('network')} {theirs}, this run "
+                       f"{rt.network} {mine}: drop the --vnet-option or start without --warm-start", warm.vnet_dir)
 
 
 def latest_finished(project_root: Path) -> str:
