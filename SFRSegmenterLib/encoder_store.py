@@ -30,6 +30,9 @@ from .io import atomic_path, inside
 #: Part of every key: bump when what a stored embedding means changes.
 STORE_VERSION = 1
 SUFFIX = ".pt"
+#: The most one folder keeps (LiteMedSAM: 2 MB per window; the demo's 10 cases ~0.1 GB): past it,
+#: cases are not stored and their later rounds encode again.
+MAX_BYTES = 4 * 1024**3
 
 
 def encoder_digest(model) -> str:
@@ -76,10 +79,17 @@ class EncoderStore:
         except Exception:  # a damaged file costs a recomputation, never a wrong label
             return {}
 
-    def save(self, name: str, embeddings: dict) -> None:
+    def save(self, name: str, embeddings: dict) -> bool:
+        """Store ``embeddings`` under ``name``; False (nothing written) when the folder would pass
+        :data:`MAX_BYTES`."""
+        size = sum(e.numel() * e.element_size() for e in embeddings.values())
+        used = sum(p.stat().st_size for p in self.folder.glob(f"*{SUFFIX}")) if self.folder.is_dir() else 0
+        if used + size > MAX_BYTES:
+            return False
         self.folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(inside(self.folder, name)) as tmp:
             torch.save({tuple(int(v) for v in corner): emb.contiguous() for corner, emb in embeddings.items()}, tmp)
+        return True
 
 
 def is_case_file(name: str, case: str) -> bool:

@@ -260,7 +260,9 @@ def _pseudolabel_case(project: Project, case, model, out_dir: Path, overlap: flo
     probs = predict_probabilities(model, image, overlap=overlap, batch_size=batch_size, should_stop=should_stop,
                                   encoder_cache=cache)
     if store is not None and len(cache) > known:
-        store.save(stored, {corner: emb for (_, corner), emb in cache.items()})
+        if not store.save(stored, {corner: emb for (_, corner), emb in cache.items()}):
+            events.log(f"{case.name}: window embeddings not stored ({store.folder} holds its limit, "
+                       f"{encoder_store.MAX_BYTES / 1024**3:.0f} GiB); later rounds encode this case again")
     label = probs.argmax(axis=0).astype(np.uint8)
     confidence = probs.max(axis=0).astype(np.float32)
     np.clip(confidence, 0.0, 1.0, out=confidence)

@@ -11,6 +11,7 @@ import statistics
 import numpy as np
 import pytest
 
+from SFRSegmenterLib import encoder_store
 from SFRSegmenterLib.encoder_store import EncoderStore, is_case_file
 from SFRSegmenterLib.finetune import FinetuneConfig, finetune
 from SFRSegmenterLib.io import read_image
@@ -36,7 +37,7 @@ def _maps(folder, case):
     return (read_image(folder / f"{case}.nii.gz").array, read_image(folder / f"{case}_confidence.nii.gz").array)
 
 
-def test_stored_embeddings_give_the_same_labels(tmp_path, sample_dir):
+def test_stored_embeddings_give_the_same_labels(tmp_path, sample_dir, monkeypatch):
     project = _project(tmp_path, sample_dir)
     model_dir = finetune(project, FinetuneConfig(backbone="tiny_test", iterations=1, device="cpu", crop=(16, 16, 16),
                                                  lora_rank=0), out_dir=tmp_path / "sam")
@@ -63,6 +64,12 @@ def test_stored_embeddings_give_the_same_labels(tmp_path, sample_dir):
     assert np.array_equal(_maps(tmp_path / "p4", cases[0])[1], _maps(tmp_path / "p1", cases[0])[1])
     model = load_sam_model(model_dir)
     assert len(EncoderStore(store, model).load(damaged.name)) == redo[cases[0]]["embeddings"]["computed"]
+
+    # a full store stores no more (the labels are the same; later rounds encode again)
+    monkeypatch.setattr(encoder_store, "MAX_BYTES", sum(p.stat().st_size for p in store.iterdir()))
+    more = [c.name for c in project.by_role("unlabeled")][2:3]
+    full = pseudolabel(project, model_dir, tmp_path / "p5", cases=more, device="cpu", embeddings_dir=store)
+    assert full[more[0]]["embeddings"]["computed"] > 0 and len(list(store.iterdir())) == len(cases)
 
 
 def test_a_lora_encoder_is_never_stored(tmp_path, sample_dir):
