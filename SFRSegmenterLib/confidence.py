@@ -51,6 +51,11 @@ CANDIDATE_PROB = 0.1
 MARGIN = 2
 #: Default number of flagged slices per case.
 FLAG_K = 5
+#: Flagged slices lie at least this share of the eligible slices apart (``k`` flags over ``n``
+#: slices: ``n * FLAG_SPREAD / k``, at least 2): five neighbouring slices of one bad stretch were
+#: worth less to a clinician than five random slices through the structure (bench/results/
+#: clinician_corrections.md), so the flags cover several stretches.
+FLAG_SPREAD = 0.5
 RANKINGS = ("mass", "mean")
 #: A case is trusted only if its predicted structure is at least this fraction of the smallest
 #: labeled structure (by physical volume); see the empty-prediction guard above.
@@ -166,7 +171,26 @@ def flag_slices(conf: np.ndarray, roi: np.ndarray, k: int = FLAG_K, ranking: str
         order = sorted(eligible, key=lambda i: (-mass[i], per_slice[i], i))
     else:
         order = sorted(eligible, key=lambda i: (per_slice[i], i))
-    return [(int(i), float(per_slice[i])) for i in order[:k]]
+    return [(int(i), float(per_slice[i])) for i in spread_out(order, k, len(eligible))]
+
+
+def spread_out(order: list, k: int, eligible: int, spread: float = FLAG_SPREAD) -> list:
+    """The first ``k`` of ``order`` (worst first) that lie at least ``eligible * spread / k`` slices
+    (and at least 2) from every one taken before; where too few are that far apart, the next worst
+    fill the rest, so that ``k`` come back whenever ``k`` are eligible."""
+    gap = max(2, int(round(eligible * spread / max(1, k)))) if spread > 0 else 1
+    taken = []
+    for i in order:
+        if len(taken) == k:
+            break
+        if all(abs(int(i) - int(j)) >= gap for j in taken):
+            taken.append(i)
+    for i in order:
+        if len(taken) == k:
+            break
+        if i not in taken:
+            taken.append(i)
+    return taken
 
 
 def low_confidence_mask(conf: np.ndarray, roi: np.ndarray, threshold: float = VOXEL_THRESHOLD) -> np.ndarray:

@@ -83,6 +83,26 @@ def test_uncertain_slice_is_flagged_first_and_background_slices_never(case):
     assert bad in [i for i, _ in C.flag_slices(conf, roi, 5, ranking="mean")]
 
 
+def test_flagged_slices_are_spread_over_the_structure():
+    """One bad stretch of 8 neighbouring slices and a second, milder one: the five flags take the
+    worst slice of each stretch and keep apart, instead of five neighbours of the first."""
+    conf = np.full((30, 8, 8), 0.99, dtype=np.float32)
+    for z, c in zip(range(4, 12), (0.60, 0.55, 0.50, 0.45, 0.50, 0.55, 0.60, 0.65)):
+        conf[z] = c
+    for z in (20, 21, 22):
+        conf[z] = 0.8
+    roi = np.ones(conf.shape, dtype=bool)
+    flagged = [i for i, _ in C.flag_slices(conf, roi, 5)]
+    assert len(flagged) == 5 and flagged[0] == 7  # the worst slice still comes first
+    gap = C.spread_out(list(range(30)), 5, 30)  # 30 slices, 5 flags: 3 apart
+    assert min(abs(a - b) for a in flagged for b in flagged if a != b) >= 3
+    assert any(20 <= i <= 22 for i in flagged)  # the second stretch is reached
+    assert gap == [0, 3, 6, 9, 12]
+    # too few slices for the gap: the next worst fill the rest (k come back)
+    few = np.full((4, 8, 8), 0.9, dtype=np.float32)
+    assert len(C.flag_slices(few, np.ones(few.shape, dtype=bool), 4)) == 4
+
+
 def test_low_confidence_mask_is_near_the_structure(case):
     _, _, lab = case
     binary = (lab.array > 0).astype(np.uint8)

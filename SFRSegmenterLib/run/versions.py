@@ -16,6 +16,7 @@ History (one line per bump):
         warm start keeps its source model's crop.
     pseudolabel 2: a frozen encoder's embeddings are decoded as float16 (as stored and as stage F
         trains on them).
+    confidence 2: the flagged slices are spread out (confidence.FLAG_SPREAD).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ STAGE_VERSIONS = {
     "finetune": 4,
     "pseudolabel": 2,
     "retrain": 1,
-    "confidence": 1,
+    "confidence": 2,
     "metrics": 1,
 }
 
