@@ -270,45 +270,63 @@ def warm_settings_of(args) -> list:
             "--sam-option", "lora_rank=0", "--vnet-option", "filters=8", "--vnet-option", "dropout=0.0", "--no-report"]
 
 
+def _slices_of(condition: str, case: str, n: int, first: Path, rng) -> list:
+    """The ``n`` slices the clinician corrects on ``case``: random ones through the structure, or
+    the flags of today's rule (the product's review_from_maps on the first run's saved maps)."""
+    gt = read_label(HIPPOCAMPUS / "labels" / f"{case}.nii.gz").array
+    if condition == "random":
+        return sorted(int(v) for v in rng.choice(structure_slices(gt), size=n, replace=False))
+    from SFRSegmenterLib.confidence import review_from_maps
+    from SFRSegmenterLib.io import read_image
+
+    conf = read_image(first / "pseudo" / f"{case}_confidence.nii.gz").array
+    label = read_label(first / "pseudo" / f"{case}.nii.gz").array
+    return sorted(int(i) for i, _ in review_from_maps(case, conf, label, k=n).flagged_slices)
+
+
 def run_corrections(args) -> dict:
-    """Flagged against random corrected slices, each followed by the same warm start from the
-    ``warm`` experiment's first run (its result file says which run, cases and slices)."""
+    """Flagged (the first run's flags, from ``warm``) against random corrected slices and against
+    the flags of today's rule, each followed by the same warm start from the ``warm``
+    experiment's first run (its result file says which run, cases and slices)."""
     warm = json.loads((RESULTS / "clinician_warm.json").read_text())
     if int(warm["seed"]) != int(args.seed):
         raise SystemExit(f"clinician_warm.json is of seed {warm['seed']}; run 'warm --seed {args.seed}' first")
     work = Path(args.work) / f"warm-s{args.seed}"
     first = work / "p" / "runs" / warm["first_run"]["run"]
     labeled0 = warm["labeled"]
-    review = json.loads((first / "review.json").read_text())
-    unlabeled0 = [e["case"] for e in review["cases"]]
+    unlabeled0 = [e["case"] for e in json.loads((first / "review.json").read_text())["cases"]]
     chosen = warm["corrected_cases"]
-    rng = np.random.default_rng([int(args.seed), 21])
-    random_slices, corrected = {}, {}
-    for c in chosen:  # as many slices as were flagged, drawn among the slices through the structure
-        gt = read_label(HIPPOCAMPUS / "labels" / f"{c}.nii.gz").array
-        n = len(warm["corrected_slices"][c])
-        random_slices[c] = sorted(int(v) for v in rng.choice(structure_slices(gt), size=n, replace=False))
-        corrected[c] = sparse_label(gt, random_slices[c])
     rest = [c for c in unlabeled0 if c not in chosen]
-    root = work / "random" / "p"
-    if root.parent.exists():
-        shutil.rmtree(root.parent)
-    root.parent.mkdir(parents=True)
-    init_hippocampus(root, {**{c: None for c in labeled0}, **corrected}, rest, args.validation)
-    (root / "runs").mkdir(exist_ok=True)
-    shutil.copytree(first, root / "runs" / first.name, copy_function=os.link)
-    timing = finish(timed("run", root, *warm_settings_of(args), "--warm-start", first.name))
-    run = jobs.run_dir(root)
-    flagged_run = work / "p" / "runs" / warm["warm_start"]["run"]
     validation = sorted({r["case"] for r in json.loads((first / "metrics.json").read_text())["validation"]["cases"]})
-    out = {"experiment": "corrections", "seed": args.seed, "cases": chosen, "rest": rest, "validation": validation,
-           "flagged_slices": warm["corrected_slices"], "random_slices": random_slices,
-           "slices": sum(len(v) for v in random_slices.values()), "random_run": run.name, **timing}
-    for name, r in (("first", first), ("flagged", flagged_run), ("random", run)):
-        out[name] = {"unlabeled": mean_dice_of(r, "pseudo_labels", rest), "validation": mean_dice_of(r, "validation", validation)}
-    for cond in ("flagged", "random"):
-        out[cond]["gain_per_slice"] = {part: (out[cond][part] - out["first"][part]) / out["slices"]
-                                       for part in ("unlabeled", "validation")}
+    previous = RESULTS / "clinician_corrections.json"
+    out = json.loads(previous.read_text()) if previous.exists() else {}
+    if out.get("first", {}).get("run") not in (None, first.name):
+        out = {}  # another first run: start the record again
+    out.update({"experiment": "corrections", "seed": args.seed, "cases": chosen, "rest": rest, "validation": validation,
+                "flagged_slices": warm["corrected_slices"], "slices": sum(len(v) for v in warm["corrected_slices"].values())})
+    out["first"] = {"run": first.name}
+    out["flagged"] = {"run": warm["warm_start"]["run"], "slices": warm["corrected_slices"]}
+    for cond in args.conditions:
+        rng = np.random.default_rng([int(args.seed), 21])
+        slices = {c: _slices_of(cond, c, len(warm["corrected_slices"][c]), first, rng) for c in chosen}
+        corrected = {c: sparse_label(read_label(HIPPOCAMPUS / "labels" / f"{c}.nii.gz").array, v) for c, v in slices.items()}
+        root = work / cond / "p"
+        if root.parent.exists():
+            shutil.rmtree(root.parent)
+        root.parent.mkdir(parents=True)
+        init_hippocampus(root, {**{c: None for c in labeled0}, **corrected}, rest, args.validation)
+        (root / "runs").mkdir(exist_ok=True)
+        shutil.copytree(first, root / "runs" / first.name, copy_function=os.link)
+        timing = finish(timed("run", root, *warm_settings_of(args), "--warm-start", first.name))
+        out[cond] = {"run": str(jobs.run_dir(root).relative_to(work)), "slices": slices, **timing}
+    runs = {"first": first, "flagged": work / "p" / "runs" / out["flagged"]["run"]}
+    runs.update({c: work / out[c]["run"] for c in ("random", "spread") if c in out})
+    for name, run in runs.items():
+        out[name].update(unlabeled=mean_dice_of(run, "pseudo_labels", rest), validation=mean_dice_of(run, "validation", validation))
+    for cond in runs:
+        if cond != "first":
+            out[cond]["gain_per_slice"] = {part: (out[cond][part] - out["first"][part]) / out["slices"]
+                                           for part in ("unlabeled", "validation")}
     return out
 
 
@@ -345,18 +363,25 @@ def markdown(result: dict) -> str:
     if result["experiment"] == "corrections":
         lines = [f"# Flagged vs random corrected slices (hippocampus, seed {result['seed']})", "",
                  f"The first run of clinician_warm.md; on {', '.join(result['cases'])}, {result['slices']} slices in all "
-                 "get the ground truth: the flagged ones, or as many random slices through the structure; then the "
-                 f"same warm start. Dice % on the {len(result['rest'])} still-unlabeled cases and the "
+                 "get the ground truth, then the same warm start (60 SAM / 80 V-Net iterations): the slices the first run "
+                 "flagged (top-5 by expected wrong voxels, the rule of that run), as many random slices through the "
+                 "structure, or the flags of today's rule (spread out, `confidence.FLAG_SPREAD`, computed on the first "
+                 f"run's saved maps). Dice % on the {len(result['rest'])} still-unlabeled cases and the "
                  f"{len(result['validation'])} validation cases; gain over the first run per corrected slice.", "",
                  "| condition | slices per case | Dice unlabeled | Dice validation | gain per slice unlabeled | gain per slice validation |",
                  "|---|---|---|---|---|---|"]
         f = result["first"]
         lines.append(f"| first run (no correction) | - | {100 * f['unlabeled']:.1f} | {100 * f['validation']:.1f} | - | - |")
-        for cond, slices in (("flagged", result["flagged_slices"]), ("random", result["random_slices"])):
+        names = {"flagged": "flagged (first run's rule: top 5)", "random": "random through the structure",
+                 "spread": "flagged, today's rule (spread out)"}
+        for cond in ("flagged", "random", "spread"):
+            if cond not in result:
+                continue
             r = result[cond]
-            lines.append(f"| {cond} | {'; '.join(f'{c}: {v}' for c, v in slices.items())} | {100 * r['unlabeled']:.1f} | "
+            lines.append(f"| {names[cond]} | {'; '.join(f'{c}: {v}' for c, v in r['slices'].items())} | {100 * r['unlabeled']:.1f} | "
                          f"{100 * r['validation']:.1f} | {100 * r['gain_per_slice']['unlabeled']:+.2f} | "
                          f"{100 * r['gain_per_slice']['validation']:+.2f} |")
+        lines.append("\nOne seed, one set of cases: a difference of a point is within the noise of a warm start.")
         return "\n".join(lines) + "\n"
     lines = ["# Warm start after corrections (hippocampus, sfr run, seed %s)" % result["seed"], "",
              f"Corrected: 5 flagged slices on {', '.join(result['corrected_cases'])} (the top 3 of label_next), "
@@ -390,6 +415,8 @@ def main() -> None:
     ap.add_argument("--validation", type=int, default=4, help="warm: validation cases")
     ap.add_argument("--embedding-cache", type=int, default=64, help="warm: stage F's cached mosaics (the demo's 64)")
     ap.add_argument("--reuse-first", action="store_true", help="warm: the first run is in the work folder (or under way)")
+    ap.add_argument("--conditions", nargs="+", choices=("random", "spread"), default=["random", "spread"],
+                    help="corrections: the conditions to run (the others' results are kept)")
     ap.add_argument("--work", default="/tmp/sfr-bench-clinician")
     args = ap.parse_args()
     if args.experiment == "la-commands":
