@@ -37,14 +37,9 @@ MAX_BYTES = 4 * 1024**3
 
 def encoder_digest(model) -> str:
     """sha256 over the frozen image encoder's weights (names, dtypes, shapes, values)."""
-    h = hashlib.sha256()
-    state = model.image_encoder.state_dict()
-    for k in sorted(state):
-        t = state[k].detach().cpu().contiguous()
-        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
-        if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    from .finetune import content_digest
+
+    return content_digest(model.image_encoder.state_dict())
 
 
 def frozen(model) -> bool:

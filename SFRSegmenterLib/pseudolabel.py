@@ -123,7 +123,7 @@ class SamWindows:
         self.model, self.plan = model, layout.plan()
         self.encoder_cache, self.cache_key = encoder_cache, cache_key
         self.device = next(model.parameters()).device
-        self.frozen = int(model.meta.get("lora_rank", 0)) == 0
+        self.frozen = encoder_store.frozen(model)
 
     def __call__(self, tiles: np.ndarray, corners) -> torch.Tensor:
         model, plan, cache, S = self.model, self.plan, self.encoder_cache, self.plan.canvas

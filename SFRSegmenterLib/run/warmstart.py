@@ -57,9 +57,8 @@ def short_schedule(cfg, source_run: Path) -> None:
     """Set ``cfg``'s iterations to :data:`WARM_FRACTION` of what ``source_run``'s stages ran, for
     each stage whose iterations the command line did not give; the same for stage F's cached
     mosaics (frozen encoder) unless ``--sam-option embedding_cache`` was given."""
-    from .config import finetune_config, load_run_config, retrain_config
-
     from .budget import effective
+    from .config import finetune_config, load_run_config, retrain_config
 
     source = effective(load_run_config(source_run))  # what its stages ran, the budget's settings included
     ft = finetune_config(source)
@@ -78,27 +77,20 @@ def short_schedule(cfg, source_run: Path) -> None:
 INHERITED = ("backbone", "checkpoint", "ssl", "network", "crop", "pseudo_overlap", "batch_size_sam")
 
 
-def inherit_settings(cfg, source_run: Path) -> list:
+def inherit_settings(cfg, source_run: Path) -> None:
     """Give ``cfg`` the source run's effective model settings (:data:`INHERITED`, and every
     ``--sam-option``/``--vnet-option`` key but the iterations) that the command line did not give:
-    ``sfr run --warm-start`` alone continues the same models.  Returns the names taken."""
+    ``sfr run --warm-start`` alone continues the same models (``config.json`` records them)."""
     from .budget import effective
     from .config import load_run_config
 
     source = effective(load_run_config(source_run))
-    taken = []
     for name in INHERITED:
-        if getattr(cfg, name) is None and getattr(source, name) is not None:
+        if getattr(cfg, name) is None:
             setattr(cfg, name, getattr(source, name))
-            taken.append(name)
     for name in ("sam_options", "vnet_options"):
-        mine = dict(getattr(cfg, name))
-        for key, value in getattr(source, name).items():
-            if key not in mine and key != "iterations":
-                mine[key] = value
-                taken.append(f"{name[:-8]} {key}")
-        setattr(cfg, name, mine)
-    return taken
+        theirs = {k: v for k, v in getattr(source, name).items() if k != "iterations"}
+        setattr(cfg, name, {**theirs, **getattr(cfg, name)})
 
 
 #: What a V-Net's weights depend on (dropout has none): a warm start needs the same.
