@@ -39,7 +39,7 @@ from .sam.checkpoints import load_state_dict, sha256_file
 from .sam.config import _RESUME_KEYS, FinetuneConfig, resolved_warmup  # noqa: F401 (FinetuneConfig: public here too)
 from .sam.layout import Layout, resolve_layout
 from .sam.loss import dice_ce_loss
-from .sam.model import CLASS_BIAS, init_class_bias, set_grad_checkpointing, train_mode, trainable_parts
+from .sam.model import CLASS_BIAS, init_class_bias, set_grad_checkpointing, train_mode, trainable_parts, zero_started
 from .sam.preprocess import METHODS as PREPROCESS_METHODS
 from .sam.preprocess import normalize
 from .sam import build_segmenter, count_parameters, get_spec
@@ -219,6 +219,17 @@ def _load_initial_parts(model, init_dir: Path, meta: dict) -> str:
     return str(init.get("model_id"))
 
 
+def param_groups(model, head_lr_scale: float = 1.0) -> list:
+    """The optimiser's parameter groups: one, or with ``head_lr_scale != 1`` a second holding the
+    layers that start at zero (:func:`.sam.model.zero_started`) at ``lr * head_lr_scale``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if float(head_lr_scale) == 1.0:
+        return [{"params": params}]
+    heads = {id(p) for p in zero_started(model)}
+    return [{"params": [p for p in params if id(p) not in heads]},
+            {"params": [p for p in params if id(p) in heads], "lr_scale": float(head_lr_scale)}]
+
+
 def content_digest(state: dict) -> str:
     """sha256 over the names, dtypes, shapes and values of a state dict (file-name independent)."""
     h = hashlib.sha256()
@@ -250,6 +261,8 @@ def finetune(
     spec = get_spec(cfg.backbone)
     if cfg.iterations < 1 or cfg.batch_size < 1 or cfg.save_every < 1:
         raise SFRError("iterations, batch size and save interval must be >= 1")
+    if not float(cfg.head_lr_scale) > 0:
+        raise SFRError(f"head_lr_scale must be > 0, got {cfg.head_lr_scale}")
     if cfg.warmup is not None and cfg.warmup < 0:
         raise SFRError(f"warm-up must be >= 0 iterations, got {cfg.warmup}")
     cfg = replace(cfg, warmup=resolved_warmup(cfg))  # the metadata and resume check record the number
@@ -310,7 +323,9 @@ def finetune(
     start = 0
     state = None
     if prev is not None:
-        diffs = differences(prev.get("config", {}), meta["config"], _RESUME_KEYS)
+        # a model saved before a setting existed was trained with its default
+        saved = {"head_lr_scale": 1.0, **prev.get("config", {})}
+        diffs = differences(saved, meta["config"], _RESUME_KEYS)
         diffs += differences(prev, meta, ("layout", "classes", "checkpoint_sha256", "labeled_cases", "extra_labeled"))
         check_same_run(diffs, out_dir / MODEL_META)
         # a save interrupted before the metadata was written leaves the files it points at in *.prev
@@ -345,8 +360,7 @@ def finetune(
     if cfg.grad_checkpointing:
         set_grad_checkpointing(model, True)
     train_mode(model.to(device))
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(param_groups(model, cfg.head_lr_scale), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if state is not None:
         opt.load_state_dict(state["optimizer"])
     meta["device"] = describe_device(device)
@@ -403,7 +417,7 @@ def finetune(
         if cfg.warmup > 0:
             lr *= min(1.0, (it + 1) / cfg.warmup)
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         if cache is None:
             x, y = sample_batch(cases, layout, plan, cfg, it)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)

@@ -45,3 +45,21 @@ def test_short_run_on_the_sample_predicts_every_class_from_the_start(tmp_path, o
     bal = meta["class_balance"]
     assert bal["iterations"] == 60
     assert bal["absent_fraction"] <= 0.10, bal  # no class predicted nowhere for over 10 % of the steps
+
+
+def test_head_lr_scale_moves_only_the_zero_started_head_layers_faster(one_torch_thread):
+    """``head_lr_scale``: the last layer of each class head (started at zero) in its own optimiser
+    group at lr x scale; every other trainable parameter keeps lr; 1 keeps a single group."""
+    from SFRSegmenterLib.finetune import param_groups
+    from SFRSegmenterLib.sam import build_segmenter
+    from SFRSegmenterLib.sam.model import zero_started
+
+    torch.manual_seed(0)
+    model = build_segmenter("tiny_test", num_classes=3, lora_rank=0)
+    heads = zero_started(model)
+    assert heads and all(float(p.detach().abs().max()) == 0 for p in heads)
+    assert len(param_groups(model, 1.0)) == 1
+    groups = param_groups(model, 10.0)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert sum(len(g["params"]) for g in groups) == len(trainable)
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in heads} and groups[1]["lr_scale"] == 10.0

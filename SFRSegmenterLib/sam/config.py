@@ -46,6 +46,10 @@ class FinetuneConfig:
     # start the decoder's per-class logit offsets at the training labels' log class priors (the
     # first softmax is the label distribution); False: every class at logit 0
     prior_bias: bool = True
+    # the learning rate of the layers that start at zero (the last layer of each class's
+    # hypernetwork head, sam.model.resize_mask_tokens) as a multiple of ``lr``: new layers may
+    # learn faster than the pretrained decoder they read from
+    head_lr_scale: float = 1.0
 
 
 AUTO_WARMUP = 50
@@ -58,4 +62,5 @@ def resolved_warmup(cfg: "FinetuneConfig") -> int:
 
 # Settings that must be the same to resume.
 _RESUME_KEYS = ("backbone", "iterations", "batch_size", "lora_rank", "lr", "weight_decay", "poly_power", "warmup",
-                "seed", "augment", "orientation_augment", "bezier_p", "embedding_cache", "preprocess")
+                "seed", "augment", "orientation_augment", "bezier_p", "embedding_cache", "preprocess",
+                "head_lr_scale")

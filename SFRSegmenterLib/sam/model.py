@@ -98,6 +98,11 @@ def resize_mask_tokens(decoder: nn.Module, k: int) -> None:
     decoder.iou_prediction_head = None
 
 
+def zero_started(model: "SamSegmenter") -> list:
+    """The parameters :func:`resize_mask_tokens` starts at zero: the last layer of each class's head."""
+    return [p for head in model.mask_decoder.output_hypernetworks_mlps for p in head.layers[-1].parameters()]
+
+
 #: The parameter the class priors go to; models saved before it existed load with zeros.
 CLASS_BIAS = "mask_decoder.class_bias"
 
