@@ -11,7 +11,7 @@ their owners (status: :mod:`.jobs`; stages: :mod:`.run.cache`; review entries: :
     RUN/status.json  RUN/launcher.json    state of the run, the detached process that started it
     RUN/cancel-request                    present once ``sfr cancel`` asked the run to stop
     RUN/events.jsonl  RUN/log.txt         every progress event, the human log
-    RUN/calibration.json                  the estimate's step times, reused when the run resumes
+    RUN/calibration.json                  the estimate's step times, reused by a resume and later runs here
     RUN/stages.json  RUN/stages/<stage>/  stage records and folders (``<kind>-r<round>`` per round)
     RUN/rounds.json  RUN/metrics.json  RUN/slices.json
     RUN/review.json                       {"cases": [{"case", "confidence", "trusted", "flagged_slices", ...}]}

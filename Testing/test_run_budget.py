@@ -194,9 +194,10 @@ def test_the_estimate_divides_the_split_stages_by_the_processes_only_where_they_
     assert "share 2 CPU cores" in why and "x1" in why
 
 
-def test_a_saved_calibration_is_reused_only_for_the_same_settings_on_the_same_machine(tmp_path, one_torch_thread):
-    """``RUN/calibration.json``: an attempt of the run with the same key reuses the step times (a
-    resume times nothing again); other settings calibrate again and replace the record."""
+def test_a_saved_calibration_is_reused_only_for_the_same_models_on_the_same_machine(tmp_path, one_torch_thread):
+    """``RUN/calibration.json``: an attempt of the run, or another run of the project (a warm
+    start: other iterations, seed, learning rate), reuses each stage's step times measured for
+    the same model on this machine; another V-Net shape times stage R again, stage F not."""
     from SFRSegmenterLib.manifest import load_project
     from SFRSegmenterLib.run import estimate
 
@@ -206,14 +207,26 @@ def test_a_saved_calibration_is_reused_only_for_the_same_settings_on_the_same_ma
     cfg = RunConfig(backbone="tiny_test", iterations_sam=2, iterations_vnet=2, device="cpu",
                     vnet_options={"filters": 4})
     first = estimate.estimate_run(project, cfg, run)
-    assert not first["calibration_reused"] and (run / "calibration.json").exists()
+    assert first["calibration_reused"] == [] and (run / "calibration.json").exists()
     again = estimate.estimate_run(project, cfg, run)
-    assert again["calibration_reused"] and again["steps"] == first["steps"]
+    assert again["calibration_reused"] == ["sam", "vnet"] and again["steps"] == first["steps"]
     assert again["calibration_s"] < first["calibration_s"]
+    # a later run of the project with another schedule: nothing timed again, its own record written
+    later = tmp_path / "later"
+    later.mkdir()
+    schedule = dataclasses.replace(cfg, iterations_sam=7, iterations_vnet=5, seed=3,
+                                   sam_options={"lr": 5e-4}, vnet_options={"filters": 4, "lr": 0.02})
+    warm = estimate.estimate_run(project, schedule, later, earlier=[run / "calibration.json"])
+    assert warm["calibration_reused"] == ["sam", "vnet"] and warm["steps"] == first["steps"]
+    assert warm["seconds"] != first["seconds"] and (later / "calibration.json").exists()
+    # another V-Net shape: stage R calibrates again, stage F's step times stay
     other = estimate.estimate_run(project, dataclasses.replace(cfg, vnet_options={"filters": 2}), run)
-    assert not other["calibration_reused"]
+    assert other["calibration_reused"] == ["sam"] and other["steps"]["sam"] == first["steps"]["sam"]
     saved = json.loads((run / "calibration.json").read_text())
-    assert saved["vnet"]["train_step_s"] == pytest.approx(other["steps"]["vnet"]["train_step_s"], abs=1e-5)
+    assert saved["vnet"]["steps"]["train_step_s"] == pytest.approx(other["steps"]["vnet"]["train_step_s"], abs=1e-5)
+    # a damaged or older record counts as none
+    (later / "calibration.json").write_text('{"key": "old", "sam": {}, "vnet": {}}')
+    assert estimate.estimate_run(project, cfg, tmp_path / "later")["calibration_reused"] == []
 
 
 def test_overall_progress_skips_reused_stages_and_weights_by_the_estimate():

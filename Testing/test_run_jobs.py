@@ -111,7 +111,7 @@ def test_detach_cancel_resume_and_a_second_run_is_refused(tmp_path, sample_dir, 
     # the estimate of the resumed attempt reuses the step times timed by the first (same machine)
     first, second = [e for e in map(json.loads, (run / "events.jsonl").read_text().splitlines())
                      if e["event"] == "estimate"]
-    assert not first["calibration_reused"] and second["calibration_reused"]
+    assert first["calibration_reused"] == [] and second["calibration_reused"] == ["sam", "vnet"]
     assert second["steps"] == first["steps"] and (run / "calibration.json").exists()
     if stage.startswith(("finetune", "retrain")) and before[0]:
         # a training stage continues from its checkpoint, not from step 1

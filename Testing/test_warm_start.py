@@ -115,6 +115,10 @@ def test_warm_start_through_the_panels_command_line(finished, sfr):
     config = json.loads((second / "config.json").read_text())
     assert config["warm_start_from"] == first.name
     assert (config["iterations_sam"], config["iterations_vnet"]) == (1, 1)  # a fifth of the first run's 3, at least 1
+    # other iterations and learning rates, the same models on the same machine: nothing timed again
+    est = [json.loads(line) for line in (second / "events.jsonl").read_text().splitlines()]
+    est = next(e for e in est if e["event"] == "estimate")
+    assert est["calibration_reused"] == ["sam", "vnet"], est
     # with a learning rate far below float32 resolution the warm-started models are the models they started from
     old_sam = json.loads((first / "stages" / "finetune-r0" / "sam-model.json").read_text())
     new_sam = json.loads((second / "stages" / "finetune-r0" / "sam-model.json").read_text())

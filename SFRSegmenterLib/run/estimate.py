@@ -16,9 +16,10 @@ N on N GPUs; on the CPU the processes share the cores, so only the cores the cal
 count (a calibration that used every core: no speed-up).  Each of those stages then also pays the
 start of N processes (``STAGE_OVERHEAD_S["launch"]``).
 
-The step times are kept in the run folder (``RUN/calibration.json``, keyed by the machine, the
-device, the thread count, the stage settings and the image shapes): a resumed run on the same
-machine reuses them instead of timing the same steps again.
+The step times are kept in the run folder (``RUN/calibration.json``), each stage's under a key of
+what they depend on (the machine, the device, the thread count, the model and the shapes it is
+timed on; not the iterations, seeds or learning rates): a resumed run, a warm start or another
+run of the project on the same machine reuses them instead of timing the same steps again.
 
 The estimate is an event, ``{"event": "estimate", "seconds": S, "stages": {...}, "budget": ...,
 "calibration": {...}}``, and a log line; a run whose estimate cannot be made logs why and goes on.
@@ -233,43 +234,81 @@ def _counts(project, cfg, ft_cfg, rt_cfg, sam: dict, vnet: dict) -> dict:
             "validation_windows": sum(count_windows(s, vnet["crop"], vstride) for s in val)}
 
 
-def calibration_key(project, ft_cfg, rt_cfg, sam_device, vnet_device) -> str:
-    """What the step times depend on: this machine, its devices and thread count, the stage
-    settings and the image shapes (a resumed run on another machine calibrates again)."""
-    import dataclasses
-    import hashlib
-    import json
+#: The record's format: step times of each stage under the key of what they were measured on.
+CALIBRATION_FORMAT = 2
+
+
+def _machine() -> list:
     import socket
 
     import torch
 
-    cases = project.by_role("labeled") + project.by_role("unlabeled")
-    parts = [socket.gethostname(), str(sam_device), str(vnet_device), torch.get_num_threads(), torch.__version__,
-             dataclasses.asdict(ft_cfg), dataclasses.asdict(rt_cfg), project.num_classes,
-             _shapes(project, project.by_role("labeled")), _shapes(project, cases)]
+    return [socket.gethostname(), torch.get_num_threads(), torch.__version__]
+
+
+def _key(parts) -> str:
+    import hashlib
+    import json
+
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:20]
 
 
-def _saved_calibration(path, key: str) -> "dict | None":
+def calibration_keys(project, ft_cfg, rt_cfg, sam_device, vnet_device) -> dict:
+    """``{"sam": key, "vnet": key}``: what each stage's step times depend on, and nothing else
+    (the machine, the device, the thread count, the model and the shapes it is timed on), so a
+    warm start or another run of the project on this machine reuses them although its iterations,
+    seeds, learning rates or labeled cases differ."""
+    from ..finetune import _layout
+    from ..retrain.config import LA_CROP
+    from ..retrain.data import auto_crop
+    from ..retrain.networks import required_multiple
+    from ..sam.registry import get_spec
+
+    layout = _layout(ft_cfg, get_spec(ft_cfg.backbone), _shapes(project, project.by_role("labeled")))
+    plan = layout.plan()
+    cases = project.by_role("labeled") + project.by_role("unlabeled")
+    crop = (tuple(rt_cfg.crop) if rt_cfg.crop
+            else auto_crop(_shapes(project, cases), LA_CROP, required_multiple(rt_cfg.network)))
+    sam = [CALIBRATION_FORMAT, *_machine(), str(sam_device), ft_cfg.backbone, ft_cfg.checkpoint, int(ft_cfg.lora_rank),
+           int(ft_cfg.batch_size), bool(ft_cfg.embedding_cache), ft_cfg.bf16, bool(ft_cfg.grad_checkpointing),
+           list(layout.crop), int(plan.canvas), int(plan.slabs), project.num_classes]
+    vnet = [CALIBRATION_FORMAT, *_machine(), str(vnet_device), rt_cfg.network, rt_cfg.network_options(), list(crop),
+            int(rt_cfg.labeled_bs), int(rt_cfg.unlabeled_bs), rt_cfg.ssl != "supervised", project.num_classes]
+    return {"sam": _key(sam), "vnet": _key(vnet)}
+
+
+def _saved_calibrations(paths, keys: dict) -> dict:
+    """``{"sam": steps, "vnet": steps}`` for each stage whose key a record among ``paths`` (this
+    run's first, then earlier runs' of the project) holds; a damaged or older record counts as none."""
     from ..io import read_json
 
-    if path is None or not path.exists():
-        return None
-    try:
-        saved = read_json(path, "calibration", missing={})
-    except Exception:  # noqa: BLE001 - a damaged record: calibrate again
-        return None
-    if not isinstance(saved, dict) or saved.get("key") != key:
-        return None
-    sam, vnet = saved.get("sam"), saved.get("vnet")
-    return {"sam": sam, "vnet": vnet} if isinstance(sam, dict) and isinstance(vnet, dict) else None
+    found = {}
+    for path in paths:
+        if path is None or not path.exists():
+            continue
+        try:
+            saved = read_json(path, "calibration", missing={})
+        except Exception:  # noqa: BLE001 - a damaged record: calibrate again
+            continue
+        if not isinstance(saved, dict) or saved.get("format") != CALIBRATION_FORMAT:
+            continue
+        for stage, key in keys.items():
+            entry = saved.get(stage)
+            if stage not in found and isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("steps"), dict):
+                found[stage] = entry["steps"]
+    return found
 
 
-def estimate_run(project, cfg, run_path=None, processes: int = 1) -> dict:
+def estimate_run(project, cfg, run_path=None, processes: int = 1, earlier=(), sam_crop=None) -> dict:
     """The estimate event's fields for a run with (effective) configuration ``cfg`` on
     ``processes`` processes (resolved, :func:`.distributed.resolve_processes`); with
-    ``run_path``, the step times saved there by an earlier attempt of the same run on the same
-    machine are reused (``calibration_reused``), and new ones are saved."""
+    ``run_path``, step times saved there by an earlier attempt of the run, or in ``earlier``
+    (other runs' calibration records, newest first) for the same models on the same machine, are
+    reused (``calibration_reused``: the stages reused), and the run's own are saved.  ``sam_crop``:
+    the crop stage F will train with where it is not the labeled cases' (a warm start keeps its
+    model's, :func:`..finetune.finetune`)."""
+    import dataclasses
+
     import torch
 
     from ..device import resolve_device
@@ -278,21 +317,21 @@ def estimate_run(project, cfg, run_path=None, processes: int = 1) -> dict:
     from .config import finetune_config, retrain_config
 
     ft_cfg, rt_cfg = finetune_config(cfg), retrain_config(cfg)
+    if sam_crop is not None and not ft_cfg.crop:
+        ft_cfg = dataclasses.replace(ft_cfg, crop=tuple(int(v) for v in sam_crop))
     t0 = time.perf_counter()
     sam_device, vnet_device = resolve_device(ft_cfg.device), resolve_device(rt_cfg.device)
     record = RunFolder(run_path).calibration if run_path is not None else None
-    key = calibration_key(project, ft_cfg, rt_cfg, sam_device, vnet_device)
-    saved = _saved_calibration(record, key)
-    if saved:
-        sam, vnet = saved["sam"], saved["vnet"]
-    else:
-        sam = calibrate_sam(project, ft_cfg, sam_device)
-        vnet = calibrate_vnet(project, rt_cfg, vnet_device)
-        if record is not None:
-            try:
-                write_json_atomic(record, {"key": key, "sam": sam, "vnet": vnet})
-            except OSError:  # a full disk: the estimate stands, a resume calibrates again
-                pass
+    keys = calibration_keys(project, ft_cfg, rt_cfg, sam_device, vnet_device)
+    saved = _saved_calibrations([record, *earlier], keys)
+    sam = saved.get("sam") or calibrate_sam(project, ft_cfg, sam_device)
+    vnet = saved.get("vnet") or calibrate_vnet(project, rt_cfg, vnet_device)
+    if record is not None:  # this run's own record, also where the step times came from elsewhere
+        try:
+            write_json_atomic(record, {"format": CALIBRATION_FORMAT, "sam": {"key": keys["sam"], "steps": sam},
+                                       "vnet": {"key": keys["vnet"], "steps": vnet}})
+        except OSError:  # a full disk: the estimate stands, a resume calibrates again
+            pass
     counts = _counts(project, cfg, ft_cfg, rt_cfg, sam, vnet)
     speedup = parallel_speedup(processes, vnet_device.type, torch.get_num_threads())
     stages = stage_seconds(counts, sam, vnet, cfg.resolved_rounds, speedup)
@@ -300,23 +339,25 @@ def estimate_run(project, cfg, run_path=None, processes: int = 1) -> dict:
     embed = counts["embedding_cache"] * sam["slabs"] * sam["encoder_s"]
     return {"seconds": round(sum(stages.values()), 1), "stages": stages, "budget": choice.get("name"),
             "embed_share": round(embed / stages["finetune-r0"], 4) if stages["finetune-r0"] else 0.0,
-            "device": choice.get("device"), "method": "calibration", "calibration_reused": bool(saved),
+            "device": choice.get("device"), "method": "calibration", "calibration_reused": sorted(saved),
             "calibration_s": round(time.perf_counter() - t0, 2), "counts": counts, "processes": speedup,
             "steps": {"sam": {k: (round(v, 5) if isinstance(v, float) else v) for k, v in sam.items()},
                       "vnet": {k: (round(v, 5) if isinstance(v, float) else v) for k, v in vnet.items()}}}
 
 
-def emit_estimate(project, cfg, run_path=None, processes: int = 1) -> "dict | None":
+def emit_estimate(project, cfg, run_path=None, processes: int = 1, earlier=(), sam_crop=None) -> "dict | None":
     """Emit the estimate event and its log line; when it cannot be made, log why and return None."""
     try:
-        est = estimate_run(project, cfg, run_path, processes)
+        est = estimate_run(project, cfg, run_path, processes, earlier, sam_crop)
     except Exception as exc:  # noqa: BLE001 - the run goes on without an estimate
         events.log(f"no estimate of the run's duration: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
                    "warning")
         return None
     events.emit("estimate", **est)
-    how = ("step times of an earlier attempt of this run reused" if est["calibration_reused"]
-           else f"calibrated in {est['calibration_s']:.1f} s")
+    reused = est["calibration_reused"]
+    how = (f"step times of {' and '.join(reused)} measured earlier on this machine reused"
+           + ("" if len(reused) == 2 else f", the rest calibrated in {est['calibration_s']:.1f} s")
+           if reused else f"calibrated in {est['calibration_s']:.1f} s")
     events.log(f"estimate: {about(est['seconds'])} for the whole run with budget {est['budget']} ({how}: SAM step "
                f"{est['steps']['sam']['train_step_s']:.3f} s, V-Net step {est['steps']['vnet']['train_step_s']:.3f} s)"
                + (f"; {est['processes']['why']}" if est["processes"]["processes"] > 1 else ""))

@@ -81,13 +81,17 @@ class Pipeline:
         if self.processes > 1:
             events.log(f"stage R, the pseudo-labels and the confidence stage on {self.processes} processes ({why})")
 
-    def earlier_embeddings(self) -> list:
-        """The frozen-encoder embedding folders of the project's other runs, newest first."""
+    def earlier_runs(self) -> list:
+        """The project's other run folders (:class:`~..runfolder.RunFolder`), newest first."""
         from ..runfolder import RunFolder
 
         runs = jobs.runs_dir(self.project.root)
         others = sorted((p for p in runs.iterdir() if p.is_dir() and p != self.run_path), reverse=True) if runs.is_dir() else []
-        return [RunFolder(p).embeddings for p in others]
+        return [RunFolder(p) for p in others]
+
+    def earlier_embeddings(self) -> list:
+        """The frozen-encoder embedding folders of the project's other runs, newest first."""
+        return [r.embeddings for r in self.earlier_runs()]
 
     def labeled_fingerprint(self) -> list:
         return [[c.name, self.sha[c.name], self.label_sha[c.name]] for c in self.labeled]
@@ -290,7 +294,10 @@ class Pipeline:
     # ---------------------------------------------------------------- the whole run
     def run(self) -> dict:
         rounds = self.cfg.resolved_rounds
-        estimate = emit_estimate(self.project, self.cfg, self.run_path, self.processes)  # before stage F; None: logged why
+        # before stage F (None: logged why); step times of the project's earlier runs on this machine reused
+        estimate = emit_estimate(self.project, self.cfg, self.run_path, self.processes,
+                                 [r.calibration for r in self.earlier_runs()],
+                                 self.warm.sam_crop() if self.warm else None)
         if estimate:
             overall.start(estimate)  # one fraction and ETA across stages (ended by job.execute)
         self.runner.planned = 2 + 4 * (rounds + 1)
