@@ -113,3 +113,6 @@ def test_sfr_plus_rounds_and_a_warm_start_reuse_the_encoder(tmp_path, sample_dir
     assert json.loads((warm / "config.json").read_text())["warm_start_from"] == first.name
     for c, rec in _pseudo_records(warm, 0).items():
         assert rec["embeddings"]["computed"] == 0 and rec["embeddings"]["file"] == stored[c]
+    for later in (plus, warm):  # and neither timed its steps again: the first run's step times reused
+        est = next(e for e in map(json.loads, (later / "events.jsonl").read_text().splitlines()) if e["event"] == "estimate")
+        assert est["calibration_reused"] == ["sam", "vnet"], est

@@ -238,7 +238,7 @@ def test_cancel_stops_the_processes_at_a_safe_point_and_resume_finishes(tmp_path
     assert stages(run)["retrain-r0"]["status"] == "done"
     log = (run / "log.txt").read_text()
     assert "retrain-r0: resuming" in log
-    assert "step times of an earlier attempt of this run reused" in log  # the resume timed nothing again
+    assert "step times of stage F and stage R measured earlier on this machine reused" in log  # the resume timed nothing again
 
 
 def test_a_bad_input_in_a_process_is_the_pipelines_error(tmp_path, sample_dir):

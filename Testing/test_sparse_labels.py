@@ -155,7 +155,7 @@ def test_vnet_trained_on_a_few_slices_predicts_every_class(tmp_path, sample_dir,
     done = [annotated_slices(read_label(labels / f"{n}.nii.gz").array) for n in sample_cases[:2]]
     assert max(done) <= 6, done  # about a fifth of the slices of each labeled case
     project = init_project(tmp_path / "p", images, labels, labeled=2)
-    cfg = RetrainConfig(ssl="supervised", use_sam=False, iterations=300, device="cpu", save_every=1000,
+    cfg = RetrainConfig(ssl="supervised", use_sam=False, iterations=150, device="cpu", save_every=1000,
                         **FAST["vnet_options"])  # the CPU budget sfr demo uses
     model = load_model(retrain(project, cfg, pseudo_dir=project.root / "pseudo", out_dir=tmp_path / "vnet"), "cpu")
     for case in project.by_role("unlabeled")[:2]:

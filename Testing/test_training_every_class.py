@@ -24,7 +24,7 @@ def test_augment_auto_keeps_orientation_for_several_structures():
 
 def test_demo_vnet_predicts_both_hippocampus_structures(tmp_path, sample_dir, one_torch_thread):
     project = init_project(tmp_path / "p", sample_dir / "images", sample_dir / "labels", labeled=2)
-    cfg = RetrainConfig(ssl="supervised", use_sam=False, iterations=300, device="cpu", save_every=1000,
+    cfg = RetrainConfig(ssl="supervised", use_sam=False, iterations=150, device="cpu", save_every=1000,
                         **FAST["vnet_options"])
     model = load_model(retrain(project, cfg, pseudo_dir=project.root / "pseudo", out_dir=tmp_path / "vnet"), "cpu")
     for case in project.by_role("unlabeled")[:3]:

@@ -355,7 +355,8 @@ def emit_estimate(project, cfg, run_path=None, processes: int = 1, earlier=(), s
         return None
     events.emit("estimate", **est)
     reused = est["calibration_reused"]
-    how = (f"step times of {' and '.join(reused)} measured earlier on this machine reused"
+    names = {"sam": "stage F", "vnet": "stage R"}
+    how = (f"step times of {' and '.join(names[r] for r in reused)} measured earlier on this machine reused"
            + ("" if len(reused) == 2 else f", the rest calibrated in {est['calibration_s']:.1f} s")
            if reused else f"calibrated in {est['calibration_s']:.1f} s")
     events.log(f"estimate: {about(est['seconds'])} for the whole run with budget {est['budget']} ({how}: SAM step "
