@@ -4,6 +4,7 @@
     python bench/clinician.py warm   [--seed 1337] [--iterations-sam 150 --iterations-vnet 300]
                                      [--unlabeled 8 --validation 4 --embedding-cache 64]
     python bench/clinician.py corrections [--seed 1337]   # after 'warm', in the same --work folder
+    python bench/clinician.py next [--seed 1337] [--draws 3] # after 'warm', in the same --work folder
     python bench/clinician.py la-commands          # prints the LA cpu-half commands (not run here)
 
 * ``sparse``: equal annotation effort counted in annotated axial slices: one whole volume (every
@@ -20,6 +21,10 @@
   the same 3 cases get ground truth on as many *random* slices through their structure (seeded),
   then the same warm start; the Dice gain over the first run per corrected slice, flagged against
   random (validation cases and the still-unlabeled cases, per case from metrics.json).
+* ``next``: which case to label next? From the first run of ``warm``, the clinician labels one
+  more whole case: the first of that run's ``label_next`` against ``--draws`` random unlabeled
+  cases (seeded), each followed by the same warm start; Dice on the validation cases and on the
+  unlabeled cases that none of the conditions labeled (the same cases for every condition).
 
 Results: ``bench/results/clinician_<experiment>.{json,md}``.  Run with OMP_NUM_THREADS=1.
 """
@@ -330,6 +335,44 @@ def run_corrections(args) -> dict:
     return out
 
 
+def run_next(args) -> dict:
+    """The suggested next case (``label_next``'s first) against random unlabeled cases, each
+    labeled whole and followed by the same warm start from the ``warm`` experiment's first run."""
+    warm = json.loads((RESULTS / "clinician_warm.json").read_text())
+    if int(warm["seed"]) != int(args.seed):
+        raise SystemExit(f"clinician_warm.json is of seed {warm['seed']}; run 'warm --seed {args.seed}' first")
+    work = Path(args.work) / f"warm-s{args.seed}"
+    first = work / "p" / "runs" / warm["first_run"]["run"]
+    labeled0 = warm["labeled"]
+    review = json.loads((first / "review.json").read_text())
+    unlabeled0 = [e["case"] for e in review["cases"]]
+    suggested = review["label_next"][0]["case"]
+    rng = np.random.default_rng([int(args.seed), 25])
+    others = [c for c in unlabeled0 if c != suggested]
+    randoms = [str(c) for c in rng.choice(others, size=min(int(args.draws), len(others)), replace=False)]
+    scored = [c for c in unlabeled0 if c != suggested and c not in randoms]
+    validation = sorted({r["case"] for r in json.loads((first / "metrics.json").read_text())["validation"]["cases"]})
+    out = {"experiment": "next", "seed": args.seed, "first": {"run": first.name}, "suggested": suggested,
+           "label_next": [e["case"] for e in review["label_next"]], "randoms": randoms, "scored": scored,
+           "validation": validation, "conditions": {}}
+    for n, case in enumerate([suggested, *randoms]):
+        name = "suggested" if n == 0 else f"random-{n}"
+        root = work / "next" / name / "p"
+        if root.parent.exists():
+            shutil.rmtree(root.parent)
+        root.parent.mkdir(parents=True)
+        init_hippocampus(root, {**{c: None for c in labeled0}, case: None}, [c for c in unlabeled0 if c != case], args.validation)
+        (root / "runs").mkdir(exist_ok=True)
+        shutil.copytree(first, root / "runs" / first.name, copy_function=os.link)
+        timing = finish(timed("run", root, *warm_settings_of(args), "--warm-start", first.name))
+        run = jobs.run_dir(root)
+        out["conditions"][name] = {"case": case, "run": str(run.relative_to(work)), **timing,
+                                   "unlabeled": mean_dice_of(run, "pseudo_labels", scored),
+                                   "validation": mean_dice_of(run, "validation", validation)}
+    out["first"].update(unlabeled=mean_dice_of(first, "pseudo_labels", scored), validation=mean_dice_of(first, "validation", validation))
+    return out
+
+
 # --------------------------------------------------------------------------- LA (prepared, not run here)
 
 LA_COMMANDS = """# LA cpu-half (issue 21 rows on LA; prepared, not run on this 2-core machine)
@@ -359,6 +402,28 @@ def markdown(result: dict) -> str:
         for cond in ("whole", "sparse"):
             v = [100 * r["mean_dice"] for r in result["rows"] if r["condition"] == cond]
             lines.append(f"\n{cond}: mean {np.mean(v):.1f} (spread {min(v):.1f} .. {max(v):.1f}) over {len(v)} seed(s)")
+        return "\n".join(lines) + "\n"
+    if result["experiment"] == "next":
+        lines = [f"# Which case to label next: the suggested case vs random ones (hippocampus, seed {result['seed']})", "",
+                 "The first run of clinician_warm.md; the clinician labels one more whole case, the first of that run's "
+                 f"`label_next` ({result['suggested']}) or a random unlabeled case (seeded draws), then the same warm start "
+                 f"(a fifth of the first run's iterations). Dice % on the {len(result['scored'])} unlabeled cases no condition "
+                 f"labeled ({', '.join(result['scored'])}) and the {len(result['validation'])} validation cases.", "",
+                 "| condition | case labeled | Dice unlabeled | Dice validation | mean of both | wall s |", "|---|---|---|---|---|---|"]
+        f = result["first"]
+        lines.append(f"| first run (no new label) | - | {100 * f['unlabeled']:.1f} | {100 * f['validation']:.1f} | "
+                     f"{50 * (f['unlabeled'] + f['validation']):.1f} | - |")
+        for name, r in result["conditions"].items():
+            lines.append(f"| {name} | {r['case']} | {100 * r['unlabeled']:.1f} | {100 * r['validation']:.1f} | "
+                         f"{50 * (r['unlabeled'] + r['validation']):.1f} | {r['wall_s']} |")
+        rand = [r for k, r in result["conditions"].items() if k.startswith("random")]
+        if rand and "suggested" in result["conditions"]:
+            s = result["conditions"]["suggested"]
+            for part in ("unlabeled", "validation"):
+                v = [100 * r[part] for r in rand]
+                lines.append(f"\n{part}: suggested {100 * s[part]:.1f} vs random mean {np.mean(v):.1f} "
+                             f"(spread {min(v):.1f} .. {max(v):.1f}, {len(v)} draws): {100 * s[part] - np.mean(v):+.1f}")
+        lines.append("\nThe label_next ranking of the first run: " + ", ".join(result["label_next"]))
         return "\n".join(lines) + "\n"
     if result["experiment"] == "corrections":
         lines = [f"# Flagged vs random corrected slices (hippocampus, seed {result['seed']})", "",
@@ -405,7 +470,7 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("experiment", choices=("sparse", "warm", "corrections", "la-commands"))
+    ap.add_argument("experiment", choices=("sparse", "warm", "corrections", "next", "la-commands"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[1337, 1])
     ap.add_argument("--seed", type=int, default=1337)
     ap.add_argument("--iterations", type=int, default=300)
@@ -417,6 +482,7 @@ def main() -> None:
     ap.add_argument("--reuse-first", action="store_true", help="warm: the first run is in the work folder (or under way)")
     ap.add_argument("--conditions", nargs="+", choices=("random", "spread"), default=["random", "spread"],
                     help="corrections: the conditions to run (the others' results are kept)")
+    ap.add_argument("--draws", type=int, default=3, help="next: random cases labeled instead of the suggested one")
     ap.add_argument("--work", default="/tmp/sfr-bench-clinician")
     args = ap.parse_args()
     if args.experiment == "la-commands":
@@ -426,7 +492,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     t0 = time.monotonic()
-    result = {"sparse": run_sparse, "warm": run_warm, "corrections": run_corrections}[args.experiment](args)
+    result = {"sparse": run_sparse, "warm": run_warm, "corrections": run_corrections, "next": run_next}[args.experiment](args)
     result.update(machine=machine(1), wall_s=round(time.monotonic() - t0, 1))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"clinician_{args.experiment}.json").write_text(json.dumps(result, indent=2) + "\n")
