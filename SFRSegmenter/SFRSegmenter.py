@@ -95,8 +95,9 @@ def registerSampleData():
 #
 
 
-class SFRSegmenterLogic(ScriptedLoadableModuleLogic, session.PanelJobs):
-    """Slicer-facing entry points; the jobs are ``session.PanelJobs``' (Qt-free, tested)."""
+class SFRSegmenterLogic(session.PanelJobs, ScriptedLoadableModuleLogic):
+    """Slicer-facing entry points; the jobs are ``session.PanelJobs``' (Qt-free, tested).  Slicer's
+    base comes last: its ``__init__`` calls ``super().__init__()``, which must reach ``object``."""
 
     SETTINGS_KEY_PROJECT = "SFRSegmenter/LastProjectFolder"
 

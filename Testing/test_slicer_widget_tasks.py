@@ -81,6 +81,28 @@ class Timer:
         return self.active
 
 
+class ScriptedLogicBase:
+    """Slicer's ``ScriptedLoadableModuleLogic`` as far as the module relies on it
+    (Base/Python/slicer/ScriptedLoadableModule.py, 5.10 to the current preview): a cooperative
+    ``__init__`` that calls ``super().__init__()`` with no arguments, and ``getParameterNode``,
+    the module's singleton ``vtkMRMLScriptedModuleNode`` in ``slicer.mrmlScene``, added when missing."""
+
+    def __init__(self, parent=None):
+        super().__init__()
+        name = type(self).__name__
+        self.moduleName = name[:-len("Logic")] if name.endswith("Logic") else name
+
+    def getParameterNode(self):
+        node = slicer.mrmlScene.GetSingletonNode(self.moduleName, "vtkMRMLScriptedModuleNode")
+        if node is None:
+            node = slicer.mrmlScene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
+            node.UnRegister(None)
+            node.SetSingletonTag(self.moduleName)
+            node.SetAttribute("ModuleName", self.moduleName)
+            node = slicer.mrmlScene.AddNode(node)
+        return node
+
+
 @pytest.fixture
 def module(monkeypatch, tmp_path):
     """SFRSegmenter.py imported on slicer-core, with Qt and the dialogs stood in for."""
@@ -91,9 +113,9 @@ def module(monkeypatch, tmp_path):
     i18n.tr, i18n.translate = (lambda text: text), (lambda _context, text: text)
     monkeypatch.setitem(sys.modules, "slicer.i18n", i18n)
     scripted = types.ModuleType("slicer.ScriptedLoadableModule")
-    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleWidget",
-                 "ScriptedLoadableModuleTest"):
+    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleTest"):
         setattr(scripted, name, type(name, (), {"__init__": lambda self, parent=None: None}))
+    scripted.ScriptedLoadableModuleLogic = ScriptedLogicBase
     monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", scripted)
     monkeypatch.setattr(slicer, "app", Thing(temporaryPath=str(tmp_path / "tmp"), defaultScenePath=str(tmp_path)),
                         raising=False)
@@ -166,6 +188,15 @@ def test_the_install_runs_in_the_background_and_names_what_failed(module, monkey
                                                "sfr-no-such-package==1.0 failed: ")
     assert "sfr-no-such-package" in text.split("failed: ")[-1] and "Traceback" not in "\n".join(log)
     assert any(line.startswith("installing sfr-no-such-package==1.0: ") for line in log)  # the command, logged
+
+
+def test_the_logic_builds_on_slicers_cooperative_base_class(module):
+    """Slicer's ScriptedLoadableModuleLogic.__init__ calls super().__init__() with no arguments: a
+    base class after it in the logic's bases that needs arguments made the logic fail to build."""
+    loaded, _ = module
+    logic = loaded.SFRSegmenterLogic()
+    assert logic.scene is slicer.mrmlScene and logic.moduleName == "SFRSegmenter"
+    assert logic.getParameterNode().GetSingletonTag() == "SFRSegmenter"
 
 
 def test_reload_forgets_the_logic_packages_before_slicer_reloads_the_module(module, monkeypatch):
