@@ -37,7 +37,7 @@ from SFRSegmenterLib import runcontrol  # noqa: E402
 from SFRSegmenterLib.errors import SFRError  # noqa: E402
 from SFRSegmenterLogicLib import cases, edits, environment, jobs, provenance  # noqa: E402
 from SFRSegmenterLogicLib import checkpoints as checkpointoffers  # noqa: E402
-from SFRSegmenterLogicLib import panelrules, review, sampledata, session  # noqa: E402
+from SFRSegmenterLogicLib import panelrules, panelstate, review, sampledata, session  # noqa: E402
 from SFRSegmenterLogicLib.runner import SubprocessRunner  # noqa: E402
 
 ROLE_CHOICES = [(_("Automatic"), ""), (_("Labeled"), "labeled"), (_("Unlabeled"), "unlabeled"),
@@ -133,6 +133,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._devicesProbed = False
         self._roles = {}  # case name -> role chosen in the table, kept across refreshes
         self._picks = {}  # case name -> segmentation node ID chosen in the table, kept likewise
+        self._showingState = True  # no writes into the parameter node before it has been read once
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -174,6 +175,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.saveCorrectionButton.connect("clicked(bool)", self.onSaveCorrection)
         self.ui.retrainButton.connect("clicked(bool)", self.onRetrain)
         self.ui.applyModelButton.connect("clicked(bool)", self.onApplyModel)
+        self._connectPanelState()
 
         self.timer = qt.QTimer()
         self.timer.setInterval(250)
@@ -188,12 +190,14 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.addObserver(slicer.mrmlScene, event, lambda _caller, _event: self.sceneChangedTimer.start())
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self._showPanelState)
         slicer.app.connect("aboutToQuit()", self._onAboutToQuit)
         self._updateCheckpointEnabled()
         if self._versionProblem:
             self.ui.statusLabel.text = self._versionProblem
         self._updateButtons()
         self.refreshCases()
+        self._showPanelState()
 
     def cleanup(self):
         # a running run goes on without the panel (it is detached); only stop following it
@@ -211,6 +215,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ScriptedLoadableModuleWidget.onReload(self)
 
     def enter(self):
+        self._showPanelState()
         self.refreshCases()
         self._followRunningRun()
         self.ui.segmentEditorWidget.installKeyboardShortcuts()
@@ -249,11 +254,33 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.reviewCaseComboBox.clear()
         self._fillFlagged([])
         self._updateButtons()
+        self._writePanelState()  # the closed scene's node is empty: the panel keeps its settings
         if self.parent.isEntered:
             self.refreshCases()
 
     def _onAboutToQuit(self):
         self.timer.stop()  # the detached run goes on; the next session follows it again
+
+    # ---------------------------------------------------------------- panel state, saved with the scene
+    # (a plain vtkMRMLScriptedModuleNode: slicer.parameterNodeWrapper is not in slicer-core, so no test could run it)
+    def _connectPanelState(self):
+        for kind, signal in (("path", "currentPathChanged(QString)"), ("combo", "currentIndexChanged(int)"),
+                             ("check", "toggled(bool)"), ("slider", "valueChanged(double)")):
+            for name in panelstate.widget_names(kind):
+                getattr(self.ui, name).connect(signal, self._writePanelState)
+
+    def _writePanelState(self, *_args):
+        if not self._showingState:
+            panelstate.write(self.logic.getParameterNode(), panelstate.from_widgets(self.ui))
+
+    def _showPanelState(self, *_args):
+        self._showingState = True  # the widgets' signals write nothing meanwhile (show writes the node once)
+        try:
+            warnings = panelstate.show(self.logic.getParameterNode(), self.ui, self.logic.rememberedProjectFolder())
+        finally:
+            self._showingState = False
+        for line in warnings:
+            self._log(f"warning: {line}")
 
     # ---------------------------------------------------------------- project folder
     def projectFolder(self):

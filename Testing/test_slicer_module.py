@@ -55,6 +55,8 @@ VERIFIED_ATTRIBUTES = {
     "slicer.mrmlScene.Clear": "Libs/MRML/Core/vtkMRMLScene.h",
     "slicer.mrmlScene.StartCloseEvent": "Libs/MRML/Core/vtkMRMLScene.h (SceneEventType)",
     "slicer.mrmlScene.EndCloseEvent": "Libs/MRML/Core/vtkMRMLScene.h (SceneEventType)",
+    "slicer.mrmlScene.EndImportEvent": "Libs/MRML/Core/vtkMRMLScene.h (SceneEventType; observed so in "
+                                       "Modules/Scripted/SegmentEditor/SegmentEditor.py)",
     "slicer.mrmlScene.NodeAddedEvent": "Libs/MRML/Core/vtkMRMLScene.h (SceneEventType)",
     "slicer.mrmlScene.NodeRemovedEvent": "Libs/MRML/Core/vtkMRMLScene.h (SceneEventType)",
     # modules
@@ -124,6 +126,8 @@ VERIFIED_METHODS = {
     "isActive": "QTimer",
     "setSingleShot": "QTimer",
     "setValue": "QSettings / QProgressBar",
+    "getParameterNode": "ScriptedLoadableModuleLogic (Base/Python/slicer/ScriptedLoadableModule.py: the module's "
+                        "singleton vtkMRMLScriptedModuleNode, added to slicer.mrmlScene when missing)",
 }
 
 
@@ -185,6 +189,7 @@ def test_slicer_attributes_exist_in_slicer_core():
 def test_signals_and_object_methods_are_verified():
     text = MODULE_FILE.read_text(encoding="utf-8")
     signals = set(re.findall(r'\.connect\(\s*"([^"]+)"', text))
+    signals |= set(re.findall(r'"([A-Za-z]+\([A-Za-z,]*\))"', text))  # also those held in a variable first
     assert signals, "no signal connections found"
     assert not sorted(signals - set(VERIFIED_SIGNALS)), sorted(signals - set(VERIFIED_SIGNALS))
     tree = ast.parse(text)

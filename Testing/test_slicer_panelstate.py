@@ -1,7 +1,8 @@
 """The panel's state in the module's parameter node, on the real MRML core: written into a
 ``vtkMRMLScriptedModuleNode``, saved in a ``.mrml`` file by the scene's writer and read back into
 another scene; damaged or unknown values fall back to the defaults with one warning each; an empty
-node gives the defaults."""
+node gives the defaults.  The last tests run the widget's own wiring (the module file imported
+with stand-ins for the Qt widgets, as in ``test_slicer_widget_tasks``) through a real node."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ if not hasattr(slicer, "vtkMRMLScene"):
 
 from SFRSegmenterLogicLib import panelstate  # noqa: E402
 from SFRSegmenterLogicLib.panelstate import PanelState  # noqa: E402
+from test_slicer_widget_tasks import Combo, Thing, module  # noqa: E402,F401 - module: the widget fixture
 
 MODULE = "SFRSegmenter"
 CHOSEN = PanelState(project="/data/kidney project/<ct>&\"2\" é", backbone="vit_b", checkpoint="/ckpt/sam b.pth",
@@ -145,3 +147,165 @@ def test_the_defaults_and_ranges_are_the_ui_files():
             assert float(prop(name, "value")) == getattr(defaults, field), name
             assert (float(prop(name, "minimum")), float(prop(name, "maximum"))) == panelstate.RANGES[field], name
     assert set(panelstate.FIELDS) == {f.name for f in dataclasses.fields(PanelState)}
+
+
+# --------------------------------------------------------------------------- the widget's wiring
+
+
+class Emitter:
+    """Records ``connect(signal, slot)`` and calls the slots when the value changes, as Qt does."""
+
+    def __init__(self):
+        self.slots = {}
+
+    def connect(self, signal, slot):
+        self.slots.setdefault(signal, []).append(slot)
+
+    def emit(self, signal, *args):
+        for slot in self.slots.get(signal, []):
+            slot(*args)
+
+
+class PathEdit(Emitter):
+    def __init__(self, path=""):
+        super().__init__()
+        self._path = path
+
+    @property
+    def currentPath(self):
+        return self._path
+
+    @currentPath.setter
+    def currentPath(self, path):
+        if path != self._path:
+            self._path = path
+            self.emit("currentPathChanged(QString)", path)
+
+
+class MenuCombo(Emitter, Combo):
+    def __init__(self, values=()):
+        Emitter.__init__(self)
+        Combo.__init__(self)
+        for value in values:
+            Combo.addItem(self, value, value)
+
+    def setCurrentIndex(self, index):
+        if index != self.index:
+            Combo.setCurrentIndex(self, index)
+            self.emit("currentIndexChanged(int)", index)
+
+
+class CheckBox(Emitter):
+    def __init__(self, checked):
+        super().__init__()
+        self._checked = checked
+
+    @property
+    def checked(self):
+        return self._checked
+
+    @checked.setter
+    def checked(self, checked):
+        if checked != self._checked:
+            self._checked = checked
+            self.emit("toggled(bool)", checked)
+
+
+class Slider(Emitter):
+    def __init__(self, value):
+        super().__init__()
+        self._value = value
+
+    @property
+    def value(self):
+        return self._value
+
+    @value.setter
+    def value(self, value):
+        if value != self._value:
+            self._value = value
+            self.emit("valueChanged(double)", value)
+
+
+def panel_widgets(log):
+    return Thing(
+        projectPathLineEdit=PathEdit(), checkpointPathLineEdit=PathEdit(),
+        backboneComboBox=MenuCombo(["lite_medsam", "vit_b", "vit_h"]), sslComboBox=MenuCombo(["mean_teacher", "ua_mt"]),
+        deviceComboBox=MenuCombo(["auto", "cpu"]), resultsRunComboBox=MenuCombo(["run-0003", "run-0002"]),
+        sfrPlusCheckBox=CheckBox(True), showConfidenceCheckBox=CheckBox(True),
+        confidenceThresholdSliderWidget=Slider(0.9), overlayOpacitySliderWidget=Slider(0.6),
+        logTextEdit=Thing(appendPlainText=log.append))
+
+
+def wired_panel(loaded):
+    widget = loaded.SFRSegmenterWidget()
+    widget.logic = loaded.SFRSegmenterLogic()
+    widget.logic.rememberedProjectFolder = lambda: "/remembered"  # Slicer's QSettings
+    log = []
+    widget.ui = panel_widgets(log)
+    widget._connectPanelState()
+    return widget, log
+
+
+def modified_events(node):
+    count = []
+    node.AddObserver("ModifiedEvent", lambda _caller, _event: count.append(1))
+    return count
+
+
+def test_the_widget_writes_each_change_into_the_node_and_shows_a_loaded_scene(module, tmp_path):
+    loaded, _ = module
+    widget, log = wired_panel(loaded)
+    node = widget.logic.getParameterNode()
+    assert node.GetSingletonTag() == MODULE and node.GetParameterCount() == 0
+    widget.ui.sfrPlusCheckBox.checked = False  # before the node is read: nothing is written
+    assert node.GetParameterCount() == 0
+    widget._showPanelState()  # setup / enter: an empty node, the defaults and the remembered folder
+    assert widget.ui.projectPathLineEdit.currentPath == "/remembered" and widget.ui.sfrPlusCheckBox.checked
+    assert panelstate.read(node) == (panelstate.from_widgets(widget.ui), [])
+
+    # the user's changes go into the node as they are made; the scene is saved
+    widget.ui.projectPathLineEdit.currentPath = CHOSEN.project
+    widget.ui.backboneComboBox.setCurrentIndex(1)
+    widget.ui.checkpointPathLineEdit.currentPath = CHOSEN.checkpoint
+    widget.ui.sslComboBox.setCurrentIndex(1)
+    widget.ui.sfrPlusCheckBox.checked = False
+    widget.ui.deviceComboBox.setCurrentIndex(1)
+    widget.ui.showConfidenceCheckBox.checked = False
+    widget.ui.confidenceThresholdSliderWidget.value = 0.735
+    widget.ui.overlayOpacitySliderWidget.value = 0.25
+    saved = dataclasses.replace(CHOSEN, device="cpu")
+    assert panelstate.read(node) == (saved, [])
+    path = tmp_path / "panel.mrml"
+    slicer.mrmlScene.SetURL(str(path))
+    assert slicer.mrmlScene.Commit() == 1
+
+    # later: other settings, the scene closed (the panel keeps its settings) and the saved one loaded
+    widget.ui.backboneComboBox.setCurrentIndex(2)
+    widget.ui.projectPathLineEdit.currentPath = "/elsewhere"
+    slicer.mrmlScene.Clear(0)
+    widget._writePanelState()  # onSceneEndClose
+    assert panelstate.read(node)[0].backbone == "vit_h"
+    widget.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, widget._showPanelState)  # as setup does
+    events = modified_events(node)
+    imported(path, slicer.mrmlScene)
+    assert panelstate.from_widgets(widget.ui) == saved and panelstate.read(node) == (saved, [])
+    assert len(events) <= 2  # the import's copy and the one write back: no write per widget signal
+    assert log == []
+
+
+def test_the_widget_names_what_it_cannot_show_and_the_node_follows_the_panel(module):
+    loaded, _ = module
+    widget, log = wired_panel(loaded)
+    node = widget.logic.getParameterNode()
+    panelstate.write(node, CHOSEN)  # a scene from a machine with a second GPU
+    node.SetParameter("Backbone", "sam3_giant")  # and a backbone of another version
+    node.SetParameter("ResultsRun", "run-0009")  # a run deleted since
+    widget._showPanelState()
+    assert len(log) == 3 and all(line.startswith("warning: the scene's ") for line in log)
+    assert "Backbone 'sam3_giant' is not one of" in log[0]
+    assert "Device 'cuda:1' is not in the panel's menu (expand Settings to list the GPUs" in log[1]
+    assert "ResultsRun 'run-0009' is not in the panel's menu; the panel shows 'run-0003'" in log[2]
+    shown = panelstate.from_widgets(widget.ui)
+    assert (shown.backbone, shown.device, shown.results_run, shown.ssl) == ("lite_medsam", "auto", "run-0003", "ua_mt")
+    assert panelstate.read(node) == (shown, [])
