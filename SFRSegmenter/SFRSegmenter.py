@@ -127,12 +127,9 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         VTKObservationMixin.__init__(self)
         self.logic = None
         self.ui = None
-        self._cases = []
+        self._table = cases.CasesTable()  # the cases, and the picks and roles kept across refreshes
         self._flagged = panelrules.FlaggedCursor()
-        self._notes = set()
         self._devicesProbed = False
-        self._roles = {}  # case name -> role chosen in the table, kept across refreshes
-        self._picks = {}  # case name -> segmentation node ID chosen in the table, kept likewise
         self._showingState = True  # no writes into the parameter node before it has been read once
 
     def setup(self):
@@ -249,7 +246,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentEditorWidget.setSegmentationNode(None)
 
     def onSceneEndClose(self, caller, event):
-        self._roles, self._picks = {}, {}
+        self._table.forget_choices()
         self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(edits.editor_node(slicer.mrmlScene))
         self.ui.reviewCaseComboBox.clear()
         self._fillFlagged([])
@@ -305,34 +302,22 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def refreshCases(self, *_args):
         if self.ui is None:
             return
-        self._cases = cases.scene_cases(slicer.mrmlScene)
-        for note in cases.skipped_volumes(slicer.mrmlScene):
-            if note not in self._notes:  # each once, not at every refresh
-                self._notes.add(note)
-                self._log(note)
-        try:
-            states = provenance.case_states(self.projectFolder())
-        except SFRError as exc:
-            states = {}
-            self._log(f"error: {exc}")
+        rows, lines = self._table.refresh(slicer.mrmlScene, self.projectFolder())
+        self._log(*lines)
         table = self.ui.casesTableWidget
-        rows = cases.table_rows(slicer.mrmlScene, self._cases, self._picks, self._roles, states)
         table.setRowCount(len(rows))
         for index, row in enumerate(rows):
             item = qt.QTableWidgetItem(row.name)
             item.setToolTip(row.volume_name)
             table.setItem(index, 0, item)
-            for column, choices, value, chosen in ((1, row.choices, row.picked, self._picks),
-                                                   (2, ROLE_CHOICES, row.role, self._roles)):
+            for column, choices, value, chosen in ((1, row.choices, row.picked, self._table.picks),
+                                                   (2, ROLE_CHOICES, row.role, self._table.roles)):
                 combo = fillCombo(qt.QComboBox(), choices, value)
                 combo.connect("currentIndexChanged(int)",
                               lambda _i, n=row.name, c=combo, d=chosen: d.__setitem__(n, c.currentData))
                 table.setCellWidget(index, column, combo)
             table.setItem(index, 3, qt.QTableWidgetItem(row.state))
         self._fillRuns()
-
-    def casesFromTable(self):
-        return cases.entries_from_table(slicer.mrmlScene, self._cases, self._picks, self._roles)
 
     # ---------------------------------------------------------------- settings
     def _fillDevices(self, probeTorch):
@@ -419,7 +404,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         folder = self.projectFolder()
         settings = self.settings()
         settings.warm_start = warm_start  # Retrain: from the newest finished run's models
-        entries = self.casesFromTable()
+        entries = self._table.entries(slicer.mrmlScene)
         started = []
 
         def export_cases():
@@ -533,10 +518,11 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateButtons()
         self.refreshCases()
 
-    def _log(self, text):
-        if self.ui is not None:
-            self.ui.logTextEdit.appendPlainText(text)
-        logging.info(f"SFRSegmenter: {text}")
+    def _log(self, *lines):
+        for text in lines:
+            if self.ui is not None:
+                self.ui.logTextEdit.appendPlainText(text)
+            logging.info(f"SFRSegmenter: {text}")
 
     def _updateButtons(self):
         enabled = panelrules.enabled_buttons(self._versionProblem, finished_runs=self.ui.resultsRunComboBox.count,
@@ -559,11 +545,10 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateButtons()
 
     def onLoadResults(self, *_args):
-        referenceNodes = {entry.name: entry.volume for entry in self._cases}
         runId = self.ui.resultsRunComboBox.currentData or None
         try:
             with slicer.util.WaitCursor():
-                results = self.logic.load_results(self.projectFolder(), runId, referenceNodes)
+                results = self.logic.load_results(self.projectFolder(), runId, self._table.reference_nodes())
         except SFRError as exc:
             slicer.util.errorDisplay(str(exc), windowTitle=TITLE)
             return
