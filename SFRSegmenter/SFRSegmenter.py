@@ -534,14 +534,10 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ---------------------------------------------------------------- results
     def _fillRuns(self, justFinished=None):
         """The finished runs of the project, newest first, in the results combo box."""
-        try:
-            runs = runcontrol.finished_runs(self.projectFolder())
-        except (SFRError, OSError) as exc:
-            runs = []
-            self._log(f"error: {exc}")
-        shown = panelrules.run_to_show([st["run_id"] for st in runs], self.ui.resultsRunComboBox.currentData, justFinished)
-        fillCombo(self.ui.resultsRunComboBox,
-                  [(f"{st['run_id']} ({st.get('finished') or 'finished'})", st["run_id"]) for st in runs], shown)
+        items, shown, lines = panelrules.results_menu(self.projectFolder(), self.ui.resultsRunComboBox.currentData,
+                                                      justFinished)
+        self._log(*lines)
+        fillCombo(self.ui.resultsRunComboBox, items, shown)
         self._updateButtons()
 
     def onLoadResults(self, *_args):

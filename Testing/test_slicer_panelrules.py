@@ -43,6 +43,18 @@ def test_choice_kept_otherwise_and_newest_by_default(tmp_path):
     assert panelrules.run_to_show([], chosen=RUN1) is None
 
 
+def test_the_results_list_names_each_finished_run_and_selects_by_the_rule(tmp_path):
+    _finished_run(tmp_path, RUN1, "2026-01-01T10:00:00")
+    _finished_run(tmp_path, RUN2, None)
+    (jobs.runs_dir(tmp_path) / "20260101-120000-0a03").mkdir()  # a run without a status: not finished
+    items, shown, lines = panelrules.results_menu(tmp_path, chosen=RUN1)
+    assert items == [(f"{RUN1} (2026-01-01T10:00:00)", RUN1), (f"{RUN2} (finished)", RUN2)] and lines == []
+    assert shown == RUN1 and panelrules.results_menu(tmp_path, RUN1, just_finished=RUN2)[1] == RUN2
+    assert panelrules.results_menu(tmp_path)[1] == RUN1  # the newest by the time it finished
+    items, shown, lines = panelrules.results_menu(tmp_path / ("x" * 300), chosen=RUN1)  # a name the system refuses
+    assert (items, shown) == ([], None) and len(lines) == 1 and lines[0].startswith("error: ")
+
+
 def test_active_run_refuses_before_any_label_file_is_touched(tmp_path):
     import pytest
 

@@ -23,6 +23,20 @@ def run_to_show(run_ids, chosen=None, just_finished=None):
     return run_ids[0] if run_ids else None
 
 
+def results_menu(project_root, chosen=None, just_finished=None) -> tuple:
+    """``([(label, run id)], run id to select or None, [log lines])`` for the Results list: the
+    project's finished runs, newest first, each named with when it finished; the selection is
+    :func:`run_to_show`'s.  Runs that cannot be listed give an empty list and one ``error:`` line."""
+    from SFRSegmenterLib import runcontrol
+
+    try:
+        runs, lines = runcontrol.finished_runs(project_root), []
+    except (SFRError, OSError) as exc:
+        runs, lines = [], [f"error: {exc}"]
+    items = [(f"{st['run_id']} ({st.get('finished') or 'finished'})", st["run_id"]) for st in runs]
+    return items, run_to_show([run_id for _label, run_id in items], chosen, just_finished), lines
+
+
 def check_project_free(project_root) -> None:
     """Raise SFRError (naming the lock file) when a live run, from this panel, the command line or
     another Slicer, holds the project; Run calls this before it exports any label file."""
