@@ -33,7 +33,6 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(_REPO_ROOT, "SFRSegmenterLib")) and _REPO_ROOT not in sys.path:
     sys.path.append(_REPO_ROOT)
 
-from SFRSegmenterLib import runcontrol  # noqa: E402
 from SFRSegmenterLib.errors import SFRError  # noqa: E402
 from SFRSegmenterLogicLib import cases, edits, environment, jobs, provenance  # noqa: E402
 from SFRSegmenterLogicLib import checkpoints as checkpointoffers  # noqa: E402
@@ -344,13 +343,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.checkpointPathLineEdit.enabled = panelrules.takes_checkpoint(self.ui.backboneComboBox.currentData)
 
     def settings(self):
-        return runcontrol.RunSettings(
-            backbone=self.ui.backboneComboBox.currentData,
-            checkpoint=self.ui.checkpointPathLineEdit.currentPath if self.ui.checkpointPathLineEdit.enabled else "",
-            ssl=self.ui.sslComboBox.currentData,
-            sfr_plus=self.ui.sfrPlusCheckBox.checked,
-            device=self.ui.deviceComboBox.currentData or "auto",
-        )
+        return panelstate.from_widgets(self.ui).run_settings()
 
     # ---------------------------------------------------------------- install, checkpoint download
     def ensureDependencies(self):
