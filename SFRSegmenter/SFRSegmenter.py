@@ -448,12 +448,8 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _confirmResources(self):
         """Say what the chosen device offers; ask when it looks short for the chosen backbone."""
-        try:
-            found, warnings = self.logic.resource_warnings(self.settings())
-        except ImportError as exc:  # torch or psutil missing: the install step reports it
-            self._log(f"could not check the GPU and memory: {exc}")
-            return True
-        self._log(f"device: {found}")
+        line, warnings = self.logic.resource_warnings(self.settings())
+        self._log(line)
         if not warnings:
             return True
         return slicer.util.confirmYesNoDisplay("\n\n".join(warnings) + "\n\n" + _("Start the run anyway?"),

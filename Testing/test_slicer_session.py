@@ -122,6 +122,14 @@ def test_the_cases_table_keeps_choices_across_refreshes_and_gives_each_note_once
     assert table.refresh(scene, tmp_path / "no project yet")[1] == []
 
 
+def test_run_says_what_the_device_offers_and_what_is_short_read_in_a_child_process():
+    from SFRSegmenterLib import runcontrol
+
+    line, warnings = session.PanelJobs.resource_warnings(runcontrol.RunSettings(backbone="vit_b", device="cpu"))
+    assert line.startswith("device: CPU (") and "GiB RAM available" in line
+    assert any("LiteMedSAM is the backbone made for CPUs" in text for text in warnings)
+
+
 def test_device_menu_without_probing_is_auto_and_cpu():
     choices, error = session.PanelJobs.device_choices(probe=False)
     assert [c.value for c in choices] == ["auto", "cpu"] and error is None
