@@ -293,7 +293,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         earlier session): progress, log and Stop work as for a run started now."""
         job = self.logic.follow_run(self.projectFolder(), self._onProgress, self._log, self._onFinished)
         if job is not None and job.action == "follow" and not self.timer.isActive():
-            self._log(f"following run {job.run_id}, which is still running")
+            self._log(job.start_line())
         self._followJobs()
 
     # ---------------------------------------------------------------- cases table
@@ -428,7 +428,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 slicer.util.errorDisplay(stopped[1], windowTitle=TITLE)
             return
         job = started[0]
-        self._log(("continuing: " if job.action == "continue" else "starting: ") + " ".join(job.args))
+        self._log(job.start_line())
         self.ui.statusLabel.text = _("Starting...")
         self._followJobs()
         self.refreshCases()
