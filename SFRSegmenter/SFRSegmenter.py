@@ -566,8 +566,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         result = self.selectedResult()
         if result is None:
             return
-        review.show_case(slicer.mrmlScene, self.logic.results, result.case)
-        segmentation, volume, segmentId = edits.editing_target(result)
+        segmentation, volume, segmentId = review.show_for_editing(slicer.mrmlScene, self.logic.results, result.case)
         editor = self.ui.segmentEditorWidget
         editor.setSegmentationNode(segmentation)
         editor.setSourceVolumeNode(volume)
@@ -575,14 +574,10 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._showOverlay()
 
     def _showOverlay(self):
-        result = self.selectedResult()
-        if result is None or result.confidence is None or not self.ui.showConfidenceCheckBox.checked:
-            review.hide_low_confidence(slicer.mrmlScene)
-            return
         try:
-            review.show_low_confidence(slicer.mrmlScene, result.reference, result.confidence,
-                                       self.ui.confidenceThresholdSliderWidget.value,
-                                       self.ui.overlayOpacitySliderWidget.value)
+            review.update_overlay(slicer.mrmlScene, self.selectedResult(), self.ui.showConfidenceCheckBox.checked,
+                                  self.ui.confidenceThresholdSliderWidget.value,
+                                  self.ui.overlayOpacitySliderWidget.value)
         except SFRError as exc:
             self._log(f"error: {exc}")
 

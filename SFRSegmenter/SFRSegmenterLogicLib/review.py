@@ -106,6 +106,14 @@ def show_case(scene, results: dict, case: str) -> object:
     return result
 
 
+def show_for_editing(scene, results: dict, case: str) -> tuple:
+    """Show ``case`` (:func:`show_case`); what the panel's Segment Editor then edits
+    (``edits.editing_target``: its pseudo-label, its volume, the first class segment)."""
+    from .edits import editing_target
+
+    return editing_target(show_case(scene, results, case))
+
+
 def show_flagged(scene, results: dict, row: dict) -> tuple:
     """Show a flagged-slice row: its case (:func:`show_case`) with the views on its slice."""
     result = show_case(scene, results, row["case"])
@@ -182,3 +190,12 @@ def hide_low_confidence(scene) -> int:
         composite.RemoveAttribute(ATTR_SAVED_LAYERS)
         views += 1
     return views
+
+
+def update_overlay(scene, result, shown: bool, threshold: float | None = None, opacity: float = DEFAULT_OPACITY) -> int:
+    """The overlay as the panel's controls ask: over ``result``'s volume (:func:`show_low_confidence`)
+    when ``shown`` and the result has a confidence map; otherwise, and with no result, every view's
+    own layers back (:func:`hide_low_confidence`).  The number of views changed."""
+    if result is None or result.confidence is None or not shown:
+        return hide_low_confidence(scene)
+    return show_low_confidence(scene, result.reference, result.confidence, threshold, opacity)
