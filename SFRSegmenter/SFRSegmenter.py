@@ -334,10 +334,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._fillDevices(probeTorch=True)
 
     def _updateDeviceInfo(self, *_args):
-        text = self.ui.deviceComboBox.currentText
-        if not self._devicesProbed:
-            text = "GPU details appear once PyTorch is installed (expand Settings to detect)."
-        self.ui.deviceInfoLabel.text = text
+        self.ui.deviceInfoLabel.text = environment.device_info(self.ui.deviceComboBox.currentText, self._devicesProbed)
 
     def _updateCheckpointEnabled(self, *_args):
         self.ui.checkpointPathLineEdit.enabled = panelrules.takes_checkpoint(self.ui.backboneComboBox.currentData)

@@ -131,5 +131,9 @@ def test_run_says_what_the_device_offers_and_what_is_short_read_in_a_child_proce
 
 
 def test_device_menu_without_probing_is_auto_and_cpu():
+    from SFRSegmenterLogicLib import environment
+
     choices, error = session.PanelJobs.device_choices(probe=False)
     assert [c.value for c in choices] == ["auto", "cpu"] and error is None
+    assert "expand Settings to detect" in environment.device_info(choices[0].label, probed=False)
+    assert environment.device_info(choices[0].label, probed=True) == choices[0].label
