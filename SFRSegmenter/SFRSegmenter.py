@@ -534,13 +534,11 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except SFRError as exc:
             slicer.util.errorDisplay(str(exc), windowTitle=TITLE)
             return
-        self._fillFlagged(review.flagged_slices({r.case: r.review for r in results}))
-        fillCombo(self.ui.reviewCaseComboBox, [(review.case_label(r.case, r.review), r.case)
-                                               for r in review.review_order(results)])
+        self._fillFlagged(review.flagged_rows(results))
+        fillCombo(self.ui.reviewCaseComboBox, review.case_menu(results))
         runId, lines = self.logic.results_summary(self.projectFolder(), results, runId)
         self.ui.linksLabel.text = provenance.links_html(self.projectFolder(), runId)
-        for line in lines:
-            self._log(line)
+        self._log(*lines)
         self._updateButtons()
         if len(self._flagged):
             self.stepFlagged(+1)  # the views open on the worst slice of all cases

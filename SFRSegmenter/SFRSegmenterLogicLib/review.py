@@ -56,6 +56,12 @@ def review_order(results: list) -> list:
     return sorted(results, key=key)
 
 
+def case_menu(results: list) -> list:
+    """``[(label, case)]`` of the panel's case menu: the loaded results in :func:`review_order`,
+    each named by :func:`case_label`."""
+    return [(case_label(r.case, r.review), r.case) for r in review_order(results)]
+
+
 # --------------------------------------------------------------------------- flagged slices
 
 
@@ -72,6 +78,11 @@ def flagged_slices(review: dict) -> list:
                 continue
     rows.sort(key=lambda r: (r["confidence"] if r["confidence"] == r["confidence"] else 2.0))
     return rows
+
+
+def flagged_rows(results: list) -> list:
+    """:func:`flagged_slices` of loaded results (each with ``.case`` and ``.review``)."""
+    return flagged_slices({r.case: r.review for r in results})
 
 
 def flagged_cells(row: dict) -> list:
