@@ -443,7 +443,8 @@ def test_the_overlay_follows_the_panels_controls_and_the_editor_gets_the_shown_c
     shown = loaded["hippocampus_006"]
     assert (segmentation, volume) == (shown.segmentation, shown.reference)
     assert segmentation.GetSegmentation().GetSegment(segment_id).GetName() != result_loading.LOWCONF_NAME
-    assert shown.segmentation.GetDisplayNode().GetVisibility() and not result.segmentation.GetDisplayNode().GetVisibility()
+    assert shown.segmentation.GetDisplayNode().GetVisibility()
+    assert not result.segmentation.GetDisplayNode().GetVisibility()  # the other case's pseudo-label hidden
     assert all(c.GetBackgroundVolumeID() == shown.reference.GetID() for c in comps)
 
 
