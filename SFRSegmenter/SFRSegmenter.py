@@ -493,9 +493,8 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         }
         self.ui.statusLabel.text = messages.get(job.state, job.state)
         view = panelrules.finished_view(job.project, self.projectFolder(), job.run_id, job.state)
-        self.ui.linksLabel.text = provenance.links_html(view["project"], job.run_id)
-        if view["message"]:
-            self._log(view["message"])
+        self.ui.linksLabel.text = view["links"]
+        self._log(*view["lines"])
         if job.state == "done":
             self.ui.progressBar.setValue(100)
         if view["load"]:

@@ -171,10 +171,11 @@ def test_a_finished_run_shows_the_results_of_its_own_project(tmp_path):
     # the user chose folder b while the run of folder a was followed
     view = panelrules.finished_view(project_a, project_b, RUN1, "done")
     assert view["load"] is False and view["project"] == project_a
-    assert RUN1 in view["message"] and str(project_a) in view["message"]
-    links = provenance.links_html(view["project"], RUN1)
-    assert "report" in links and (project_a / "runs" / RUN1 / "report.html").resolve().as_uri() in links
+    assert len(view["lines"]) == 1 and RUN1 in view["lines"][0] and str(project_a) in view["lines"][0]
+    assert view["links"] == provenance.links_html(project_a, RUN1)
+    assert "report" in view["links"] and (project_a / "runs" / RUN1 / "report.html").resolve().as_uri() in view["links"]
     # the folder shown is the run's (spelled another way): its results are loaded
     same = panelrules.finished_view(project_a, str(project_a) + "/", RUN1, "done")
-    assert same["load"] is True and same["message"] == ""
-    assert panelrules.finished_view(project_a, project_a, RUN1, "cancelled")["load"] is False
+    assert same["load"] is True and same["lines"] == []
+    stopped = panelrules.finished_view(project_a, project_a, RUN1, "cancelled")
+    assert stopped["load"] is False and stopped["lines"] == [] and "report" in stopped["links"]
