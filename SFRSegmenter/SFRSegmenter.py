@@ -395,7 +395,6 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         settings = self.settings()
         settings.warm_start = warm_start  # Retrain: from the newest finished run's models
         entries = self._table.entries(slicer.mrmlScene)
-        started = []
 
         def export_cases():
             with slicer.util.WaitCursor():
@@ -406,7 +405,9 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         def start():
             self.ui.logTextEdit.clear()
             self.ui.progressBar.setValue(0)
-            started.append(self.logic.start_run(folder, settings, self._onProgress, self._log, self._onFinished))
+            job = self.logic.start_run(folder, settings, self._onProgress, self._log, self._onFinished)
+            self._log(job.start_line())
+            self.ui.statusLabel.text = _("Starting...")
             return True
 
         stopped = panelrules.run_in_order({
@@ -424,9 +425,6 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if stopped[1]:
                 slicer.util.errorDisplay(stopped[1], windowTitle=TITLE)
             return
-        job = started[0]
-        self._log(job.start_line())
-        self.ui.statusLabel.text = _("Starting...")
         self._followJobs()
         self.refreshCases()
 
