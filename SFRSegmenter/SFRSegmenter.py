@@ -275,8 +275,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             warnings = panelstate.show(self.logic.getParameterNode(), self.ui, self.logic.rememberedProjectFolder())
         finally:
             self._showingState = False
-        for line in warnings:
-            self._log(f"warning: {line}")
+        self._log(*(f"warning: {line}" for line in warnings))
 
     # ---------------------------------------------------------------- project folder
     def projectFolder(self):
