@@ -33,7 +33,6 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(_REPO_ROOT, "SFRSegmenterLib")) and _REPO_ROOT not in sys.path:
     sys.path.append(_REPO_ROOT)
 
-from SFRSegmenterLib import runcontrol  # noqa: E402
 from SFRSegmenterLib.errors import SFRError  # noqa: E402
 from SFRSegmenterLogicLib import cases, edits, environment, jobs, provenance  # noqa: E402
 from SFRSegmenterLogicLib import checkpoints as checkpointoffers  # noqa: E402
@@ -127,12 +126,9 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         VTKObservationMixin.__init__(self)
         self.logic = None
         self.ui = None
-        self._cases = []
+        self._table = cases.CasesTable()  # the cases, and the picks and roles kept across refreshes
         self._flagged = panelrules.FlaggedCursor()
-        self._notes = set()
         self._devicesProbed = False
-        self._roles = {}  # case name -> role chosen in the table, kept across refreshes
-        self._picks = {}  # case name -> segmentation node ID chosen in the table, kept likewise
         self._showingState = True  # no writes into the parameter node before it has been read once
 
     def setup(self):
@@ -249,7 +245,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentEditorWidget.setSegmentationNode(None)
 
     def onSceneEndClose(self, caller, event):
-        self._roles, self._picks = {}, {}
+        self._table.forget_choices()
         self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(edits.editor_node(slicer.mrmlScene))
         self.ui.reviewCaseComboBox.clear()
         self._fillFlagged([])
@@ -279,8 +275,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             warnings = panelstate.show(self.logic.getParameterNode(), self.ui, self.logic.rememberedProjectFolder())
         finally:
             self._showingState = False
-        for line in warnings:
-            self._log(f"warning: {line}")
+        self._log(*(f"warning: {line}" for line in warnings))
 
     # ---------------------------------------------------------------- project folder
     def projectFolder(self):
@@ -297,7 +292,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         earlier session): progress, log and Stop work as for a run started now."""
         job = self.logic.follow_run(self.projectFolder(), self._onProgress, self._log, self._onFinished)
         if job is not None and job.action == "follow" and not self.timer.isActive():
-            self._log(f"following run {job.run_id}, which is still running")
+            self._log(job.start_line())
         self._followJobs()
 
     # ---------------------------------------------------------------- cases table
@@ -305,34 +300,22 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def refreshCases(self, *_args):
         if self.ui is None:
             return
-        self._cases = cases.scene_cases(slicer.mrmlScene)
-        for note in cases.skipped_volumes(slicer.mrmlScene):
-            if note not in self._notes:  # each once, not at every refresh
-                self._notes.add(note)
-                self._log(note)
-        try:
-            states = provenance.case_states(self.projectFolder())
-        except SFRError as exc:
-            states = {}
-            self._log(f"error: {exc}")
+        rows, lines = self._table.refresh(slicer.mrmlScene, self.projectFolder())
+        self._log(*lines)
         table = self.ui.casesTableWidget
-        rows = cases.table_rows(slicer.mrmlScene, self._cases, self._picks, self._roles, states)
         table.setRowCount(len(rows))
         for index, row in enumerate(rows):
             item = qt.QTableWidgetItem(row.name)
             item.setToolTip(row.volume_name)
             table.setItem(index, 0, item)
-            for column, choices, value, chosen in ((1, row.choices, row.picked, self._picks),
-                                                   (2, ROLE_CHOICES, row.role, self._roles)):
+            for column, choices, value, chosen in ((1, row.choices, row.picked, self._table.picks),
+                                                   (2, ROLE_CHOICES, row.role, self._table.roles)):
                 combo = fillCombo(qt.QComboBox(), choices, value)
                 combo.connect("currentIndexChanged(int)",
                               lambda _i, n=row.name, c=combo, d=chosen: d.__setitem__(n, c.currentData))
                 table.setCellWidget(index, column, combo)
             table.setItem(index, 3, qt.QTableWidgetItem(row.state))
         self._fillRuns()
-
-    def casesFromTable(self):
-        return cases.entries_from_table(slicer.mrmlScene, self._cases, self._picks, self._roles)
 
     # ---------------------------------------------------------------- settings
     def _fillDevices(self, probeTorch):
@@ -350,22 +333,13 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._fillDevices(probeTorch=True)
 
     def _updateDeviceInfo(self, *_args):
-        text = self.ui.deviceComboBox.currentText
-        if not self._devicesProbed:
-            text = "GPU details appear once PyTorch is installed (expand Settings to detect)."
-        self.ui.deviceInfoLabel.text = text
+        self.ui.deviceInfoLabel.text = environment.device_info(self.ui.deviceComboBox.currentText, self._devicesProbed)
 
     def _updateCheckpointEnabled(self, *_args):
         self.ui.checkpointPathLineEdit.enabled = panelrules.takes_checkpoint(self.ui.backboneComboBox.currentData)
 
     def settings(self):
-        return runcontrol.RunSettings(
-            backbone=self.ui.backboneComboBox.currentData,
-            checkpoint=self.ui.checkpointPathLineEdit.currentPath if self.ui.checkpointPathLineEdit.enabled else "",
-            ssl=self.ui.sslComboBox.currentData,
-            sfr_plus=self.ui.sfrPlusCheckBox.checked,
-            device=self.ui.deviceComboBox.currentData or "auto",
-        )
+        return panelstate.from_widgets(self.ui).run_settings()
 
     # ---------------------------------------------------------------- install, checkpoint download
     def ensureDependencies(self):
@@ -419,8 +393,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         folder = self.projectFolder()
         settings = self.settings()
         settings.warm_start = warm_start  # Retrain: from the newest finished run's models
-        entries = self.casesFromTable()
-        started = []
+        entries = self._table.entries(slicer.mrmlScene)
 
         def export_cases():
             with slicer.util.WaitCursor():
@@ -431,7 +404,9 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         def start():
             self.ui.logTextEdit.clear()
             self.ui.progressBar.setValue(0)
-            started.append(self.logic.start_run(folder, settings, self._onProgress, self._log, self._onFinished))
+            job = self.logic.start_run(folder, settings, self._onProgress, self._log, self._onFinished)
+            self._log(job.start_line())
+            self.ui.statusLabel.text = _("Starting...")
             return True
 
         stopped = panelrules.run_in_order({
@@ -449,9 +424,6 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if stopped[1]:
                 slicer.util.errorDisplay(stopped[1], windowTitle=TITLE)
             return
-        job = started[0]
-        self._log(("continuing: " if job.action == "continue" else "starting: ") + " ".join(job.args))
-        self.ui.statusLabel.text = _("Starting...")
         self._followJobs()
         self.refreshCases()
 
@@ -470,12 +442,8 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _confirmResources(self):
         """Say what the chosen device offers; ask when it looks short for the chosen backbone."""
-        try:
-            found, warnings = self.logic.resource_warnings(self.settings())
-        except ImportError as exc:  # torch or psutil missing: the install step reports it
-            self._log(f"could not check the GPU and memory: {exc}")
-            return True
-        self._log(f"device: {found}")
+        line, warnings = self.logic.resource_warnings(self.settings())
+        self._log(line)
         if not warnings:
             return True
         return slicer.util.confirmYesNoDisplay("\n\n".join(warnings) + "\n\n" + _("Start the run anyway?"),
@@ -522,9 +490,8 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         }
         self.ui.statusLabel.text = messages.get(job.state, job.state)
         view = panelrules.finished_view(job.project, self.projectFolder(), job.run_id, job.state)
-        self.ui.linksLabel.text = provenance.links_html(view["project"], job.run_id)
-        if view["message"]:
-            self._log(view["message"])
+        self.ui.linksLabel.text = view["links"]
+        self._log(*view["lines"])
         if job.state == "done":
             self.ui.progressBar.setValue(100)
         if view["load"]:
@@ -533,10 +500,11 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateButtons()
         self.refreshCases()
 
-    def _log(self, text):
-        if self.ui is not None:
-            self.ui.logTextEdit.appendPlainText(text)
-        logging.info(f"SFRSegmenter: {text}")
+    def _log(self, *lines):
+        for text in lines:
+            if self.ui is not None:
+                self.ui.logTextEdit.appendPlainText(text)
+            logging.info(f"SFRSegmenter: {text}")
 
     def _updateButtons(self):
         enabled = panelrules.enabled_buttons(self._versionProblem, finished_runs=self.ui.resultsRunComboBox.count,
@@ -548,32 +516,25 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ---------------------------------------------------------------- results
     def _fillRuns(self, justFinished=None):
         """The finished runs of the project, newest first, in the results combo box."""
-        try:
-            runs = runcontrol.finished_runs(self.projectFolder())
-        except (SFRError, OSError) as exc:
-            runs = []
-            self._log(f"error: {exc}")
-        shown = panelrules.run_to_show([st["run_id"] for st in runs], self.ui.resultsRunComboBox.currentData, justFinished)
-        fillCombo(self.ui.resultsRunComboBox,
-                  [(f"{st['run_id']} ({st.get('finished') or 'finished'})", st["run_id"]) for st in runs], shown)
+        items, shown, lines = panelrules.results_menu(self.projectFolder(), self.ui.resultsRunComboBox.currentData,
+                                                      justFinished)
+        self._log(*lines)
+        fillCombo(self.ui.resultsRunComboBox, items, shown)
         self._updateButtons()
 
     def onLoadResults(self, *_args):
-        referenceNodes = {entry.name: entry.volume for entry in self._cases}
         runId = self.ui.resultsRunComboBox.currentData or None
         try:
             with slicer.util.WaitCursor():
-                results = self.logic.load_results(self.projectFolder(), runId, referenceNodes)
+                results = self.logic.load_results(self.projectFolder(), runId, self._table.reference_nodes())
         except SFRError as exc:
             slicer.util.errorDisplay(str(exc), windowTitle=TITLE)
             return
-        self._fillFlagged(review.flagged_slices({r.case: r.review for r in results}))
-        fillCombo(self.ui.reviewCaseComboBox, [(review.case_label(r.case, r.review), r.case)
-                                               for r in review.review_order(results)])
+        self._fillFlagged(review.flagged_rows(results))
+        fillCombo(self.ui.reviewCaseComboBox, review.case_menu(results))
         runId, lines = self.logic.results_summary(self.projectFolder(), results, runId)
         self.ui.linksLabel.text = provenance.links_html(self.projectFolder(), runId)
-        for line in lines:
-            self._log(line)
+        self._log(*lines)
         self._updateButtons()
         if len(self._flagged):
             self.stepFlagged(+1)  # the views open on the worst slice of all cases
@@ -596,8 +557,7 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         result = self.selectedResult()
         if result is None:
             return
-        review.show_case(slicer.mrmlScene, self.logic.results, result.case)
-        segmentation, volume, segmentId = edits.editing_target(result)
+        segmentation, volume, segmentId = review.show_for_editing(slicer.mrmlScene, self.logic.results, result.case)
         editor = self.ui.segmentEditorWidget
         editor.setSegmentationNode(segmentation)
         editor.setSourceVolumeNode(volume)
@@ -605,14 +565,10 @@ class SFRSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._showOverlay()
 
     def _showOverlay(self):
-        result = self.selectedResult()
-        if result is None or result.confidence is None or not self.ui.showConfidenceCheckBox.checked:
-            review.hide_low_confidence(slicer.mrmlScene)
-            return
         try:
-            review.show_low_confidence(slicer.mrmlScene, result.reference, result.confidence,
-                                       self.ui.confidenceThresholdSliderWidget.value,
-                                       self.ui.overlayOpacitySliderWidget.value)
+            review.update_overlay(slicer.mrmlScene, self.selectedResult(), self.ui.showConfidenceCheckBox.checked,
+                                  self.ui.confidenceThresholdSliderWidget.value,
+                                  self.ui.overlayOpacitySliderWidget.value)
         except SFRError as exc:
             self._log(f"error: {exc}")
 

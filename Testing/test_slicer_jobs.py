@@ -122,6 +122,7 @@ def test_following_a_long_run_reads_its_events_over_several_polls(tmp_path):
     engine_jobs.set_latest(tmp_path, run_id)
     job = jobs.SFRJob.follow(tmp_path)
     assert job is not None and job.run_id == run_id
+    assert job.start_line() == f"following run {run_id}, which is still running"  # the panel's log line
     updates, finished = [], []
     job.on_progress = lambda j: updates.append(j.progress.step)
     job.on_finished = finished.append
@@ -318,6 +319,7 @@ def test_stop_continue_and_follow_a_real_run_behind_a_launcher(tmp_path, sample_
     job = jobs.SFRJob(root, TINY, python=launcher, stop_grace_s=300)
     job.start()
     assert job.state == "launching" and job.args[0] == launcher
+    assert job.start_line() == "starting: " + " ".join(job.args)  # the panel's log line
     wait_for(lambda: running_step(job, 3), what="fine-tuning to start")
     run_id, first_pid = job.run_id, job.status["pid"]
     assert job.progress.run_id == run_id and 0 < job.progress.percent < 100
@@ -336,6 +338,7 @@ def test_stop_continue_and_follow_a_real_run_behind_a_launcher(tmp_path, sample_
     assert (action, rid) == ("continue", run_id) and "--resume" in args
     assert jobs.SFRJob(root, dataclasses.replace(TINY, ssl="supervised")).plan()[0] == "start"
     again.start()
+    assert again.start_line() == "continuing: " + " ".join(again.args) and "--resume" in again.start_line()
     wait_for(lambda: running_step(again, 1), what="the continued run")
     assert again.run_id == run_id
 

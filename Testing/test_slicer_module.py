@@ -213,6 +213,12 @@ def test_ui_widget_names_match_the_code():
     widgets = ui_widgets()
     text = MODULE_FILE.read_text(encoding="utf-8")
     used = set(re.findall(r"self\.ui\.([A-Za-z_][A-Za-z0-9_]*)", text))
+    # the settings' widgets are read and set by name through panelstate, which the widget hands self.ui
+    assert "panelstate.from_widgets(self.ui)" in text and "panelstate.show(" in text
+    sys.path.insert(0, str(MODULE_DIR))
+    from SFRSegmenterLogicLib import panelstate
+
+    used |= {name for _parameter, name, _kind in panelstate.FIELDS.values()}
     missing = sorted(used - set(widgets))
     assert not missing, f"the code uses widgets the .ui file lacks: {missing}"
     interactive = {n for n, cls in widgets.items() if not cls.endswith("Label") and cls not in ("qMRMLWidget",)}

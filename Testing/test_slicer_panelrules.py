@@ -43,6 +43,18 @@ def test_choice_kept_otherwise_and_newest_by_default(tmp_path):
     assert panelrules.run_to_show([], chosen=RUN1) is None
 
 
+def test_the_results_list_names_each_finished_run_and_selects_by_the_rule(tmp_path):
+    _finished_run(tmp_path, RUN1, "2026-01-01T10:00:00")
+    _finished_run(tmp_path, RUN2, None)
+    (jobs.runs_dir(tmp_path) / "20260101-120000-0a03").mkdir()  # a run without a status: not finished
+    items, shown, lines = panelrules.results_menu(tmp_path, chosen=RUN1)
+    assert items == [(f"{RUN1} (2026-01-01T10:00:00)", RUN1), (f"{RUN2} (finished)", RUN2)] and lines == []
+    assert shown == RUN1 and panelrules.results_menu(tmp_path, RUN1, just_finished=RUN2)[1] == RUN2
+    assert panelrules.results_menu(tmp_path)[1] == RUN1  # the newest by the time it finished
+    items, shown, lines = panelrules.results_menu(tmp_path / ("x" * 300), chosen=RUN1)  # a name the system refuses
+    assert (items, shown) == ([], None) and len(lines) == 1 and lines[0].startswith("error: ")
+
+
 def test_active_run_refuses_before_any_label_file_is_touched(tmp_path):
     import pytest
 
@@ -159,10 +171,11 @@ def test_a_finished_run_shows_the_results_of_its_own_project(tmp_path):
     # the user chose folder b while the run of folder a was followed
     view = panelrules.finished_view(project_a, project_b, RUN1, "done")
     assert view["load"] is False and view["project"] == project_a
-    assert RUN1 in view["message"] and str(project_a) in view["message"]
-    links = provenance.links_html(view["project"], RUN1)
-    assert "report" in links and (project_a / "runs" / RUN1 / "report.html").resolve().as_uri() in links
+    assert len(view["lines"]) == 1 and RUN1 in view["lines"][0] and str(project_a) in view["lines"][0]
+    assert view["links"] == provenance.links_html(project_a, RUN1)
+    assert "report" in view["links"] and (project_a / "runs" / RUN1 / "report.html").resolve().as_uri() in view["links"]
     # the folder shown is the run's (spelled another way): its results are loaded
     same = panelrules.finished_view(project_a, str(project_a) + "/", RUN1, "done")
-    assert same["load"] is True and same["message"] == ""
-    assert panelrules.finished_view(project_a, project_a, RUN1, "cancelled")["load"] is False
+    assert same["load"] is True and same["lines"] == []
+    stopped = panelrules.finished_view(project_a, project_a, RUN1, "cancelled")
+    assert stopped["load"] is False and stopped["lines"] == [] and "report" in stopped["links"]

@@ -149,6 +149,15 @@ def test_the_defaults_and_ranges_are_the_ui_files():
     assert set(panelstate.FIELDS) == {f.name for f in dataclasses.fields(PanelState)}
 
 
+def test_run_takes_the_settings_shown_and_a_checkpoint_only_where_the_backbone_takes_one():
+    shown = PanelState(backbone="vit_b", checkpoint="/ckpt/sam b.pth", ssl="ua_mt", sfr_plus=False, device="cuda:1")
+    settings = shown.run_settings()
+    assert (settings.backbone, settings.checkpoint, settings.ssl, settings.sfr_plus, settings.device) == \
+        ("vit_b", "/ckpt/sam b.pth", "ua_mt", False, "cuda:1")
+    bundled = dataclasses.replace(shown, backbone="lite_medsam", device="").run_settings()
+    assert bundled.checkpoint == "" and bundled.device == "auto"  # LiteMedSAM's weights come with its package
+
+
 # --------------------------------------------------------------------------- the widget's wiring
 
 
@@ -276,6 +285,7 @@ def test_the_widget_writes_each_change_into_the_node_and_shows_a_loaded_scene(mo
     widget.ui.overlayOpacitySliderWidget.value = 0.25
     saved = dataclasses.replace(CHOSEN, device="cpu")
     assert panelstate.read(node) == (saved, [])
+    assert widget.settings() == saved.run_settings()  # Run starts with what the panel shows
     path = tmp_path / "panel.mrml"
     slicer.mrmlScene.SetURL(str(path))
     assert slicer.mrmlScene.Commit() == 1

@@ -62,6 +62,7 @@ def test_next_flagged_walks_every_case_worst_first_and_shows_each(exported):
     composite = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
     loaded = {r.case: r for r in result_loading.load_results(scene, project_dir)}
     rows = review.flagged_slices({case: r.review for case, r in loaded.items()})
+    assert review.flagged_rows(list(loaded.values())) == rows  # what the panel's table lists
     assert len(rows) == 4 and {r["case"] for r in rows} == set(loaded)
     assert [r["confidence"] for r in rows] == sorted(r["confidence"] for r in rows)
     position, seen = -1, []
@@ -323,6 +324,9 @@ def test_the_panel_shows_cases_by_estimated_dice_from_the_engines_review_schema(
     assert review.case_label("hippocampus_006", by_case["hippocampus_006"].review).startswith(
         "hippocampus_006 (estimated Dice 62 %, confidence ")
     assert review.case_label("x", {}) == "x"
+    menu = review.case_menu(loaded)  # the panel's case menu: worst estimate first, labelled
+    assert [case for _label, case in menu] == ["hippocampus_006", "hippocampus_004"]
+    assert menu[0][0] == review.case_label("hippocampus_006", by_case["hippocampus_006"].review)
 
 
 def test_the_panel_reads_gpu_facts_in_a_short_child_process_never_in_its_own():

@@ -423,6 +423,31 @@ def test_low_confidence_overlay_colours_only_low_voxels_and_restores_the_layers(
         review.show_low_confidence(scene, result.reference, result.confidence, 1.5)
 
 
+def test_the_overlay_follows_the_panels_controls_and_the_editor_gets_the_shown_case(exported):
+    scene, nodes, segs, project_dir, run, truth = exported
+    comps = [scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode") for _ in range(2)]
+    loaded = {r.case: r for r in result_loading.load_results(scene, project_dir)}
+    result = loaded["hippocampus_004"]
+    assert review.update_overlay(scene, result, True, 0.7, 0.45) == 2
+    assert all(c.GetForegroundVolumeID() == result.confidence.GetID() for c in comps)
+    assert review.update_overlay(scene, result, False) == 2  # unchecked: the layers come back
+    assert all(c.GetForegroundVolumeID() is None and c.GetAttribute(review.ATTR_SAVED_LAYERS) is None for c in comps)
+    review.update_overlay(scene, result, True)
+    assert review.update_overlay(scene, None, True) == 2  # no case shown
+    without_map = result_loading.CaseResult(result.case, result.reference, result.segmentation)
+    assert review.update_overlay(scene, without_map, True) == 0  # a run without maps: nothing over the views
+    assert all(c.GetForegroundVolumeID() is None for c in comps)
+    with pytest.raises(SFRError, match="opacity"):
+        review.update_overlay(scene, result, True, 0.7, 2.0)
+    segmentation, volume, segment_id = review.show_for_editing(scene, loaded, "hippocampus_006")
+    shown = loaded["hippocampus_006"]
+    assert (segmentation, volume) == (shown.segmentation, shown.reference)
+    assert segmentation.GetSegmentation().GetSegment(segment_id).GetName() != result_loading.LOWCONF_NAME
+    assert shown.segmentation.GetDisplayNode().GetVisibility()
+    assert not result.segmentation.GetDisplayNode().GetVisibility()  # the other case's pseudo-label hidden
+    assert all(c.GetBackgroundVolumeID() == shown.reference.GetID() for c in comps)
+
+
 # --------------------------------------------------------------------------- accept / correct
 
 

@@ -90,6 +90,50 @@ def test_the_cases_table_keeps_picks_and_roles_and_gives_what_it_shows(user_scen
     assert rows["hippocampus_004"].picked == ""
 
 
+def test_the_cases_table_keeps_choices_across_refreshes_and_gives_each_note_once(user_scene, tmp_path):
+    import vtk
+
+    from SFRSegmenterLib.manifest import MANIFEST_NAME
+    from SFRSegmenterLogicLib import cases
+
+    scene, nodes, segs, _ = user_scene
+    photo = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "photo")  # not a case: a note
+    image = vtk.vtkImageData()
+    image.SetDimensions(8, 8, 1)
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 3)
+    photo.SetAndObserveImageData(image)
+    table = cases.CasesTable()
+    rows, lines = table.refresh(scene, tmp_path / "no project yet")
+    assert {row.name for row in rows} == set(nodes) and {row.state for row in rows} == {"new"}
+    assert len(lines) == 1 and "'photo'" in lines[0]
+    table.picks["hippocampus_004"] = segs["hippocampus_003"].GetID()  # what the row's combo box records
+    table.roles["hippocampus_006"] = "validation"
+    (tmp_path / MANIFEST_NAME).write_text("{damaged")
+    rows, lines = table.refresh(scene, tmp_path)  # the note is not given again; the damaged project is one line
+    assert len(lines) == 1 and lines[0].startswith("error: ") and MANIFEST_NAME in lines[0]
+    shown = {row.name: row for row in rows}
+    assert shown["hippocampus_004"].picked == segs["hippocampus_003"].GetID()
+    assert shown["hippocampus_006"].role == "validation" and shown["hippocampus_006"].state == "new"
+    entries = {entry.name: entry for entry in table.entries(scene)}
+    assert entries["hippocampus_004"].segmentation is segs["hippocampus_003"]
+    assert table.reference_nodes() == {entry.name: entry.volume for entry in table.cases}
+    table.forget_choices()  # the scene closed
+    assert table.picks == {} and table.roles == {}
+    assert table.refresh(scene, tmp_path / "no project yet")[1] == []
+
+
+def test_run_says_what_the_device_offers_and_what_is_short_read_in_a_child_process():
+    from SFRSegmenterLib import runcontrol
+
+    line, warnings = session.PanelJobs.resource_warnings(runcontrol.RunSettings(backbone="vit_b", device="cpu"))
+    assert line.startswith("device: CPU (") and "GiB RAM available" in line
+    assert any("LiteMedSAM is the backbone made for CPUs" in text for text in warnings)
+
+
 def test_device_menu_without_probing_is_auto_and_cpu():
+    from SFRSegmenterLogicLib import environment
+
     choices, error = session.PanelJobs.device_choices(probe=False)
     assert [c.value for c in choices] == ["auto", "cpu"] and error is None
+    assert "expand Settings to detect" in environment.device_info(choices[0].label, probed=False)
+    assert environment.device_info(choices[0].label, probed=True) == choices[0].label

@@ -229,3 +229,45 @@ def entries_from_table(scene, entries: list, picks: dict, roles: dict) -> list:
         out.append(CaseEntry(entry.volume, scene.GetNodeByID(picked) if picked else None,
                              roles.get(entry.name, ""), entry.name))
     return out
+
+
+class CasesTable:
+    """The cases table across refreshes: the scene's cases, the user's picks and roles (case name
+    -> segmentation node ID / role, kept until the scene closes) and the notes about volumes that
+    are not cases, each given once.  The widget only draws :meth:`refresh`'s rows and records a
+    choice in :attr:`picks` / :attr:`roles`."""
+
+    def __init__(self):
+        self.cases, self.picks, self.roles = [], {}, {}
+        self._noted = set()
+
+    def refresh(self, scene, project_root) -> tuple:
+        """``([TableRow], [log lines])`` for the scene now: the states from the project (one
+        ``error:`` line when it cannot be read, and every state ``new``), and each note about a
+        volume that is not a case the first time only."""
+        from .provenance import case_states
+
+        self.cases = scene_cases(scene)
+        lines = []
+        for note in skipped_volumes(scene):
+            if note not in self._noted:
+                self._noted.add(note)
+                lines.append(note)
+        try:
+            states = case_states(project_root)
+        except SFRError as exc:
+            states = {}
+            lines.append(f"error: {exc}")
+        return table_rows(scene, self.cases, self.picks, self.roles, states), lines
+
+    def entries(self, scene) -> list:
+        """The :class:`CaseEntry` s the table shows (:func:`entries_from_table`)."""
+        return entries_from_table(scene, self.cases, self.picks, self.roles)
+
+    def reference_nodes(self) -> dict:
+        """Case name -> its volume node, where a run's results are loaded."""
+        return {entry.name: entry.volume for entry in self.cases}
+
+    def forget_choices(self) -> None:
+        """The scene closed: its picks and roles go (the notes given stay given)."""
+        self.picks, self.roles = {}, {}

@@ -109,6 +109,12 @@ def version_problem(version: tuple) -> str | None:
             "Python is too old for the engine and its packages). Please install a current Slicer.")
 
 
+def device_info(shown: str, probed: bool) -> str:
+    """The line under the Device menu: the device ``shown`` in it once the GPUs were probed
+    (when Settings is first expanded), else how to see them."""
+    return shown if probed else "GPU details appear once PyTorch is installed (expand Settings to detect)."
+
+
 def default_project_folder(documents: str) -> str:
     """Where a project lives unless the user chose another folder: with the user's data
     (Slicer's default scene folder), never in the cache that "Clear cache" empties."""

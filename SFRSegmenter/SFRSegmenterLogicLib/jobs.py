@@ -148,6 +148,13 @@ class SFRJob:
     def is_active(self) -> bool:
         return self.state in ACTIVE_STATES
 
+    def start_line(self) -> str:
+        """The log line for what :meth:`start` or :meth:`follow` did: the command that starts or
+        continues the run, or the run followed."""
+        if self.action == "follow":
+            return f"following run {self.run_id}, which is still running"
+        return ("continuing: " if self.action == "continue" else "starting: ") + " ".join(self.args or [])
+
     # ---------------------------------------------------------------- start / follow
     def plan(self) -> tuple:
         """``(action, run_id, command line)``: start a new run, or continue the latest one when

@@ -23,6 +23,20 @@ def run_to_show(run_ids, chosen=None, just_finished=None):
     return run_ids[0] if run_ids else None
 
 
+def results_menu(project_root, chosen=None, just_finished=None) -> tuple:
+    """``([(label, run id)], run id to select or None, [log lines])`` for the Results list: the
+    project's finished runs, newest first, each named with when it finished; the selection is
+    :func:`run_to_show`'s.  Runs that cannot be listed give an empty list and one ``error:`` line."""
+    from SFRSegmenterLib import runcontrol
+
+    try:
+        runs, lines = runcontrol.finished_runs(project_root), []
+    except (SFRError, OSError) as exc:
+        runs, lines = [], [f"error: {exc}"]
+    items = [(f"{st['run_id']} ({st.get('finished') or 'finished'})", st["run_id"]) for st in runs]
+    return items, run_to_show([run_id for _label, run_id in items], chosen, just_finished), lines
+
+
 def check_project_free(project_root) -> None:
     """Raise SFRError (naming the lock file) when a live run, from this panel, the command line or
     another Slicer, holds the project; Run calls this before it exports any label file."""
@@ -219,17 +233,17 @@ def finished_view(job_project, shown_folder, run_id, state: str) -> dict:
     """What the panel shows when the run it followed ends.
 
     The results and links always come from the *job's* project: ``{"project": its folder,
-    "load": load the run's results into the Results list, "message": a line for the log or
-    ""}``.  They are loaded only for a finished (``done``) run of the folder the panel shows
-    now; a run of another folder (chosen during the run) is named with its folder instead of
-    being looked up in the wrong project.
+    "links": the links to it and the run (``provenance.links_html``), "load": load the run's
+    results into the Results list, "lines": lines for the log}``.  They are loaded only for a
+    finished (``done``) run of the folder the panel shows now; a run of another folder (chosen
+    during the run) is named with its folder instead of being looked up in the wrong project.
     """
+    from .provenance import links_html
+
     project = Path(job_project)
     same = shown_folder is not None and Path(shown_folder).resolve() == project.resolve()
-    if state != "done":
-        return {"project": project, "load": False, "message": ""}
-    if same:
-        return {"project": project, "load": True, "message": ""}
-    return {"project": project, "load": False,
-            "message": f"run {run_id} finished in project {project} (the panel shows {shown_folder} now); "
-                       "choose that project folder to review its results"}
+    view = {"project": project, "links": links_html(project, run_id), "load": state == "done" and same, "lines": []}
+    if state == "done" and not same:
+        view["lines"].append(f"run {run_id} finished in project {project} (the panel shows {shown_folder} now); "
+                             "choose that project folder to review its results")
+    return view

@@ -41,6 +41,15 @@ class PanelState:
     confidence_threshold: float = 0.9
     overlay_opacity: float = 0.6
 
+    def run_settings(self) -> runcontrol.RunSettings:
+        """The settings Run starts the engine with: the checkpoint only for a backbone that takes
+        one (``panelrules.takes_checkpoint``; the panel disables the field otherwise)."""
+        from .panelrules import takes_checkpoint
+
+        return runcontrol.RunSettings(backbone=self.backbone, ssl=self.ssl, sfr_plus=self.sfr_plus,
+                                      checkpoint=self.checkpoint if takes_checkpoint(self.backbone) else "",
+                                      device=self.device or "auto")
+
 
 #: field -> (parameter name in the node, widget name in the .ui file, widget kind); the project
 #: first (choosing it fills the results list), the results run last

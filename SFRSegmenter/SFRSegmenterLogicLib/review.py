@@ -56,6 +56,12 @@ def review_order(results: list) -> list:
     return sorted(results, key=key)
 
 
+def case_menu(results: list) -> list:
+    """``[(label, case)]`` of the panel's case menu: the loaded results in :func:`review_order`,
+    each named by :func:`case_label`."""
+    return [(case_label(r.case, r.review), r.case) for r in review_order(results)]
+
+
 # --------------------------------------------------------------------------- flagged slices
 
 
@@ -72,6 +78,11 @@ def flagged_slices(review: dict) -> list:
                 continue
     rows.sort(key=lambda r: (r["confidence"] if r["confidence"] == r["confidence"] else 2.0))
     return rows
+
+
+def flagged_rows(results: list) -> list:
+    """:func:`flagged_slices` of loaded results (each with ``.case`` and ``.review``)."""
+    return flagged_slices({r.case: r.review for r in results})
 
 
 def flagged_cells(row: dict) -> list:
@@ -104,6 +115,14 @@ def show_case(scene, results: dict, case: str) -> object:
     for composite in nodes_of_class(scene, "vtkMRMLSliceCompositeNode"):
         composite.SetBackgroundVolumeID(result.reference.GetID())
     return result
+
+
+def show_for_editing(scene, results: dict, case: str) -> tuple:
+    """Show ``case`` (:func:`show_case`); what the panel's Segment Editor then edits
+    (``edits.editing_target``: its pseudo-label, its volume, the first class segment)."""
+    from .edits import editing_target
+
+    return editing_target(show_case(scene, results, case))
 
 
 def show_flagged(scene, results: dict, row: dict) -> tuple:
@@ -182,3 +201,12 @@ def hide_low_confidence(scene) -> int:
         composite.RemoveAttribute(ATTR_SAVED_LAYERS)
         views += 1
     return views
+
+
+def update_overlay(scene, result, shown: bool, threshold: float | None = None, opacity: float = DEFAULT_OPACITY) -> int:
+    """The overlay as the panel's controls ask: over ``result``'s volume (:func:`show_low_confidence`)
+    when ``shown`` and the result has a confidence map; otherwise, and with no result, every view's
+    own layers back (:func:`hide_low_confidence`).  The number of views changed."""
+    if result is None or result.confidence is None or not shown:
+        return hide_low_confidence(scene)
+    return show_low_confidence(scene, result.reference, result.confidence, threshold, opacity)

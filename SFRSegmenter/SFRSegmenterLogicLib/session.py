@@ -58,12 +58,18 @@ class PanelJobs:
 
     @staticmethod
     def resource_warnings(settings) -> tuple:
-        """``(what the chosen device offers, [what is short for the backbone])``, read in a short
-        child process (no torch and no CUDA context in Slicer's process)."""
+        """``(a log line saying what the chosen device offers, [what is short for the backbone])``,
+        read in a short child process (no torch and no CUDA context in Slicer's process).  A
+        package the check needs that is missing is the line, with no warnings (the install step
+        reports it); a child that fails is one SFRError."""
         from . import resources
 
-        found = resources.probe_in_subprocess(settings.device or "auto")
-        return resources.describe(found), resources.warnings(found, settings.backbone, settings.device or "auto")
+        device = settings.device or "auto"
+        try:
+            found = resources.probe_in_subprocess(device)
+            return f"device: {resources.describe(found)}", resources.warnings(found, settings.backbone, device)
+        except ImportError as exc:
+            return f"could not check the GPU and memory: {exc}", []
 
     @staticmethod
     def device_choices(probe: bool) -> tuple:
