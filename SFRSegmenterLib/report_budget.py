@@ -45,7 +45,7 @@ def _absent(stage_dir: Path) -> "dict | None":
 def budget_context(run: Path, cfg: dict, stages: dict) -> dict:
     """Template fields: ``budget_line``, ``estimate_line``, ``time_rows``, ``absent_rows``."""
     from .run.budget import summary
-    from .run.estimate import about
+    from .run.estimate import about, how_calibrated
 
     est = _estimate(run / "events.jsonl")
     per = (est or {}).get("stages", {})
@@ -55,7 +55,7 @@ def budget_context(run: Path, cfg: dict, stages: dict) -> dict:
     if est:
         ratio = actual / est["seconds"] if est.get("seconds") else None
         ctx["estimate_line"] = (f"Estimated before the run: {about(est['seconds'])} ({est['seconds']:.0f} s, "
-                                f"calibrated in {est.get('calibration_s', 0):.1f} s); the stages took "
+                                f"{how_calibrated(est)}); the stages took "
                                 f"{actual:.0f} s" + (f" ({ratio:.2f} x the estimate)" if ratio else ""))
     for name, rec in stages.items():
         e = per.get(name)

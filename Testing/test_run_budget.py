@@ -268,3 +268,17 @@ def test_later_rounds_of_a_frozen_encoder_only_decode():
     fixed = STAGE_OVERHEAD_S["pseudolabel"] + sam["build_s"]
     assert frozen["pseudolabel-r1"] == pytest.approx(fixed + 40 * 2 * 0.25, abs=0.06)
     assert {k: v for k, v in frozen.items() if k != "pseudolabel-r1"} == {k: v for k, v in lora.items() if k != "pseudolabel-r1"}
+
+
+def test_the_log_and_the_report_say_where_the_step_times_came_from():
+    """The estimate line of the log and of the report: timed now, reused, or partly (events of runs
+    made before each stage had its own key carry ``calibration_reused: true``)."""
+    from SFRSegmenterLib.run.estimate import how_calibrated
+
+    assert how_calibrated({"calibration_reused": [], "calibration_s": 23.21}) == "calibrated in 23.2 s"
+    both = how_calibrated({"calibration_reused": ["sam", "vnet"], "calibration_s": 0.2})
+    assert both == "step times of stage F and stage R measured earlier on this machine reused"
+    assert how_calibrated({"calibration_reused": True, "calibration_s": 0.1}) == both
+    assert how_calibrated({"calibration_reused": ["sam"], "calibration_s": 4.0}) == (
+        "step times of stage F measured earlier on this machine reused, the rest calibrated in 4.0 s")
+    assert how_calibrated({"calibration_reused": False, "calibration_s": 6.1}) == "calibrated in 6.1 s"

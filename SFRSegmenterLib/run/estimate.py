@@ -345,6 +345,19 @@ def estimate_run(project, cfg, run_path=None, processes: int = 1, earlier=(), sa
                       "vnet": {k: (round(v, 5) if isinstance(v, float) else v) for k, v in vnet.items()}}}
 
 
+def how_calibrated(est: dict) -> str:
+    """Where an estimate's step times came from, in words (an estimate event of any version)."""
+    reused = est.get("calibration_reused") or []
+    if reused is True:  # events written before each stage was keyed on its own
+        reused = ["sam", "vnet"]
+    names = {"sam": "stage F", "vnet": "stage R"}
+    seconds = float(est.get("calibration_s") or 0)
+    if not reused:
+        return f"calibrated in {seconds:.1f} s"
+    return (f"step times of {' and '.join(names.get(r, r) for r in reused)} measured earlier on this machine reused"
+            + ("" if len(reused) == 2 else f", the rest calibrated in {seconds:.1f} s"))
+
+
 def emit_estimate(project, cfg, run_path=None, processes: int = 1, earlier=(), sam_crop=None) -> "dict | None":
     """Emit the estimate event and its log line; when it cannot be made, log why and return None."""
     try:
@@ -354,12 +367,7 @@ def emit_estimate(project, cfg, run_path=None, processes: int = 1, earlier=(), s
                    "warning")
         return None
     events.emit("estimate", **est)
-    reused = est["calibration_reused"]
-    names = {"sam": "stage F", "vnet": "stage R"}
-    how = (f"step times of {' and '.join(names[r] for r in reused)} measured earlier on this machine reused"
-           + ("" if len(reused) == 2 else f", the rest calibrated in {est['calibration_s']:.1f} s")
-           if reused else f"calibrated in {est['calibration_s']:.1f} s")
-    events.log(f"estimate: {about(est['seconds'])} for the whole run with budget {est['budget']} ({how}: SAM step "
+    events.log(f"estimate: {about(est['seconds'])} for the whole run with budget {est['budget']} ({how_calibrated(est)}: SAM step "
                f"{est['steps']['sam']['train_step_s']:.3f} s, V-Net step {est['steps']['vnet']['train_step_s']:.3f} s)"
                + (f"; {est['processes']['why']}" if est["processes"]["processes"] > 1 else ""))
     return est
