@@ -27,7 +27,7 @@ def test_loss_ignores_padding_label():
     perfect = 50.0 * torch.nn.functional.one_hot(target.clamp(max=2), 3).permute(0, 3, 1, 2).float()
     assert dice_ce_loss(perfect, target) < 1e-3 < dice_ce_loss(logits, target)
     all_ignored = torch.full((1, 8, 8), IGNORE_INDEX)
-    assert float(dice_ce_loss(torch.randn(1, 3, 8, 8, requires_grad=True), all_ignored)) == 0.0
+    assert float(dice_ce_loss(torch.randn(1, 3, 8, 8, requires_grad=True), all_ignored).detach()) == 0.0
 
 
 def test_augmentations_move_image_and_label_together():

@@ -4,7 +4,7 @@
     python bench/clinician.py warm   [--seed 1337] [--iterations-sam 150 --iterations-vnet 300]
                                      [--unlabeled 8 --validation 4 --embedding-cache 64]
     python bench/clinician.py corrections [--seed 1337]   # after 'warm', in the same --work folder
-    python bench/clinician.py next [--seed 1337] [--draws 3] # after 'warm', in the same --work folder
+    python bench/clinician.py next [--seed 1337] [--draws 3] # after 'warm' (its seed), or its own first run
     python bench/clinician.py la-commands          # prints the LA cpu-half commands (not run here)
 
 * ``sparse``: equal annotation effort counted in annotated axial slices: one whole volume (every
@@ -339,11 +339,22 @@ def run_next(args) -> dict:
     """The suggested next case (``label_next``'s first) against random unlabeled cases, each
     labeled whole and followed by the same warm start from the ``warm`` experiment's first run."""
     warm = json.loads((RESULTS / "clinician_warm.json").read_text())
-    if int(warm["seed"]) != int(args.seed):
-        raise SystemExit(f"clinician_warm.json is of seed {warm['seed']}; run 'warm --seed {args.seed}' first")
     work = Path(args.work) / f"warm-s{args.seed}"
-    first = work / "p" / "runs" / warm["first_run"]["run"]
-    labeled0 = warm["labeled"]
+    labeled0 = SAMPLE_CASES[:2]
+    if int(warm["seed"]) == int(args.seed):  # the first run of 'warm'
+        first = work / "p" / "runs" / warm["first_run"]["run"]
+        labeled0 = warm["labeled"]
+    else:  # another seed: this experiment's own first run, as 'warm' makes it
+        root = work / "p"
+        if not (root / "runs").is_dir() or not any(jobs.read_status(r).get("state") == "done"
+                                                  for r in (root / "runs").iterdir() if r.is_dir()):
+            if work.exists():
+                shutil.rmtree(work)
+            work.mkdir(parents=True)
+            init_hippocampus(root, {c: None for c in labeled0}, SAMPLE_CASES[2:2 + args.unlabeled], args.validation)
+            finish(timed("run", root, *warm_settings_of(args), "--sam-option", f"embedding_cache={args.embedding_cache}",
+                         "--iterations-sam", args.iterations_sam, "--iterations-vnet", args.iterations_vnet))
+        first = wait_done(root)
     review = json.loads((first / "review.json").read_text())
     unlabeled0 = [e["case"] for e in review["cases"]]
     suggested = review["label_next"][0]["case"]
@@ -405,7 +416,7 @@ def markdown(result: dict) -> str:
         return "\n".join(lines) + "\n"
     if result["experiment"] == "next":
         lines = [f"# Which case to label next: the suggested case vs random ones (hippocampus, seed {result['seed']})", "",
-                 "The first run of clinician_warm.md; the clinician labels one more whole case, the first of that run's "
+                 "The first run of clinician_warm.md (at its seed; at another seed this experiment's own, the same settings); the clinician labels one more whole case, the first of that run's "
                  f"`label_next` ({result['suggested']}) or a random unlabeled case (seeded draws), then the same warm start "
                  f"(a fifth of the first run's iterations). Dice % on the {len(result['scored'])} unlabeled cases no condition "
                  f"labeled ({', '.join(result['scored'])}) and the {len(result['validation'])} validation cases.", "",
@@ -495,8 +506,9 @@ def main() -> None:
     result = {"sparse": run_sparse, "warm": run_warm, "corrections": run_corrections, "next": run_next}[args.experiment](args)
     result.update(machine=machine(1), wall_s=round(time.monotonic() - t0, 1))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"clinician_{args.experiment}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / f"clinician_{args.experiment}.md").write_text(markdown(result))
+    name = f"clinician_{args.experiment}" + (f"_s{args.seed}" if args.experiment == "next" else "")
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown(result))
     print(markdown(result))
 
 
