@@ -219,6 +219,15 @@ def _load_initial_parts(model, init_dir: Path, meta: dict) -> str:
     return str(init.get("model_id"))
 
 
+def keep_crop_of(cfg: FinetuneConfig, init_from: "str | os.PathLike | None") -> FinetuneConfig:
+    """``cfg`` with the crop of the model ``init_from`` (a warm start) unless ``cfg`` gives one: a
+    warm start keeps the stitching of the model it continues, so the windows, and the frozen
+    encoder's stored embeddings of every case (:mod:`.encoder_store`), stay valid."""
+    if init_from is None or cfg.crop:
+        return cfg
+    return replace(cfg, crop=tuple(int(v) for v in read_model_meta(Path(init_from))["layout"]["crop"]))
+
+
 def param_groups(model, head_lr_scale: float = 1.0) -> list:
     """The optimiser's parameter groups: one, or with ``head_lr_scale != 1`` a second holding the
     layers that start at zero (:func:`.sam.model.zero_started`) at ``lr * head_lr_scale``."""
@@ -283,10 +292,7 @@ def finetune(
     cases = _load_cases(project, extra_labeled, preprocess)
     if not cases:
         raise SFRError("no labeled case to fine-tune on (mark at least one case 'labeled')", project.manifest_path)
-    if init_from is not None and not cfg.crop:
-        # a warm start keeps the stitching of the model it continues (its crop): the same windows,
-        # so the frozen encoder's stored embeddings of every case stay valid (..encoder_store)
-        cfg = replace(cfg, crop=tuple(int(v) for v in read_model_meta(Path(init_from))["layout"]["crop"]))
+    cfg = keep_crop_of(cfg, init_from)
     # the crop is cut to the *labeled* cases' extent: the same in every SFR+ round (its pseudo-labeled
     # cases leave the windows, and so the stored embeddings, as they were)
     layout = _layout(cfg, spec, [c.image.shape for c in cases if c.source == "labeled"])

@@ -71,18 +71,35 @@ def _shapes(project, cases) -> list:
     return [tuple(int(v) for v in reversed(read_header(project.image_path(c))["size_xyz"])) for c in cases]
 
 
+def _sam_layout(project, ft_cfg):
+    """Stage F's stitching layout for the project: the crop cut to the labeled cases (as finetune)."""
+    from ..finetune import _layout
+    from ..sam.registry import get_spec
+
+    return _layout(ft_cfg, get_spec(ft_cfg.backbone), _shapes(project, project.by_role("labeled")))
+
+
+def _vnet_crop(project, rt_cfg) -> tuple:
+    """Stage R's crop: the one given, else fitted to every case (as retrain does)."""
+    from ..retrain.config import LA_CROP
+    from ..retrain.data import auto_crop
+    from ..retrain.networks import required_multiple
+
+    if rt_cfg.crop:
+        return tuple(rt_cfg.crop)
+    cases = project.by_role("labeled") + project.by_role("unlabeled")
+    return auto_crop(_shapes(project, cases), LA_CROP, required_multiple(rt_cfg.network))
+
+
 def calibrate_sam(project, ft_cfg, device) -> dict:
     """Step times of stage F's model: encoder per mosaic, one training step, model build."""
     import torch
 
-    from ..finetune import _layout
     from ..sam.loss import dice_ce_loss
     from ..sam.model import train_mode
     from ..sam.build import build_segmenter
-    from ..sam.registry import get_spec
 
-    spec = get_spec(ft_cfg.backbone)
-    layout = _layout(ft_cfg, spec, _shapes(project, project.by_role("labeled")))
+    layout = _sam_layout(project, ft_cfg)
     plan = layout.plan()
     with torch.random.fork_rng(devices=[]):
         def build():
@@ -122,13 +139,9 @@ def calibrate_vnet(project, rt_cfg, device) -> dict:
     """Step times of stage R's network on the run's crop: one training step, one window forward."""
     import torch
 
-    from ..retrain.data import auto_crop
-    from ..retrain.config import LA_CROP
-    from ..retrain.networks import build_network, required_multiple
+    from ..retrain.networks import build_network
 
-    cases = project.by_role("labeled") + project.by_role("unlabeled")
-    multiple = required_multiple(rt_cfg.network)
-    crop = tuple(rt_cfg.crop) if rt_cfg.crop else auto_crop(_shapes(project, cases), LA_CROP, multiple)
+    crop = _vnet_crop(project, rt_cfg)
     with torch.random.fork_rng(devices=[]):
         model = build_network(rt_cfg.network, 1, project.num_classes, **rt_cfg.network_options()).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
@@ -258,17 +271,9 @@ def calibration_keys(project, ft_cfg, rt_cfg, sam_device, vnet_device) -> dict:
     (the machine, the device, the thread count, the model and the shapes it is timed on), so a
     warm start or another run of the project on this machine reuses them although its iterations,
     seeds, learning rates or labeled cases differ."""
-    from ..finetune import _layout
-    from ..retrain.config import LA_CROP
-    from ..retrain.data import auto_crop
-    from ..retrain.networks import required_multiple
-    from ..sam.registry import get_spec
-
-    layout = _layout(ft_cfg, get_spec(ft_cfg.backbone), _shapes(project, project.by_role("labeled")))
+    layout = _sam_layout(project, ft_cfg)
     plan = layout.plan()
-    cases = project.by_role("labeled") + project.by_role("unlabeled")
-    crop = (tuple(rt_cfg.crop) if rt_cfg.crop
-            else auto_crop(_shapes(project, cases), LA_CROP, required_multiple(rt_cfg.network)))
+    crop = _vnet_crop(project, rt_cfg)
     sam = [CALIBRATION_FORMAT, *_machine(), str(sam_device), ft_cfg.backbone, ft_cfg.checkpoint, int(ft_cfg.lora_rank),
            int(ft_cfg.batch_size), bool(ft_cfg.embedding_cache), ft_cfg.bf16, bool(ft_cfg.grad_checkpointing),
            list(layout.crop), int(plan.canvas), int(plan.slabs), project.num_classes]
@@ -299,26 +304,23 @@ def _saved_calibrations(paths, keys: dict) -> dict:
     return found
 
 
-def estimate_run(project, cfg, run_path=None, processes: int = 1, earlier=(), sam_crop=None) -> dict:
+def estimate_run(project, cfg, run_path=None, processes: int = 1, earlier=(), sam_init=None) -> dict:
     """The estimate event's fields for a run with (effective) configuration ``cfg`` on
     ``processes`` processes (resolved, :func:`.distributed.resolve_processes`); with
     ``run_path``, step times saved there by an earlier attempt of the run, or in ``earlier``
     (other runs' calibration records, newest first) for the same models on the same machine, are
-    reused (``calibration_reused``: the stages reused), and the run's own are saved.  ``sam_crop``:
-    the crop stage F will train with where it is not the labeled cases' (a warm start keeps its
-    model's, :func:`..finetune.finetune`)."""
-    import dataclasses
-
+    reused (``calibration_reused``: the stages reused), and the run's own are saved.  ``sam_init``:
+    the SAM model a warm start continues (stage F keeps its crop: :func:`..finetune.keep_crop_of`)."""
     import torch
+
+    from ..finetune import keep_crop_of
 
     from ..device import resolve_device
     from ..io import write_json_atomic
     from ..runfolder import RunFolder
     from .config import finetune_config, retrain_config
 
-    ft_cfg, rt_cfg = finetune_config(cfg), retrain_config(cfg)
-    if sam_crop is not None and not ft_cfg.crop:
-        ft_cfg = dataclasses.replace(ft_cfg, crop=tuple(int(v) for v in sam_crop))
+    ft_cfg, rt_cfg = keep_crop_of(finetune_config(cfg), sam_init), retrain_config(cfg)
     t0 = time.perf_counter()
     sam_device, vnet_device = resolve_device(ft_cfg.device), resolve_device(rt_cfg.device)
     record = RunFolder(run_path).calibration if run_path is not None else None
@@ -358,10 +360,10 @@ def how_calibrated(est: dict) -> str:
             + ("" if len(reused) == 2 else f", the rest calibrated in {seconds:.1f} s"))
 
 
-def emit_estimate(project, cfg, run_path=None, processes: int = 1, earlier=(), sam_crop=None) -> "dict | None":
+def emit_estimate(project, cfg, run_path=None, processes: int = 1, earlier=(), sam_init=None) -> "dict | None":
     """Emit the estimate event and its log line; when it cannot be made, log why and return None."""
     try:
-        est = estimate_run(project, cfg, run_path, processes, earlier, sam_crop)
+        est = estimate_run(project, cfg, run_path, processes, earlier, sam_init)
     except Exception as exc:  # noqa: BLE001 - the run goes on without an estimate
         events.log(f"no estimate of the run's duration: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
                    "warning")

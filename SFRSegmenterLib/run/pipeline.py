@@ -297,7 +297,7 @@ class Pipeline:
         # before stage F (None: logged why); step times of the project's earlier runs on this machine reused
         estimate = emit_estimate(self.project, self.cfg, self.run_path, self.processes,
                                  [r.calibration for r in self.earlier_runs()],
-                                 self.warm.sam_crop() if self.warm else None)
+                                 self.warm.sam_dir if self.warm else None)
         if estimate:
             overall.start(estimate)  # one fraction and ETA across stages (ended by job.execute)
         self.runner.planned = 2 + 4 * (rounds + 1)

@@ -48,11 +48,6 @@ class WarmStart:
         sam = read_json(self.sam_dir / SAM_MODEL_META, "SAM model metadata")
         return [self.run_id, sam.get("model_id"), sha256_file(self.vnet_dir / "model.pt")]
 
-    def sam_crop(self) -> "list | None":
-        """The crop the SAM model was stitched with (a warm start keeps it); None if unrecorded."""
-        sam = read_json(self.sam_dir / SAM_MODEL_META, "SAM model metadata")
-        return ((sam.get("layout") or {}).get("crop")) or None
-
 
 def warm_iterations(iterations: int) -> int:
     return max(1, int(round(int(iterations) * WARM_FRACTION)))
