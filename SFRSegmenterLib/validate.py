@@ -82,7 +82,7 @@ RULES = {
     "ema_decay": _fraction(), "consistency": Rule("float", 0.0), "consistency_rampup": Rule("float", 0.0),
     "rampup_interval": Rule("float", 0.0, lo_open=True), "noise_std": Rule("float", 0.0), "noise_clip": Rule("float", 0.0),
     "self_training_threshold": _fraction(), "self_training_weight": Rule("float", 0.0),
-    "sam_weight": Rule("float", 0.0), "bezier_p": _fraction(),
+    "sam_weight": Rule("float", 0.0), "bezier_p": _fraction(), "head_lr_scale": Rule("float", 0.0, lo_open=True),
     # inference and review
     "overlap": _fraction(hi_open=True), "pseudo_overlap": Rule("float", 0.0, 0.9),
     "tau": Rule("float", 0.0, 1.0, lo_open=True), "min_structure": Rule("float", 0.0),

@@ -427,6 +427,7 @@ def test_full_disk_names_the_file_and_marks_the_run_failed(tmp_path):
     (("--vnet-option", 'augment="flip"'), "must be one of auto, rotflip, crop"),
     (("--sam-option", "warmup=-1"), "must be >= 0"),
     (("--sam-option", 'preprocess="x"'), "must be one of percentile, zscore, rank"),
+    (("--sam-option", "head_lr_scale=0"), "--sam-option head_lr_scale=0"),
 ])
 def test_stage_option_names_and_warm_up_are_checked_before_the_run(tmp_path, sample_dir, option, message):
     root = tmp_path / "p"
