@@ -175,20 +175,40 @@ class Emitter:
             slot(*args)
 
 
-class PathEdit(Emitter):
-    def __init__(self, path=""):
+class Valued(Emitter):
+    """A stand-in with one value property that emits ``SIGNAL`` when it changes, as Qt's do."""
+
+    SIGNAL = ""
+
+    def __init__(self, value):
         super().__init__()
-        self._path = path
+        self._value = value
 
-    @property
-    def currentPath(self):
-        return self._path
+    def _get(self):
+        return self._value
 
-    @currentPath.setter
-    def currentPath(self, path):
-        if path != self._path:
-            self._path = path
-            self.emit("currentPathChanged(QString)", path)
+    def _set(self, value):
+        if value != self._value:
+            self._value = value
+            self.emit(self.SIGNAL, value)
+
+
+class PathEdit(Valued):
+    SIGNAL = "currentPathChanged(QString)"
+    currentPath = property(Valued._get, Valued._set)
+
+    def __init__(self, path=""):
+        super().__init__(path)
+
+
+class CheckBox(Valued):
+    SIGNAL = "toggled(bool)"
+    checked = property(Valued._get, Valued._set)
+
+
+class Slider(Valued):
+    SIGNAL = "valueChanged(double)"
+    value = property(Valued._get, Valued._set)
 
 
 class MenuCombo(Emitter, Combo):
@@ -202,38 +222,6 @@ class MenuCombo(Emitter, Combo):
         if index != self.index:
             Combo.setCurrentIndex(self, index)
             self.emit("currentIndexChanged(int)", index)
-
-
-class CheckBox(Emitter):
-    def __init__(self, checked):
-        super().__init__()
-        self._checked = checked
-
-    @property
-    def checked(self):
-        return self._checked
-
-    @checked.setter
-    def checked(self, checked):
-        if checked != self._checked:
-            self._checked = checked
-            self.emit("toggled(bool)", checked)
-
-
-class Slider(Emitter):
-    def __init__(self, value):
-        super().__init__()
-        self._value = value
-
-    @property
-    def value(self):
-        return self._value
-
-    @value.setter
-    def value(self, value):
-        if value != self._value:
-            self._value = value
-            self.emit("valueChanged(double)", value)
 
 
 def panel_widgets(log):
