@@ -22,9 +22,12 @@
   then the same warm start; the Dice gain over the first run per corrected slice, flagged against
   random (validation cases and the still-unlabeled cases, per case from metrics.json).
 * ``next``: which case to label next? From the first run of ``warm``, the clinician labels one
-  more whole case: the first of that run's ``label_next`` against ``--draws`` random unlabeled
-  cases (seeded), each followed by the same warm start; Dice on the validation cases and on the
-  unlabeled cases that none of the conditions labeled (the same cases for every condition).
+  more whole case: the first of today's ``label_next`` ranking of that run's review entries
+  against ``--draws`` random unlabeled cases (seeded), each followed by the same warm start; Dice
+  on the validation cases and on the unlabeled cases that none of the conditions labeled (the
+  same cases for every condition).
+  ``--reuse`` keeps a case's warm start from an earlier call (same first run): a changed ranking
+  then costs only the cases not run before.
 
 Results: ``bench/results/clinician_<experiment>.{json,md}``.  Run with OMP_NUM_THREADS=1.
 """
@@ -46,6 +49,7 @@ import numpy as np  # noqa: E402
 
 from SFRSegmenterLib import jobs  # noqa: E402
 from SFRSegmenterLib.io import read_label, write_volume  # noqa: E402
+from SFRSegmenterLib.labelnext import rank_cases  # noqa: E402
 from SFRSegmenterLib.sparse import NOT_ANNOTATED  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
@@ -357,27 +361,40 @@ def run_next(args) -> dict:
         first = wait_done(root)
     review = json.loads((first / "review.json").read_text())
     unlabeled0 = [e["case"] for e in review["cases"]]
-    suggested = review["label_next"][0]["case"]
+    # today's ranking of the first run's review entries (with their per-slice confidences, as
+    # the pipeline ranks them), so a change of the rule is measured without a new first run
+    slices = json.loads((first / "slices.json").read_text())
+    ranked = rank_cases([{**e, "slice_confidence": slices[e["case"]]["slice_confidence"]} for e in review["cases"]])
+    suggested = ranked[0]["case"]
     rng = np.random.default_rng([int(args.seed), 25])
     others = [c for c in unlabeled0 if c != suggested]
     randoms = [str(c) for c in rng.choice(others, size=min(int(args.draws), len(others)), replace=False)]
     scored = [c for c in unlabeled0 if c != suggested and c not in randoms]
     validation = sorted({r["case"] for r in json.loads((first / "metrics.json").read_text())["validation"]["cases"]})
     out = {"experiment": "next", "seed": args.seed, "first": {"run": first.name}, "suggested": suggested,
-           "label_next": [e["case"] for e in review["label_next"]], "randoms": randoms, "scored": scored,
+           "label_next": [e["case"] for e in ranked], "label_next_of_the_run": [e["case"] for e in review["label_next"]],
+           "randoms": randoms, "scored": scored,
            "validation": validation, "conditions": {}}
     for n, case in enumerate([suggested, *randoms]):
         name = "suggested" if n == 0 else f"random-{n}"
-        root = work / "next" / name / "p"
-        if root.parent.exists():
-            shutil.rmtree(root.parent)
-        root.parent.mkdir(parents=True)
-        init_hippocampus(root, {**{c: None for c in labeled0}, case: None}, [c for c in unlabeled0 if c != case], args.validation)
-        (root / "runs").mkdir(exist_ok=True)
-        shutil.copytree(first, root / "runs" / first.name, copy_function=os.link)
-        timing = finish(timed("run", root, *warm_settings_of(args), "--warm-start", first.name))
-        run = jobs.run_dir(root)
-        out["conditions"][name] = {"case": case, "run": str(run.relative_to(work)), **timing,
+        folder = work / "next" / case  # one folder per labeled case: a draw that repeats reuses its run
+        done = folder / "bench-condition.json"
+        record = json.loads(done.read_text()) if done.exists() else {}
+        reused = bool(args.reuse and record.get("first") == first.name and (work / record.get("run", "-") / "metrics.json").exists())
+        if not reused:
+            if folder.exists():
+                shutil.rmtree(folder)
+            root = folder / "p"
+            root.mkdir(parents=True)
+            init_hippocampus(root, {**{c: None for c in labeled0}, case: None}, [c for c in unlabeled0 if c != case], args.validation)
+            (root / "runs").mkdir(exist_ok=True)
+            shutil.copytree(first, root / "runs" / first.name, copy_function=os.link)
+            timing = finish(timed("run", root, *warm_settings_of(args), "--warm-start", first.name))
+            record = {"first": first.name, "case": case, "run": str(jobs.run_dir(root).relative_to(work)), **timing}
+            done.write_text(json.dumps(record, indent=1))
+        run = work / record["run"]
+        out["conditions"][name] = {"case": case, "run": record["run"], "wall_s": record["wall_s"], "cpu_s": record["cpu_s"],
+                                   "reused": reused,
                                    "unlabeled": mean_dice_of(run, "pseudo_labels", scored),
                                    "validation": mean_dice_of(run, "validation", validation)}
     out["first"].update(unlabeled=mean_dice_of(first, "pseudo_labels", scored), validation=mean_dice_of(first, "validation", validation))
@@ -426,7 +443,7 @@ def markdown(result: dict) -> str:
                      f"{50 * (f['unlabeled'] + f['validation']):.1f} | - |")
         for name, r in result["conditions"].items():
             lines.append(f"| {name} | {r['case']} | {100 * r['unlabeled']:.1f} | {100 * r['validation']:.1f} | "
-                         f"{50 * (r['unlabeled'] + r['validation']):.1f} | {r['wall_s']} |")
+                         f"{50 * (r['unlabeled'] + r['validation']):.1f} | {r['wall_s']}{' (run reused)' if r.get('reused') else ''} |")
         rand = [r for k, r in result["conditions"].items() if k.startswith("random")]
         if rand and "suggested" in result["conditions"]:
             s = result["conditions"]["suggested"]
@@ -434,7 +451,9 @@ def markdown(result: dict) -> str:
                 v = [100 * r[part] for r in rand]
                 lines.append(f"\n{part}: suggested {100 * s[part]:.1f} vs random mean {np.mean(v):.1f} "
                              f"(spread {min(v):.1f} .. {max(v):.1f}, {len(v)} draws): {100 * s[part] - np.mean(v):+.1f}")
-        lines.append("\nThe label_next ranking of the first run: " + ", ".join(result["label_next"]))
+        lines.append("\nThe label_next ranking of the first run (today's rule): " + ", ".join(result["label_next"]))
+        if result.get("label_next_of_the_run") and result["label_next_of_the_run"] != result["label_next"]:
+            lines.append("\nThe run's own review.json (the rule it ran with): " + ", ".join(result["label_next_of_the_run"]))
         return "\n".join(lines) + "\n"
     if result["experiment"] == "corrections":
         lines = [f"# Flagged vs random corrected slices (hippocampus, seed {result['seed']})", "",
@@ -493,8 +512,11 @@ def main() -> None:
     ap.add_argument("--reuse-first", action="store_true", help="warm: the first run is in the work folder (or under way)")
     ap.add_argument("--conditions", nargs="+", choices=("random", "spread"), default=["random", "spread"],
                     help="corrections: the conditions to run (the others' results are kept)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="next: a case whose warm start from the same first run is in the work folder is not run again")
     ap.add_argument("--draws", type=int, default=3, help="next: random cases labeled instead of the suggested one")
     ap.add_argument("--work", default="/tmp/sfr-bench-clinician")
+    ap.add_argument("--tag", default="", help="appended to the results' name (clinician_<experiment>[_s<seed>]_<tag>)")
     args = ap.parse_args()
     if args.experiment == "la-commands":
         print(LA_COMMANDS)
@@ -506,7 +528,7 @@ def main() -> None:
     result = {"sparse": run_sparse, "warm": run_warm, "corrections": run_corrections, "next": run_next}[args.experiment](args)
     result.update(machine=machine(1), wall_s=round(time.monotonic() - t0, 1))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = f"clinician_{args.experiment}" + (f"_s{args.seed}" if args.experiment == "next" else "")
+    name = f"clinician_{args.experiment}" + (f"_s{args.seed}" if args.experiment == "next" else "") + (f"_{args.tag}" if args.tag else "")
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown(result))
     print(markdown(result))
