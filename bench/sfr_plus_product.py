@@ -3,7 +3,7 @@
     # run the product (each seed a real 'sfr demo' process), then summarise:
     OMP_NUM_THREADS=1 python bench/sfr_plus_product.py --demo-seeds 1337 1 2 --work /tmp/sfr-plus
     # or summarise finished runs of any project with hidden labels (e.g. LA made with 'sfr run'):
-    python bench/sfr_plus_product.py --runs PROJECT/runs/<id> ... --out sfr_plus_la_product
+    python bench/sfr_plus_product.py --runs PROJECT/runs/<id> ... --out sfr_plus_la_product [--validation-rounds]
 
 Nothing of the method is re-implemented here: every number comes from the files a run of
 ``sfr demo`` / ``sfr run`` wrote (``rounds.json``, ``review.json``, the confidence stages'
@@ -95,6 +95,39 @@ def summarize_run(run: Path) -> dict:
                           "confidence": cases[c]["confidence"], "trusted": cases[c]["trusted"]} for c in cases},
         }
         out["rounds"].append(row)
+    return out
+
+
+def validation_per_round(run: Path, threads: int) -> list:
+    """Each round's V-Net on the project's validation cases, through the product's commands
+    (``sfr predict`` with the run's post-processing, ``sfr evaluate``): the held-out Dice of SFR
+    (round 0) and of every SFR+ round, not only of the published one (metrics.json)."""
+    from SFRSegmenterLib.manifest import load_project
+
+    project = load_project(run.parents[1])
+    cases = [c for c in project.by_role("validation") if c.label and project.label_path(c).exists()]
+    if not cases:
+        return []
+    cfg = _json(run / "config.json", {})
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out, work = [], run / "bench-validation"
+    gt = work / "gt"
+    gt.mkdir(parents=True, exist_ok=True)
+    for c in cases:  # sfr evaluate matches files by name
+        link = gt / f"{c.name}.nii.gz"
+        if not link.exists():
+            link.symlink_to(project.label_path(c).resolve())
+    lc = "--largest-component" if cfg.get("largest_component") else "--no-largest-component"
+    for r in range(len(_json(run / "rounds.json", {}).get("rounds", []))):
+        pred, report = work / f"r{r}", work / f"r{r}.json"
+        if not report.exists():
+            cmd = [sys.executable, "-m", "SFRSegmenterLib", "--progress", "none"]
+            subprocess.run([*cmd, "predict", "--model", str(run / "stages" / f"retrain-r{r}"), "--images",
+                            *[str(project.image_path(c)) for c in cases], "--out", str(pred), "--overwrite",
+                            "--device", "cpu", "--threads", str(threads), lc], env=env, check=True, capture_output=True)
+            subprocess.run([*cmd, "evaluate", "--pred", str(pred), "--gt", str(gt), "--out", str(report), "--overwrite"],
+                           env=env, check=True, capture_output=True)
+        out.append({"round": r, **_json(report)})
     return out
 
 
@@ -239,6 +272,15 @@ def write(result: dict, name: str) -> None:
             lines.append(f"| {run['seed']} | {row['round']} | {_pct(row['mean_dice'])} | {_pct(row['mean_estimated_dice'])} | "
                          f"{row['estimate']['spearman']} | {_pct(row['estimate']['mae'])} | {_pct(row['trusted_minus_untrusted'])} | "
                          f"{'yes' if row['round'] == rj.get('would_publish') else ''} |")
+    if any(run.get("validation_per_round") for run in result["runs"]):
+        lines += ["", "## Every round's V-Net on the validation cases (held out; sfr predict + sfr evaluate)", "",
+                  "| seed | round | validation Dice | per class | SFR+ round - round 0 |", "|---|---|---|---|---|"]
+        for run in result["runs"]:
+            vals = run.get("validation_per_round") or []
+            for v in vals:
+                pc = " / ".join(_pct(v["mean_per_class"][k]["dice"]) for k in sorted(v["mean_per_class"], key=int))
+                gain = "" if not v["round"] else f"{100 * (v['mean']['dice'] - vals[0]['mean']['dice']):+.1f}"
+                lines.append(f"| {run['seed']} | {v['round']} | {_pct(v['mean']['dice'])} | {pc} | {gain} |")
     fit = result.get("fit") or {}
     if fit.get("folds"):
         lines += ["", "## Calibration fitted on the other runs, scored on the one left out (per class)", "",
@@ -270,11 +312,17 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=Path, nargs="*", default=[], help="finished run folders to summarise")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     ap.add_argument("--out", default="sfr_plus_demo_product")
+    ap.add_argument("--validation-rounds", action="store_true",
+                    help="also score every round's V-Net on the project's validation cases (sfr predict + sfr evaluate)")
     args = ap.parse_args(argv)
     runs = [run_demo(s, args.work, args.demo_option) for s in args.demo_seeds] + list(args.runs)
     if not runs:
         ap.error("give --demo-seeds or --runs")
     summaries = [summarize_run(r) for r in runs]
+    if args.validation_rounds:
+        for r, sm in zip(runs, summaries):
+            sm["validation_per_round"] = [{"round": v["round"], "mean": v["mean"], "mean_per_class": v["mean_per_class"],
+                                           "cases": v["cases"]} for v in validation_per_round(r, args.threads)]
     result = {"machine": machine(args.threads), "runs": summaries, "summary": summary(summaries),
               "fit": held_out_fit(runs) if len(runs) > 1 else None}
     write(result, args.out)
