@@ -13,20 +13,17 @@ How a case is scored (:func:`rank_cases`), from its review entry only:
   confidence where the segmentation is, not the near-certain background.  A case where nothing
   was predicted gets ``e = 1`` (the model may have missed the structure altogether).
 * **Implausible size** ``s``: ``|ln(structure / median structure)|`` over the cases, capped at 1:
-  a structure much smaller or larger than the others' is often wrong.  A case's error is
-  ``err = e + 0.25 s``.
-* **Reach**: a label teaches the model about the cases that look like the labeled one, not only
-  about itself, and an atypical case (the smallest structure of the set, say) is often the worst
-  segmented yet helps the others least.  Likeness is ``k(a, b) = exp(-d^2 / 2)``, ``d`` the
-  distance in the standardised space of log structure size, region confidence and region extent.
-  A case's score is the error it is expected to remove, its own and its look-alikes':
-  ``score(c) = sum_j k(c, j) err_j`` (``k(c, c) = 1``).
-* **Greedy, with coverage**: cases are taken best first; once a case is ranked, what the others
-  still have to gain shrinks by their likeness to it (``err_j <- err_j (1 - k(c, j))``), so the top
-  of the list does not hold the same kind of case twice (facility-location greedy, the
-  information-density idea of active learning).
+  a structure much smaller or larger than the others' is often wrong.
+* **Diversity**: cases are taken greedily; a case close to one already ranked (in the
+  standardised space of log structure size, region confidence and region extent) has its score
+  halved at distance 0, so the top of the list does not hold the same kind of case twice.
 
-The numbers are for ordering, not for reading.  Measured: ``bench/clinician.py next``.
+``score = (e + 0.25 s) * (1 - 0.5 exp(-d))`` with ``d`` the distance to the nearest case ranked
+before it.  The numbers are for ordering, not for reading.  Measured (``bench/clinician.py next``,
+bench/results/clinician_next_s*.md): the first case against random ones, +1.0 / -1.0 Dice on the
+mean of two seeds.  A variant that scores a case by the error of its look-alikes too (greedy
+coverage, representativeness) did worse on the same first runs (-4.3 / -2.2;
+clinician_next_s*_coverage.md) and was not kept.
 """
 
 from __future__ import annotations
@@ -38,10 +35,8 @@ import numpy as np
 
 #: Weight of the implausible-size term against the expected error.
 SIZE_WEIGHT = 0.25
-#: Likeness of two cases ``exp(-d^2 / (2 LIKENESS_SCALE^2))`` in the standardised feature space.
-LIKENESS_SCALE = 1.0
-#: Likeness from which a case counts as "close" in the reason line.
-CLOSE = 0.5
+#: Score kept for a case identical to one already ranked (1 = no diversity term).
+DUPLICATE_KEEP = 0.5
 
 
 def _region_confidence(entry: dict) -> "float | None":
@@ -90,34 +85,27 @@ def _size_term(entries: Sequence[dict]) -> np.ndarray:
     return np.minimum(1.0, np.abs(np.log(np.maximum(sizes, 1e-9) / med)))
 
 
-def likeness(entries: Sequence[dict]) -> np.ndarray:
-    """``[n, n]``: how much alike each pair of cases looks (1 on the diagonal)."""
-    f = _features(entries)
-    d2 = ((f[:, None] - f[None]) ** 2).sum(axis=-1)
-    return np.exp(-d2 / (2.0 * LIKENESS_SCALE ** 2))
-
-
 def rank_cases(entries: Sequence[dict]) -> list:
     """``label_next`` for review entries (each with ``case``): every case once, best first."""
     entries = list(entries)
     if not entries:
         return []
     errors = [expected_error(e) for e in entries]
-    remaining = np.asarray([err for err, _, _ in errors]) + SIZE_WEIGHT * _size_term(entries)
-    alike = likeness(entries)
+    base = np.asarray([err for err, _, _ in errors]) + SIZE_WEIGHT * _size_term(entries)
+    feats = _features(entries)
     left = list(range(len(entries)))
-    out = []
+    ranked, out = [], []
     while left:
-        scores = alike[left] @ remaining
-        best = int(np.argmax(scores))  # ties: the earlier case
-        i = left[best]
-        _, basis, reason = errors[i]
-        close = sum(1 for j in left if j != i and alike[i, j] >= CLOSE)
-        if close:
-            reason += f"; like {close} other unranked case{'s' if close > 1 else ''}"
-        out.append({"case": entries[i]["case"], "rank": len(out) + 1, "score": round(float(scores[best]), 6),
+        if ranked:
+            dist = np.min(np.linalg.norm(feats[left][:, None] - feats[ranked][None], axis=-1), axis=1)
+            scores = base[left] * (1.0 - (1.0 - DUPLICATE_KEEP) * np.exp(-dist))
+        else:
+            scores = base[left]
+        i = left[int(np.argmax(scores))]  # ties: the earlier case
+        err, basis, reason = errors[i]
+        out.append({"case": entries[i]["case"], "rank": len(out) + 1, "score": round(float(np.max(scores)), 6),
                     "basis": basis, "reason": reason})
-        remaining = remaining * (1.0 - alike[i])
+        ranked.append(i)
         left.remove(i)
     return out
 

@@ -278,7 +278,8 @@ def write(result: dict, name: str) -> None:
         for run in result["runs"]:
             vals = run.get("validation_per_round") or []
             for v in vals:
-                pc = " / ".join(_pct(v["mean_per_class"][k]["dice"]) for k in sorted(v["mean_per_class"], key=int))
+                per = v.get("mean_per_class") or {}  # one foreground class: the mean is the class
+                pc = " / ".join(_pct(per[k]["dice"]) for k in sorted(per, key=int)) or _pct(v["mean"]["dice"])
                 gain = "" if not v["round"] else f"{100 * (v['mean']['dice'] - vals[0]['mean']['dice']):+.1f}"
                 lines.append(f"| {run['seed']} | {v['round']} | {_pct(v['mean']['dice'])} | {pc} | {gain} |")
     fit = result.get("fit") or {}
@@ -321,7 +322,7 @@ def main(argv=None) -> int:
     summaries = [summarize_run(r) for r in runs]
     if args.validation_rounds:
         for r, sm in zip(runs, summaries):
-            sm["validation_per_round"] = [{"round": v["round"], "mean": v["mean"], "mean_per_class": v["mean_per_class"],
+            sm["validation_per_round"] = [{"round": v["round"], "mean": v["mean"], "mean_per_class": v.get("mean_per_class"),
                                            "cases": v["cases"]} for v in validation_per_round(r, args.threads)]
     result = {"machine": machine(args.threads), "runs": summaries, "summary": summary(summaries),
               "fit": held_out_fit(runs) if len(runs) > 1 else None}
