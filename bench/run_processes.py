@@ -36,6 +36,7 @@ RESULTS = REPO / "bench" / "results"
 
 def one_run(work: Path, n: int, k: int, args) -> dict:
     from SFRSegmenterLib.commands.demo import make_demo_project
+    from SFRSegmenterLib.report_budget import _estimate  # the run's last estimate event, as its report reads it
 
     root = work / f"p{n}-{k}"
     if root.exists():
@@ -56,8 +57,7 @@ def one_run(work: Path, n: int, k: int, args) -> dict:
     run = root / "runs" / (root / "runs" / "latest").read_text().strip()
     stages = json.loads((run / "stages.json").read_text())
     metrics = json.loads((run / "metrics.json").read_text())
-    est = next((json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()
-                if '"estimate"' in line and json.loads(line).get("event") == "estimate"), {})
+    est = _estimate(run / "events.jsonl") or {}
     return {"processes": n, "pair": k, "run": str(run), "wall_s": round(wall, 1),
             "estimate_s": est.get("seconds"),
             "stage_s": {s: v.get("seconds") for s, v in stages.items()},

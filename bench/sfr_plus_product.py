@@ -98,10 +98,11 @@ def summarize_run(run: Path) -> dict:
     return out
 
 
-def validation_per_round(run: Path, threads: int) -> list:
+def validation_per_round(run: Path, work: Path, threads: int) -> list:
     """Each round's V-Net on the project's validation cases, through the product's commands
     (``sfr predict`` with the run's post-processing, ``sfr evaluate``): the held-out Dice of SFR
-    (round 0) and of every SFR+ round, not only of the published one (metrics.json)."""
+    (round 0) and of every SFR+ round, not only of the published one (metrics.json).  Predictions
+    and reports go to ``work/<project>-<run>/`` (kept: a second call reads them), not into the run."""
     from SFRSegmenterLib.manifest import load_project
 
     project = load_project(run.parents[1])
@@ -110,7 +111,7 @@ def validation_per_round(run: Path, threads: int) -> list:
         return []
     cfg = _json(run / "config.json", {})
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    out, work = [], run / "bench-validation"
+    out, work = [], Path(work) / f"{run.parents[1].name}-{run.name}"
     gt = work / "gt"
     gt.mkdir(parents=True, exist_ok=True)
     for c in cases:  # sfr evaluate matches files by name
@@ -309,7 +310,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--demo-seeds", type=int, nargs="*", default=[], help="run 'sfr demo' at these seeds first")
     ap.add_argument("--demo-option", action="append", default=[], help="extra 'sfr demo' argument (repeatable)")
-    ap.add_argument("--work", type=Path, default=Path("/tmp/sfr-plus-product"))
+    ap.add_argument("--work", type=Path, default=Path("/tmp/sfr-plus-product"),
+                    help="the demo runs, and --validation-rounds' predictions")
     ap.add_argument("--runs", type=Path, nargs="*", default=[], help="finished run folders to summarise")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     ap.add_argument("--out", default="sfr_plus_demo_product")
@@ -322,8 +324,7 @@ def main(argv=None) -> int:
     summaries = [summarize_run(r) for r in runs]
     if args.validation_rounds:
         for r, sm in zip(runs, summaries):
-            sm["validation_per_round"] = [{"round": v["round"], "mean": v["mean"], "mean_per_class": v.get("mean_per_class"),
-                                           "cases": v["cases"]} for v in validation_per_round(r, args.threads)]
+            sm["validation_per_round"] = validation_per_round(r, args.work / "validation", args.threads)
     result = {"machine": machine(args.threads), "runs": summaries, "summary": summary(summaries),
               "fit": held_out_fit(runs) if len(runs) > 1 else None}
     write(result, args.out)
