@@ -144,22 +144,27 @@ def estimate(signals: "dict | None", calibration: Calibration = DEFAULT) -> "dic
     return {"estimated_dice": round(float(np.mean(per_class)), 6), "estimated_dice_per_class": per_class}
 
 
-def fit_calibration(rows: list, source: str, ridge: float = 1e-3) -> "Calibration | None":
+def fit_calibration(rows: list, source: str, ridge: float = 1e-3, weights: "list | None" = None) -> "Calibration | None":
     """Least squares (a little ridge) of true Dice on the signals: ``rows`` = [(signals, [true Dice
-    per class])].  None when fewer than :data:`MIN_CALIBRATION` usable class rows."""
-    xs, ys = [], []
-    for signals, truth in rows:
+    per class])].  ``weights`` (one per row, default 1) weigh each row's classes, so that a dataset
+    with many cases does not outvote one with few.  None when fewer than :data:`MIN_CALIBRATION`
+    usable class rows."""
+    xs, ys, ws = [], [], []
+    for i, (signals, truth) in enumerate(rows):
+        w = 1.0 if weights is None else float(weights[i])
         for k, y in enumerate(truth):
             x = _features(signals, k) if y is not None else None
-            if x is not None:
+            if x is not None and w > 0:
                 xs.append(x)
                 ys.append(float(y))
+                ws.append(w)
     if len(xs) < MIN_CALIBRATION:
         return None
     x = np.column_stack([np.ones(len(xs)), np.array(xs)])
+    w = np.array(ws)  # a row of weight 2 counts as that row twice
     reg = ridge * np.eye(x.shape[1])
     reg[0, 0] = 0.0
-    coef = np.linalg.solve(x.T @ x + reg, x.T @ np.array(ys))
+    coef = np.linalg.solve(x.T @ (w[:, None] * x) + reg, x.T @ (w * np.array(ys)))
     return Calibration(round(float(coef[0]), 6), tuple(round(float(c), 6) for c in coef[1:]), source)
 
 

@@ -65,6 +65,24 @@ def test_fit_calibration_recovers_a_linear_law_and_refuses_too_little_data():
     assert acc["spearman"] > 0.99 and acc["mae"] < 1e-3
 
 
+def test_fit_calibration_weights_count_like_repeated_rows():
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(30):
+        agree, conf, ratio = rng.uniform(0.3, 0.95), rng.uniform(0.6, 0.99), float(np.exp(rng.uniform(-1, 1)))
+        noise = rng.normal(0, 0.05) + (0.2 if i < 10 else 0.0)  # two 'datasets' of different levels
+        rows.append(({"agreement": [agree], "structure_confidence": [conf], "size_ratio": [ratio]},
+                     [0.1 + 0.5 * agree + 0.3 * conf + noise]))
+    weighted = quality.fit_calibration(rows, "w", weights=[2.0] * 10 + [1.0] * 20)
+    repeated = quality.fit_calibration(rows[:10] + rows, "r")
+    assert weighted.intercept == pytest.approx(repeated.intercept, abs=1e-6)
+    assert weighted.weights == pytest.approx(repeated.weights, abs=1e-6)
+    # weight 0 leaves a row out
+    dropped = quality.fit_calibration(rows, "d", weights=[0.0] * 10 + [1.0] * 20)
+    alone = quality.fit_calibration(rows[10:], "a")
+    assert dropped.weights == pytest.approx(alone.weights, abs=1e-6)
+
+
 def _entry(est, fg=1000, conf=0.99):
     return {"estimated_dice": est, "confidence": conf, "foreground_voxels": fg, "voxel_mm3": 1.0}
 
