@@ -16,7 +16,9 @@ Then one run at a time is left out and each candidate calibration is scored on i
 * ``same dataset``: fitted on the other runs of the left-out run's dataset (the classes' names);
 * ``other datasets``: fitted on the other datasets only (what a new dataset meets);
 * ``pooled``: fitted on every other run, each dataset weighted equally (``fit_calibration``'s row
-  weights), whatever its number of cases.
+  weights), whatever its number of cases;
+* ``pooled, no size``: the same without the size error (every size ratio read as 1), for projects
+  whose few labeled cases are a poor size reference (LA with one).
 
 Scores: Spearman and mean absolute error of the case estimate (the mean over the classes, as
 ``review.json`` has it) against the case's true Dice, and the trusted cases' mean Dice minus the
@@ -74,6 +76,13 @@ def rows_of(runs: list) -> list:
             for e in entries.values() if e.get("signals") and e.get("dice_per_class")]
 
 
+def without_size(run: dict) -> dict:
+    """``run`` with every size ratio set to 1 (size error 0): the calibration then cannot use it."""
+    rounds = [{c: {**e, "signals": {**e["signals"], "size_ratio": [1.0] * len(e["signals"]["size_ratio"])}}
+               if e.get("signals") else e for c, e in entries.items()} for entries in run["rounds"]]
+    return {**run, "rounds": rounds}
+
+
 def fit(runs: list, source: str, balanced: bool) -> "quality.Calibration | None":
     """``quality.fit_calibration`` on ``runs``; ``balanced``: each dataset's rows weigh 1 in all."""
     rows, weights = [], []
@@ -125,9 +134,13 @@ def evaluate(runs: list) -> dict:
                       "same dataset": fit(same, f"fitted on {len(same)} other runs of the dataset", False) if same else None,
                       "other datasets": fit(other, f"fitted on {len(other)} runs of other datasets", False) if other else None,
                       "pooled": fit(others, f"fitted on {len(others)} other runs, datasets weighted equally", True)}
-        folds.append({"left_out": run["run"], "dataset": run["dataset"], "seed": run["seed"],
-                      "candidates": {name: {"calibration": cal.to_json(), "rounds": score(run, cal)}
-                                     for name, cal in candidates.items() if cal is not None}})
+        scored = {name: {"calibration": cal.to_json(), "rounds": score(run, cal)}
+                  for name, cal in candidates.items() if cal is not None}
+        nosize = fit([without_size(o) for o in others], f"fitted on {len(others)} other runs without the size error, "
+                     "datasets weighted equally", True)
+        if nosize is not None:
+            scored["pooled, no size"] = {"calibration": nosize.to_json(), "rounds": score(without_size(run), nosize)}
+        folds.append({"left_out": run["run"], "dataset": run["dataset"], "seed": run["seed"], "candidates": scored})
     pooled = fit(runs, f"fitted on {len(runs)} runs of {len({r['dataset'] for r in runs})} datasets, "
                        "datasets weighted equally (bench/quality_fit.py)", True)
     return {"folds": folds, "pooled_all": pooled.to_json() if pooled else None,
@@ -156,7 +169,7 @@ def write(result: dict, name: str) -> None:
     lines += ["", "## Mean over the left-out runs and rounds", "",
               "| dataset | candidate | Spearman | MAE | trusted - untrusted |", "|---|---|---|---|---|"]
     for ds in sorted({f["dataset"] for f in result["folds"]}):
-        for cand in ("shipped", "same dataset", "other datasets", "pooled"):
+        for cand in ("shipped", "same dataset", "other datasets", "pooled", "pooled, no size"):
             rs = [r for f in result["folds"] if f["dataset"] == ds for r in f["candidates"].get(cand, {}).get("rounds", [])]
             if not rs:
                 continue
