@@ -144,6 +144,16 @@ def estimate(signals: "dict | None", calibration: Calibration = DEFAULT) -> "dic
     return {"estimated_dice": round(float(np.mean(per_class)), 6), "estimated_dice_per_class": per_class}
 
 
+def with_estimates(entries: dict, calibration: Calibration = DEFAULT) -> dict:
+    """``{case: entry}`` of a confidence stage with each entry's ``estimated_dice`` (and per class)
+    by ``calibration``; None where the case lacks a signal."""
+    out = {}
+    for c, e in entries.items():
+        est = estimate(e.get("signals"), calibration)
+        out[c] = {**e, **(est or {"estimated_dice": None})}
+    return out
+
+
 def fit_calibration(rows: list, source: str, ridge: float = 1e-3, weights: "list | None" = None) -> "Calibration | None":
     """Least squares (a little ridge) of true Dice on the signals: ``rows`` = [(signals, [true Dice
     per class])].  ``weights`` (one per row, default 1) weigh each row's classes, so that a dataset
@@ -194,4 +204,4 @@ def accuracy(estimates, truths) -> dict:
 
 
 __all__ = ["SIGNALS", "MIN_CALIBRATION", "keep_largest_component", "class_signals", "Calibration", "AGREEMENT_ONLY",
-           "DEFAULT", "estimate", "fit_calibration", "spearman", "accuracy"]
+           "DEFAULT", "estimate", "with_estimates", "fit_calibration", "spearman", "accuracy"]

@@ -27,6 +27,11 @@ def machine(threads: int) -> dict:
     }
 
 
+def pct(v) -> str:
+    """A 0-1 value in points with one decimal; '-' for None."""
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 

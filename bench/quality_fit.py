@@ -23,9 +23,9 @@ Then one run at a time is left out and each candidate calibration is scored on i
 Scores: Spearman and mean absolute error of the case estimate (the mean over the classes, as
 ``review.json`` has it) against the case's true Dice, and the trusted cases' mean Dice minus the
 untrusted ones' when the run's own trust policy (``sfrplus.build_policy`` on its configuration,
-the ``TrustContext`` of its labeled volumes) decides on those estimates.  The estimates come from
-``Pipeline.with_estimates`` semantics, i.e. ``quality.estimate`` per case; nothing of the method
-is re-implemented.  The pooled fit on all runs is written as the candidate default.
+the ``TrustContext`` of its labeled volumes) decides on those estimates, made by
+``quality.with_estimates`` (what a run's pipeline calls); nothing of the method is re-implemented.
+The pooled fit on all runs is written as the candidate default.
 """
 
 from __future__ import annotations
@@ -34,9 +34,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
-from _common import REPO
+from _common import REPO, pct as _pct
 
 import numpy as np  # noqa: E402
 
@@ -85,14 +84,12 @@ def without_size(run: dict) -> dict:
 
 def fit(runs: list, source: str, balanced: bool) -> "quality.Calibration | None":
     """``quality.fit_calibration`` on ``runs``; ``balanced``: each dataset's rows weigh 1 in all."""
-    rows, weights = [], []
+    per_run = [(run["dataset"], rows_of([run])) for run in runs]
     per_dataset = {}
-    for run in runs:
-        per_dataset[run["dataset"]] = per_dataset.get(run["dataset"], 0) + len(rows_of([run]))
-    for run in runs:
-        mine = rows_of([run])
-        rows += mine
-        weights += [(1.0 / per_dataset[run["dataset"]]) if balanced else 1.0] * len(mine)
+    for ds, mine in per_run:
+        per_dataset[ds] = per_dataset.get(ds, 0) + len(mine)
+    rows = [row for _, mine in per_run for row in mine]
+    weights = [(1.0 / per_dataset[ds]) if balanced else 1.0 for ds, mine in per_run for _ in mine]
     if balanced and weights:  # scale so the weights sum to the number of rows (the ridge stays as small)
         weights = list(np.array(weights) * len(weights) / np.sum(weights))
     return quality.fit_calibration(rows, source, weights=weights)
@@ -100,17 +97,14 @@ def fit(runs: list, source: str, balanced: bool) -> "quality.Calibration | None"
 
 def score(run: dict, cal: "quality.Calibration") -> list:
     """Per round: the case estimate's accuracy and trusted - untrusted Dice under the run's policy."""
-    cfg = SimpleNamespace(**{**{"trust": sfrplus.DEFAULT_POLICY, "trust_fraction": 0.5, "trust_floor": 0.5,
-                                "tau": 0.985, "min_structure": 0.25},
-                             **{k: v for k, v in run["config"].items() if v is not None}})
-    policy = sfrplus.build_policy(cfg)
+    from SFRSegmenterLib.run.config import RunConfig
+
+    # the run's trust settings over RunConfig's defaults (what the run's Pipeline built its policy from)
+    policy = sfrplus.build_policy(RunConfig(**{k: v for k, v in run["config"].items() if v is not None}))
     context = sfrplus.TrustContext(tuple(run["labeled_mm3"]))
     out = []
     for r, entries in enumerate(run["rounds"]):
-        judged = {}
-        for c, e in entries.items():
-            est = quality.estimate(e.get("signals"), cal)
-            judged[c] = {**e, **(est or {"estimated_dice": None})}
+        judged = quality.with_estimates(entries, cal)
         trusted = policy.decide(judged, context)
         est = [judged[c]["estimated_dice"] for c in judged]
         dice = [judged[c].get("dice") for c in judged]
@@ -145,10 +139,6 @@ def evaluate(runs: list) -> dict:
                        "datasets weighted equally (bench/quality_fit.py)", True)
     return {"folds": folds, "pooled_all": pooled.to_json() if pooled else None,
             "pooled_all_in_sample": {r["run"]: score(r, pooled) for r in runs} if pooled else None}
-
-
-def _pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.1f}"
 
 
 def write(result: dict, name: str) -> None:

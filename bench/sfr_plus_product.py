@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import REPO, machine
+from _common import REPO, machine, pct as _pct
 
 import numpy as np  # noqa: E402
 
@@ -221,10 +221,6 @@ def held_out_fit(runs: list) -> dict:
     cal = quality.fit_calibration(everything, f"fitted on {len(runs)} runs")
     out["all_runs"] = cal.to_json() if cal else None
     return out
-
-
-def _pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.1f}"
 
 
 def write(result: dict, name: str) -> None:

@@ -193,14 +193,8 @@ class Pipeline:
     def label_file(self, confidence_dir: Path, case: str) -> Path:
         return confidence_dir / f"{case}.nii.gz"
 
-    def with_estimates(self, entries: dict, calibration: "quality.Calibration | None" = None) -> dict:
-        """``entries`` with each case's ``estimated_dice`` by ``calibration`` (default: the shipped
-        :data:`..quality.DEFAULT`; a benchmark passes candidates to judge them by the same path)."""
-        out = {}
-        for c, e in entries.items():
-            est = quality.estimate(e.get("signals"), calibration or quality.DEFAULT)
-            out[c] = {**e, **(est or {"estimated_dice": None})}
-        return out
+    def with_estimates(self, entries: dict) -> dict:
+        return quality.with_estimates(entries)
 
     def stage_confidence(self, r: int, model_dir: Path, sam_labels: dict) -> Path:
         """The V-Net's label, confidence map, quality signals and measurements of every unlabeled case.
