@@ -249,21 +249,28 @@ def run_warm(args) -> dict:
             if case.get(key) and not Path(case[key]).is_absolute():
                 case[key] = str((root / case[key]).resolve())
     (copy / "sfr-project.json").write_text(json.dumps(manifest, indent=2))
-    # the warm start: 20 % of each stage's iterations (run/warmstart.py), from the first run's models
+    # the warm start: warmstart.WARM_FRACTION of each stage's iterations, from the first run's models
     # the warm start also caches a fifth of the mosaics (run/warmstart.py): no embedding_cache of its own
     warm_proc = timed("run", root, *warm_settings_of(args), "--warm-start")
     full_proc = timed("run", copy, *settings, *schedule)
     t_warm, t_full = finish(warm_proc), finish(full_proc)
     warm, full = jobs.run_dir(root), jobs.run_dir(copy)
-    warm_iters = [int(round(int(args.iterations_sam) * 0.2)), int(round(int(args.iterations_vnet) * 0.2))]
+    warm_cfg = json.loads((warm / "config.json").read_text())  # what the warm start ran (its short schedule)
+    warm_iters = [warm_cfg["iterations_sam"], warm_cfg["iterations_vnet"]]
     return {"experiment": "warm", "seed": args.seed, "embedding_cache": args.embedding_cache,
             "labeled": labeled0, "corrected_cases": chosen,
             "corrected_slices": {c: flagged[c][:5] for c in chosen},
             "iterations": {"full": [args.iterations_sam, args.iterations_vnet], "warm": warm_iters},
             "first_run": {"run": first.name, "stage_s": stage_seconds(first), **metrics_of(first)},
             "warm_start": {"run": warm.name, **t_warm, "stage_s": stage_seconds(warm), **metrics_of(warm),
-                           "warm_start_from": json.loads((warm / "config.json").read_text())["warm_start_from"]},
-            "full_after": {"run": full.name, **t_full, "stage_s": stage_seconds(full), **metrics_of(full)}}
+                           "stages_s": stages_of(warm), "warm_start_from": warm_cfg["warm_start_from"]},
+            "full_after": {"run": full.name, **t_full, "stage_s": stage_seconds(full), "stages_s": stages_of(full),
+                           **metrics_of(full)}}
+
+
+def stages_of(run: Path) -> dict:
+    """Each stage's seconds (stages.json), to see where a short run's time goes."""
+    return {k: round(float(r.get("seconds") or 0), 1) for k, r in json.loads((run / "stages.json").read_text()).items()}
 
 
 def mean_dice_of(run: Path, part: str, cases) -> float:
